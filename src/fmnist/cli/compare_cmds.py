@@ -1,0 +1,78 @@
+"""`fmnist compare|report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fmnist.cli.app import app, console
+from fmnist.cli.data_cmds import DataDirOption, load
+
+
+@app.command("compare")
+def compare_cmd(
+    models: str | None = typer.Option(None, "--models", help="Comma-separated model names [default: mlp_wide,fastcnn]"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file listing the runs ([[runs]])"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder [default: runs/compare-<timestamp>]"),
+    seeds: int | None = typer.Option(None, "--seeds", min=1, help="Repeat each run with N seeds"),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override every run's epochs"),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Smoke mode: stop each run after N steps"),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda"),
+    seed: int | None = typer.Option(None, "--seed", help="First seed"),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md"),
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """Train and compare models (default: the MLP baseline vs fmnist's CNN) and write a report."""
+    from fmnist.compare import default_out_dir, default_plan, plan_from_file, plan_from_models, run_compare
+    from fmnist.errors import UsageError
+    from fmnist.progress import RichProgress
+
+    if models and config:
+        raise UsageError("give either --models or --config, not both")
+    plan = plan_from_file(config) if config else plan_from_models(models.split(",")) if models else default_plan()
+    if seeds:
+        plan.seeds = seeds
+    overrides = {"epochs": epochs, "max_steps": max_steps, "device": device, "seed": seed}
+    for spec in plan.runs:  # fail on bad values before any data is loaded or run trained
+        spec.config({k: v for k, v in overrides.items() if v is not None})
+    out = out or default_out_dir()
+    dataset = load(data_dir)
+    progress: list[RichProgress] = []
+
+    def callbacks(name, cfg):
+        progress.append(RichProgress(console, label=name))
+        return [progress[-1]]
+
+    def announce(name, result):
+        console.print(f"[bold]{name}[/bold]: test accuracy {100 * result.test_accuracy:.2f}% "
+                      f"in {result.train_seconds:.1f}s ({result.epochs_run} epochs)")
+
+    try:
+        summary = run_compare(plan, out, dataset, overrides=overrides, make_callbacks=callbacks, on_result=announce)
+    finally:
+        for p in progress:
+            p.close()
+    table = Table("model", "params", "size (MB)", "test accuracy", "best epoch", "train s", title=plan.title)
+    for m in summary["models"]:
+        acc = f"{100 * m['test_accuracy_mean']:.2f}%"
+        if len(m["seeds"]) > 1:
+            acc += f" ± {100 * m['test_accuracy_std']:.2f}"
+        table.add_row(m["name"] + f" ({m['model']})", f"{m['params']:,}", f"{m['size_mb']:.2f}", acc,
+                      ",".join(map(str, m["best_epoch"])), f"{m['train_seconds_mean']:.1f}")  # fmt: skip
+    console.print(table)
+    data = summary["data"]
+    console.print(f"data: {data['source']} ({data['split']} split)  -> {out}")
+    if not no_report:
+        from fmnist.report.markdown import write_report
+
+        console.print(f"report: {write_report(out)}")
+
+
+@app.command("report")
+def report_cmd(folder: Path = typer.Argument(..., help="A run or compare directory")) -> None:
+    """(Re)write report.md and its figures for a run or a comparison."""
+    from fmnist.report.markdown import write_report
+
+    console.print(f"report: {write_report(folder)}")

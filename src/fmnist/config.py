@@ -1,0 +1,214 @@
+"""Typed training configuration: TOML in, validated, saved beside every checkpoint.
+
+Layers, later ones winning: built-in defaults -> the model's recipe -> a config file -> CLI flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_origin, get_type_hints
+
+import tomli_w
+import tomllib
+
+from fmnist.constants import FMNIST_MEAN, FMNIST_STD
+from fmnist.errors import UsageError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "plateau", "onecycle", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "fastcnn"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only (Nesterov)
+    scheduler: str = "none"
+    warmup_fraction: float = 0.25  # onecycle only: share of steps spent raising the LR
+    label_smoothing: float = 0.0
+    flip: bool = False
+    translate: int = 0
+    erase: float = 0.0
+    tta_flip: bool = False  # average logits over the image and its mirror at evaluation
+    normalize: bool = True
+    mean: float = FMNIST_MEAN
+    std: float = FMNIST_STD
+    val_size: int = 5000
+    early_stopping: int = 0  # patience in epochs without a better validation accuracy; 0 = off
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # bf16 autocast where the hardware runs it fast (AMX CPUs, CUDA)
+    max_steps: int = 0  # smoke mode: stop after this many optimizer steps; 0 = no limit
+    eval_batch_size: int = 1024
+    data_dir: str = ""
+
+    def validate(self) -> TrainConfig:
+        from fmnist.models.registry import create_model, resolve_model_args
+
+        _positive_int(self.epochs, "epochs")
+        _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.eval_batch_size, "eval_batch_size")
+        _non_negative_int(self.max_steps, "max_steps")
+        _non_negative_int(self.val_size, "val_size")
+        _non_negative_int(self.early_stopping, "early_stopping")
+        _non_negative_int(self.translate, "translate")
+        if self.translate > 8:
+            raise UsageError("translate must be at most 8 pixels")
+        _choice(self.optimizer, OPTIMIZERS, "optimizer")
+        _choice(self.scheduler, SCHEDULERS, "scheduler")
+        _choice(self.device, DEVICES, "device")
+        _choice(self.precision, PRECISIONS, "precision")
+        if not self.lr > 0 or self.lr > 10:
+            raise UsageError(f"lr must be a number in (0, 10], not {self.lr}")
+        if not 0 <= self.weight_decay < 1:
+            raise UsageError(f"weight_decay must be in [0, 1), not {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise UsageError(f"momentum must be in [0, 1), not {self.momentum}")
+        if not 0 < self.warmup_fraction < 1:
+            raise UsageError(f"warmup_fraction must be in (0, 1), not {self.warmup_fraction}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
+        if not 0 <= self.erase <= 1:
+            raise UsageError(f"erase must be a probability in [0, 1], not {self.erase}")
+        if not self.std > 0:
+            raise UsageError(f"std must be positive, not {self.std}")
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"seed must be a non-negative integer, not {self.seed}")
+        self.model_args = resolve_model_args(self.model, self.model_args)
+        create_model(self.model, **self.model_args)  # surfaces invalid argument values now, not mid-run
+        return self
+
+    @property
+    def input_mean(self) -> float:
+        return self.mean if self.normalize else 0.0
+
+    @property
+    def input_std(self) -> float:
+        return self.std if self.normalize else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["model_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_args.items()}
+        return data
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+FIELD_TYPES: dict[str, Any] = {
+    name: get_origin(hint) or hint for name, hint in get_type_hints(TrainConfig).items()
+}
+
+
+def _positive_int(value: int, name: str) -> None:
+    if value < 1:
+        raise UsageError(f"{name} must be a positive integer, not {value}")
+
+
+def _non_negative_int(value: int, name: str) -> None:
+    if value < 0:
+        raise UsageError(f"{name} must be zero or a positive integer, not {value}")
+
+
+def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def coerce_field(name: str, value: Any, source: str = "config") -> Any:
+    """Check one value against the field's type, converting text from the command line."""
+    if name not in FIELD_TYPES:
+        known = ", ".join(sorted(FIELD_TYPES))
+        raise UsageError(f"unknown {source} key {name!r} (known keys: {known})")
+    kind = FIELD_TYPES[name]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise UsageError(f"{name} must be true or false, not {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UsageError(f"{name} must be an integer, not {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise UsageError(f"{name} must be an integer, not {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UsageError(f"{name} must be a number, not {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise UsageError(f"{name} must be a number, not {value!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise UsageError(f"{name} must be a finite number, not {value!r}")
+        return number
+    if kind is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{name} must be text, not {value!r}")
+        return value
+    if not isinstance(value, dict):
+        raise UsageError(f"{name} must be a table of model arguments, not {value!r}")
+    return dict(value)
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str = "config") -> TrainConfig:
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        setattr(config, key, coerce_field(key, value, source))
+    return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read config ({exc})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: invalid TOML ({exc})") from None
+
+
+def build_config(
+    model: str | None = None,
+    *,
+    file_values: dict[str, Any] | None = None,
+    cli_values: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults -> model recipe -> file -> CLI flags, then validated."""
+    from fmnist.models.registry import get_recipe
+
+    file_values = dict(file_values or {})
+    cli_values = {k: v for k, v in (cli_values or {}).items() if v is not None}
+    name = cli_values.get("model") or file_values.get("model") or model or TrainConfig.model
+    if not isinstance(name, str):
+        raise UsageError(f"model must be a name, not {name!r}")
+    config = TrainConfig(model=name)
+    apply_overrides(config, get_recipe(name), "recipe")
+    apply_overrides(config, file_values, "config")
+    apply_overrides(config, cli_values, "option")
+    config.model = name
+    return config.validate()
+
+
+def load_config_file(path: Path) -> TrainConfig:
+    """A saved `config.toml` (as written into run directories) back into a TrainConfig."""
+    values = read_toml(path)
+    config = TrainConfig()
+    apply_overrides(config, values, f"{path}")
+    return config.validate()

@@ -1,0 +1,138 @@
+"""Convolutional networks: the seeds' CNNs by name, a configurable CNN, LeNet-5 and fmnist's default."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fmnist.constants import IMAGE_SIZE, NUM_CLASSES
+from fmnist.models.base import Classifier
+from fmnist.models.registry import register_model
+
+
+def conv_block(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
+    """3x3 same-padding convolution (+ BatchNorm) + ReLU; keeps the spatial size."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+def _fc_stack(width: int, fc: tuple[int, ...], dropout: float) -> tuple[list[nn.Module], int]:
+    layers: list[nn.Module] = []
+    for size in fc:
+        layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    return layers, width
+
+
+@register_model(family="cnn")
+def cnn(
+    channels: tuple[int, ...] = (32, 64),
+    convs_per_stage: int = 1,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    fc: tuple[int, ...] = (128,),
+    fc_dropout: float = 0.0,
+    num_classes: int = NUM_CLASSES,
+) -> Classifier:
+    """Configurable CNN: per stage `convs_per_stage` 3x3 convs then 2x2 max-pool; then FC layers."""
+    channels, fc = tuple(channels), tuple(fc)
+    if not channels or any(c < 1 for c in channels) or any(f < 1 for f in fc):
+        raise ValueError("channels and fc sizes must be positive integers, at least one stage")
+    if len(channels) > 4:
+        raise ValueError("at most 4 pooling stages fit a 28x28 image")
+    if convs_per_stage < 1:
+        raise ValueError("convs_per_stage must be at least 1")
+    layers: list[nn.Module] = []
+    c_in, size = 1, IMAGE_SIZE
+    for c_out in channels:
+        for _ in range(convs_per_stage):
+            layers += conv_block(c_in, c_out, batch_norm)
+            c_in = c_out
+        cam_index = len(layers) - 1  # the last ReLU before pooling: finest map with most meaning
+        layers.append(nn.MaxPool2d(2))  # size -> floor(size / 2)
+        size //= 2
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    fc_layers, width = _fc_stack(c_in * size * size, fc, fc_dropout)
+    features = nn.Sequential(*layers, nn.Flatten(), *fc_layers)
+    return Classifier(features, nn.Linear(width, num_classes), width, cam_layer_name=f"features.{cam_index}")
+
+
+@register_model(family="cnn")
+def cnn_seed002(num_classes: int = NUM_CLASSES) -> Classifier:
+    """Seed 002's CNN: 2 x (conv 3x3 + ReLU + max-pool), FC 3136 -> 128 + dropout 0.3."""
+    features = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # (N,32,14,14)
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # (N,64,7,7)
+        nn.Flatten(),  # (N,3136)
+        nn.Linear(64 * 7 * 7, 128), nn.ReLU(inplace=True), nn.Dropout(0.3),
+    )  # fmt: skip
+    return Classifier(features, nn.Linear(128, num_classes), 128, cam_layer_name="features.4")
+
+
+@register_model(family="cnn")
+def cnn_seed004(num_classes: int = NUM_CLASSES) -> Classifier:
+    """Seed 004's CNN: conv 1->32, conv 32->64, one max-pool, FC 12544 -> 128 (1,625,866 params).
+
+    The write-up's layer list adds up to 1,625,866 parameters; its headline figure of
+    1,663,946 cannot be reached by any reading of those layers, so the layers win.
+    """
+    features = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(inplace=True),  # (N,32,28,28)
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True),  # (N,64,28,28)
+        nn.MaxPool2d(2), nn.Dropout(0.25),  # (N,64,14,14)
+        nn.Flatten(),  # (N,12544)
+        nn.Linear(64 * 14 * 14, 128), nn.ReLU(inplace=True), nn.Dropout(0.5),
+    )  # fmt: skip
+    return Classifier(features, nn.Linear(128, num_classes), 128, cam_layer_name="features.3")
+
+
+@register_model(family="cnn")
+def lenet5(num_classes: int = NUM_CLASSES) -> Classifier:
+    """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling, 28x28 input padded to 32x32."""
+    features = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # (N,6,14,14)
+        nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # (N,16,5,5)
+        nn.Flatten(),  # (N,400)
+        nn.Linear(400, 120), nn.ReLU(inplace=True),
+        nn.Linear(120, 84), nn.ReLU(inplace=True),
+    )  # fmt: skip
+    return Classifier(features, nn.Linear(84, num_classes), 84, cam_layer_name="features.4")
+
+
+FASTCNN_RECIPE = {
+    "epochs": 6,
+    "batch_size": 256,
+    "optimizer": "adamw",
+    "lr": 3e-3,
+    "weight_decay": 5e-2,
+    "scheduler": "onecycle",
+    "label_smoothing": 0.1,
+    "flip": True,
+    "tta_flip": True,
+}
+
+
+def conv_pool_block(c_in: int, c_out: int) -> list[nn.Module]:
+    """3x3 conv, then 2x2 max-pool, then BatchNorm + ReLU: normalising after pooling touches
+    4x fewer values, which on a CPU is most of a small net's time (as airbench orders it)."""
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+@register_model(family="cnn", recipe=FASTCNN_RECIPE)
+def fastcnn(widths: tuple[int, ...] = (32, 64, 128), num_classes: int = NUM_CLASSES) -> Classifier:
+    """fmnist's default: accuracy per CPU-second. Pool before normalising; spend the convs at 7x7."""
+    c1, c2, c3 = tuple(widths)
+    features = nn.Sequential(
+        *conv_pool_block(1, c1),  # (N,c1,14,14)
+        *conv_pool_block(c1, c2),  # (N,c2,7,7)
+        *conv_block(c2, c3, True),  # (N,c3,7,7)
+        *conv_pool_block(c3, c3),  # (N,c3,3,3)
+        nn.Flatten(),  # (N,c3*9)
+    )  # fmt: skip
+    # Grad-CAM reads the last 7x7 map (the final conv, before its pooling).
+    return Classifier(features, nn.Linear(c3 * 9, num_classes), c3 * 9, cam_layer_name="features.11")

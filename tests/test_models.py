@@ -1,0 +1,96 @@
+"""Every registered model: shapes, gradients, the features/head split, and the registry's errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fmnist.errors import UsageError
+from fmnist.models import count_parameters, create_model, list_models, register_model
+from fmnist.models.registry import get_recipe
+
+ALL = list_models()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward_on_random_input(name: str):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.randn(4, 1, 28, 28)
+    logits = model(x)
+    assert logits.shape == (4, 10)
+    assert torch.isfinite(logits).all()
+    logits.logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_features_then_head_equals_forward(name: str):
+    model = create_model(name).eval()
+    x = torch.randn(3, 1, 28, 28)
+    features = model.forward_features(x)
+    assert features.shape == (3, model.embedding_dim)
+    torch.testing.assert_close(model.forward_head(features), model(x))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if create_model(n).family in ("cnn", "resnet")])
+def test_conv_models_name_a_spatial_layer_for_grad_cam(name: str):
+    model = create_model(name).eval()
+    seen = {}
+    handle = model.cam_layer.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    model(torch.randn(2, 1, 28, 28))
+    handle.remove()
+    assert seen["out"].dim() == 4 and seen["out"].shape[-1] >= 3
+
+
+def test_seed_architectures_have_the_published_layers():
+    assert count_parameters(create_model("mlp_seed002")) == 784 * 128 + 128 + 128 * 10 + 10
+    assert count_parameters(create_model("cnn_seed002")) == 320 + 18496 + 3136 * 128 + 128 + 1290
+    # conv 1->32 (320) + conv 32->64 (18,496) + FC 12,544->128 (1,605,760) + FC 128->10 (1,290).
+    assert count_parameters(create_model("cnn_seed004")) == 1_625_866
+    assert count_parameters(create_model("lenet5")) == 61_706
+
+
+def test_configurable_models_cover_seed001_topologies():
+    for hidden in ([64, 32, 16], [512, 256, 128]):
+        for dropout in (0.0, 0.3):
+            model = create_model("mlp", hidden=hidden, dropout=dropout)
+            linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+            assert [m.out_features for m in linears] == [*hidden, 10]
+            assert any(isinstance(m, nn.Dropout) for m in model.modules()) == (dropout > 0)
+    cnn = create_model("cnn", channels=[64, 32, 16], dropout=0.25, batch_norm=True)
+    convs = [m.out_channels for m in cnn.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [64, 32, 16]
+    assert cnn(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_create_model_records_name_and_args():
+    model = create_model("mlp", hidden=[32])
+    assert model.model_name == "mlp" and model.model_args["hidden"] == (32,)
+
+
+def test_registry_errors_are_one_line_usage_errors():
+    with pytest.raises(UsageError, match="unknown model 'resnet9000'; available: "):
+        create_model("resnet9000")
+    with pytest.raises(UsageError, match="has no argument 'depth'"):
+        create_model("mlp", depth=3)
+    with pytest.raises(UsageError, match="invalid arguments"):
+        create_model("mlp", hidden=[0])
+    with pytest.raises(UsageError, match="must be true or false"):
+        create_model("mlp", batch_norm="yes")
+
+
+def test_register_model_adds_a_name_and_refuses_duplicates():
+    @register_model("test_tiny_linear", family="mlp", recipe={"epochs": 1})
+    def tiny(num_classes: int = 10):
+        from fmnist.models.base import Classifier
+
+        return Classifier(nn.Flatten(), nn.Linear(784, num_classes), 784)
+
+    assert "test_tiny_linear" in list_models()
+    assert get_recipe("test_tiny_linear") == {"epochs": 1}
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("test_tiny_linear")(tiny)
