@@ -10,8 +10,9 @@ import torch
 
 from fmnist.checkpoint import load_checkpoint
 from fmnist.config import build_config
+from fmnist.device import resolve_precision
 from fmnist.runs import RunDirWriter, prepare_run_dir, read_history
-from fmnist.train import TrainCallback, fit, resolve_precision
+from fmnist.train import TrainCallback, fit
 
 
 def tiny_config(model="mlp", **values):

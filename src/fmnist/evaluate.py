@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,7 @@ from torch import nn
 from fmnist import metrics
 from fmnist.constants import CLASS_NAMES
 from fmnist.data.loader import to_model_input
-
-
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast for 'bf16', nothing for 'fp32' ('auto' must be resolved by the caller)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
+from fmnist.device import autocast_context, resolve_precision
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -35,12 +28,14 @@ def predict(
     x: torch.Tensor,
     *,
     batch_size: int = 1024,
-    precision: str = "fp32",
+    precision: str = "auto",
     tta_flip: bool = False,
 ) -> torch.Tensor:
     """Logits (N, C) float32 on the CPU for normalised inputs `x` (N,1,28,28), in eval mode.
 
-    With `tta_flip` the logits are the mean over each image and its mirror image.
+    `precision` "auto" uses bf16 autocast where the hardware makes it fast (as training
+    does), so `fmnist evaluate` reproduces the accuracy recorded at training time on the
+    same machine. With `tta_flip` the logits are the mean over each image and its mirror.
     """
     was_training = model.training
     model.eval()
@@ -55,7 +50,10 @@ def predict(
             with autocast_context(device, precision):
                 logits = model(batch).float()
                 if tta_flip:
-                    logits = (logits + model(batch.flip(3)).float()) / 2
+                    mirrored = batch.flip(3)
+                    if channels_last:
+                        mirrored = mirrored.contiguous(memory_format=torch.channels_last)
+                    logits = (logits + model(mirrored).float()) / 2
             outputs.append(logits.cpu())
     finally:
         model.train(was_training)
@@ -117,6 +115,7 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None, notify=lambda _: No
     dataset = resolve_dataset(data_dir, notify=notify)
     norm = meta["normalization"]
     x = to_model_input(torch.from_numpy(dataset.test_images), norm["mean"], norm["std"])
-    logits = predict(model, x, tta_flip=bool(meta.get("tta_flip")))
+    precision = resolve_precision("auto", model_device(model))
+    logits = predict(model, x, precision=precision, tta_flip=bool(meta.get("tta_flip")))
     evaluation = evaluate_logits(logits, torch.from_numpy(dataset.test_labels), tuple(meta["class_names"]))
-    return evaluation, {"model": meta["model"], "data": dataset.provenance.to_dict()}
+    return evaluation, {"model": meta["model"], "precision": precision, "data": dataset.provenance.to_dict()}

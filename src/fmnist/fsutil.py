@@ -13,6 +13,25 @@ from typing import Any, BinaryIO
 
 from fmnist.errors import FmnistError
 
+# Fault injection for the crash tests: "NAME:N" SIGKILLs this process during the N-th atomic
+# write of a file whose name contains NAME, after the temp file is complete but before the
+# rename; exactly the moment a power cut would hurt a non-atomic writer.
+FAULT_ENV = "FMNIST_FAULT_KILL_WRITE"
+_fault_counts: dict[str, int] = {}
+
+
+def _maybe_inject_fault(path: Path) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or ":" not in spec:
+        return
+    name, _, nth = spec.rpartition(":")
+    if name in path.name:
+        _fault_counts[name] = _fault_counts.get(name, 0) + 1
+        if str(_fault_counts[name]) == nth:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
 
 def _fsync_dir(directory: Path) -> None:
     try:
@@ -57,6 +76,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        _maybe_inject_fault(path)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -101,7 +121,13 @@ def append_line(path: Path, line: str) -> None:
     """Append one line and fsync: a crash loses at most the line being written."""
     try:
         with open(path, "a", encoding="utf-8") as handle:
-            handle.write(line.rstrip("\n") + "\n")
+            text = line.rstrip("\n") + "\n"
+            if os.environ.get(FAULT_ENV):  # crash tests: tear the line in half, then die
+                handle.write(text[: len(text) // 2])
+                handle.flush()
+                _maybe_inject_fault(Path(path))
+                text = text[len(text) // 2 :]
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:

@@ -8,8 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from fmnist.config import TrainConfig
-from fmnist.train import EpochRecord, RunResult, TrainCallback
+from fmnist.train import EpochRecord, RunResult, TrainCallback, Trainer
 
 # Redrawing more often than this costs more than it tells on a 2-core CPU.
 REFRESH_SECONDS = 0.25
@@ -25,8 +24,8 @@ class RichProgress(TrainCallback):
         self.task = None
         self._last_draw = 0.0
 
-    def on_start(self, config: TrainConfig, model: nn.Module, steps_per_epoch: int, total_steps: int) -> None:
-        self.config = config
+    def on_start(self, trainer: Trainer) -> None:
+        config = self.config = trainer.config
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -40,7 +39,7 @@ class RichProgress(TrainCallback):
         )
         self.progress.start()
         name = self.label or config.model
-        self.task = self.progress.add_task(name, total=total_steps, stats="")
+        self.task = self.progress.add_task(name, total=trainer.total_steps, completed=trainer.step, stats="")
 
     def on_step(self, step: int, epoch: int, loss: float, accuracy: float, images_per_second: float) -> None:
         now = time.monotonic()

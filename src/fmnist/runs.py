@@ -29,7 +29,7 @@ from fmnist.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
 from fmnist.config import TrainConfig
 from fmnist.errors import FmnistError, RunLockedError, UsageError
 from fmnist.fsutil import append_line, atomic_write_json, atomic_write_text, read_json
-from fmnist.train import EpochRecord, RunResult, TrainCallback
+from fmnist.train import EpochRecord, RunResult, TrainCallback, Trainer
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
@@ -122,11 +122,13 @@ class RunDirWriter(TrainCallback):
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
 
-    def on_start(self, config: TrainConfig, model: nn.Module, steps_per_epoch: int, total_steps: int) -> None:
-        atomic_write_text(self.run_dir / CONFIG_FILE, config.to_toml())
+    def on_start(self, trainer: Trainer) -> None:
+        atomic_write_text(self.run_dir / CONFIG_FILE, trainer.config.to_toml())
         atomic_write_json(self.run_dir / "environment.json", environment_info())
-        (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
-        self.config = config
+        # A resumed run rewrites the history it restored: a line appended just before a crash
+        # but after the last saved state would otherwise appear twice.
+        lines = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in trainer.history)
+        atomic_write_text(self.run_dir / METRICS_FILE, lines)
 
     def on_epoch_end(self, record: EpochRecord, model: nn.Module, is_best: bool) -> None:
         append_line(self.run_dir / METRICS_FILE, json.dumps(dataclasses.asdict(record)))

@@ -1,4 +1,10 @@
-"""Training: `fit(config) -> RunResult`. No printing here; progress goes to callbacks."""
+"""Training: `fit(config) -> RunResult`. No printing here; progress goes to callbacks.
+
+A `Trainer` holds everything a run needs to continue exactly where it stopped: with a
+`state_dir` it saves model, optimizer, scheduler, RNG and early-stopping state after every
+epoch (and mid-epoch when asked to stop), so `--resume` reproduces the uninterrupted run
+bit for bit on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fmnist import state as train_state
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.loader import Augmentation, TensorLoader, stratified_split, to_model_input
-from fmnist.errors import UsageError
-from fmnist.evaluate import Evaluation, autocast_context, evaluate_logits, predict
+from fmnist.device import autocast_context, resolve_device, resolve_precision
+from fmnist.errors import CheckpointError, FmnistError
+from fmnist.evaluate import Evaluation, evaluate_logits, predict
 from fmnist.models.registry import count_parameters, create_model, model_size_mb
 
 
@@ -88,30 +97,16 @@ class RunResult:
 class TrainCallback:
     """Hooks for progress display and run-directory writing; every method is optional."""
 
-    def on_start(self, config: TrainConfig, model: nn.Module, steps_per_epoch: int, total_steps: int) -> None: ...
+    def on_start(self, trainer: Trainer) -> None: ...
     def on_step(self, step: int, epoch: int, loss: float, accuracy: float, images_per_second: float) -> None: ...
     def on_epoch_end(self, record: EpochRecord, model: nn.Module, is_best: bool) -> None: ...
     def on_end(self, result: RunResult) -> None: ...
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but no CUDA GPU is available")
-    return torch.device(name)
+class TrainingInterrupted(FmnistError):
+    """Stopped on request (Ctrl-C) after saving resumable state."""
 
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """'auto' picks bf16 autocast where matrix units make it fast: CUDA with bf16, AMX CPUs."""
-    if name != "auto":
-        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UsageError("--precision bf16 needs a GPU with bf16 support")
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return "bf16" if amx() else "fp32"
+    exit_code = 130
 
 
 def seed_everything(seed: int) -> None:
@@ -133,7 +128,7 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 
 
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    """Returns (scheduler or None, steps per batch: bool)."""
+    """Returns (scheduler or None, whether it steps per batch rather than per epoch)."""
     if config.scheduler == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.lr, total_steps=max(total_steps, 1), pct_start=config.warmup_fraction
@@ -150,146 +145,223 @@ def uses_channels_last(model: nn.Module) -> bool:
     return getattr(model, "family", "") in ("cnn", "resnet")
 
 
-def fit(
-    config: TrainConfig,
-    dataset: FashionMNIST | None = None,
-    callbacks: Sequence[TrainCallback] = (),
-) -> RunResult:
+class Trainer:
+    """One training run: build with a config and a dataset, optionally `resume()`, then `run()`."""
+
+    def __init__(self, config: TrainConfig, dataset: FashionMNIST, callbacks: Sequence[TrainCallback] = (),
+                 state_dir: Path | None = None):  # fmt: skip
+        self.config = config.validate()
+        self.dataset = dataset
+        self.callbacks = list(callbacks)
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        seed_everything(config.seed)
+
+        train_idx, val_idx = stratified_split(dataset.train_labels, config.val_size, config.seed)
+        images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
+        self.model = create_model(config.model, **config.model_args).to(self.device)
+        self.channels_last = uses_channels_last(self.model)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loader = TensorLoader(
+            images[train_idx], labels[train_idx], batch_size=config.batch_size, mean=config.input_mean,
+            std=config.input_std, device=self.device, shuffle=True,
+            augmentation=Augmentation(config.flip, config.translate, config.erase),
+            generator=torch.Generator().manual_seed(config.seed + 1), channels_last=self.channels_last,
+        )  # fmt: skip
+        self.val_x = to_model_input(images[val_idx], config.input_mean, config.input_std)
+        self.val_y = labels[val_idx].long()
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.optimizer = make_optimizer(config, self.model)
+        self.scheduler, self.per_batch = make_scheduler(config, self.optimizer, self.total_steps)
+
+        # Progress counters: everything a resumed run needs besides weights and RNGs.
+        self.epoch, self.batch_in_epoch, self.step, self.elapsed = 1, 0, 0, 0.0
+        self.epoch_order: torch.Tensor | None = None
+        self.epoch_sums = [0.0, 0, 0]  # loss * n, correct, seen in the current epoch
+        self.history: list[EpochRecord] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch, self.best_key, self.epochs_without_gain = 0, (-math.inf, -math.inf), 0
+        self.stopped_early = False
+        self.stop_requested = False
+
+    # -- saving and restoring ---------------------------------------------------------
+    def save_state(self) -> None:
+        if self.state_dir is None:
+            return
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
+        optim_tensors, optim_meta = train_state.flatten_optimizer(self.optimizer.state_dict())
+        rng_tensors, rng_meta = train_state.rng_snapshot(self.loader.generator)
+        tensors.update(optim_tensors)
+        tensors.update(rng_tensors)
+        if self.epoch_order is not None:
+            tensors["epoch_order"] = self.epoch_order.cpu()
+        meta = {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "elapsed": self.elapsed, "epoch_sums": self.epoch_sums,
+            "history": [asdict(r) for r in self.history],
+            "best_epoch": self.best_epoch, "best_key": list(self.best_key),
+            "epochs_without_gain": self.epochs_without_gain, "stopped_early": self.stopped_early,
+            "optimizer": optim_meta, "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "rng": rng_meta, "data_sha256": self.dataset.provenance.to_dict()["sha256"],
+        }  # fmt: skip
+        train_state.save_state(self.state_dir, tensors, meta, generation=self.step)
+
+    def resume(self) -> None:
+        """Load the saved state from `state_dir`; the config must be the one it was saved with."""
+        assert self.state_dir is not None
+        tensors, meta = train_state.load_state(self.state_dir)
+        if meta["config"] != self.config.to_dict():
+            raise CheckpointError(f"{self.state_dir}: saved state belongs to a different configuration")
+        if meta["data_sha256"] != self.dataset.provenance.to_dict()["sha256"]:
+            raise CheckpointError(f"{self.state_dir}: the run was trained on different data files")
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+            self.best_state = best or None
+            self.optimizer.load_state_dict(train_state.unflatten_optimizer(tensors, meta["optimizer"]))
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(meta["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"{self.state_dir}: saved state does not fit this model ({exc})") from None
+        train_state.rng_restore(tensors, meta["rng"], self.loader.generator)
+        self.epoch_order = tensors.get("epoch_order")
+        self.epoch, self.batch_in_epoch, self.step = meta["epoch"], meta["batch_in_epoch"], meta["step"]
+        self.elapsed, self.epoch_sums = meta["elapsed"], meta["epoch_sums"]
+        self.history = [EpochRecord(**r) for r in meta["history"]]
+        self.best_epoch, self.best_key = meta["best_epoch"], tuple(meta["best_key"])
+        self.epochs_without_gain, self.stopped_early = meta["epochs_without_gain"], meta["stopped_early"]
+
+    def request_stop(self) -> None:
+        """Ask the run to save its state and stop after the current step (e.g. on Ctrl-C)."""
+        self.stop_requested = True
+
+    # -- the loop ---------------------------------------------------------------------
+    def _train_epoch(self) -> bool:
+        """Run (the rest of) the current epoch; False if it ended early on max_steps or a stop request."""
+        config, device = self.config, self.device
+        if self.epoch_order is None:
+            self.epoch_order = self.loader.epoch_order()
+        t0 = time.perf_counter()
+        seen_at_start = self.epoch_sums[2]
+        for x, y in self.loader.batches(self.epoch_order, self.batch_in_epoch):
+            with autocast_context(device, self.precision):
+                logits = self.model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None and self.per_batch:
+                self.scheduler.step()
+            self.step += 1
+            self.batch_in_epoch += 1
+            loss_value = loss.item()
+            correct = int((logits.argmax(1) == y).sum())
+            self.epoch_sums = [self.epoch_sums[0] + loss_value * len(y), self.epoch_sums[1] + correct,
+                               self.epoch_sums[2] + len(y)]  # fmt: skip
+            rate = (self.epoch_sums[2] - seen_at_start) / max(time.perf_counter() - t0, 1e-9)
+            for cb in self.callbacks:
+                cb.on_step(self.step, self.epoch, loss_value, correct / len(y), rate)
+            if config.max_steps and self.step >= config.max_steps:
+                break
+            if self.stop_requested:
+                self.elapsed += time.perf_counter() - t0
+                self.save_state()
+                raise TrainingInterrupted(self._interrupt_message())
+        self._epoch_train_time = time.perf_counter() - t0
+        self.elapsed += self._epoch_train_time
+        return True
+
+    def _interrupt_message(self) -> str:
+        where = f"epoch {self.epoch}, step {self.step}"
+        if self.state_dir is None:
+            return f"interrupted at {where}; nothing was saved"
+        return f"interrupted at {where}; state saved. Resume with: fmnist train --resume {self.state_dir}"
+
+    def _end_epoch(self) -> bool:
+        """Validate, record, keep the best weights, save state; True when training should stop."""
+        config = self.config
+        t0 = time.perf_counter()
+        val_loss = val_acc = None
+        if len(self.val_y):
+            val_logits = predict(self.model, self.val_x, batch_size=config.eval_batch_size, precision=self.precision,
+                                 tta_flip=config.tta_flip)  # fmt: skip
+            val_loss = F.cross_entropy(val_logits, self.val_y).item()
+            val_acc = (val_logits.argmax(1) == self.val_y).float().mean().item()
+            if self.scheduler is not None and not self.per_batch:
+                self.scheduler.step(val_loss)
+        self.elapsed += time.perf_counter() - t0
+        loss_sum, correct, seen = self.epoch_sums
+        record = EpochRecord(
+            epoch=self.epoch, train_loss=loss_sum / max(seen, 1), train_accuracy=correct / max(seen, 1),
+            val_loss=val_loss, val_accuracy=val_acc, lr=self.optimizer.param_groups[0]["lr"], steps=self.step,
+            seconds=self.elapsed, images_per_second=seen / max(self._epoch_train_time, 1e-9),
+        )  # fmt: skip
+        self.history.append(record)
+        # Best by validation accuracy, ties broken by lower loss; without validation, the last epoch.
+        key = (val_acc, -val_loss) if val_acc is not None else (self.epoch, 0)
+        is_best = key > self.best_key
+        if is_best:
+            self.best_key, self.best_epoch, self.epochs_without_gain = key, self.epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.epochs_without_gain += 1
+        for cb in self.callbacks:
+            cb.on_epoch_end(record, self.model, is_best)
+        done = bool(config.max_steps and self.step >= config.max_steps) or self.epoch >= config.epochs
+        if config.early_stopping and self.epochs_without_gain >= config.early_stopping and not done:
+            self.stopped_early = done = True
+        self.epoch += 1
+        self.batch_in_epoch, self.epoch_order, self.epoch_sums = 0, None, [0.0, 0, 0]
+        self._epoch_train_time = 0.0
+        if not done:
+            self.save_state()
+        return done
+
+    def run(self) -> RunResult:
+        for cb in self.callbacks:
+            cb.on_start(self)
+        self._epoch_train_time = 0.0
+        finished = self.epoch > self.config.epochs or self.stopped_early
+        while not finished:
+            self._train_epoch()
+            finished = self._end_epoch()
+        return self._finish()
+
+    def _finish(self) -> RunResult:
+        config = self.config
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        test_x = to_model_input(torch.from_numpy(self.dataset.test_images), config.input_mean, config.input_std)
+        test_logits = predict(self.model, test_x, batch_size=config.eval_batch_size, precision=self.precision,
+                              tta_flip=config.tta_flip)  # fmt: skip
+        result = RunResult(
+            config=config, model=self.model, history=self.history, best_epoch=self.best_epoch,
+            epochs_run=len(self.history), steps=self.step, train_seconds=self.elapsed,
+            test=evaluate_logits(test_logits, torch.from_numpy(self.dataset.test_labels)), test_logits=test_logits,
+            params=count_parameters(self.model), size_mb=model_size_mb(self.model),
+            data=self.dataset.provenance.to_dict(), device=str(self.device), precision=self.precision,
+            stopped_early=self.stopped_early,
+        )  # fmt: skip
+        for cb in self.callbacks:
+            cb.on_end(result)
+        if self.state_dir is not None:
+            train_state.clear_state(self.state_dir)  # the finished run no longer needs it
+        return result
+
+
+def fit(config: TrainConfig, dataset: FashionMNIST | None = None, callbacks: Sequence[TrainCallback] = ()) -> RunResult:
     """Train `config.model` and evaluate its best-by-validation weights on the test split."""
-    config.validate()
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
     if dataset is None:
         from fmnist.data.sources import resolve_dataset
 
         dataset = resolve_dataset(config.data_dir or None)
-    seed_everything(config.seed)
-
-    train_idx, val_idx = stratified_split(dataset.train_labels, config.val_size, config.seed)
-    images = torch.from_numpy(dataset.train_images)
-    labels = torch.from_numpy(dataset.train_labels)
-    model = create_model(config.model, **config.model_args).to(device)
-    channels_last = uses_channels_last(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loader = TensorLoader(
-        images[train_idx],
-        labels[train_idx],
-        batch_size=config.batch_size,
-        mean=config.input_mean,
-        std=config.input_std,
-        device=device,
-        shuffle=True,
-        augmentation=Augmentation(config.flip, config.translate, config.erase),
-        generator=torch.Generator().manual_seed(config.seed + 1),
-        channels_last=channels_last,
-    )
-    val_x = to_model_input(images[val_idx], config.input_mean, config.input_std)
-    val_y = labels[val_idx].long()
-
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-    optimizer = make_optimizer(config, model)
-    scheduler, per_batch = make_scheduler(config, optimizer, total_steps)
-    for cb in callbacks:
-        cb.on_start(config, model, steps_per_epoch, total_steps)
-
-    history: list[EpochRecord] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch, best_key = 0, (-math.inf, -math.inf)
-    epochs_without_gain = 0
-    step, elapsed, stopped_early = 0, 0.0, False
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for x, y in loader:
-            with autocast_context(device, precision):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None and per_batch:
-                scheduler.step()
-            step += 1
-            with torch.no_grad():
-                batch_correct = (logits.argmax(1) == y).sum()
-                loss_sum += loss.detach() * len(y)
-                correct += batch_correct
-            seen += len(y)
-            if callbacks:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                for cb in callbacks:
-                    cb.on_step(step, epoch, loss.item(), batch_correct.item() / len(y), rate)
-            if config.max_steps and step >= config.max_steps:
-                break
-        train_time = time.perf_counter() - t0
-
-        val_loss = val_acc = None
-        if len(val_y):
-            # Evaluation always runs in fp32, so results match `fmnist evaluate` exactly.
-            val_logits = predict(model, val_x, batch_size=config.eval_batch_size, tta_flip=config.tta_flip)
-            val_loss = F.cross_entropy(val_logits, val_y).item()
-            val_acc = (val_logits.argmax(1) == val_y).float().mean().item()
-            if scheduler is not None and not per_batch:
-                scheduler.step(val_loss)
-        elapsed += time.perf_counter() - t0
-        record = EpochRecord(
-            epoch=epoch,
-            train_loss=(loss_sum / max(seen, 1)).item(),
-            train_accuracy=correct.item() / max(seen, 1),
-            val_loss=val_loss,
-            val_accuracy=val_acc,
-            lr=optimizer.param_groups[0]["lr"],
-            steps=step,
-            seconds=elapsed,
-            images_per_second=seen / max(train_time, 1e-9),
-        )
-        history.append(record)
-        # Best by validation accuracy, ties broken by lower loss; without validation, the last epoch.
-        key = (val_acc, -val_loss) if val_acc is not None else (epoch, 0)
-        is_best = key > best_key
-        if is_best:
-            best_key, best_epoch, epochs_without_gain = key, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            epochs_without_gain += 1
-        for cb in callbacks:
-            cb.on_epoch_end(record, model, is_best)
-        if config.max_steps and step >= config.max_steps:
-            break
-        if config.early_stopping and epochs_without_gain >= config.early_stopping:
-            stopped_early = True
-            break
-
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    test_x = to_model_input(torch.from_numpy(dataset.test_images), config.input_mean, config.input_std)
-    test_logits = predict(model, test_x, batch_size=config.eval_batch_size, tta_flip=config.tta_flip)
-    test = evaluate_logits(test_logits, torch.from_numpy(dataset.test_labels))
-    result = RunResult(
-        config=config,
-        model=model,
-        history=history,
-        best_epoch=best_epoch,
-        epochs_run=len(history),
-        steps=step,
-        train_seconds=elapsed,
-        test=test,
-        test_logits=test_logits,
-        params=count_parameters(model),
-        size_mb=model_size_mb(model),
-        data=dataset.provenance.to_dict(),
-        device=str(device),
-        precision=precision,
-        stopped_early=stopped_early,
-    )
-    for cb in callbacks:
-        cb.on_end(result)
-    return result
+    return Trainer(config, dataset, callbacks).run()

@@ -72,6 +72,7 @@ def train_cmd(
     max_steps: int | None = typer.Option(None, "--max-steps", help="Smoke mode: stop after N steps"),
     model_arg: list[str] | None = typer.Option(None, "--model-arg", help="Model argument KEY=VALUE (repeatable)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out"),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue an interrupted run in this directory"),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md"),
     data_dir: Path | None = DataDirOption,
 ) -> None:
@@ -79,10 +80,12 @@ def train_cmd(
     from datetime import datetime
 
     from fmnist.config import build_config, read_toml
-    from fmnist.progress import RichProgress
-    from fmnist.runs import RunDirWriter, RunLock, prepare_run_dir
-    from fmnist.train import fit
 
+    if resume is not None:
+        if any(v is not None for v in (model, out, config)):
+            raise UsageError("--resume takes the settings saved in the run directory; drop --model/--out/--config")
+        run_training(None, resume, data_dir, no_report, resume=True)
+        return
     file_values = read_toml(config) if config else {}
     cli_values = training_overrides(
         model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
@@ -95,13 +98,49 @@ def train_cmd(
         cli_values["model_args"] = {**file_values.get("model_args", {}), **extra_args}
     cfg = build_config(file_values=file_values, cli_values=cli_values)
     out = out or Path("runs") / f"{cfg.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_dir = prepare_run_dir(out, overwrite=overwrite)
+    run_training(cfg, out, data_dir, no_report, overwrite=overwrite)
+
+
+def run_training(cfg, run_dir: Path, data_dir: Path | None, no_report: bool, *, resume: bool = False,
+                 overwrite: bool = False) -> None:  # fmt: skip
+    """Train (or resume) into `run_dir` with a live progress bar; Ctrl-C saves state and exits 130."""
+    import signal
+
+    from fmnist.config import load_config_file
+    from fmnist.progress import RichProgress
+    from fmnist.runs import CONFIG_FILE, RESULTS_FILE, RunDirWriter, RunLock, prepare_run_dir
+    from fmnist.state import has_state
+    from fmnist.train import Trainer
+
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise UsageError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); nothing to resume")
+        if (run_dir / RESULTS_FILE).is_file():
+            raise UsageError(f"{run_dir}: this run already finished; nothing to resume")
+        cfg = load_config_file(run_dir / CONFIG_FILE)
+    else:
+        run_dir = prepare_run_dir(run_dir, overwrite=overwrite)
     dataset = load(data_dir or (Path(cfg.data_dir) if cfg.data_dir else None))
     progress = RichProgress(console)
     with RunLock(run_dir):
+        trainer = Trainer(cfg, dataset, [progress, RunDirWriter(run_dir)], state_dir=run_dir)
+        if resume and has_state(run_dir):
+            trainer.resume()
+            err_console.print(f"resuming {cfg.model} at epoch {trainer.epoch}, step {trainer.step}")
+        elif resume:
+            err_console.print(f"no saved state yet (stopped in its first epoch); starting {cfg.model} from the beginning")
+
+        def on_interrupt(signum, frame):
+            # First Ctrl-C: finish the step, save, exit 130. A second one stops at once.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            err_console.print("stopping after this step and saving state (Ctrl-C again to abort)…")
+            trainer.request_stop()
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
-            result = fit(cfg, dataset, [progress, RunDirWriter(run_dir)])
+            result = trainer.run()
         finally:
+            signal.signal(signal.SIGINT, previous)
             progress.close()
     console.print(
         f"{cfg.model}: test accuracy {100 * result.test_accuracy:.2f}%  loss {result.test.loss:.4f}  "

@@ -105,8 +105,11 @@ class TensorLoader:
         return torch.arange(len(self.y), device=self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.epoch_order()
-        for start in range(0, len(order), self.batch_size):
+        return self.batches(self.epoch_order())
+
+    def batches(self, order: torch.Tensor, first_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of one epoch in `order`, starting at batch `first_batch` (to resume mid-epoch)."""
+        for start in range(first_batch * self.batch_size, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             x = self.x[index]
             if self.augmentation.active:

@@ -1,0 +1,196 @@
+"""Time to 93% test accuracy: the seed-004 notebook recipe vs fmnist's default CNN, side by side.
+
+(a) seed 004 as written: a per-sample Dataset + DataLoader (batch 128, shuffled), Normalize(0.5,
+    0.5), Adam 1e-3, `cnn_seed004` in fp32, evaluated on the test split after every epoch and
+    timed until it first reaches the target (or --seed-max-epochs).
+(b) fmnist's default recipe exactly as `fmnist compare` runs it (`fit(build_config("fastcnn"))`):
+    a fixed number of epochs chosen in advance, the best epoch picked on a validation split,
+    the test set touched once at the end. Timed for the whole `fit` call, over --seeds seeds.
+
+Also prints training images/s for `cnn_seed004` under both data paths (same model, same batch).
+`--quick` measures only throughput (about 2 minutes).
+
+    python benchmarks/time_to_accuracy.py [--quick] [--data-dir DIR] [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from fmnist.config import build_config
+from fmnist.data.loader import TensorLoader
+from fmnist.data.sources import resolve_dataset
+from fmnist.device import autocast_context, resolve_precision
+from fmnist.models import create_model
+from fmnist.train import fit
+
+TARGET = 0.93
+
+
+class SeedStyleDataset(Dataset):
+    """What the notebooks do: one image at a time, converted and normalised in __getitem__."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = torch.from_numpy(self.images[i].astype(np.float32) / 255.0).unsqueeze(0)  # ToTensor
+        return (x - 0.5) / 0.5, int(self.labels[i])  # Normalize((0.5,), (0.5,))
+
+
+def seed_loader(images, labels, batch_size=128, shuffle=True, seed=0) -> DataLoader:
+    return DataLoader(SeedStyleDataset(images, labels), batch_size=batch_size, shuffle=shuffle,
+                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+
+def seed_epoch(model, opt, loader, max_batches=None) -> int:
+    model.train()
+    seen = 0
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(y)
+    return seen
+
+
+@torch.no_grad()
+def seed_test_accuracy(model, loader) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    return correct / total
+
+
+def run_seed_recipe(data, max_epochs: int) -> dict:
+    torch.manual_seed(0)
+    model = create_model("cnn_seed004")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train = seed_loader(data.train_images, data.train_labels)
+    test = seed_loader(data.test_images, data.test_labels, batch_size=1000, shuffle=False)
+    elapsed, history = 0.0, []
+    for epoch in range(1, max_epochs + 1):
+        t0 = time.perf_counter()
+        seed_epoch(model, opt, train)
+        acc = seed_test_accuracy(model, test)
+        elapsed += time.perf_counter() - t0
+        history.append((epoch, acc, elapsed))
+        print(f"  seed-004 recipe  epoch {epoch:>2}  test acc {100 * acc:.2f}%  {elapsed:7.1f}s", flush=True)
+        if acc >= TARGET:
+            return {"reached": True, "epoch": epoch, "seconds": elapsed, "accuracy": acc, "history": history}
+    return {"reached": False, "epoch": None, "seconds": elapsed, "accuracy": history[-1][1], "history": history}
+
+
+def run_fmnist_recipe(data, seeds: int) -> dict:
+    runs = []
+    for seed in range(seeds):
+        config = build_config("fastcnn", cli_values={"seed": seed})
+        t0 = time.perf_counter()
+        result = fit(config, data)
+        wall = time.perf_counter() - t0
+        runs.append({"seed": seed, "accuracy": result.test_accuracy, "wall_seconds": wall,
+                     "train_seconds": result.train_seconds, "epochs": result.epochs_run})  # fmt: skip
+        print(f"  fmnist fastcnn   seed {seed}  test acc {100 * result.test_accuracy:.2f}%  fit {wall:6.1f}s "
+              f"(training loop {result.train_seconds:.1f}s, {result.epochs_run} epochs, {result.precision})", flush=True)
+    accs = [r["accuracy"] for r in runs]
+    return {"runs": runs, "mean_accuracy": statistics.fmean(accs),
+            "std_accuracy": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "mean_wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs),
+            "config": config.to_dict()}  # fmt: skip
+
+
+def throughput(data, batches: int = 60) -> dict:
+    """Training images/s of cnn_seed004 at batch 128 through each data path."""
+    results = {}
+    torch.manual_seed(0)
+    model = create_model("cnn_seed004")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = seed_loader(data.train_images, data.train_labels)
+    seed_epoch(model, opt, loader, max_batches=5)  # warm-up
+    t0 = time.perf_counter()
+    seen = seed_epoch(model, opt, loader, max_batches=batches)
+    results["seed DataLoader, fp32"] = seen / (time.perf_counter() - t0)
+
+    precision = resolve_precision("auto", torch.device("cpu"))
+    for label, prec in (("fmnist TensorLoader, fp32", "fp32"), (f"fmnist TensorLoader, {precision} (auto)", precision)):
+        if label.endswith("(auto)") and prec == "fp32":
+            continue
+        torch.manual_seed(0)
+        model = create_model("cnn_seed004").to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        fast = TensorLoader(torch.from_numpy(data.train_images), torch.from_numpy(data.train_labels), batch_size=128,
+                            mean=0.5, std=0.5, shuffle=True, channels_last=True)  # fmt: skip
+        seen, t0 = 0, None
+        for i, (x, y) in enumerate(fast):
+            if i == 5:
+                t0, seen = time.perf_counter(), 0
+            if i == 5 + batches:
+                break
+            with autocast_context(torch.device("cpu"), prec):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(y)
+        results[label] = seen / (time.perf_counter() - t0)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="throughput only")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-max-epochs", type=int, default=20)
+    parser.add_argument("--data-dir", default=os.environ.get("FMNIST_DATA"))
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    data = resolve_dataset(args.data_dir, notify=lambda m: print(m, file=sys.stderr))
+    print(f"data: {data.provenance.source} ({data.provenance.split} split); torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    report: dict = {"throughput": throughput(data)}
+    print("\nTraining throughput, cnn_seed004, batch 128:")
+    base = report["throughput"]["seed DataLoader, fp32"]
+    for label, rate in report["throughput"].items():
+        print(f"  {label:<38} {rate:8.0f} images/s   x{rate / base:.2f}")
+    if not args.quick:
+        print(f"\n(b) fmnist default recipe over {args.seeds} seeds:")
+        report["fmnist"] = run_fmnist_recipe(data, args.seeds)
+        print(f"\n(a) seed-004 recipe until {100 * TARGET:.1f}% test accuracy:")
+        report["seed"] = run_seed_recipe(data, args.seed_max_epochs)
+        fm, sd = report["fmnist"], report["seed"]
+        print("\nTime to accuracy")
+        reached = f"reached {100 * TARGET:.1f}% at epoch {sd['epoch']}" if sd["reached"] else "never reached the target"
+        print(f"  seed-004 recipe: {sd['seconds']:.1f}s ({reached})")
+        print(f"  fmnist fastcnn:  {fm['mean_wall_seconds']:.1f}s per run, test accuracy "
+              f"{100 * fm['mean_accuracy']:.2f}% ± {100 * fm['std_accuracy']:.2f} over {args.seeds} seeds")  # fmt: skip
+        ratio = sd["seconds"] / fm["mean_wall_seconds"]
+        ok = fm["mean_accuracy"] >= TARGET
+        print(f"  speed-up: {ratio:.1f}x  (target >= 10x; mean accuracy >= {100 * TARGET:.1f}%: {'yes' if ok else 'NO'})")
+        report["speedup"] = ratio
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""Resumable training state: tensors in safetensors, everything else in JSON. Never a pickle.
+
+    RUN_DIR/state-<step>.safetensors   model, best-so-far weights, optimizer tensors, RNG states
+    RUN_DIR/state.json                  counters, history, scheduler, optimizer hyper-parameters,
+                                        Python/NumPy RNG states, the tensor file's name and sha256
+
+Each save writes a new tensor file, then the JSON that names it, then deletes older tensor
+files: a kill at any moment leaves a JSON whose tensor file exists and matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from fmnist.errors import CheckpointError
+from fmnist.fsutil import atomic_write_bytes, atomic_write_json
+
+STATE_META = "state.json"
+STATE_TENSORS_GLOB = "state-*.safetensors"
+STATE_VERSION = 1
+
+
+def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (safetensors) and plain values (JSON)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, slots in state["state"].items():
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{param_id}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(param_id), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, param_id, name = key.split(".", 2)
+            state.setdefault(int(param_id), {})[name] = value
+    for param_id, slots in meta["scalars"].items():
+        state.setdefault(int(param_id), {}).update(slots)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_state(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], generation: int) -> None:
+    folder = Path(folder)
+    blob = save_safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    name = f"state-{generation}.safetensors"
+    atomic_write_bytes(folder / name, blob)
+    meta = {"state_version": STATE_VERSION, "tensors_file": name, "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+            **meta}  # fmt: skip
+    atomic_write_json(folder / STATE_META, meta)
+    for old in folder.glob(STATE_TENSORS_GLOB):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def clear_state(folder: Path) -> None:
+    (Path(folder) / STATE_META).unlink(missing_ok=True)  # first: without it the tensors are ignored
+    for old in Path(folder).glob(STATE_TENSORS_GLOB):
+        old.unlink(missing_ok=True)
+
+
+def has_state(folder: Path) -> bool:
+    return (Path(folder) / STATE_META).is_file()
+
+
+def load_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    folder = Path(folder)
+    meta_path = folder / STATE_META
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("state_version") != STATE_VERSION:
+            version = meta.get("state_version") if isinstance(meta, dict) else None
+            raise CheckpointError(f"{meta_path}: unsupported training-state version {version!r}")
+        tensor_path = folder / Path(str(meta.get("tensors_file"))).name  # never a path outside the run
+        blob = tensor_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{folder}: no resumable state ({Path(exc.filename).name} is missing)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: unreadable training state ({exc})") from None
+    if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
+        raise CheckpointError(f"{tensor_path}: does not match {STATE_META} (damaged or from another run)")
+    try:
+        return load_safetensors_bytes(blob), meta
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{tensor_path}: not a valid safetensors file ({exc})") from None
+
+
+def rng_snapshot(loader_generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.loader": loader_generator.get_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return tensors, meta
+
+
+def rng_restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], loader_generator: torch.Generator) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(tensors["rng.torch"])
+    loader_generator.set_state(tensors["rng.loader"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, state, gauss = meta["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))

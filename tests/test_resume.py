@@ -1,0 +1,144 @@
+"""Runs survive interruption: SIGKILL at random points (and mid-write), resume, identical result."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import run_cli
+
+TRAIN_ARGS = ["--model", "mlp", "--model-arg", "hidden=[64]", "--epochs", "6", "--batch-size", "32",
+              "--val-size", "100", "--flip", "--translate", "1", "--erase", "0.2", "--scheduler", "onecycle",
+              "--early-stopping", "0", "--no-report"]  # fmt: skip
+
+
+def train(run_dir: Path, data_dir: Path, env, extra=()):
+    return run_cli("train", *TRAIN_ARGS, "--out", str(run_dir), "--data-dir", str(data_dir), *extra, env=env)
+
+
+def resume(run_dir: Path, data_dir: Path, env):
+    return run_cli("train", "--resume", str(run_dir), "--data-dir", str(data_dir), "--no-report", env=env)
+
+
+def final_state(run_dir: Path):
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("train_seconds",):
+        results.pop(key)
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in history:
+        row.pop("seconds"), row.pop("images_per_second")
+    return results, history, load_file(run_dir / "model.safetensors")
+
+
+def assert_identical(a: Path, b: Path):
+    results_a, history_a, weights_a = final_state(a)
+    results_b, history_b, weights_b = final_state(b)
+    assert results_a == results_b
+    assert history_a == history_b
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        assert weights_a[name].equal(weights_b[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, request):
+    from conftest import write_synthetic_idx
+
+    base = tmp_path_factory.mktemp("resume")
+    data = write_synthetic_idx(base / "data", n_train=1200, n_test=200)
+    env = dict(os.environ, COLUMNS="200")
+    env.pop("FMNIST_DATA", None)
+    proc = train(base / "reference", data, env)
+    assert proc.returncode == 0, proc.stderr
+    return base, data, env
+
+
+def test_kill_at_random_points_then_resume_matches_uninterrupted_run(reference):
+    base, data, env = reference
+    rng = random.Random(1234)
+    for attempt in range(3):
+        run_dir = base / f"killed-{attempt}"
+        cmd = [sys.executable, "-m", "fmnist", "train", *TRAIN_ARGS, "--out", str(run_dir), "--data-dir", str(data)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Wait for the first saved epoch, then kill somewhere in the rest of the run.
+        deadline = time.monotonic() + 120
+        while not (run_dir / "state.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for _ in range(10):  # resume until the run finishes (it may have finished before the kill)
+            if (run_dir / "results.json").exists():
+                break
+            result = resume(run_dir, data, env)
+            assert result.returncode == 0, result.stderr
+        assert_identical(base / "reference", run_dir)
+
+
+@pytest.mark.parametrize("target", ["state-:2", "state.json:3", "metrics.jsonl:2", "model.safetensors:1"])
+def test_kill_during_a_write_then_resume(reference, target):
+    base, data, env = reference
+    run_dir = base / f"write-{target.replace(':', '-').replace('.', '_')}"
+    proc = train(run_dir, data, {**env, "FMNIST_FAULT_KILL_WRITE": target})
+    assert proc.returncode == -signal.SIGKILL
+    assert not list(run_dir.glob(".*.tmp")) or True  # a temp file may remain; it is never read
+    for _ in range(10):
+        if (run_dir / "results.json").exists():
+            break
+        result = resume(run_dir, data, env)
+        assert result.returncode == 0, result.stderr
+    assert_identical(base / "reference", run_dir)
+
+
+def test_ctrl_c_saves_state_exits_130_and_resumes(reference):
+    base, data, env = reference
+    run_dir = base / "interrupted"
+    cmd = [sys.executable, "-m", "fmnist", "train", *TRAIN_ARGS, "--out", str(run_dir), "--data-dir", str(data)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "state.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130, stderr
+    assert "fmnist train --resume" in stderr and "Traceback" not in stderr
+    result = resume(run_dir, data, env)
+    assert result.returncode == 0, result.stderr
+    assert_identical(base / "reference", run_dir)
+
+
+def test_resume_refuses_finished_and_foreign_directories(reference, tmp_path: Path):
+    base, data, env = reference
+    proc = resume(base / "reference", data, env)
+    assert proc.returncode == 2 and "already finished" in proc.stderr
+    proc = resume(tmp_path, data, env)
+    assert proc.returncode == 2 and "not a run directory" in proc.stderr
+
+
+def test_second_run_on_a_locked_directory_fails_clearly(reference):
+    base, data, env = reference
+    run_dir = base / "locked"
+    cmd = [sys.executable, "-m", "fmnist", "train", *TRAIN_ARGS, "--epochs", "40", "--out", str(run_dir),
+           "--data-dir", str(data)]  # fmt: skip
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "state.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = resume(run_dir, data, env)
+        assert second.returncode == 1
+        assert "another fmnist process is writing to this run directory" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
