@@ -134,7 +134,10 @@ def run_compare(
         for spec, k, config in configs:
             run_name = spec.name if plan.seeds == 1 else f"{spec.name}-seed{config.seed}"
             run_dir = prepare_run_dir(out_dir / run_name)
-            result = fit(config, dataset, [*make_callbacks(run_name, config), RunDirWriter(run_dir)])
+            from fmnist.classical import fit_classical, is_classical  # scikit-learn baselines train outside fit()
+
+            trainer = fit_classical if is_classical(config.model) else fit
+            result = trainer(config, dataset, [*make_callbacks(run_name, config), RunDirWriter(run_dir)])
             on_result(run_name, result)
             entry = {**result.summary(), "run_dir": run_name, "name": spec.name}
             per_spec.setdefault(spec.name, []).append(entry)

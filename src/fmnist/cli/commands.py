@@ -1,3 +1,3 @@
 """Importing this module registers every command on the app."""
 
-from fmnist.cli import compare_cmds, data_cmds, train_cmds  # noqa: F401
+from fmnist.cli import analysis_cmds, compare_cmds, data_cmds, serve_cmds, train_cmds  # noqa: F401
