@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast where the hardware runs it fast (AMX CPUs, CUDA)
+    deterministic: bool = False  # force deterministic GPU kernels (slower); CPU runs are already
     max_steps: int = 0  # smoke mode: stop after this many optimizer steps; 0 = no limit
     eval_batch_size: int = 1024
     data_dir: str = ""

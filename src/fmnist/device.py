@@ -43,3 +43,18 @@ def autocast_context(device: torch.device, precision: str) -> AbstractContextMan
     if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def enable_determinism(device: torch.device) -> None:
+    """Make GPU runs repeatable: deterministic kernels only, no cuDNN autotuning.
+
+    cuBLAS needs a fixed workspace for deterministic matrix products; it reads the setting
+    when its handle is created, so it is set here, before any CUDA work in this process.
+    """
+    import os
+
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=False)

@@ -26,7 +26,7 @@ from fmnist import state as train_state
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.loader import Augmentation, TensorLoader, stratified_split, to_model_input
-from fmnist.device import autocast_context, resolve_device, resolve_precision
+from fmnist.device import autocast_context, enable_determinism, resolve_device, resolve_precision
 from fmnist.errors import CheckpointError, FmnistError
 from fmnist.evaluate import Evaluation, evaluate_logits, predict
 from fmnist.models.registry import count_parameters, create_model, model_size_mb
@@ -156,6 +156,8 @@ class Trainer:
         self.state_dir = Path(state_dir) if state_dir else None
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
+        if config.deterministic:
+            enable_determinism(self.device)
         seed_everything(config.seed)
 
         train_idx, val_idx = stratified_split(dataset.train_labels, config.val_size, config.seed)

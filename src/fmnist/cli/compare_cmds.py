@@ -25,9 +25,8 @@ def compare_cmd(
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Train and compare models (default: the MLP baseline vs fmnist's CNN) and write a report."""
-    from fmnist.compare import default_out_dir, default_plan, plan_from_file, plan_from_models, run_compare
+    from fmnist.compare import default_out_dir, default_plan, plan_from_file, plan_from_models
     from fmnist.errors import UsageError
-    from fmnist.progress import RichProgress
 
     if models and config:
         raise UsageError("give either --models or --config, not both")
@@ -35,9 +34,17 @@ def compare_cmd(
     if seeds:
         plan.seeds = seeds
     overrides = {"epochs": epochs, "max_steps": max_steps, "device": device, "seed": seed}
+    run_plan(plan, out or default_out_dir(), overrides, data_dir, no_report)
+
+
+def run_plan(plan, out: Path, overrides: dict, data_dir: Path | None, no_report: bool) -> None:
+    """Train every run of `plan` into `out` with progress bars, print the table, write the report."""
+    from fmnist.compare import run_compare
+    from fmnist.progress import RichProgress
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     for spec in plan.runs:  # fail on bad values before any data is loaded or run trained
-        spec.config({k: v for k, v in overrides.items() if v is not None})
-    out = out or default_out_dir()
+        spec.config(overrides)
     dataset = load(data_dir)
     progress: list[RichProgress] = []
 

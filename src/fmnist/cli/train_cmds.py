@@ -69,10 +69,12 @@ def train_cmd(
     seed: int | None = typer.Option(None, "--seed"),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda"),
     precision: str | None = typer.Option(None, "--precision", help="auto, fp32 or bf16"),
+    deterministic: bool | None = typer.Option(None, "--deterministic", help="Deterministic GPU kernels (slower)"),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Smoke mode: stop after N steps"),
     model_arg: list[str] | None = typer.Option(None, "--model-arg", help="Model argument KEY=VALUE (repeatable)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out"),
     resume: Path | None = typer.Option(None, "--resume", help="Continue an interrupted run in this directory"),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat with N seeds (seed, seed+1, ...): mean ± std"),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md"),
     data_dir: Path | None = DataDirOption,
 ) -> None:
@@ -91,13 +93,20 @@ def train_cmd(
         model=model, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
         scheduler=scheduler, label_smoothing=label_smoothing, flip=flip, translate=translate, erase=erase,
         tta_flip=tta_flip, normalize=normalize, val_size=val_size, early_stopping=early_stopping, seed=seed,
-        device=device, precision=precision, max_steps=max_steps,
+        device=device, precision=precision, deterministic=deterministic, max_steps=max_steps,
     )  # fmt: skip
     extra_args = parse_model_args(model_arg)
     if extra_args:
         cli_values["model_args"] = {**file_values.get("model_args", {}), **extra_args}
     cfg = build_config(file_values=file_values, cli_values=cli_values)
     out = out or Path("runs") / f"{cfg.model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if seeds > 1:
+        from fmnist.cli.compare_cmds import run_plan
+        from fmnist.compare import ComparePlan, RunSpec
+
+        plan = ComparePlan([RunSpec(cfg.model, cfg.to_dict())], seeds=seeds, title=f"{cfg.model} over {seeds} seeds")
+        run_plan(plan, out, {}, data_dir, no_report)
+        return
     run_training(cfg, out, data_dir, no_report, overwrite=overwrite)
 
 
