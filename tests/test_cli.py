@@ -49,6 +49,13 @@ def test_bad_input_gets_one_line_and_an_exit_code(args, code, fragment, isolated
     assert_one_line_error(run_cli(*args, env=isolated_env, cwd=tmp_path), code, fragment)
 
 
+def test_validation_split_larger_than_the_training_set(tiny_data_dir: Path, tmp_path: Path, isolated_env):
+    # Found by the corpus: this used to surface as an internal error.
+    proc = run_cli("train", "--model", "mlp_seed002", "--out", str(tmp_path / "r"), "--val-size", "600",
+                   "--data-dir", str(tiny_data_dir), env=isolated_env)  # fmt: skip
+    assert_one_line_error(proc, 2, "val_size 600 must be smaller than the 600 training images")
+
+
 def test_output_folder_that_is_a_file(tiny_data_dir: Path, tmp_path: Path, isolated_env):
     target = tmp_path / "a-file"
     target.write_text("keep me")
@@ -90,3 +97,54 @@ def test_data_info_and_samples(tiny_data_dir: Path, tmp_path: Path, isolated_env
     proc = run_cli("data", "samples", "--out", str(out), "--data-dir", str(tiny_data_dir), env=isolated_env)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_data_folder_that_is_a_file_or_holds_mnist_digits(tmp_path: Path, isolated_env):
+    from conftest import synthetic_arrays
+
+    from fmnist.data.idx import write_idx
+
+    not_a_folder = tmp_path / "data.txt"
+    not_a_folder.write_text("x")
+    assert_one_line_error(run_cli("data", "info", "--data-dir", str(not_a_folder), env=isolated_env), 1, "not a folder")
+    digits = tmp_path / "mnist"
+    digits.mkdir()
+    (train_x, train_y), (test_x, test_y) = synthetic_arrays(100, 20)
+    write_idx(digits / "train-images-idx3-ubyte.gz", train_x // 8)
+    write_idx(digits / "train-labels-idx1-ubyte.gz", train_y)
+    write_idx(digits / "t10k-images-idx3-ubyte.gz", test_x // 8)
+    write_idx(digits / "t10k-labels-idx1-ubyte.gz", test_y)
+    proc = run_cli("train", "--model", "mlp_seed002", "--out", str(tmp_path / "r"), "--data-dir", str(digits),
+                   env=isolated_env)  # fmt: skip
+    assert_one_line_error(proc, 1, "MNIST digits")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 256 KiB tmpfs: a full disk for real, where this machine lets root mount one."""
+    import os
+    import subprocess
+
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_full_disk_gives_one_line_and_keeps_earlier_runs(tiny_disk: Path, tiny_data_dir: Path, isolated_env):
+    earlier = tiny_disk / "earlier"
+    proc = run_cli("train", "--model", "mlp", "--model-arg", "hidden=[8]", "--epochs", "1", "--out", str(earlier),
+                   "--val-size", "100", "--no-report", "--data-dir", str(tiny_data_dir), env=isolated_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    # mlp_seed002's optimizer state alone is ~1.2 MB: it cannot fit in what is left.
+    proc = run_cli("train", "--model", "mlp_seed002", "--epochs", "2", "--out", str(tiny_disk / "big"), "--no-report",
+                   "--val-size", "100", "--data-dir", str(tiny_data_dir), env=isolated_env)  # fmt: skip
+    assert_one_line_error(proc, 1, "no space left on device")
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+    assert not [p for p in (tiny_disk / "big").iterdir() if p.name.endswith(".tmp")]

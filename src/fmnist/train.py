@@ -27,7 +27,7 @@ from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.loader import Augmentation, TensorLoader, stratified_split, to_model_input
 from fmnist.device import autocast_context, enable_determinism, resolve_device, resolve_precision
-from fmnist.errors import CheckpointError, FmnistError
+from fmnist.errors import CheckpointError, FmnistError, UsageError
 from fmnist.evaluate import Evaluation, evaluate_logits, predict
 from fmnist.models.registry import count_parameters, create_model, model_size_mb
 
@@ -160,6 +160,9 @@ class Trainer:
             enable_determinism(self.device)
         seed_everything(config.seed)
 
+        if config.val_size >= len(dataset.train_labels):
+            raise UsageError(f"val_size {config.val_size} must be smaller than the "
+                             f"{len(dataset.train_labels):,} training images")  # fmt: skip
         train_idx, val_idx = stratified_split(dataset.train_labels, config.val_size, config.seed)
         images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
         self.model = create_model(config.model, **config.model_args).to(self.device)
