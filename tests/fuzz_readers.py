@@ -11,7 +11,6 @@ import sys
 
 import atheris
 import numpy  # noqa: F401  (imported uninstrumented: only fmnist's own code needs coverage)
-import torch  # noqa: F401
 
 with atheris.instrument_imports(include=["fmnist"]):
     from fmnist.data.csv import read_kaggle_csv

@@ -15,12 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fmnist.classical import fit_any  # networks via fit(), scikit-learn baselines via fit_classical()
 from fmnist.config import TrainConfig, build_config, read_toml
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import UsageError
 from fmnist.fsutil import atomic_write_json, read_json
 from fmnist.runs import RunDirWriter, RunLock, prepare_run_dir
-from fmnist.train import RunResult, TrainCallback, fit
+from fmnist.train import RunResult, TrainCallback
 
 COMPARE_FILE = "compare.json"
 # The seeds' experiment: the MLP baseline against fmnist's default CNN, each with its recipe.
@@ -134,10 +135,7 @@ def run_compare(
         for spec, k, config in configs:
             run_name = spec.name if plan.seeds == 1 else f"{spec.name}-seed{config.seed}"
             run_dir = prepare_run_dir(out_dir / run_name)
-            from fmnist.classical import fit_classical, is_classical  # scikit-learn baselines train outside fit()
-
-            trainer = fit_classical if is_classical(config.model) else fit
-            result = trainer(config, dataset, [*make_callbacks(run_name, config), RunDirWriter(run_dir)])
+            result = fit_any(config, dataset, [*make_callbacks(run_name, config), RunDirWriter(run_dir)])
             on_result(run_name, result)
             entry = {**result.summary(), "run_dir": run_name, "name": spec.name}
             per_spec.setdefault(spec.name, []).append(entry)

@@ -21,7 +21,7 @@ def compare_cmd(
     max_steps: int | None = typer.Option(None, "--max-steps", help="Smoke mode: stop each run after N steps"),
     device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda"),
     seed: int | None = typer.Option(None, "--seed", help="First seed"),
-    no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md"),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Train and compare models (default: the MLP baseline vs fmnist's CNN) and write a report."""

@@ -19,10 +19,15 @@ def models_cmd() -> None:
     """List every registered model with its parameter count and size."""
     from fmnist.models.registry import count_parameters, create_model, get_entry, list_models, model_size_mb
 
+    from fmnist.models.classical import LINEAR_MODELS
+
     table = Table("model", "family", "params", "size (MB)", "description")
     for name in list_models():
         model = create_model(name)
         entry = get_entry(name)
+        if entry.family == "classical" and name not in LINEAR_MODELS:
+            table.add_row(name, entry.family, "-", "-", entry.description)  # no tensor form to count
+            continue
         table.add_row(name, entry.family, f"{count_parameters(model):,}", f"{model_size_mb(model):.2f}", entry.description)
     console.print(table)
 
@@ -75,7 +80,7 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out"),
     resume: Path | None = typer.Option(None, "--resume", help="Continue an interrupted run in this directory"),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat with N seeds (seed, seed+1, ...): mean ± std"),
-    no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md"),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Train one model; writes config, metrics.jsonl, checkpoint and results.json to the run directory."""
@@ -115,6 +120,7 @@ def run_training(cfg, run_dir: Path, data_dir: Path | None, no_report: bool, *, 
     """Train (or resume) into `run_dir` with a live progress bar; Ctrl-C saves state and exits 130."""
     import signal
 
+    from fmnist.classical import fit_classical, is_classical
     from fmnist.config import load_config_file
     from fmnist.progress import RichProgress
     from fmnist.runs import CONFIG_FILE, RESULTS_FILE, RunDirWriter, RunLock, prepare_run_dir
@@ -132,6 +138,13 @@ def run_training(cfg, run_dir: Path, data_dir: Path | None, no_report: bool, *, 
     dataset = load(data_dir or (Path(cfg.data_dir) if cfg.data_dir else None))
     progress = RichProgress(console)
     with RunLock(run_dir):
+        if is_classical(cfg.model):  # scikit-learn baselines: one fit, nothing to resume
+            try:
+                result = fit_classical(cfg, dataset, [progress, RunDirWriter(run_dir)])
+            finally:
+                progress.close()
+            _finish_training(cfg, result, run_dir, no_report)
+            return
         trainer = Trainer(cfg, dataset, [progress, RunDirWriter(run_dir)], state_dir=run_dir)
         if resume and has_state(run_dir):
             trainer.resume()
@@ -151,6 +164,10 @@ def run_training(cfg, run_dir: Path, data_dir: Path | None, no_report: bool, *, 
         finally:
             signal.signal(signal.SIGINT, previous)
             progress.close()
+    _finish_training(cfg, result, run_dir, no_report)
+
+
+def _finish_training(cfg, result, run_dir: Path, no_report: bool) -> None:
     console.print(
         f"{cfg.model}: test accuracy {100 * result.test_accuracy:.2f}%  loss {result.test.loss:.4f}  "
         f"best epoch {result.best_epoch}/{result.epochs_run}  {result.train_seconds:.1f}s  -> {run_dir}"

@@ -59,7 +59,7 @@ def register_model(
 
 def _ensure_builtin_models() -> None:
     # Importing the modules runs their @register_model decorators.
-    from fmnist.models import cnn, mlp, resnet  # noqa: F401
+    from fmnist.models import classical, cnn, mlp, resnet  # noqa: F401
 
 
 def get_entry(name: str) -> ModelEntry:

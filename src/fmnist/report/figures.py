@@ -118,7 +118,8 @@ def mean_curves(groups: dict[str, list[list[dict]]], path: Path, key: str = "val
                 ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
         ax.set(title=metric.replace("_", " "), xlabel="epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return save(fig, path)
@@ -225,11 +226,12 @@ def reliability_diagram(bins_by_model: dict[str, list[dict]], path: Path) -> Pat
         )
         centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
         ax_count.plot(centers, [b["count"] for b in bins], "-", color=color)
-    ax.set(ylabel="accuracy", title="Reliability diagram", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(ylabel="accuracy", title="Reliability diagram", xlim=(0, 1.02), ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax_count.set(xlabel="confidence (top-class probability)", ylabel="images")
-    ax_count.set_yscale("symlog")
+    ax_count.set_yscale("symlog")  # a bin of 9,000 beside bins of 10: log, but 0 must stay drawable
+    ax_count.set_ylim(bottom=0)
     ax_count.grid(alpha=0.3)
     fig.tight_layout()
     return save(fig, path)

@@ -1,0 +1,1 @@
+"""One module per group of report sections; each builder takes the ReportContext and returns Sections."""

@@ -1,0 +1,116 @@
+"""scikit-learn baselines: trained by fmnist compare beside the networks, saved without pickle."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from fmnist.checkpoint import load_checkpoint
+from fmnist.classical import CLASSICAL_MODELS, fit_any, fit_classical, is_classical
+from fmnist.compare import plan_from_models, run_compare
+from fmnist.config import build_config
+from fmnist.data.loader import to_model_input
+from fmnist.errors import UsageError
+from fmnist.models import create_model
+from fmnist.runs import RunDirWriter, prepare_run_dir, read_history
+from fmnist.train import fit
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "fmnist"
+
+
+def config(name: str, **values):
+    return build_config(name, cli_values={"val_size": 100, **values})
+
+
+@pytest.mark.parametrize("name", CLASSICAL_MODELS)
+def test_each_baseline_learns_and_writes_a_run_directory(name, tiny_dataset, tmp_path: Path):
+    run_dir = prepare_run_dir(tmp_path / name)
+    result = fit_classical(config(name), tiny_dataset, [RunDirWriter(run_dir)])
+    assert result.test_accuracy > 0.9  # the synthetic classes are linearly separable
+    results = json.loads((run_dir / "results.json").read_text())
+    net_dir = prepare_run_dir(tmp_path / "net")
+    fit(build_config("mlp", cli_values={"epochs": 1, "val_size": 100, "model_args": {"hidden": [8]}}),
+        tiny_dataset, [RunDirWriter(net_dir)])  # fmt: skip
+    net_keys = set(json.loads((net_dir / "results.json").read_text()))
+    assert net_keys <= set(results), net_keys - set(results)
+    assert results["model"] == name and results["classical"]["library"] == "scikit-learn"
+    assert results["params"] > 0 and results["size_mb"] > 0
+    assert [r["epoch"] for r in read_history(run_dir)] == [1]
+    assert (run_dir / "config.toml").is_file() and (run_dir / "environment.json").is_file()
+    linear = name in ("logreg", "linear_svc")
+    assert (run_dir / "model.safetensors").is_file() == linear
+    assert results["classical"]["checkpoint"] == linear
+
+
+@pytest.mark.parametrize("name", ["logreg", "linear_svc"])
+def test_linear_models_round_trip_through_an_ordinary_checkpoint(name, tiny_dataset, tmp_path: Path):
+    run_dir = prepare_run_dir(tmp_path / "run")
+    result = fit_classical(config(name), tiny_dataset, [RunDirWriter(run_dir)])
+    model, meta = load_checkpoint(run_dir)
+    norm = meta["normalization"]
+    x = to_model_input(torch.from_numpy(tiny_dataset.test_images), norm["mean"], norm["std"])
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close(logits, result.test_logits, atol=1e-3, rtol=1e-3)
+    assert result.params == 7850
+
+
+def test_training_subset_and_smoke_mode_limit_the_images(tiny_dataset):
+    result = fit_classical(config("logreg", model_args={"train_size": 200}), tiny_dataset)
+    assert result.extra["classical"]["train_images"] == 200
+    result = fit_classical(config("random_forest", max_steps=2, batch_size=64), tiny_dataset)
+    assert result.extra["classical"]["train_images"] == 128
+
+
+def test_dispatch_and_argument_errors(tiny_dataset):
+    assert all(is_classical(n) for n in CLASSICAL_MODELS)
+    assert not is_classical("fastcnn") and not is_classical("no-such-model")
+    assert fit_any(config("logreg"), tiny_dataset).extra["classical"]["kind"] == "logreg"
+    with pytest.raises(UsageError, match="not a classical model"):
+        fit_classical(config("mlp_seed002"), tiny_dataset)
+    with pytest.raises(UsageError, match="gamma"):
+        create_model("rbf_svc", gamma="wide")
+    with pytest.raises(UsageError, match="train_size"):
+        create_model("logreg", train_size=-1)
+    with pytest.raises(UsageError, match="all 10 classes"):
+        fit_classical(config("logreg", model_args={"train_size": 5}), tiny_dataset)
+
+
+def test_compare_places_baselines_beside_networks(tiny_dataset, tmp_path: Path):
+    plan = plan_from_models(["logreg", "rbf_svc", "mlp_seed002"])
+    summary = run_compare(plan, tmp_path / "cmp", tiny_dataset, overrides={"epochs": 1, "val_size": 100})
+    assert [m["name"] for m in summary["models"]] == ["logreg", "rbf_svc", "mlp_seed002"]
+    assert all(m["test_accuracy_mean"] > 0.5 for m in summary["models"])
+    assert not (tmp_path / "cmp" / "rbf_svc" / "model.json").exists()
+
+
+def test_cli_compare_with_a_baseline_writes_a_report(tiny_data_dir: Path, tmp_path: Path, isolated_env):
+    out = tmp_path / "cmp"
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        'title = "baselines"\n[defaults]\nval_size = 100\n'
+        '[[runs]]\nmodel = "logreg"\n[[runs]]\nmodel = "random_forest"\n'
+    )
+    proc = run_cli("compare", "--config", str(plan), "--data-dir", str(tiny_data_dir), "--out", str(out),
+                   env=isolated_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "logreg" in proc.stdout and (out / "report.html").is_file() and (out / "report.md").is_file()
+    assert "no checkpoint" in (out / "report.md").read_text()
+
+
+def test_nothing_in_fmnist_unpickles():
+    """Security rule: no pickle, no joblib, and torch.load only with weights_only=True."""
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if re.search(r"^\s*(import|from)\s+(pickle|cPickle|joblib|dill|cloudpickle)\b", text, re.M):
+            offenders.append(f"{path}: imports a pickle library")
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            if "weights_only=True" not in call:
+                offenders.append(f"{path}: {call}")
+    assert not offenders, offenders

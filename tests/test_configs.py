@@ -1,0 +1,92 @@
+"""configs/seed000..004.toml: every seed study as one runnable `fmnist compare --config` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmnist.ablate import ablation_plan
+from fmnist.compare import plan_from_file, run_compare
+from fmnist.models import count_parameters, create_model
+from fmnist.report.text import published_accuracy, published_pct
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("seed00*.toml"))
+TINY = {"epochs": 1, "max_steps": 1, "val_size": 100, "batch_size": 32}
+
+
+def test_there_is_one_config_per_seed_study():
+    assert [p.stem for p in CONFIGS] == [f"seed00{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_parses_and_every_model_builds(path: Path):
+    plan = plan_from_file(path)
+    assert plan.title and plan.notes and plan.runs
+    assert path.read_text().lstrip().startswith("#"), "explain the config's readings in its comments"
+    for spec in plan.runs:
+        config = spec.config({})
+        model = create_model(config.model, **config.model_args).eval()
+        with torch.no_grad():
+            assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_configs_hold_the_seeds_set_ups():
+    runs = {p.stem: {s.name: s.config({}) for s in plan_from_file(p).runs} for p in CONFIGS}
+    s0 = runs["seed000"]
+    assert count_parameters(create_model("mlp", **s0["mlp"].model_args)) == 235_146  # "~235K"
+    cnn_params = count_parameters(create_model("cnn", **s0["cnn"].model_args))
+    assert 1.8e6 < cnn_params < 2.0e6  # "~1.9M"
+    assert s0["cnn"].scheduler == "plateau" and s0["cnn"].epochs == 20 and s0["cnn"].optimizer == "adam"
+    s1 = runs["seed001"]
+    assert len(s1) == 6 and all(c.epochs == 15 and not c.normalize for c in s1.values())
+    fcs = [tuple(c.model_args.get("fc", ())) for c in s1.values() if c.model == "cnn"]
+    assert fcs.count((64, 32, 16)) == 2 and fcs.count((512, 256, 128)) == 2 and (512, 156, 128, 64, 32, 16) in fcs
+    s2 = runs["seed002"]
+    assert s2["mlp"].model == "mlp_seed002" and s2["mlp"].epochs == 5 and s2["cnn"].model == "cnn_seed002"
+    assert all(c.mean == 0.5 and c.std == 0.5 and c.batch_size == 128 for c in s2.values())
+    assert all(c.val_size == 12000 for c in runs["seed003"].values())
+
+
+def test_seed004_config_matches_the_ablate_command():
+    from_file = {s.name: s.config({}) for s in plan_from_file(CONFIGS[4]).runs}
+    plan, _ = ablation_plan("cnn_seed004")
+    from_ablate = {s.name: s.config({}) for s in plan.runs}
+    assert list(from_file) == list(from_ablate)
+    for name, config in from_file.items():
+        assert config.to_dict() == from_ablate[name].to_dict(), name
+
+
+def test_published_figures_appear_in_the_report(tiny_dataset, tmp_path: Path):
+    """Seed 002 end to end: train briefly, write the full report, find 87.14% and 91.82% in both files."""
+    from fmnist.report import write_report
+
+    path = CONFIGS[2]
+    out = tmp_path / "seed002"
+    run_compare(plan_from_file(path), out, tiny_dataset, overrides=TINY)
+    write_report(out, embedding="none")
+    for name in ("report.md", "report.html"):
+        text = (out / name).read_text()
+        for figure in ("87.14%", "91.82%"):
+            assert figure in text, (name, figure)
+        assert "Published figures" in text
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_configs_published_figures_reach_the_comparison(path: Path, tiny_dataset, tmp_path: Path):
+    from fmnist.report.context import ReportContext, ReportOptions
+    from fmnist.report.document import Document, render_markdown
+    from fmnist.report.sections.comparison import comparison_section
+
+    plan = plan_from_file(path)
+    plan.runs = plan.runs[:2]  # two runs show the published column; training all of seed 001 adds nothing
+    out = tmp_path / path.stem
+    run_compare(plan, out, tiny_dataset, overrides=TINY)
+    ctx = ReportContext(out, ReportOptions())
+    text = render_markdown(Document("t", [], [comparison_section(ctx)]), out)
+    for key, value in plan.published.items():
+        expected = published_pct(value) if published_accuracy(value) is not None else str(value)
+        if key in ctx.groups or key not in {s.name for s in plan_from_file(path).runs}:
+            assert expected in text, (key, expected)
+    assert "compare rankings and gaps" in text

@@ -1,0 +1,96 @@
+"""Grad-CAM: the heatmap points at the only region that carries the class signal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fmnist.analysis.gradcam import grad_cam, heat_on_object
+from fmnist.errors import UsageError
+from fmnist.models import create_model
+from fmnist.models.base import Classifier
+
+ROWS, COLS = slice(4, 10), slice(16, 24)  # the region that decides the class
+
+
+class RegionSplit(nn.Module):
+    """Two channels from one: the input inside REGION, and the input outside it."""
+
+    def __init__(self):
+        super().__init__()
+        mask = torch.zeros(1, 1, 28, 28)
+        mask[..., ROWS, COLS] = 1
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :1] * self.mask, x[:, 1:] * (1 - self.mask)], dim=1)
+
+
+class FirstChannelSum(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0].sum(dim=(1, 2)).unsqueeze(1)
+
+
+def region_model() -> Classifier:
+    """Scores depend only on the pixels inside the region; everything outside is ignored."""
+    copy = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        copy.weight.fill_(1.0)
+    features = nn.Sequential(copy, RegionSplit(), FirstChannelSum())
+    head = nn.Linear(1, 10)
+    with torch.no_grad():
+        head.weight.copy_(torch.linspace(-1, 1, 10).unsqueeze(1))  # class 9 rises with the region's brightness
+        head.bias.zero_()
+    return Classifier(features, head, 1, cam_layer_name="features.1")
+
+
+def test_heatmap_maximum_lies_in_the_region_that_carries_the_signal():
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 28, 28)
+    x[:, :, 20:27, 2:9] += 3.0  # a brighter distractor outside the region: irrelevant to the score
+    heat = grad_cam(region_model(), x, target=9)
+    assert heat.shape == (6, 28, 28)
+    for h in heat:
+        row, col = divmod(int(h.argmax()), 28)
+        assert ROWS.start <= row < ROWS.stop and COLS.start <= col < COLS.stop, (row, col)
+        outside = h.clone()
+        outside[ROWS, COLS] = 0
+        assert outside.max() < h.max()
+
+
+def test_class_without_positive_evidence_gives_an_all_zero_map():
+    heat = grad_cam(region_model(), torch.rand(2, 1, 28, 28), target=0)  # weight -1: evidence against
+    assert torch.count_nonzero(heat) == 0
+
+
+@pytest.mark.parametrize("name", ["fastcnn", "cnn_seed004", "lenet5", "resnet_small"])
+def test_real_models_give_maps_in_unit_range(name):
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    x = torch.randn(3, 1, 28, 28)
+    for target in (None, 4, torch.tensor([1, 2, 3])):
+        heat = grad_cam(model, x, target)
+        assert heat.shape == (3, 28, 28) and heat.dtype == torch.float32
+        assert float(heat.min()) >= 0 and float(heat.max()) <= 1
+        assert all(float(h.max()) in (0.0, 1.0) for h in heat)  # each map scaled to its own peak
+    assert model.training  # the caller's mode is restored
+    assert all(p.grad is None for p in model.parameters())  # no gradients left behind
+
+
+def test_models_without_a_conv_layer_are_refused():
+    with pytest.raises(UsageError, match="no convolutional layer"):
+        grad_cam(create_model("mlp_seed002"), torch.randn(1, 1, 28, 28))
+
+
+def test_wrong_target_count_is_refused():
+    with pytest.raises(UsageError, match="targets"):
+        grad_cam(create_model("lenet5"), torch.randn(2, 1, 28, 28), torch.tensor([1, 2, 3]))
+
+
+def test_heat_on_object_hand_example():
+    heat = torch.zeros(1, 28, 28)
+    heat[0, 0, 0], heat[0, 5, 5] = 1.0, 3.0
+    images = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    images[0, 5, 5] = 200  # only the second hot pixel is on the garment
+    assert heat_on_object(heat, images) == pytest.approx(0.75)
