@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := $(VENV)/bin/fmnist
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= test
+EXTRAS ?= test,serve
 PYTEST_ARGS ?=
 
 # Use the dataset folder beside the checkout when there is one (development machines and CI);
@@ -36,6 +36,7 @@ smoke: install
 	$(FMNIST) compare --max-steps 20 --out runs/smoke --no-report
 
 test: install
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium >/dev/null 2>&1 || echo "note: chromium unavailable; browser tests will skip"; }
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 

@@ -101,7 +101,6 @@ def test_data_info_and_samples(tiny_data_dir: Path, tmp_path: Path, isolated_env
 
 def test_data_folder_that_is_a_file_or_holds_mnist_digits(tmp_path: Path, isolated_env):
     from conftest import synthetic_arrays
-
     from fmnist.data.idx import write_idx
 
     not_a_folder = tmp_path / "data.txt"

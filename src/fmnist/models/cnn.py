@@ -147,5 +147,6 @@ def fastcnn(widths: tuple[int, ...] = (32, 64, 128), num_classes: int = NUM_CLAS
         *conv_pool_block(c3, c3),  # (N,c3,3,3)
         nn.Flatten(),  # (N,c3*9)
     )  # fmt: skip
-    # Grad-CAM reads the last 7x7 map (the final conv, before its pooling).
-    return Classifier(features, nn.Linear(c3 * 9, num_classes), c3 * 9, cam_layer_name="features.11")
+    # Grad-CAM reads the final activation (3x3): coarse, but on the 7x7 maps before it the
+    # class evidence is so sparse that many heatmaps come out blank.
+    return Classifier(features, nn.Linear(c3 * 9, num_classes), c3 * 9, cam_layer_name="features.14")
