@@ -1,0 +1,345 @@
+"""Export a run to ONNX or TorchScript, checked against PyTorch before the file is written.
+
+The exported graph takes normalised float32 (N,1,28,28) with a dynamic batch size and returns
+logits (N,10). When the run averages each image with its mirror (tta_flip), the averaging is
+part of the graph, so an exported model answers exactly as `fmnist evaluate` does. Class names,
+normalisation and the checkpoint's sha256 travel inside the file (ONNX metadata_props;
+TorchScript extra file `fmnist.json`).
+
+fmnist itself never loads a TorchScript file from disk (that format is pickle-based); the
+TorchScript check below reloads the bytes this process just produced, before they are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fmnist import __version__
+from fmnist.errors import FmnistError, UsageError
+from fmnist.fsutil import atomic_write_bytes
+
+FORMATS = ("onnx", "torchscript")
+ONNX_FILE = "model.onnx"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+CHECK_IMAGES = 1000
+MAX_ABS_DIFF = 1e-4
+MIN_TOP1_AGREEMENT = 0.999
+MAX_INT8_DROP_PP = 0.5
+CALIBRATION_IMAGES = 1024
+
+Step = Callable[[str], None]
+
+
+class MirrorAverage(nn.Module):
+    """Mean of the logits of each image and its horizontal mirror, in one batched call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        both = self.model(torch.cat([x, x.flip(3)]))
+        return (both[:n] + both[n:]) / 2
+
+
+def exportable(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    return (MirrorAverage(model) if meta.get("tta_flip") else model).eval()
+
+
+def file_metadata(meta: dict[str, Any], quantization: str = "none") -> dict[str, str]:
+    """The facts a consumer needs to use the file without fmnist, as strings."""
+    extra = meta.get("extra", {}) or {}
+    return {
+        "fmnist.format": "fmnist-export/1",
+        "fmnist.version": __version__,
+        "fmnist.model": meta["model"],
+        "fmnist.model_args": json.dumps(meta.get("model_args", {})),
+        "fmnist.class_names": json.dumps(list(meta["class_names"])),
+        "fmnist.normalization": json.dumps(meta["normalization"]),
+        "fmnist.input": "float32 (N,1,28,28) = (pixel/255 - mean) / std; light item on black, 28x28 like Fashion-MNIST",
+        "fmnist.output": "float32 (N,classes) logits; softmax gives probabilities",
+        "fmnist.tta_flip": "in-graph" if meta.get("tta_flip") else "off",
+        "fmnist.weights_sha256": meta.get("weights_sha256", ""),
+        "fmnist.test_accuracy": json.dumps(extra.get("test_accuracy")),
+        "fmnist.quantization": quantization,
+    }
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    # The exporter warns about deprecations and optional torchvision ops: noise to a user.
+    # ONNX Runtime's quantiser logs through the root logger, so silence warnings wholesale.
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _set_metadata(proto, metadata: dict[str, str]) -> None:
+    keep = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    for p in keep:
+        proto.metadata_props.add(key=p.key, value=p.value)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"fmnist {metadata['fmnist.model']}: Fashion-MNIST classifier; see metadata_props"
+
+
+def onnx_bytes(model: nn.Module, meta: dict[str, Any]) -> bytes:
+    """Serialised ONNX model (torch.export-based exporter, dynamic batch) with fmnist metadata."""
+    module = exportable(model, meta)
+    example = torch.zeros(2, 1, 28, 28)
+    try:
+        with quiet_exporter():
+            program = torch.onnx.export(
+                module, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},), dynamo=True, verbose=False,
+            )  # fmt: skip
+    except Exception as exc:  # the exporter raises many types; the first line says what failed
+        raise FmnistError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    proto = program.model_proto
+    _set_metadata(proto, file_metadata(meta))
+    return proto.SerializeToString()
+
+
+def onnx_metadata(blob: bytes) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load_from_string(blob).metadata_props}
+
+
+def onnx_session(blob: bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session; `threads` caps intra-op threads (1 suits one-image requests)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise FmnistError("the ONNX backend needs onnxruntime: pip install 'fmnist[serve]'") from None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise FmnistError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
+
+
+def onnx_for_run(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> tuple[bytes, str]:
+    """The run's model.onnx when it was exported from these exact weights, else a fresh in-memory export."""
+    path = Path(run_dir) / ONNX_FILE
+    if path.is_file():
+        try:
+            blob = path.read_bytes()
+            info = onnx_metadata(blob)
+        except Exception:
+            info = {}
+        if (
+            info.get("fmnist.weights_sha256") == meta.get("weights_sha256")
+            and info.get("fmnist.quantization") == "none"
+        ):
+            return blob, path.name  # a name, not a path: /model must not reveal the server's folders
+    return onnx_bytes(model, meta), "exported in memory"
+
+
+def quantize_int8(blob: bytes, calibration: np.ndarray, meta: dict[str, Any]) -> bytes:
+    """Static int8 quantisation (QDQ, per-channel weights, MinMax calibration on `calibration`).
+
+    Static rather than dynamic: ONNX Runtime's dynamic mode only quantises MatMul/Gemm, and
+    in a CNN the convolutions are nearly all of the work.
+    """
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise FmnistError("--int8 needs onnxruntime: pip install 'fmnist[serve]'") from None
+    import onnx
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.parts = iter(np.array_split(calibration, max(1, len(calibration) // 128)))
+
+        def get_next(self):
+            part = next(self.parts, None)
+            return None if part is None else {INPUT_NAME: part}
+
+    with tempfile.TemporaryDirectory(prefix="fmnist-int8-") as tmp, quiet_exporter():
+        fp32, prepared, int8 = (Path(tmp) / n for n in ("fp32.onnx", "prep.onnx", "int8.onnx"))
+        fp32.write_bytes(blob)
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(int8), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        proto = onnx.load(str(int8))
+    note = f"int8 static (QDQ, per-channel weights, MinMax calibration on {len(calibration)} training images)"
+    _set_metadata(proto, file_metadata(meta, quantization=note))
+    return proto.SerializeToString()
+
+
+def torchscript_bytes(model: nn.Module, meta: dict[str, Any], int8: bool = False) -> bytes:
+    """A traced TorchScript archive with fmnist.json (the metadata) as an extra file."""
+    quantization = "none"
+    if int8:
+        # PyTorch's dynamic quantisation covers Linear layers only (weights int8, activations
+        # quantised on the fly); convolutions stay float32.
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        quantization = "int8 dynamic (PyTorch, Linear layers only)"
+    module = exportable(model, meta)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, torch.zeros(2, 1, 28, 28))
+        buffer = io.BytesIO()
+        extra = {"fmnist.json": json.dumps(file_metadata(meta, quantization), indent=2)}
+        torch.jit.save(traced, buffer, _extra_files=extra)
+    return buffer.getvalue()
+
+
+def _torchscript_runner(blob: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    # Loads only the bytes this process produced a moment ago; never a file from disk.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(io.BytesIO(blob), map_location="cpu")
+    loaded.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.cat([loaded(torch.from_numpy(x[i : i + 1000])) for i in range(0, len(x), 1000)]).numpy()
+
+    return run
+
+
+def _onnx_runner(blob: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    session = onnx_session(blob)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([session.run(None, {INPUT_NAME: x[i : i + 1000]})[0] for i in range(0, len(x), 1000)])
+
+    return run
+
+
+def default_out(run_dir: Path, fmt: str, int8: bool) -> Path:
+    stem = "model.int8" if int8 else "model"
+    return Path(run_dir) / (f"{stem}.onnx" if fmt == "onnx" else f"{stem}.torchscript.pt")
+
+
+def export_run(
+    run_dir: Path,
+    fmt: str,
+    *,
+    int8: bool = False,
+    out: Path | None = None,
+    data_dir: str | None = None,
+    step: Step = lambda _: None,
+    notify: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Export, verify against PyTorch on test images, and write the file; returns the report."""
+    from fmnist.checkpoint import checkpoint_folder, load_checkpoint
+    from fmnist.data.sources import resolve_dataset
+    from fmnist.evaluate import predict
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    run_dir = checkpoint_folder(Path(run_dir))
+    model, meta = load_checkpoint(run_dir)
+    out = Path(out) if out else default_out(run_dir, fmt, int8)
+    step("loading the test images")
+    dataset = resolve_dataset(data_dir, notify=notify)
+    norm = meta["normalization"]
+
+    def normalise(images: np.ndarray) -> np.ndarray:
+        return ((images.astype(np.float32) / np.float32(255.0) - np.float32(norm["mean"])) / np.float32(norm["std"]))[
+            :, None
+        ]
+
+    test_x = normalise(dataset.test_images)
+    test_y = dataset.test_labels.astype(np.int64)
+    n = min(CHECK_IMAGES, len(test_x))
+    step("PyTorch reference logits")
+    # fp32 on purpose: `predict` would pick bf16 on AMX CPUs, and the check is against float32.
+    tta = bool(meta.get("tta_flip"))
+    reference = predict(model, torch.from_numpy(test_x[:n]), precision="fp32", tta_flip=tta).numpy()
+
+    step(f"exporting to {fmt}")
+    if fmt == "onnx":
+        fp32_blob = onnx_bytes(model, meta)
+        fp32_run = _onnx_runner(fp32_blob)
+    else:
+        fp32_blob = torchscript_bytes(model, meta)
+        fp32_run = _torchscript_runner(fp32_blob)
+
+    step(f"checking {fmt} against PyTorch")
+    exported = fp32_run(test_x[:n])
+    max_diff = float(np.abs(exported - reference[:n]).max()) if n else 0.0
+    agreement = float((exported.argmax(1) == reference[:n].argmax(1)).mean()) if n else 1.0
+    single = fp32_run(test_x[:1])  # the batch dimension must really be dynamic
+    if single.shape != (1, reference.shape[1]) or (n and not np.allclose(single, exported[:1], atol=MAX_ABS_DIFF)):
+        raise FmnistError(f"{fmt} export answers differently for a batch of one; not written")
+    if max_diff >= MAX_ABS_DIFF or agreement < MIN_TOP1_AGREEMENT:
+        raise FmnistError(
+            f"{fmt} export disagrees with PyTorch on {n} test images (max |logit diff| {max_diff:.2e}, "
+            f"top-1 agreement {100 * agreement:.2f}%); not written"
+        )
+    report: dict[str, Any] = {
+        "format": fmt, "file": str(out), "model": meta["model"], "check_images": n,
+        "max_abs_logit_diff": max_diff, "top1_agreement": agreement, "tta_flip": "in-graph" if meta.get("tta_flip") else "off",
+        "fp32_size_bytes": len(fp32_blob),
+    }  # fmt: skip
+    blob = fp32_blob
+    if int8:
+        step("quantising to int8 (calibrating on training images)")
+        rng = np.random.default_rng(0)
+        pick = rng.choice(
+            len(dataset.train_images), size=min(CALIBRATION_IMAGES, len(dataset.train_images)), replace=False
+        )
+        if fmt == "onnx":
+            blob = quantize_int8(fp32_blob, normalise(dataset.train_images[np.sort(pick)]), meta)
+            run = _onnx_runner(blob)
+        else:
+            blob = torchscript_bytes(model, meta, int8=True)
+            run = _torchscript_runner(blob)
+        step("test accuracy before and after")
+        # "Before" runs the fp32 export (ONNX Runtime is ~3x faster than eager PyTorch here),
+        # which the check above has shown to match PyTorch to 1e-4.
+        fp32_logits = fp32_run(test_x)
+        fp32_accuracy = float((fp32_logits.argmax(1) == test_y).mean())
+        quantised = run(test_x)
+        int8_accuracy = float((quantised.argmax(1) == test_y).mean())
+        drop_pp = 100 * (fp32_accuracy - int8_accuracy)
+        report.update(
+            test_images=len(test_x), test_accuracy_fp32=fp32_accuracy, test_accuracy_int8=int8_accuracy, accuracy_drop_pp=drop_pp,
+            int8_top1_agreement=float((quantised.argmax(1) == fp32_logits.argmax(1)).mean()),
+        )  # fmt: skip
+        if drop_pp > MAX_INT8_DROP_PP:
+            raise FmnistError(
+                f"int8 model loses {drop_pp:.2f} percentage points of test accuracy ({100 * fp32_accuracy:.2f}% -> "
+                f"{100 * int8_accuracy:.2f}%), more than the {MAX_INT8_DROP_PP} allowed; not written"
+            )
+    step(f"writing {out}")
+    atomic_write_bytes(out, blob)
+    report["size_bytes"] = os.path.getsize(out)
+    report["quantization"] = "int8" if int8 else "none"
+    return report

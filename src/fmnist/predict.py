@@ -1,0 +1,104 @@
+"""Inference on raw images: load a run once, give it uint8 28x28 images, get class probabilities.
+
+`Predictor` hides the backend: PyTorch eager (the checkpoint itself) or ONNX Runtime (the run's
+exported model.onnx when it matches the checkpoint, else an export made in memory). Both apply
+the run's normalisation and, when the run was trained with it, mirror-image averaging, so they
+answer alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmnist.device import resolve_precision
+from fmnist.errors import UsageError
+
+BACKENDS = ("torch", "onnx")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def top_classes(probabilities: np.ndarray, class_names: list[str], k: int) -> list[dict[str, Any]]:
+    """The k most likely classes of one probability row, best first."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [{"label": class_names[i], "index": int(i), "probability": float(probabilities[i])} for i in order]
+
+
+class Predictor:
+    """A loaded run ready for inference. Not thread-safe: give each thread its own, or serialise calls."""
+
+    def __init__(self, run_dir: Path, backend: str = "torch", threads: int | None = None, precision: str = "auto"):
+        from fmnist.checkpoint import checkpoint_folder, load_checkpoint
+
+        if backend not in BACKENDS:
+            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        self.run_dir = checkpoint_folder(Path(run_dir))
+        self.model, self.meta = load_checkpoint(self.run_dir)
+        self.backend = backend
+        # PyTorch backend: "auto" is bf16 where the CPU has AMX (as `fmnist evaluate` does), else fp32.
+        self.precision = precision
+        self.class_names: list[str] = list(self.meta["class_names"])
+        self.mean = float(self.meta["normalization"]["mean"])
+        self.std = float(self.meta["normalization"]["std"])
+        self.tta_flip = bool(self.meta.get("tta_flip"))
+        self.family = getattr(self.model, "family", "unknown")
+        self.onnx_source = ""
+        self._session = None
+        if backend == "onnx":
+            from fmnist.export import onnx_for_run, onnx_session
+
+            blob, self.onnx_source = onnx_for_run(self.run_dir, self.model, self.meta)
+            self._session = onnx_session(blob, threads=threads)
+            self._input_name = self._session.get_inputs()[0].name
+
+    def normalise(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N,28,28) -> float32 (N,1,28,28), the same arithmetic as training's loader."""
+        x = np.asarray(images, dtype=np.float32)[:, None]
+        return (x / np.float32(255.0) - np.float32(self.mean)) / np.float32(self.std)
+
+    def logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """uint8 (N,28,28) -> float32 logits (N, classes)."""
+        images = np.asarray(images)
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise ValueError(f"expected images of shape (N,28,28), got {list(images.shape)}")
+        if len(images) == 0:
+            return np.empty((0, len(self.class_names)), dtype=np.float32)
+        if self._session is not None:
+            parts = [
+                self._session.run(None, {self._input_name: self.normalise(images[i : i + batch_size])})[0]
+                for i in range(0, len(images), batch_size)
+            ]
+            return np.concatenate(parts).astype(np.float32, copy=False)
+        from fmnist.evaluate import predict
+
+        x = torch.from_numpy(self.normalise(images))
+        return predict(self.model, x, batch_size=batch_size, precision=self.precision, tta_flip=self.tta_flip).numpy()
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(images))
+
+    def describe(self) -> dict[str, Any]:
+        """What /model and `predict --json` report about the loaded run."""
+        extra = self.meta.get("extra", {}) or {}
+        return {
+            "name": self.meta["model"],
+            "model_args": self.meta.get("model_args", {}),
+            "family": self.family,
+            "params": self.meta.get("params"),
+            "test_accuracy": extra.get("test_accuracy"),
+            "data": extra.get("data"),
+            "class_names": self.class_names,
+            "normalization": {"mean": self.mean, "std": self.std},
+            "tta_flip": self.tta_flip,
+            "backend": self.backend,
+            "precision": "fp32" if self.backend == "onnx" else resolve_precision(self.precision, torch.device("cpu")),
+            "onnx_source": self.onnx_source or None,
+        }

@@ -1,0 +1,126 @@
+"""`fmnist export`: ONNX and TorchScript files that answer like PyTorch and carry their metadata."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from fmnist.checkpoint import load_checkpoint
+from fmnist.data.dataset import load_idx_folder
+from fmnist.evaluate import predict
+from fmnist.export import onnx_for_run, onnx_metadata
+from test_predict import cached_real_run, tiny_run_dir
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_run_dir(tmp_path_factory)  # fastcnn: its recipe averages mirror images (tta_flip)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny):
+    """`fmnist export RUN --format onnx --json`, run once for the module."""
+    run_dir, data_dir = tiny
+    proc = run_cli("export", str(run_dir), "--format", "onnx", "--data-dir", str(data_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_onnx_export_roundtrip_metadata_and_dynamic_batch(tiny, exported):
+    run_dir, _ = tiny
+    report = exported
+    assert report["max_abs_logit_diff"] < 1e-4 and report["top1_agreement"] >= 0.999
+    path = Path(report["file"])
+    assert path == run_dir / "model.onnx" and path.stat().st_size == report["size_bytes"]
+
+    model, meta = load_checkpoint(run_dir)
+    info = onnx_metadata(path.read_bytes())
+    assert json.loads(info["fmnist.class_names"]) == meta["class_names"]
+    assert json.loads(info["fmnist.normalization"]) == meta["normalization"]
+    assert info["fmnist.tta_flip"] == "in-graph" and meta["tta_flip"] is True
+    assert info["fmnist.weights_sha256"] == meta["weights_sha256"]
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] not in (1, 2, 7)  # symbolic batch dimension
+    generator = torch.Generator().manual_seed(0)
+    for n in (1, 7):
+        x = torch.randn(n, 1, 28, 28, generator=generator)
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        with_flip = predict(model, x, precision="fp32", tta_flip=True).numpy()
+        without = predict(model, x, precision="fp32", tta_flip=False).numpy()
+        assert got.shape == (n, 10)
+        assert np.abs(got - with_flip).max() < 1e-4  # the mirror averaging is in the graph
+        assert np.abs(got - without).max() > 1e-4
+
+
+def test_serving_reuses_a_matching_onnx_file_and_reexports_a_stale_one(tiny, exported):
+    run_dir, _ = tiny
+    model, meta = load_checkpoint(run_dir)
+    _, source = onnx_for_run(run_dir, model, meta)
+    assert source.endswith("model.onnx")
+    _, source = onnx_for_run(run_dir, model, {**meta, "weights_sha256": "0" * 64})  # weights changed since
+    assert source == "exported in memory"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_torchscript_export_carries_metadata(tiny, isolated_env, tmp_path: Path):
+    run_dir, data_dir = tiny
+    out = tmp_path / "model.pt"
+    proc = run_cli("export", str(run_dir), "--format", "torchscript", "--out", str(out), "--data-dir", str(data_dir),
+                   env=isolated_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "top-1 agreement 100.00%" in proc.stdout
+    # The test loads the file it just made (trusted); fmnist itself never loads TorchScript.
+    extra = {"fmnist.json": ""}
+    module = torch.jit.load(io.BytesIO(out.read_bytes()), _extra_files=extra)
+    info = json.loads(extra["fmnist.json"])
+    model, meta = load_checkpoint(run_dir)
+    assert json.loads(info["fmnist.class_names"]) == meta["class_names"]
+    assert info["fmnist.tta_flip"] == "in-graph"
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), predict(model, x, precision="fp32", tta_flip=True))
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--format", "tflite"], 2, "--format must be one of onnx, torchscript"),
+])  # fmt: skip
+def test_export_bad_options(tiny, isolated_env, args, code, fragment):
+    run_dir, data_dir = tiny
+    proc = run_cli("export", str(run_dir), *args, "--data-dir", str(data_dir), env=isolated_env)
+    assert proc.returncode == code and fragment in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_of_a_missing_run(isolated_env, tmp_path: Path):
+    proc = run_cli("export", str(tmp_path / "nope"), env=isolated_env)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "no such run directory" in proc.stderr
+
+
+@pytest.mark.slow
+def test_int8_onnx_on_real_data(request, real_data_dir: Path, tmp_path: Path, isolated_env):
+    run_dir = cached_real_run(request, real_data_dir)
+    out = tmp_path / "model.int8.onnx"
+    proc = run_cli("export", str(run_dir), "--int8", "--out", str(out), "--data-dir", str(real_data_dir), "--json",
+                   env=isolated_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["test_images"] == 10_000
+    assert report["accuracy_drop_pp"] <= 0.5
+    assert report["size_bytes"] < 0.5 * report["fp32_size_bytes"]
+    info = onnx_metadata(out.read_bytes())
+    assert info["fmnist.quantization"].startswith("int8 static")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    dataset = load_idx_folder(real_data_dir)
+    norm = json.loads(info["fmnist.normalization"])
+    mean, std = norm["mean"], norm["std"]
+    x = ((dataset.test_images[:7].astype(np.float32) / 255 - mean) / std)[:, None]
+    assert session.run(None, {"input": x})[0].shape == (7, 10)
