@@ -1,5 +1,4 @@
-"""`fmnist ablate`; importing this module also registers the scikit-learn baselines
-(logreg, linear_svc, rbf_svc, random_forest) so every command accepts them as model names."""
+"""`fmnist ablate`."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-import fmnist.models.classical  # noqa: F401  (registers the classical model names)
 from fmnist.cli.app import app, console
 from fmnist.cli.data_cmds import DataDirOption, load
 

@@ -72,14 +72,23 @@ def run_plan(plan, out: Path, overrides: dict, data_dir: Path | None, no_report:
     data = summary["data"]
     console.print(f"data: {data['source']} ({data['split']} split)  -> {out}")
     if not no_report:
-        from fmnist.report.markdown import write_report
+        from fmnist.report import write_report
 
-        console.print(f"report: {write_report(out)}")
+        console.print(f"report: {write_report(out, data_dir=data_dir)}")
 
 
 @app.command("report")
-def report_cmd(folder: Path = typer.Argument(..., help="A run or compare directory")) -> None:
-    """(Re)write report.md and its figures for a run or a comparison."""
-    from fmnist.report.markdown import write_report
+def report_cmd(
+    folder: Path = typer.Argument(..., help="A run or compare directory"),
+    embedding: str = typer.Option("auto", "--embedding", help="auto (UMAP if installed, else t-SNE), tsne, umap, none"),
+    embedding_points: int = typer.Option(2000, "--embedding-points", help="Test images in the 2-D embedding"),
+    gradcam: bool = typer.Option(True, "--gradcam/--no-gradcam", help="Grad-CAM heatmaps for CNNs"),
+    detail: str = typer.Option("first-seed", "--detail", help="Model-level analysis for: first-seed or all runs"),
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """(Re)write report.html (self-contained) and report.md + figures/ for a run or a comparison."""
+    from fmnist.report import write_report
 
-    console.print(f"report: {write_report(folder)}")
+    path = write_report(folder, embedding=embedding, embedding_points=embedding_points, gradcam=gradcam,
+                        detail=detail, data_dir=data_dir)  # fmt: skip
+    console.print(f"report: {path}")

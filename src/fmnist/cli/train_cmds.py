@@ -17,9 +17,8 @@ from fmnist.errors import UsageError
 @app.command("models")
 def models_cmd() -> None:
     """List every registered model with its parameter count and size."""
-    from fmnist.models.registry import count_parameters, create_model, get_entry, list_models, model_size_mb
-
     from fmnist.models.classical import LINEAR_MODELS
+    from fmnist.models.registry import count_parameters, create_model, get_entry, list_models, model_size_mb
 
     table = Table("model", "family", "params", "size (MB)", "description")
     for name in list_models():
@@ -173,7 +172,7 @@ def _finish_training(cfg, result, run_dir: Path, no_report: bool) -> None:
         f"best epoch {result.best_epoch}/{result.epochs_run}  {result.train_seconds:.1f}s  -> {run_dir}"
     )
     if not no_report:
-        from fmnist.report.markdown import write_report
+        from fmnist.report import write_report
 
         console.print(f"report: {write_report(run_dir)}")
 

@@ -115,11 +115,11 @@ def lenet5(num_classes: int = NUM_CLASSES) -> Classifier:
     return Classifier(features, nn.Linear(84, num_classes), 84, cam_layer_name="features.4")
 
 
-# Epoch count fixed in advance from validation accuracy (seeds 0-2: 93.1-93.6% after 5 epochs
-# of one-cycle AdamW); a sixth epoch adds about 0.2 points for 20% more time.
+# Fixed in advance from validation accuracy (seeds 0-2: 92.7-93.6% after 4 epochs of one-cycle
+# AdamW). On a 2-core CPU, batch 128 runs more images/s than 256 and gives more steps per epoch.
 FASTCNN_RECIPE = {
-    "epochs": 5,
-    "batch_size": 256,
+    "epochs": 4,
+    "batch_size": 128,
     "optimizer": "adamw",
     "lr": 3e-3,
     "weight_decay": 5e-2,
@@ -137,8 +137,12 @@ def conv_pool_block(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 @register_model(family="cnn", recipe=FASTCNN_RECIPE)
-def fastcnn(widths: tuple[int, ...] = (32, 64, 128), num_classes: int = NUM_CLASSES) -> Classifier:
-    """fmnist's default: accuracy per CPU-second. Pool before normalising; spend the convs at 7x7."""
+def fastcnn(widths: tuple[int, ...] = (16, 64, 128), num_classes: int = NUM_CLASSES) -> Classifier:
+    """fmnist's default: accuracy per CPU-second. Pool before normalising; spend the convs at 7x7.
+
+    The 28x28 stage is pure memory traffic on a CPU, so it gets only 16 channels (27% more
+    images/s than 32, for about 0.1 point); the 7x7 stage, cheap per pixel, gets the width.
+    """
     c1, c2, c3 = tuple(widths)
     features = nn.Sequential(
         *conv_pool_block(1, c1),  # (N,c1,14,14)
