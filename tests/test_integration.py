@@ -34,5 +34,7 @@ def test_compare_smoke_produces_a_report(real_data_dir: Path, tmp_path: Path, is
         assert run["steps"] == 20
     report = (out / "report.md").read_text()
     assert "mlp_wide" in report and "fastcnn" in report and "kaggle" in report
-    assert (out / "figures" / "curves.png").is_file()
+    for figure in ("compare-per-class.png", "confusion-mlp.png", "confusion-cnn.png"):
+        assert (out / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
+    assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "test accuracy" in proc.stdout
