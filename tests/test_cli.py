@@ -147,3 +147,16 @@ def test_full_disk_gives_one_line_and_keeps_earlier_runs(tiny_disk: Path, tiny_d
     assert_one_line_error(proc, 1, "no space left on device")
     assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
     assert not [p for p in (tiny_disk / "big").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_train_with_seeds_reports_mean_and_std(tiny_data_dir: Path, tmp_path: Path, isolated_env):
+    out = tmp_path / "seeds"
+    proc = run_cli("train", "--model", "mlp_seed002", "--epochs", "1", "--val-size", "100", "--seeds", "2",
+                   "--seed", "5", "--out", str(out), "--no-report", "--data-dir", str(tiny_data_dir),
+                   env=isolated_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "compare.json").read_text())
+    (model,) = summary["models"]
+    assert model["seeds"] == [5, 6] and len(model["test_accuracy"]) == 2
+    assert model["test_accuracy_std"] >= 0 and "±" in proc.stdout
+    assert {p.name for p in out.iterdir() if p.is_dir()} == {"mlp_seed002-seed5", "mlp_seed002-seed6"}
