@@ -28,7 +28,7 @@ def ablate_cmd(
 ) -> None:
     """Ablation study (default: seed 004's CNN): accuracy and Δ against the full model per variant."""
     from fmnist.ablate import ablation_plan, default_out_dir, run_ablation
-    from fmnist.progress import RichProgress
+    from fmnist.cli.compare_cmds import RunProgress
     from fmnist.report.text import points, published_pct
 
     overrides = {"epochs": epochs, "max_steps": max_steps, "val_size": val_size, "device": device, "seed": seed}
@@ -37,22 +37,12 @@ def ablate_cmd(
         spec.config({k: v for k, v in overrides.items() if v is not None})
     out = out or default_out_dir(base)
     dataset = load(data_dir)
-    progress: list[RichProgress] = []
-
-    def callbacks(name, cfg):
-        progress.append(RichProgress(console, label=name))
-        return [progress[-1]]
-
-    def announce(name, result):
-        console.print(f"[bold]{name}[/bold]: test accuracy {100 * result.test_accuracy:.2f}% "
-                      f"in {result.train_seconds:.1f}s ({result.epochs_run} epochs)")  # fmt: skip
-
+    progress = RunProgress()
     try:
-        ablation = run_ablation(base, out, dataset, seeds=seeds, overrides=overrides, make_callbacks=callbacks,
-                                on_result=announce)  # fmt: skip
+        ablation = run_ablation(base, out, dataset, seeds=seeds, overrides=overrides,
+                                make_callbacks=progress.callbacks, on_result=progress.announce)  # fmt: skip
     finally:
-        for p in progress:
-            p.close()
+        progress.close()
     table = Table("variant", "change", "accuracy", "Δ vs full", "published", "published Δ", title=plan.title)
     for v in ablation["variants"]:
         acc = f"{100 * v['accuracy_mean']:.2f}%" + (

@@ -37,30 +37,41 @@ def compare_cmd(
     run_plan(plan, out or default_out_dir(), overrides, data_dir, no_report)
 
 
+class RunProgress:
+    """One live progress bar per run, and a line with each run's result as it finishes."""
+
+    def __init__(self):
+        self.bars = []
+
+    def callbacks(self, name, cfg):
+        from fmnist.progress import RichProgress
+
+        self.bars.append(RichProgress(console, label=name))
+        return [self.bars[-1]]
+
+    def announce(self, name, result):
+        console.print(f"[bold]{name}[/bold]: test accuracy {100 * result.test_accuracy:.2f}% "
+                      f"in {result.train_seconds:.1f}s ({result.epochs_run} epochs)")  # fmt: skip
+
+    def close(self):
+        for bar in self.bars:
+            bar.close()
+
+
 def run_plan(plan, out: Path, overrides: dict, data_dir: Path | None, no_report: bool) -> None:
     """Train every run of `plan` into `out` with progress bars, print the table, write the report."""
     from fmnist.compare import run_compare
-    from fmnist.progress import RichProgress
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     for spec in plan.runs:  # fail on bad values before any data is loaded or run trained
         spec.config(overrides)
     dataset = load(data_dir)
-    progress: list[RichProgress] = []
-
-    def callbacks(name, cfg):
-        progress.append(RichProgress(console, label=name))
-        return [progress[-1]]
-
-    def announce(name, result):
-        console.print(f"[bold]{name}[/bold]: test accuracy {100 * result.test_accuracy:.2f}% "
-                      f"in {result.train_seconds:.1f}s ({result.epochs_run} epochs)")
-
+    progress = RunProgress()
     try:
-        summary = run_compare(plan, out, dataset, overrides=overrides, make_callbacks=callbacks, on_result=announce)
+        summary = run_compare(plan, out, dataset, overrides=overrides, make_callbacks=progress.callbacks,
+                              on_result=progress.announce)  # fmt: skip
     finally:
-        for p in progress:
-            p.close()
+        progress.close()
     table = Table("model", "params", "size (MB)", "test accuracy", "best epoch", "train s", title=plan.title)
     for m in summary["models"]:
         acc = f"{100 * m['test_accuracy_mean']:.2f}%"
