@@ -41,14 +41,16 @@ class RichProgress(TrainCallback):
         name = self.label or config.model
         self.task = self.progress.add_task(name, total=trainer.total_steps, completed=trainer.step, stats="")
 
-    def on_step(self, step: int, epoch: int, loss: float, accuracy: float, images_per_second: float) -> None:
+    def on_step(self, step: int, epoch: int, loss, accuracy, images_per_second: float) -> None:
         now = time.monotonic()
         if self.progress is None or now - self._last_draw < REFRESH_SECONDS:
             if self.progress is not None:
                 self.progress.update(self.task, completed=step)
             return
         self._last_draw = now
-        stats = f"ep {epoch}/{self.config.epochs}  loss {loss:.3f}  acc {accuracy:.3f}  {images_per_second:,.0f} img/s"
+        # float() reads the tensors only at redraw time, a few times a second.
+        stats = (f"ep {epoch}/{self.config.epochs}  loss {float(loss):.3f}  acc {float(accuracy):.3f}  "
+                 f"{images_per_second:,.0f} img/s")  # fmt: skip
         self.progress.update(self.task, completed=step, stats=stats)
 
     def on_epoch_end(self, record: EpochRecord, model: nn.Module, is_best: bool) -> None:

@@ -98,7 +98,10 @@ class TrainCallback:
     """Hooks for progress display and run-directory writing; every method is optional."""
 
     def on_start(self, trainer: Trainer) -> None: ...
-    def on_step(self, step: int, epoch: int, loss: float, accuracy: float, images_per_second: float) -> None: ...
+    def on_step(self, step: int, epoch: int, loss: torch.Tensor, accuracy: torch.Tensor,
+                images_per_second: float) -> None:  # fmt: skip
+        """`loss` and `accuracy` are 0-d tensors of this batch; call float() only when displaying."""
+
     def on_epoch_end(self, record: EpochRecord, model: nn.Module, is_best: bool) -> None: ...
     def on_end(self, result: RunResult) -> None: ...
 
@@ -255,7 +258,11 @@ class Trainer:
         if self.epoch_order is None:
             self.epoch_order = self.loader.epoch_order()
         t0 = time.perf_counter()
-        seen_at_start = self.epoch_sums[2]
+        # Running sums stay on the device: reading them every step (.item()) would make a GPU
+        # wait for each step to finish. Float64, so the sums match a plain Python float's.
+        loss_sum = torch.tensor(float(self.epoch_sums[0]), dtype=torch.float64, device=device)
+        correct_sum = torch.tensor(int(self.epoch_sums[1]), dtype=torch.int64, device=device)
+        seen, seen_at_start = self.epoch_sums[2], self.epoch_sums[2]
         for x, y in self.loader.batches(self.epoch_order, self.batch_in_epoch):
             with autocast_context(device, self.precision):
                 logits = self.model(x)
@@ -267,19 +274,22 @@ class Trainer:
                 self.scheduler.step()
             self.step += 1
             self.batch_in_epoch += 1
-            loss_value = loss.item()
-            correct = int((logits.argmax(1) == y).sum())
-            self.epoch_sums = [self.epoch_sums[0] + loss_value * len(y), self.epoch_sums[1] + correct,
-                               self.epoch_sums[2] + len(y)]  # fmt: skip
-            rate = (self.epoch_sums[2] - seen_at_start) / max(time.perf_counter() - t0, 1e-9)
+            batch_loss = loss.detach()
+            batch_correct = (logits.argmax(1) == y).sum()
+            loss_sum += batch_loss.double() * len(y)
+            correct_sum += batch_correct
+            seen += len(y)
+            rate = (seen - seen_at_start) / max(time.perf_counter() - t0, 1e-9)
             for cb in self.callbacks:
-                cb.on_step(self.step, self.epoch, loss_value, correct / len(y), rate)
+                cb.on_step(self.step, self.epoch, batch_loss, batch_correct / len(y), rate)
             if config.max_steps and self.step >= config.max_steps:
                 break
             if self.stop_requested:
+                self.epoch_sums = [loss_sum.item(), int(correct_sum), seen]
                 self.elapsed += time.perf_counter() - t0
                 self.save_state()
                 raise TrainingInterrupted(self._interrupt_message())
+        self.epoch_sums = [loss_sum.item(), int(correct_sum), seen]
         self._epoch_train_time = time.perf_counter() - t0
         self.elapsed += self._epoch_train_time
         return True

@@ -1,4 +1,4 @@
-"""Kept so `from fmnist.report.markdown import write_report` keeps working (the CLI uses it).
+"""Kept so the earlier import path `from fmnist.report.markdown import write_report` keeps working.
 
 The report itself is built in fmnist.report.builder from the sections in fmnist.report.sections.
 """
