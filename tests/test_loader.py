@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist.data.loader import Augmentation, TensorLoader, stratified_split
+from fmnist.data.loader import Augmentation, TensorLoader
+from fmnist.data.splits import stratified_split
 
 
 def test_stratified_split_is_exact_balanced_and_seeded():
@@ -45,8 +46,8 @@ def _loader(n=50, **kw):
 def test_each_epoch_visits_every_image_once_in_a_new_order():
     loader = _loader(shuffle=True, generator=torch.Generator().manual_seed(0))
     assert len(loader) == 4
-    first = torch.cat([x[:, 0, 0, 0] for x, _ in loader])
-    second = torch.cat([x[:, 0, 0, 0] for x, _ in loader])
+    first = torch.cat([x[:, 0, 0, 0] for x, *_ in loader])
+    second = torch.cat([x[:, 0, 0, 0] for x, *_ in loader])
     expected = torch.arange(50, dtype=torch.float32) / 255
     assert torch.equal(first.sort().values, expected)
     assert torch.equal(second.sort().values, expected)
@@ -56,7 +57,7 @@ def test_each_epoch_visits_every_image_once_in_a_new_order():
 def test_normalisation_happens_once_at_construction():
     images = torch.full((4, 28, 28), 255, dtype=torch.uint8)
     loader = TensorLoader(images, torch.zeros(4, dtype=torch.long), batch_size=4, mean=0.5, std=0.25)
-    x, _ = next(iter(loader))
+    x, *_ = next(iter(loader))
     assert x.shape == (4, 1, 28, 28) and torch.allclose(x, torch.full_like(x, 2.0))
 
 
@@ -65,7 +66,7 @@ def test_flip_mirrors_exactly_the_chosen_images():
     images[:, :, 0] = 255  # a bright left column
     loader = TensorLoader(images, torch.zeros(64, dtype=torch.long), batch_size=64, mean=0, std=1,
                           augmentation=Augmentation(flip=True), generator=torch.Generator().manual_seed(1))  # fmt: skip
-    x, _ = next(iter(loader))
+    x, *_ = next(iter(loader))
     left, right = x[:, 0, :, 0], x[:, 0, :, -1]
     flipped = (right == 1).all(1)
     assert torch.equal(flipped, ~(left == 1).all(1))
@@ -77,7 +78,7 @@ def test_translate_shifts_within_range_and_fills_background():
     images[:, 13, 13] = 255
     loader = TensorLoader(images, torch.zeros(200, dtype=torch.long), batch_size=200, mean=0.5, std=0.5,
                           augmentation=Augmentation(translate=2), generator=torch.Generator().manual_seed(2))  # fmt: skip
-    x, _ = next(iter(loader))
+    x, *_ = next(iter(loader))
     bright = (x[:, 0] == 1.0).nonzero()
     assert len(bright) == 200  # the dot is never lost at a 2-pixel shift from the centre
     assert bright[:, 1].min() >= 11 and bright[:, 1].max() <= 15
@@ -90,7 +91,7 @@ def test_random_erasing_blanks_a_rectangle_in_about_the_requested_share():
     images = torch.full((400, 28, 28), 255, dtype=torch.uint8)
     loader = TensorLoader(images, torch.zeros(400, dtype=torch.long), batch_size=400, mean=0, std=1,
                           augmentation=Augmentation(erase=0.5), generator=torch.Generator().manual_seed(3))  # fmt: skip
-    x, _ = next(iter(loader))
+    x, *_ = next(iter(loader))
     erased = (x[:, 0] == 0).flatten(1).sum(1)
     chosen = erased > 0
     assert 150 < int(chosen.sum()) < 250
@@ -105,7 +106,7 @@ def test_same_generator_seed_gives_identical_batches():
     def batches(seed):
         loader = _loader(shuffle=True, augmentation=Augmentation(True, 2, 0.5),
                          generator=torch.Generator().manual_seed(seed))  # fmt: skip
-        return [x for x, _ in loader]
+        return [x for x, *_ in loader]
 
     assert all(torch.equal(a, b) for a, b in zip(batches(5), batches(5)))
     assert not all(torch.equal(a, b) for a, b in zip(batches(5), batches(6)))

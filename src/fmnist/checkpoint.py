@@ -23,6 +23,8 @@ from fmnist import __version__
 from fmnist.constants import CLASS_NAMES
 from fmnist.errors import CheckpointError, FmnistError, UsageError
 from fmnist.fsutil import atomic_write_bytes, atomic_write_json
+from fmnist.data.normalize import blank_value
+from fmnist.tta import TTA_LEVELS, TestTimeAugmentation, tta_level
 
 FORMAT = "fmnist-checkpoint"
 FORMAT_VERSION = 1
@@ -37,7 +39,7 @@ class CheckpointMeta:
     mean: float
     std: float
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
-    tta_flip: bool = False
+    tta: str = "none"  # test-time augmentation level (fmnist.tta)
     params: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. test accuracy, data provenance
 
@@ -51,7 +53,7 @@ class CheckpointMeta:
             "model_args": {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_args.items()},
             "class_names": list(self.class_names),
             "normalization": {"mean": self.mean, "std": self.std},
-            "tta_flip": self.tta_flip,
+            "tta": self.tta,
             "params": self.params,
             "weights_file": WEIGHTS_FILE,
             "weights_sha256": weights_sha256,
@@ -113,7 +115,28 @@ def read_meta(folder: Path) -> dict[str, Any]:
     norm = meta["normalization"]
     if not all(isinstance(norm.get(k), (int, float)) for k in ("mean", "std")) or not norm["std"] > 0:
         raise CheckpointError(f"{meta_path}: normalization must have a numeric mean and a positive std")
+    level = tta_level(meta)  # fmnist 0.1 files record `tta_flip` instead
+    if level not in TTA_LEVELS:
+        raise CheckpointError(f"{meta_path}: tta must be one of {', '.join(TTA_LEVELS)}, not {level!r}")
+    meta["tta"] = level
     return meta
+
+
+def normalization(meta: dict[str, Any]) -> tuple[float, float]:
+    """(mean, std) of a checkpoint's (or ensemble's) input normalisation."""
+    norm = meta["normalization"]
+    return float(norm["mean"]), float(norm["std"])
+
+
+def tta_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """`fmnist.evaluate.predict`'s `tta` and `blank` arguments for what a checkpoint records."""
+    return {"tta": tta_level(meta), "blank": blank_value(*normalization(meta))}
+
+
+def with_tta(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    """The model as its checkpoint says to run it: averaged over its TTA views (fmnist.tta)."""
+    settings = tta_settings(meta)
+    return TestTimeAugmentation(model, settings["tta"], settings["blank"]).eval()
 
 
 def _read_weights(folder: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -154,6 +177,7 @@ def _check_tensors(folder: Path, model: nn.Module, tensors: dict[str, torch.Tens
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from a run directory; returns (model in eval mode, metadata dict)."""
+    from fmnist.models.base import Classifier
     from fmnist.models.registry import create_model
 
     folder = checkpoint_folder(path)
@@ -170,7 +194,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
         raise CheckpointError(f"{folder}: weights do not fit the model ({str(exc).splitlines()[0]})") from None
     model.eval()
     try:
-        model.to(device)
+        model.place(device) if isinstance(model, Classifier) else model.to(device)
     except (RuntimeError, FmnistError) as exc:
         raise CheckpointError(f"cannot move the model to {device}: {exc}") from None
     return model, meta

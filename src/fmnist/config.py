@@ -13,13 +13,15 @@ from typing import Any, get_origin, get_type_hints
 import tomli_w
 import tomllib
 
-from fmnist.constants import FMNIST_MEAN, FMNIST_STD
+from fmnist.constants import FMNIST_MEAN, FMNIST_STD, NUM_CLASSES
+from fmnist.device import DEVICES, PRECISIONS
 from fmnist.errors import UsageError
+from fmnist.tta import TTA_LEVELS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "onecycle", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+# Keys of fmnist 0.1 files, still read: name -> (new name, value converter).
+LEGACY_KEYS = {"tta_flip": ("tta", lambda on: "flip" if on in (True, "true", "1", "on", "yes") else "none")}
 
 
 @dataclass
@@ -38,7 +40,8 @@ class TrainConfig:
     flip: bool = False
     translate: int = 0
     erase: float = 0.0
-    tta_flip: bool = False  # average logits over the image and its mirror at evaluation
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
+    tta: str = "none"  # test-time augmentation at evaluation: none, flip, flip-shift (fmnist.tta)
     normalize: bool = True
     mean: float = FMNIST_MEAN
     std: float = FMNIST_STD
@@ -46,14 +49,14 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs without a better validation accuracy; 0 = off
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # bf16 autocast where the hardware runs it fast (AMX CPUs, CUDA)
+    precision: str = "auto"  # bf16 autocast where the hardware computes bf16 natively (fmnist.device)
     deterministic: bool = False  # force deterministic GPU kernels (slower); CPU runs are already
     max_steps: int = 0  # smoke mode: stop after this many optimizer steps; 0 = no limit
     eval_batch_size: int = 1024
     data_dir: str = ""
 
     def validate(self) -> TrainConfig:
-        from fmnist.models.registry import create_model, resolve_model_args
+        from fmnist.models.registry import check_model_args
 
         _positive_int(self.epochs, "epochs")
         _positive_int(self.batch_size, "batch_size")
@@ -68,6 +71,7 @@ class TrainConfig:
         _choice(self.scheduler, SCHEDULERS, "scheduler")
         _choice(self.device, DEVICES, "device")
         _choice(self.precision, PRECISIONS, "precision")
+        _choice(self.tta, TTA_LEVELS, "tta")
         if not self.lr > 0 or self.lr > 10:
             raise UsageError(f"lr must be a number in (0, 10], not {self.lr}")
         if not 0 <= self.weight_decay < 1:
@@ -80,12 +84,15 @@ class TrainConfig:
             raise UsageError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
         if not 0 <= self.erase <= 1:
             raise UsageError(f"erase must be a probability in [0, 1], not {self.erase}")
+        if not (self.ema == 0 or 0.5 <= self.ema < 1):
+            raise UsageError(f"ema must be 0 (off) or a decay in [0.5, 1), not {self.ema}")
         if not self.std > 0:
             raise UsageError(f"std must be positive, not {self.std}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"seed must be a non-negative integer, not {self.seed}")
-        self.model_args = resolve_model_args(self.model, self.model_args)
-        create_model(self.model, **self.model_args)  # surfaces invalid argument values now, not mid-run
+        self.model_args = check_model_args(self.model, self.model_args)
+        if self.model_args.get("num_classes", NUM_CLASSES) != NUM_CLASSES:
+            raise UsageError(f"num_classes must be {NUM_CLASSES} to train on Fashion-MNIST, not {self.model_args['num_classes']}")
         return self
 
     @property
@@ -167,6 +174,9 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str 
     for key, value in overrides.items():
         if value is None:
             continue
+        if key in LEGACY_KEYS:
+            key, convert = LEGACY_KEYS[key]
+            value = convert(value)
         setattr(config, key, coerce_field(key, value, source))
     return config
 

@@ -1,12 +1,35 @@
-"""Device and numeric-precision choices, shared by training, evaluation and serving."""
+"""Device, CPU instruction set and numeric-precision choices, shared by training, evaluation and serving.
+
+`--precision auto` is decided by what the hardware computes natively, never by timing, so a
+seed gives the same numbers every time on the same machine:
+- CUDA with bf16 support, or a CPU with AVX512-BF16 (Zen 4, Cooper Lake) or AMX tiles
+  (Sapphire Rapids and later): bf16 autocast;
+- anything else (AVX2 laptops, AVX-512 without BF16): fp32, since bf16 is emulated there
+  and slower than fp32.
+"""
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager, nullcontext
+from functools import lru_cache
 
 import torch
 
 from fmnist.errors import UsageError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+# CPU instruction-set levels that matter for fmnist's speed, slowest first.
+ISA_LEVELS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
+# oneDNN's ISA cap names (ONEDNN_MAX_CPU_ISA), mapped onto those levels: a capped process
+# must choose as the CPU it emulates would.
+_ONEDNN_CAPS = {
+    "sse41": "baseline", "avx": "baseline", "avx2": "avx2", "avx2_vnni": "avx2", "avx2_vnni_2": "avx2",
+    "avx512_core": "avx512", "avx512_core_vnni": "avx512", "avx512_core_bf16": "avx512_bf16",
+    "avx10_1_512": "avx512_bf16", "avx512_core_fp16": "avx512_bf16", "avx10_1_512_amx": "amx",
+    "avx512_core_amx": "amx", "avx10_1_512_amx_fp16": "amx", "avx512_core_amx_fp16": "amx", "default": "amx",
+}  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -17,29 +40,68 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fast_bf16(device: torch.device) -> bool:
-    """True where bf16 matrix units make autocast pay: CUDA with bf16, CPUs with AMX tiles.
+def hardware_isa() -> str:
+    """The best ISA level this CPU has, as PyTorch's CPU feature probe reports it."""
+    probes = (("amx", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"),
+              ("avx512", "_is_avx512_supported"), ("avx2", "_is_avx2_supported"))  # fmt: skip
+    for level, probe in probes:
+        if getattr(torch.cpu, probe, lambda: False)():
+            return level
+    return "baseline"
 
-    On a Sapphire Rapids core fastcnn trains ~2.5x faster and infers ~8x faster in bf16
-    than in fp32; on CPUs without AMX bf16 is emulated and slower, so fp32 stays.
-    """
+
+@lru_cache(maxsize=1)
+def cpu_isa() -> str:
+    """The ISA level fmnist uses: the hardware's, lowered by an ONEDNN_MAX_CPU_ISA cap if one is set."""
+    return capped_isa(hardware_isa(), os.environ.get("ONEDNN_MAX_CPU_ISA", ""))
+
+
+def capped_isa(hardware: str, onednn_cap: str) -> str:
+    cap = _ONEDNN_CAPS.get(onednn_cap.strip().lower(), "amx")
+    return min(hardware, cap, key=ISA_LEVELS.index)
+
+
+def native_bf16(isa: str) -> bool:
+    """Whether a CPU at this ISA level computes bf16 in hardware (so autocast pays)."""
+    return ISA_LEVELS.index(isa) >= ISA_LEVELS.index("avx512_bf16")
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name where Linux says it, else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def fast_bf16(device: torch.device, isa: str | None = None) -> bool:
+    """True where bf16 autocast runs on native units: CUDA with bf16, CPUs with AVX512-BF16 or AMX."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+        return native_bf16(isa or cpu_isa())
     return False
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+def resolve_precision(name: str, device: torch.device, isa: str | None = None) -> str:
+    """'auto' -> 'bf16' or 'fp32' by capability (see the module docstring); an explicit choice wins."""
+    if name not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
     if name == "auto":
-        return "bf16" if fast_bf16(device) else "fp32"
+        return "bf16" if fast_bf16(device, isa) else "fp32"
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError("--precision bf16 needs a GPU with bf16 support")
     return name
 
 
 def autocast_context(device: torch.device, precision: str) -> AbstractContextManager:
-    """bf16 autocast for 'bf16' (or 'auto' where it is fast), nothing for 'fp32'."""
+    """bf16 autocast for 'bf16' (or 'auto' where it is native), nothing for 'fp32'."""
     if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
@@ -51,8 +113,6 @@ def enable_determinism(device: torch.device) -> None:
     cuBLAS needs a fixed workspace for deterministic matrix products; it reads the setting
     when its handle is created, so it is set here, before any CUDA work in this process.
     """
-    import os
-
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False

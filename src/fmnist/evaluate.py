@@ -6,13 +6,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from fmnist import metrics
 from fmnist.constants import CLASS_NAMES
-from fmnist.data.loader import to_model_input
+from fmnist.data.normalize import blank_value, normalize
+from fmnist.models.base import Classifier
 from fmnist.device import autocast_context, resolve_precision
+from fmnist.tta import TestTimeAugmentation, tta_level
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -29,32 +32,28 @@ def predict(
     *,
     batch_size: int = 1024,
     precision: str = "auto",
-    tta_flip: bool = False,
+    tta: str = "none",
+    blank: float = 0.0,
 ) -> torch.Tensor:
     """Logits (N, C) float32 on the CPU for normalised inputs `x` (N,1,28,28), in eval mode.
 
-    `precision` "auto" uses bf16 autocast where the hardware makes it fast (as training
-    does), so `fmnist evaluate` reproduces the accuracy recorded at training time on the
-    same machine. With `tta_flip` the logits are the mean over each image and its mirror.
+    `precision` "auto" uses bf16 autocast where the hardware computes it natively (as
+    training does), so `fmnist evaluate` reproduces the accuracy recorded at training time on
+    the same machine. `tta` averages the logits over views of each image (fmnist.tta);
+    `blank` is a black pixel's normalised value, which shifted views fill in.
     """
     was_training = model.training
     model.eval()
     device = model_device(model)
-    channels_last = _prefers_channels_last(model)
+    averaged = TestTimeAugmentation(model, tta, blank)
     outputs = []
     try:
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].to(device, non_blocking=True)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
+            if isinstance(model, Classifier):
+                batch = model.layout(batch)
             with autocast_context(device, precision):
-                logits = model(batch).float()
-                if tta_flip:
-                    mirrored = batch.flip(3)
-                    if channels_last:
-                        mirrored = mirrored.contiguous(memory_format=torch.channels_last)
-                    logits = (logits + model(mirrored).float()) / 2
-            outputs.append(logits.cpu())
+                outputs.append(averaged(batch).float().cpu())
     finally:
         model.train(was_training)
     if not outputs:
@@ -62,9 +61,12 @@ def predict(
     return torch.cat(outputs)
 
 
-def _prefers_channels_last(model: nn.Module) -> bool:
-    return any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-               for p in model.parameters())  # fmt: skip
+def predict_checkpoint(model: nn.Module, meta: dict[str, Any], images: np.ndarray | torch.Tensor, *,
+                       precision: str = "auto", batch_size: int = 1024) -> torch.Tensor:  # fmt: skip
+    """Logits for uint8 (N,28,28) images, normalised and averaged as the checkpoint's metadata says."""
+    mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
+    return predict(model, normalize(images, mean, std), batch_size=batch_size, precision=precision,
+                   tta=tta_level(meta), blank=blank_value(mean, std))  # fmt: skip
 
 
 @dataclass
@@ -113,9 +115,7 @@ def evaluate_run(run_dir: Path, data_dir: str | None = None, notify=lambda _: No
 
     model, meta = load_checkpoint(run_dir)
     dataset = resolve_dataset(data_dir, notify=notify)
-    norm = meta["normalization"]
-    x = to_model_input(torch.from_numpy(dataset.test_images), norm["mean"], norm["std"])
     precision = resolve_precision("auto", model_device(model))
-    logits = predict(model, x, precision=precision, tta_flip=bool(meta.get("tta_flip")))
+    logits = predict_checkpoint(model, meta, dataset.test_images, precision=precision)
     evaluation = evaluate_logits(logits, torch.from_numpy(dataset.test_labels), tuple(meta["class_names"]))
     return evaluation, {"model": meta["model"], "precision": precision, "data": dataset.provenance.to_dict()}

@@ -29,7 +29,8 @@ from fmnist.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
 from fmnist.config import TrainConfig
 from fmnist.errors import FmnistError, RunLockedError, UsageError
 from fmnist.fsutil import append_line, atomic_write_json, atomic_write_text, read_json
-from fmnist.train import EpochRecord, RunResult, TrainCallback, Trainer
+from fmnist.device import cpu_isa, cpu_model, hardware_isa
+from fmnist.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
@@ -45,6 +46,11 @@ def environment_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),  # the level fmnist used (after any ONEDNN_MAX_CPU_ISA cap)
+        "cpu_isa_hardware": hardware_isa(),
+        "isa_caps": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+                     if k in os.environ},
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
@@ -110,7 +116,7 @@ def checkpoint_meta(config: TrainConfig, model: nn.Module, extra: dict[str, Any]
         model_args=dict(config.model_args),
         mean=config.input_mean,
         std=config.input_std,
-        tta_flip=config.tta_flip,
+        tta=config.tta,
         params=count_parameters(model),
         extra=extra or {},
     )
@@ -122,21 +128,32 @@ class RunDirWriter(TrainCallback):
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
 
-    def on_start(self, trainer: Trainer) -> None:
-        atomic_write_text(self.run_dir / CONFIG_FILE, trainer.config.to_toml())
-        atomic_write_json(self.run_dir / "environment.json", environment_info())
+    def on_start(self, info: RunInfo) -> None:
+        atomic_write_text(self.run_dir / CONFIG_FILE, info.config.to_toml())
+        atomic_write_json(self.run_dir / "environment.json",
+                          {**environment_info(), "device": info.device, "precision": info.precision})  # fmt: skip
         # A resumed run rewrites the history it restored: a line appended just before a crash
         # but after the last saved state would otherwise appear twice.
-        lines = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in trainer.history)
+        lines = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in info.history)
         atomic_write_text(self.run_dir / METRICS_FILE, lines)
 
-    def on_epoch_end(self, record: EpochRecord, model: nn.Module, is_best: bool) -> None:
+    def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
         append_line(self.run_dir / METRICS_FILE, json.dumps(dataclasses.asdict(record)))
 
     def on_end(self, result: RunResult) -> None:
-        extra = {"test_accuracy": result.test_accuracy, "data": result.data}
-        save_checkpoint(self.run_dir, result.model, checkpoint_meta(result.config, result.model, extra))
+        if result.model is not None:
+            extra = {"test_accuracy": result.test_accuracy, "data": result.data}
+            save_checkpoint(self.run_dir, result.model, checkpoint_meta(result.config, result.model, extra))
         atomic_write_json(self.run_dir / RESULTS_FILE, result.summary())
+
+
+def train_into(config: TrainConfig, run_dir: Path, dataset: Any, callbacks: list[TrainCallback] | tuple = (), *,
+               resume: bool = False, stop: StopSignal | None = None) -> RunResult:  # fmt: skip
+    """Train `config` into the prepared `run_dir` (locked meanwhile): the run path every command shares."""
+    from fmnist.trainer import fit
+
+    with RunLock(run_dir):
+        return fit(config, dataset, [*callbacks, RunDirWriter(run_dir)], state_dir=run_dir, resume=resume, stop=stop)
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:

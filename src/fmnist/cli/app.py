@@ -55,11 +55,56 @@ def fail(message: str, code: int = 1) -> None:
     raise SystemExit(code)
 
 
+# `fmnist --help` lists commands in the order people use them.
+WORKFLOW_ORDER = ("data", "models", "recipes", "train", "evaluate", "compare", "report", "ablate", "ensemble",
+                  "sweep", "predict", "export", "serve")  # fmt: skip
+
+
+def _metavar(param) -> str | None:
+    """Plain metavars (N, X, PATH, TEXT, [a|b|c]) instead of Python type names like <str>."""
+    import typing
+    from enum import Enum
+    from pathlib import Path
+
+    desc = getattr(param, "type_descriptor", None)
+    if desc is None:
+        return None
+    if desc.is_choice:
+        return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices or ()) + "]"
+    kind = desc.annotation
+    if typing.get_origin(kind) is list:
+        kind = typing.get_args(kind)[0]
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return "[" + "|".join(str(m.value) for m in kind) + "]"
+    names = {int: "N", float: "X", str: "TEXT", Path: "PATH"}
+    return names.get(kind)
+
+
+def polish(command) -> None:
+    """Help that reads right: workflow order, whole one-line descriptions, no Python type names."""
+    commands = getattr(command, "commands", None)
+    if commands is not None:
+        ordered = {n: commands[n] for n in WORKFLOW_ORDER if n in commands}
+        ordered.update({n: c for n, c in commands.items() if n not in ordered})
+        command.commands = ordered
+        for sub in ordered.values():
+            polish(sub)
+    if command.help and not command.short_help:
+        command.short_help = command.help.strip().splitlines()[0]
+    for param in command.params:
+        if getattr(param, "param_type_name", "") == "argument":
+            # An argument is named by itself (RUN_DIR); its type adds nothing there.
+            param.display_type_rich = lambda ctx=None: ""
+        elif not getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = _metavar(param)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: every anticipated error becomes one line on stderr."""
     from fmnist.cli import commands  # noqa: F401  (registers the commands)
 
     command = typer.main.get_command(app)
+    polish(command)
     try:
         # Without standalone mode Click raises instead of printing boxed usage errors and
         # returns the code a command exits with.

@@ -1,3 +1,3 @@
-"""Importing this module registers every command on the app."""
+"""Importing this module registers every command on the app, in workflow order (as `--help` lists them)."""
 
-from fmnist.cli import analysis_cmds, compare_cmds, data_cmds, serve_cmds, train_cmds  # noqa: F401
+from fmnist.cli import data, models, train, evaluate, compare, report, ablate, serve_cmds  # noqa: F401, I001

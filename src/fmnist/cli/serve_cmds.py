@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from fmnist.cli.app import app, console, err_console
-from fmnist.cli.data_cmds import DataDirOption, notify
+from fmnist.cli.data import DataDirOption, notify
+from fmnist.serve.limits import DEFAULT_MAX_BODY_MB, DEFAULT_TIMEOUT_S
 
 RunDirArgument = typer.Argument(..., help="Run directory with model.json and model.safetensors")
 BackendOption = typer.Option("torch", "--backend", help="torch (PyTorch eager) or onnx (ONNX Runtime)")
@@ -50,7 +51,7 @@ def predict_cmd(
     import numpy as np
 
     from fmnist.predict import Predictor, top_classes
-    from fmnist.serve.preprocess import ImageError, collect_image_paths, load_image
+    from fmnist.data.photos import ImageError, collect_image_paths, load_image
 
     _check_precision(precision)
     predictor = Predictor(run_dir, backend=backend, precision=precision)
@@ -144,7 +145,13 @@ def serve_cmd(
     precision: str = PrecisionOption,
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Permit binding a non-loopback address"),
     threads: int = typer.Option(1, "--threads", min=1, help="Inference threads (1 suits one image per request)"),
-    max_body_mb: float = typer.Option(5.0, "--max-body-mb", min=0.001, help="Largest request body accepted (MB)"),
+    max_body_mb: float = typer.Option(
+        DEFAULT_MAX_BODY_MB, "--max-body-mb", min=0.001, help="Largest request body accepted (MB)"
+    ),
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT_S, "--timeout", min=0.1,
+        help="Seconds before an idle connection, a request's headers or a silent body time out",
+    ),  # fmt: skip
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (costs throughput)"),
 ) -> None:
     """Serve the model over HTTP: /predict, /predict/batch, /health, /model, /docs and a web page at /."""
@@ -155,9 +162,9 @@ def serve_cmd(
     from fmnist.serve.app import create_app
 
     application = create_app(run_dir, backend=backend, threads=threads, precision=precision,
-                             max_body_bytes=int(max_body_mb * 1_000_000))  # fmt: skip
+                             max_body_bytes=int(max_body_mb * 1_000_000), timeout_s=timeout)  # fmt: skip
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     console.print(f"serving {application.state.predictor.meta['model']} ({backend}) on http://{shown}:{bound_port}  "
                   f"(docs at /docs; Ctrl-C to stop)", soft_wrap=True)  # fmt: skip
-    run_server(application, sock, access_log=access_log)
+    run_server(application, sock, access_log=access_log, timeout=timeout)

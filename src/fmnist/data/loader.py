@@ -7,14 +7,22 @@ epoch is one index permutation and every augmentation is a batched tensor op, so
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fmnist.constants import IMAGE_SIZE, NUM_CLASSES
+from fmnist.data.normalize import blank_value, normalize
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor  # (N,1,28,28) normalised, augmented
+    y: torch.Tensor  # (N,) class indices
+    targets: torch.Tensor  # (N,) class indices, or (N,10) soft targets after mixing
 
 
 @dataclass(frozen=True)
@@ -27,32 +35,9 @@ class Augmentation:
     def active(self) -> bool:
         return self.flip or self.translate > 0 or self.erase > 0
 
-
-def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): `val_size` images held out with every class in proportion."""
-    if val_size <= 0:
-        return np.arange(len(labels)), np.empty(0, dtype=np.int64)
-    if val_size >= len(labels):
-        raise ValueError(f"validation size {val_size} must be smaller than the {len(labels)} training images")
-    rng = np.random.default_rng(seed)
-    counts = np.bincount(labels, minlength=NUM_CLASSES)
-    # Largest-remainder rounding so the per-class quotas add up to exactly val_size.
-    exact = counts * val_size / len(labels)
-    quota = np.floor(exact).astype(int)
-    for cls in np.argsort(-(exact - quota), kind="stable")[: val_size - quota.sum()]:
-        quota[cls] += 1
-    val_parts = []
-    for cls in range(NUM_CLASSES):
-        members = np.flatnonzero(labels == cls)
-        val_parts.append(rng.permutation(members)[: quota[cls]])
-    val = np.sort(np.concatenate(val_parts))
-    train = np.setdiff1d(np.arange(len(labels)), val, assume_unique=True)
-    return train, val
-
-
-def to_model_input(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 (N,28,28) -> normalised float (N,1,28,28)."""
-    return ((images.float() / 255.0 - mean) / std).unsqueeze(1)
+    @classmethod
+    def from_config(cls, config) -> Augmentation:
+        return cls(config.flip, config.translate, config.erase)
 
 
 class TensorLoader:
@@ -75,22 +60,20 @@ class TensorLoader:
         shuffle: bool = False,
         augmentation: Augmentation | None = None,
         generator: torch.Generator | None = None,
-        channels_last: bool = False,
+        layout: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.device = torch.device(device)
-        self.x = to_model_input(images.to(self.device), mean, std)
-        if channels_last:
-            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.x = normalize(images.to(self.device), mean, std)
+        self.x = layout(self.x)
         self.y = labels.to(self.device).long()
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.augmentation = augmentation or Augmentation()
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.channels_last = channels_last
-        # The value a blank (zero) pixel has after normalisation: what shifts and erasing fill in.
-        self.background = float((0.0 - mean) / std)
+        self.layout = layout  # the model's memory layout (fmnist.models.base.Classifier.layout)
+        self.background = blank_value(mean, std)  # what shifts and erasing fill in
 
     def __len__(self) -> int:
         return (len(self.y) + self.batch_size - 1) // self.batch_size
@@ -104,17 +87,22 @@ class TensorLoader:
             return torch.randperm(len(self.y), generator=self.generator).to(self.device)
         return torch.arange(len(self.y), device=self.device)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         return self.batches(self.epoch_order())
 
-    def batches(self, order: torch.Tensor, first_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of one epoch in `order`, starting at batch `first_batch` (to resume mid-epoch)."""
+    def batches(self, order: torch.Tensor, first_batch: int = 0) -> Iterator[Batch]:
+        """Batches of one epoch in `order`, starting at batch `first_batch` (to resume mid-epoch).
+
+        Each is (images, labels, targets): targets are the labels, or soft (N,10) targets
+        where the augmentation mixes images (mixup, cutmix).
+        """
         for start in range(first_batch * self.batch_size, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            x = self.x[index]
+            x, y = self.x[index], self.y[index]
+            targets: torch.Tensor = y
             if self.augmentation.active:
                 x = self.augment(x)
-            yield x, self.y[index]
+            yield Batch(x, y, targets)
 
     # -- batched augmentation -------------------------------------------------------------
     def _rand(self, *shape: int) -> torch.Tensor:
@@ -133,9 +121,7 @@ class TensorLoader:
             x = self._translate(x, aug.translate)
         if aug.erase > 0:
             x = self._erase(x, aug.erase)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return self.layout(x)
 
     def _translate(self, x: torch.Tensor, pad: int) -> torch.Tensor:
         # Pad once, then gather a shifted 28x28 window per image with advanced indexing.

@@ -2,30 +2,118 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from torch import nn
 
+from fmnist.constants import IMAGE_SIZE
+
+# Layers whose output is a spatial map but not one worth explaining: pooling throws away the
+# position Grad-CAM wants, dropout and identity only repeat their input.
+_NOT_CAM_LAYERS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d,
+                   nn.Identity, nn.Flatten)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a built model is: its registered name, the full arguments and the family."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    family: str = ""
+
 
 class Classifier(nn.Module):
-    """`features` maps (N,1,28,28) to an (N,D) embedding; `head` maps it to (N,10) logits.
+    """`features` maps (N,1,28,28) to an (N,D) embedding; `head` maps it to (N,classes) logits.
 
     Keeping the two apart lets embeddings (t-SNE), Grad-CAM and serving reuse one model.
-    `cam_layer_name`, when set, names the last spatial block (e.g. "features.4"), whose
-    activations Grad-CAM weighs. A name, not a module reference, so the layer is not
-    registered twice in the state dict.
+
+    `channels_last`: whether the network runs faster in NHWC layout (convolutional nets on
+    CPUs with oneDNN); the training loop and inference read it, nothing else decides it. A
+    model must ask for it, so a new architecture never gets a layout it was not measured in.
+
+    Grad-CAM's layer is found by running one blank image through `features`: the last
+    top-level block whose output is still a spatial map (pooling and dropout skipped).
+    `cam_layer_name` overrides that for a model whose best map is elsewhere.
     """
 
-    def __init__(self, features: nn.Module, head: nn.Module, embedding_dim: int, cam_layer_name: str | None = None):
+    def __init__(self, features: nn.Module, head: nn.Module, embedding_dim: int, *,
+                 channels_last: bool = False, cam_layer_name: str | None = None):  # fmt: skip
         super().__init__()
         self.features = features
         self.head = head
         self.embedding_dim = embedding_dim
-        self.cam_layer_name = cam_layer_name
+        self.channels_last = channels_last
+        self._cam_layer_name = cam_layer_name
+        self._cam_searched = cam_layer_name is not None
+        self.identity = ModelIdentity(name=type(self).__name__)
+
+    # -- identity -------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.identity.name
+
+    @property
+    def model_args(self) -> dict[str, Any]:
+        return dict(self.identity.args)
+
+    @property
+    def family(self) -> str:
+        return self.identity.family
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features if isinstance(self.head, nn.Linear) else -1
+
+    # -- Grad-CAM ---------------------------------------------------------------------
+    @property
+    def cam_layer_name(self) -> str | None:
+        if not self._cam_searched:
+            self._cam_layer_name = self._find_cam_layer()
+            self._cam_searched = True
+        return self._cam_layer_name
 
     @property
     def cam_layer(self) -> nn.Module | None:
-        return self.get_submodule(self.cam_layer_name) if self.cam_layer_name else None
+        name = self.cam_layer_name
+        return self.get_submodule(name) if name else None
 
+    def _find_cam_layer(self) -> str | None:
+        if isinstance(self.features, nn.Sequential):
+            candidates = [(f"features.{n}", m) for n, m in self.features.named_children()]
+        else:
+            candidates = [(f"features.{n}", m) for n, m in self.features.named_modules() if n and not list(m.children())]
+        spatial: list[str] = []
+        hooks = [
+            module.register_forward_hook(lambda _m, _i, out, name=name: spatial.append(name) if out.dim() == 4 else None)
+            for name, module in candidates
+            if not isinstance(module, _NOT_CAM_LAYERS)
+        ]
+        was_training = self.training
+        try:
+            self.eval()
+            with torch.no_grad():
+                self.features(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=_device_of(self)))
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.train(was_training)
+        return spatial[-1] if spatial else None
+
+    def place(self, device: torch.device | str) -> Classifier:
+        """Move to `device` in the layout this model asked for (the one place layout is applied)."""
+        self.to(device)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        return self
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """An input batch in the memory layout the model runs in."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    # -- forward ----------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
@@ -34,3 +122,9 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")

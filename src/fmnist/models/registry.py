@@ -1,4 +1,12 @@
-"""Models registered by name: `create_model("cnn", ...)` is the one constructor everything uses."""
+"""Models registered by name: `create_model(name, **kw)` is the one constructor of a network.
+
+Two kinds of entry share one namespace, so configs, `fmnist compare` and reports treat them
+alike:
+- networks: a builder `fn(**args, num_classes=10) -> Classifier`, trained by gradient descent;
+- baselines: a `BaselineSpec` (scikit-learn estimator factory and what the estimator is),
+  fitted by fmnist.baselines. A linear baseline also has a network form (a Linear layer on
+  the pixels) that holds its coefficients, so its run has an ordinary checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +15,68 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from fmnist.errors import UsageError
+from fmnist.models.base import Classifier, ModelIdentity
+
+# Arguments a builder or factory takes that are not part of the model's saved arguments:
+# the seed comes from the run's config.
+_NOT_MODEL_ARGS = ("seed",)
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """A scikit-learn baseline: how to make the estimator and what kind of estimator it is."""
+
+    estimator: Callable[..., Any]  # (**args, seed) -> an unfitted scikit-learn estimator
+    linear: bool  # a linear map of the pixels: its coefficients fit a Linear layer (a checkpoint)
+    probabilistic: bool  # gives class probabilities (else decision scores)
+    iterative: bool  # can stop before converging (so convergence is worth reporting)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    builder: Callable[..., nn.Module]
     description: str
-    family: str  # "mlp", "cnn", "resnet", "classical": what analysis applies (e.g. Grad-CAM needs convs)
+    family: str  # "mlp", "cnn", "resnet", "classical", ...: what analysis applies (Grad-CAM needs convs)
+    builder: Callable[..., Classifier] | None  # the network form; None for a baseline without one
+    baseline: BaselineSpec | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)  # training settings this model is tuned for
 
+    @property
+    def is_baseline(self) -> bool:
+        return self.baseline is not None
+
+    @property
+    def has_network(self) -> bool:
+        return self.builder is not None
+
     def accepted_args(self) -> list[str]:
-        return [p for p in inspect.signature(self.builder).parameters if p != "num_classes"]
+        return list(self.defaults)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+
+
+def _defaults_of(fn: Callable[..., Any]) -> dict[str, Any]:
+    return {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.default is not inspect.Parameter.empty and p.name not in _NOT_MODEL_ARGS
+    }
+
+
+def _summary(fn: Callable[..., Any], description: str) -> str:
+    return description or next(iter((inspect.getdoc(fn) or "").splitlines()), "")
+
+
+def _add(entry: ModelEntry) -> None:
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model {entry.name!r} is already registered")
+    _REGISTRY[entry.name] = entry
 
 
 def register_model(
@@ -34,32 +85,44 @@ def register_model(
     description: str = "",
     family: str = "cnn",
     recipe: dict[str, Any] | None = None,
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a builder `fn(**kwargs) -> nn.Module` under `name`.
+) -> Callable[[Callable[..., Classifier]], Callable[..., Classifier]]:
+    """Decorator: register a network builder `fn(**kwargs) -> Classifier` under `name`.
 
     `recipe` holds the training settings (epochs, optimizer, ...) `fmnist train` uses for
     this model unless a config file or flag says otherwise.
     """
 
-    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def decorate(builder: Callable[..., Classifier]) -> Callable[..., Classifier]:
         key = name or builder.__name__
-        if key in _REGISTRY:
-            raise ValueError(f"model {key!r} is already registered")
-        defaults = {
-            p.name: p.default
-            for p in inspect.signature(builder).parameters.values()
-            if p.default is not inspect.Parameter.empty and p.name != "num_classes"
-        }
-        summary = description or next(iter((inspect.getdoc(builder) or "").splitlines()), "")
-        _REGISTRY[key] = ModelEntry(key, builder, summary, family, defaults, dict(recipe or {}))
+        _add(ModelEntry(key, _summary(builder, description), family, builder, None, _defaults_of(builder),
+                        dict(recipe or {})))  # fmt: skip
         return builder
 
     return decorate
 
 
+def register_baseline(
+    *, linear: bool, probabilistic: bool, iterative: bool, network: Callable[..., Classifier] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register a scikit-learn estimator factory `fn(**args, seed) -> estimator`.
+
+    `network`, for a linear baseline, builds the torch form its coefficients are copied into.
+    """
+
+    def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
+        spec = BaselineSpec(factory, linear, probabilistic, iterative)
+        defaults = _defaults_of(factory)
+        if network is not None:
+            defaults["num_classes"] = inspect.signature(network).parameters["num_classes"].default
+        _add(ModelEntry(factory.__name__, _summary(factory, ""), "classical", network, spec, defaults))
+        return factory
+
+    return decorate
+
+
 def _ensure_builtin_models() -> None:
-    # Importing the modules runs their @register_model decorators.
-    from fmnist.models import classical, cnn, mlp, resnet  # noqa: F401
+    # Importing the modules runs their registering decorators.
+    from fmnist.models import baselines, cnn, efficientnet, mlp, resnet, wrn  # noqa: F401
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -74,8 +137,14 @@ def get_recipe(name: str) -> dict[str, Any]:
 
 
 def list_models() -> list[str]:
+    """Every registered name, networks and baselines."""
     _ensure_builtin_models()
     return sorted(_REGISTRY)
+
+
+def list_networks() -> list[str]:
+    """The names `create_model` can build (networks, and linear baselines' network form)."""
+    return [name for name in list_models() if _REGISTRY[name].has_network]
 
 
 def resolve_model_args(name: str, model_args: dict[str, Any] | None) -> dict[str, Any]:
@@ -101,17 +170,46 @@ def _coerce_like(value: Any, default: Any, label: str) -> Any:
     return value
 
 
-def create_model(name: str, **model_args: Any) -> nn.Module:
-    """Build a registered model; the instance remembers its name and arguments for checkpoints."""
+def _network_args(entry: ModelEntry, args: dict[str, Any]) -> dict[str, Any]:
+    """The subset of a baseline's arguments its network form takes (just num_classes)."""
+    if entry.baseline is None:
+        return args
+    return {k: v for k, v in args.items() if k in inspect.signature(entry.builder).parameters}
+
+
+def _build(entry: ModelEntry, args: dict[str, Any]) -> Classifier | None:
+    """Check a baseline's estimator arguments and build the network form, if there is one."""
+    try:
+        if entry.baseline is not None:
+            entry.baseline.estimator(**{k: v for k, v in args.items() if k != "num_classes"}, seed=0)
+        return entry.builder(**_network_args(entry, args)) if entry.builder is not None else None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"model {entry.name!r}: invalid arguments ({exc})") from None
+
+
+def check_model_args(name: str, model_args: dict[str, Any] | None) -> dict[str, Any]:
+    """Resolve and check arguments without building weights; returns the full arguments.
+
+    A network is built on the meta device (shapes only, no memory), so a bad value (a zero
+    width, an unknown block type) surfaces at configuration time for the price of nothing.
+    """
     entry = get_entry(name)
     args = resolve_model_args(name, model_args)
-    try:
-        model = entry.builder(**args)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"model {name!r}: invalid arguments ({exc})") from None
-    model.model_name = name
-    model.model_args = args
-    model.family = entry.family
+    with torch.device("meta"):
+        _build(entry, args)
+    return args
+
+
+def create_model(name: str, **model_args: Any) -> Classifier:
+    """Build a registered network; it carries its name, full arguments and family."""
+    entry = get_entry(name)
+    if entry.builder is None:
+        raise UsageError(f"{name} is a scikit-learn baseline with no network form (its runs keep results only)")
+    args = resolve_model_args(name, model_args)
+    model = _build(entry, args)
+    if not isinstance(model, Classifier):
+        raise TypeError(f"builder of {name!r} returned {type(model).__name__}, not a Classifier")
+    model.identity = ModelIdentity(name, args, entry.family)
     return model
 
 

@@ -1,6 +1,8 @@
-"""A small ResNet for 28x28 inputs: for accuracy when training time matters less."""
+"""ResNets for 28x28 inputs: a small configurable one and the CIFAR form of ResNet-18."""
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -51,6 +53,29 @@ def resnet_small(
             stride = 2 if stage > 0 and block == 0 else 1  # 28 -> 14 -> 7 -> 4
             layers.append(BasicBlock(c_in, width, stride))
             c_in = width
-    cam_index = len(layers) - 1
     features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())  # (N, widths[-1])
-    return Classifier(features, nn.Linear(c_in, num_classes), c_in, cam_layer_name=f"features.{cam_index}")
+    return Classifier(features, nn.Linear(c_in, num_classes), c_in, channels_last=True)
+
+
+def _stage(c_in: int, c_out: int, blocks: int, stride: int) -> nn.Sequential:
+    """`blocks` BasicBlocks; only the first changes width or resolution."""
+    return nn.Sequential(*(BasicBlock(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i in range(blocks)))
+
+
+@register_model(family="resnet")
+def resnet18(num_classes: int = NUM_CLASSES) -> Classifier:
+    """ResNet-18, CIFAR form: 3x3 stem, no max-pool, stages 64-128-256-512 (11,172,810 params).
+
+    ImageNet's 7x7/2 stem and max-pool would leave a 28x28 image 7x7 before the first block;
+    the CIFAR form keeps full resolution there and halves it at stages 2-4 (28-14-7-4).
+    """
+    features = nn.Sequential(OrderedDict([
+        ("stem", nn.Sequential(nn.Conv2d(1, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))),  # (N,64,28,28)
+        ("layer1", _stage(64, 64, 2, 1)),  # (N,64,28,28)
+        ("layer2", _stage(64, 128, 2, 2)),  # (N,128,14,14)
+        ("layer3", _stage(128, 256, 2, 2)),  # (N,256,7,7)
+        ("layer4", _stage(256, 512, 2, 2)),  # (N,512,4,4)
+        ("pool", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),  # (N,512)
+    ]))  # fmt: skip
+    return Classifier(features, nn.Linear(512, num_classes), 512, channels_last=True)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from fmnist.cli.app import console, data_app, err_console
+from fmnist.cli.choices import Split, value
 from fmnist.constants import CLASS_NAMES, NUM_CLASSES
 
 DataDirOption = typer.Option(
@@ -54,18 +55,17 @@ def data_info(data_dir: Path | None = DataDirOption) -> None:
 def data_samples(
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG file to write"),
     per_class: int = typer.Option(8, "--per-class", min=1, max=32, help="Images per class (one row each)"),
-    split: str = typer.Option("train", "--split", help="train or test"),
-    seed: int = typer.Option(0, "--seed", min=0),
+    split: Split = typer.Option("train", "--split", help="Which split to draw from"),
+    seed: int = typer.Option(0, "--seed", min=0, help="Which images are drawn"),
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Write a labelled grid of sample images, one row per class."""
     from fmnist.report.figures import sample_grid
 
-    if split not in ("train", "test"):
-        raise typer.BadParameter("must be train or test", param_hint="--split")
     dataset = load(data_dir)
-    images = dataset.train_images if split == "train" else dataset.test_images
-    labels = dataset.train_labels if split == "train" else dataset.test_labels
+    train = value(split) == "train"
+    images = dataset.train_images if train else dataset.test_images
+    labels = dataset.train_labels if train else dataset.test_labels
     sample_grid(images, labels, out, per_class=per_class, seed=seed)
     console.print(f"wrote {out}")
 

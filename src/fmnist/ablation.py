@@ -6,7 +6,7 @@ convolution off, the fully connected layer halved, ...) plus "no input normalisa
 `cnn_seed004` they are exactly seed 004's ablation (full, no dropout, single conv, FC 128->64,
 no normalisation), trained with that study's set-up, and its published table is shown beside.
 
-Built on fmnist.compare: an ablation directory is a compare directory plus ablation.json.
+Built on fmnist.comparison: an ablation directory is a compare directory plus ablation.json.
 """
 
 from __future__ import annotations
@@ -18,23 +18,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fmnist.compare import ComparePlan, RunSpec, run_compare
+from fmnist.comparison import ComparePlan, RunSpec, run_compare
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.fsutil import atomic_write_json
-from fmnist.models.registry import get_entry
-from fmnist.train import RunResult, TrainCallback
+from fmnist.models.registry import get_entry, get_recipe
+from fmnist.results import RunResult, TrainCallback
 
 ABLATION_FILE = "ablation.json"
 REFERENCE = "full"
 
-# Seed 004's training set-up (also in configs/seed004.toml): Adam 1e-3, batch 128, 20 epochs,
-# fixed learning rate, inputs normalised with mean 0.5 and std 0.5.
-SEED004_SETUP: dict[str, Any] = {
-    "epochs": 20, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "none",
-    "label_smoothing": 0.0, "flip": False, "tta_flip": False, "normalize": True, "mean": 0.5, "std": 0.5,
-}  # fmt: skip
-SETUPS: dict[str, dict[str, Any]] = {"cnn_seed004": SEED004_SETUP}
 # Seed 004's published ablation table (its own split; best epoch picked on the test set).
 PUBLISHED: dict[str, dict[str, float]] = {
     "cnn_seed004": {"full": 0.9304, "no_dropout": 0.912, "single_conv": 0.897, "smaller_fc": 0.921,
@@ -84,21 +77,17 @@ def ablation_variants(base: str) -> list[Variant]:
 
 def ablation_plan(base: str, seeds: int = 1) -> tuple[ComparePlan, list[Variant]]:
     variants = ablation_variants(base)
-    setup = SETUPS.get(base, {})
     specs = []
     for v in variants:
-        values = {"model": base, **setup, **{k: x for k, x in v.values.items() if k != "model_args"}}
+        values = {"model": base, **{k: x for k, x in v.values.items() if k != "model_args"}}
         if "model_args" in v.values:
             values["model_args"] = dict(v.values["model_args"])
         specs.append(RunSpec(v.name, values))
     notes = (f"Ablation of `{base}`: each variant removes or shrinks one part; Δ is its accuracy minus the full "
              f"model's with the same seed.")  # fmt: skip
-    if base in SETUPS:
-        notes += " Training set-up and published figures: seed study 004."
-    plan = ComparePlan(specs, seeds, f"Ablation of {base}", notes, dict(PUBLISHED.get(base, {})))
-    for spec in plan.runs:  # fail on a bad value before anything trains
-        spec.config({})
-    return plan, variants
+    if base in PUBLISHED:
+        notes += " Training set-up (the model's recipe) and published figures: seed study 004."
+    return ComparePlan(specs, seeds, f"Ablation of {base}", notes, dict(PUBLISHED.get(base, {}))), variants
 
 
 def summarize_ablation(
@@ -151,15 +140,13 @@ def run_ablation(
 ) -> dict[str, Any]:
     """Train every variant x seeds into `out_dir` (a compare directory) and write ablation.json."""
     plan, variants = ablation_plan(base, seeds)
-    for spec in plan.runs:
-        spec.config({k: v for k, v in (overrides or {}).items() if v is not None})
     summary = run_compare(plan, out_dir, dataset, overrides=overrides, make_callbacks=make_callbacks,
                           on_result=on_result)  # fmt: skip
     ablation = {
         "base": base,
         "seeds": seeds,
         "reference": REFERENCE,
-        "setup": SETUPS.get(base, {}),
+        "setup": get_recipe(base),
         "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
         "variants": summarize_ablation(summary["runs"], variants, plan.published),
         "published_source": "seed study 004" if base in PUBLISHED else None,

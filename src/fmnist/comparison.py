@@ -15,13 +15,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fmnist.classical import fit_any  # networks via fit(), scikit-learn baselines via fit_classical()
 from fmnist.config import TrainConfig, build_config, read_toml
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import UsageError
 from fmnist.fsutil import atomic_write_json, read_json
-from fmnist.runs import RunDirWriter, RunLock, prepare_run_dir
-from fmnist.train import RunResult, TrainCallback
+from fmnist.results import RunResult, TrainCallback
+from fmnist.runs import RunLock, prepare_run_dir, train_into
 
 COMPARE_FILE = "compare.json"
 # The seeds' experiment: the MLP baseline against fmnist's default CNN, each with its recipe.
@@ -39,6 +38,15 @@ class RunSpec:
         return config
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a plan, its configuration built and validated once."""
+
+    spec_name: str
+    run_name: str  # its folder in the compare directory
+    config: TrainConfig
+
+
 @dataclass
 class ComparePlan:
     runs: list[RunSpec]
@@ -46,6 +54,17 @@ class ComparePlan:
     title: str = "MLP baseline vs CNN"
     notes: str = ""
     published: dict[str, Any] = field(default_factory=dict)  # figures from the study a config reproduces
+
+    def resolve(self, overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
+        """Every run x seed with its validated config: bad values fail here, before any data loads."""
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        planned = []
+        for spec in self.runs:
+            for k in range(self.seeds):
+                config = spec.config(overrides, k)
+                run_name = spec.name if self.seeds == 1 else f"{spec.name}-seed{config.seed}"
+                planned.append(PlannedRun(spec.name, run_name, config))
+        return planned
 
 
 def default_plan() -> ComparePlan:
@@ -85,11 +104,8 @@ def plan_from_file(path: Path) -> ComparePlan:
     seeds = data.get("seeds", 1)
     if not isinstance(seeds, int) or seeds < 1:
         raise UsageError(f"{path}: seeds must be a positive integer")
-    plan = ComparePlan(specs, seeds, str(data.get("title", path.stem)), str(data.get("notes", "")),
+    return ComparePlan(specs, seeds, str(data.get("title", path.stem)), str(data.get("notes", "")),
                        dict(data.get("published", {})))  # fmt: skip
-    for spec in plan.runs:  # fail on a bad value before anything trains
-        spec.config({})
-    return plan
 
 
 def default_out_dir(root: Path = Path("runs")) -> Path:
@@ -120,28 +136,40 @@ def run_compare(
     out_dir: Path,
     dataset: FashionMNIST,
     *,
+    planned: list[PlannedRun] | None = None,
     overrides: dict[str, Any] | None = None,
     make_callbacks: Callable[[str, TrainConfig], list[TrainCallback]] = lambda name, cfg: [],
     on_result: Callable[[str, RunResult], None] = lambda name, result: None,
 ) -> dict[str, Any]:
-    """Train every run of `plan` (x seeds) into `out_dir`; returns and writes compare.json."""
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    configs = [(spec, k, spec.config(overrides, k)) for spec in plan.runs for k in range(plan.seeds)]
+    """Train every run of `plan` (x seeds) into `out_dir`; returns and writes compare.json.
+
+    `planned` is `plan.resolve(overrides)` when the caller has already built it.
+    """
+    planned = planned if planned is not None else plan.resolve(overrides)
     out_dir = prepare_run_dir(out_dir)
-    summary: dict[str, Any] = {"title": plan.title, "notes": plan.notes, "seeds": plan.seeds,
-                               "published": plan.published, "runs": [], "data": dataset.provenance.to_dict()}  # fmt: skip
-    per_spec: dict[str, list[dict[str, Any]]] = {}
     with RunLock(out_dir):
-        for spec, k, config in configs:
-            run_name = spec.name if plan.seeds == 1 else f"{spec.name}-seed{config.seed}"
-            run_dir = prepare_run_dir(out_dir / run_name)
-            result = fit_any(config, dataset, [*make_callbacks(run_name, config), RunDirWriter(run_dir)])
-            on_result(run_name, result)
-            entry = {**result.summary(), "run_dir": run_name, "name": spec.name}
-            per_spec.setdefault(spec.name, []).append(entry)
-            summary["runs"].append({k: v for k, v in entry.items() if k not in ("per_class", "confusion", "data")})
-        summary["models"] = [summarize(name, rows) for name, rows in per_spec.items()]
+        results = []
+        for run in planned:
+            result = train_into(run.config, prepare_run_dir(out_dir / run.run_name), dataset,
+                                make_callbacks(run.run_name, run.config))  # fmt: skip
+            on_result(run.run_name, result)
+            results.append(result.summary())
+        summary = compare_summary(plan, planned, results, dataset.provenance.to_dict())
         atomic_write_json(out_dir / COMPARE_FILE, summary)
+    return summary
+
+
+def compare_summary(plan: ComparePlan, planned: list[PlannedRun], results: list[dict[str, Any]],
+                    data: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """compare.json from each run's results.json, in plan order (pure: local and Ray runs share it)."""
+    summary: dict[str, Any] = {"title": plan.title, "notes": plan.notes, "seeds": plan.seeds,
+                               "published": plan.published, "runs": [], "data": data}  # fmt: skip
+    per_spec: dict[str, list[dict[str, Any]]] = {}
+    for run, result in zip(planned, results):
+        entry = {**result, "run_dir": run.run_name, "name": run.spec_name}
+        per_spec.setdefault(run.spec_name, []).append(entry)
+        summary["runs"].append({k: v for k, v in entry.items() if k not in ("per_class", "confusion", "data")})
+    summary["models"] = [summarize(name, rows) for name, rows in per_spec.items()]
     return summary
 
 

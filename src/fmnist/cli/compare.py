@@ -1,0 +1,57 @@
+"""`fmnist compare`: a thin layer over `fmnist.api.compare`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fmnist.cli.app import app, console
+from fmnist.cli.choices import Device, value
+from fmnist.cli.data import DataDirOption, notify
+
+
+@app.command("compare")
+def compare_cmd(
+    models: str | None = typer.Option(None, "--models", show_default=False,
+                                      help="Comma-separated model names [default: mlp_wide,fastcnn]"),  # fmt: skip
+    config: Path | None = typer.Option(None, "--config", "-c", show_default=False,
+                                       help="TOML file listing the runs ([[runs]])"),  # fmt: skip
+    out: Path | None = typer.Option(None, "--out", "-o", show_default=False,
+                                    help="Output folder [default: runs/compare-TIMESTAMP]"),  # fmt: skip
+    seeds: int | None = typer.Option(None, "--seeds", min=1, show_default=False,
+                                     help="Repeat each run with N seeds [default: 1, or the config's]"),  # fmt: skip
+    epochs: int | None = typer.Option(None, "--epochs", show_default=False,
+                                      help="Override every run's epochs [default: each recipe's]"),  # fmt: skip
+    max_steps: int | None = typer.Option(None, "--max-steps", show_default=False,
+                                         help="Smoke mode: stop each run after N steps"),  # fmt: skip
+    device: Device | None = typer.Option(None, "--device", show_default=False, help="Where to train [default: auto]"),
+    seed: int | None = typer.Option(None, "--seed", show_default=False, help="First seed [default: 0]"),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """Train and compare models (default: MLP baseline vs fmnist's CNN), with a report."""
+    from fmnist import api
+
+    comparison = api.compare(models.split(",") if models else None, config_file=config, seeds=seeds, out=out,
+                             progress=console, report=False, data=api.load_data(data_dir, notify=notify),
+                             epochs=epochs, max_steps=max_steps, device=value(device), seed=seed)  # fmt: skip
+    print_comparison(comparison, comparison.summary["title"])
+    if not no_report:
+        console.print(f"report: {comparison.report(data_dir=data_dir)}", markup=False, highlight=False)
+
+
+def print_comparison(comparison, title: str) -> None:
+    """The comparison table and where the results are."""
+    table = Table("model", "params", "size MB", "test accuracy", "best ep", "train s", title=title)
+    for m in comparison.models:
+        acc = f"{100 * m['test_accuracy_mean']:.2f}%"
+        if len(m["seeds"]) > 1:
+            acc += f" ± {100 * m['test_accuracy_std']:.2f}"
+        table.add_row(m["name"] + f" ({m['model']})", f"{m['params']:,}", f"{m['size_mb']:.2f}", acc,
+                      ",".join(map(str, m["best_epoch"])), f"{m['train_seconds_mean']:.1f}")  # fmt: skip
+    console.print(table)
+    data = comparison.summary["data"]
+    console.print(f"data: {data['source']} ({data['split']} split)  -> {comparison.path}", markup=False,
+                  highlight=False)  # fmt: skip

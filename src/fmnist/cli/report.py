@@ -1,0 +1,31 @@
+"""`fmnist report`: (re)write a run's or a comparison's report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fmnist.cli.app import app, console
+from fmnist.cli.choices import choice, value
+from fmnist.cli.data import DataDirOption
+
+Embedding = choice("Embedding", ("auto", "tsne", "umap", "none"))
+Detail = choice("Detail", ("first-seed", "all"))
+
+
+@app.command("report")
+def report_cmd(
+    folder: Path = typer.Argument(..., help="A run or compare directory", show_default=False),
+    embedding: Embedding = typer.Option("auto", "--embedding", help="2-D map of the embeddings (auto: UMAP if installed, else t-SNE)"),
+    embedding_points: int = typer.Option(2000, "--embedding-points", help="Test images in the 2-D embedding"),
+    gradcam: bool = typer.Option(True, "--gradcam/--no-gradcam", help="Grad-CAM heatmaps for CNNs"),
+    detail: Detail = typer.Option("first-seed", "--detail", help="Model-level analysis for the first seed or all runs"),
+    data_dir: Path | None = DataDirOption,
+) -> None:
+    """(Re)write report.html (self-contained) and report.md + figures/ for a run or comparison."""
+    from fmnist.report import write_report
+
+    path = write_report(folder, embedding=value(embedding), embedding_points=embedding_points, gradcam=gradcam,
+                        detail=value(detail), data_dir=data_dir)  # fmt: skip
+    console.print(f"report: {path}", markup=False, highlight=False)

@@ -1,0 +1,37 @@
+"""Seeded, stratified splits: the validation hold-out and class-balanced subsamples."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fmnist.constants import NUM_CLASSES
+
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): `val_size` images held out with every class in proportion."""
+    if val_size <= 0:
+        return np.arange(len(labels)), np.empty(0, dtype=np.int64)
+    if val_size >= len(labels):
+        raise ValueError(f"validation size {val_size} must be smaller than the {len(labels)} training images")
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    # Largest-remainder rounding so the per-class quotas add up to exactly val_size.
+    exact = counts * val_size / len(labels)
+    quota = np.floor(exact).astype(int)
+    for cls in np.argsort(-(exact - quota), kind="stable")[: val_size - quota.sum()]:
+        quota[cls] += 1
+    val_parts = []
+    for cls in range(NUM_CLASSES):
+        members = np.flatnonzero(labels == cls)
+        val_parts.append(rng.permutation(members)[: quota[cls]])
+    val = np.sort(np.concatenate(val_parts))
+    train = np.setdiff1d(np.arange(len(labels)), val, assume_unique=True)
+    return train, val
+
+
+def stratified_subsample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of exactly `n` items with every class in proportion (all when n >= len)."""
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    return stratified_split(labels, n, seed)[1]

@@ -1,0 +1,161 @@
+"""`Run` and `Comparison`: finished results as Python objects that show themselves in Jupyter.
+
+Both read only the files a run directory holds (results.json, metrics.jsonl, the
+checkpoint), so an object made in one session and one loaded later are the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmnist.errors import FmnistError
+
+
+def _curve_png(histories: dict[str, list[dict[str, Any]]]) -> str:
+    """Validation (or training) accuracy per epoch, one line per run, as a base64 PNG ('' if no epochs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = {name: rows for name, rows in histories.items() if len(rows) > 1}
+    if not drawn:
+        return ""
+    fig, ax = plt.subplots(figsize=(4.8, 2.6), dpi=90)
+    for name, rows in drawn.items():
+        key = "val_accuracy" if rows[0].get("val_accuracy") is not None else "train_accuracy"
+        ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], marker=".", label=f"{name} ({key[:-9]})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(png: str) -> str:
+    return f'<img alt="accuracy per epoch" src="data:image/png;base64,{png}"/>' if png else ""
+
+
+class Run:
+    """A finished run directory: its numbers, its model, and what you can do with them."""
+
+    def __init__(self, path: str | Path):
+        from fmnist.runs import read_results
+
+        self.path = Path(path)
+        self.results: dict[str, Any] = read_results(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.results["model"]
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.results["test_accuracy"]
+
+    @cached_property
+    def history(self) -> list[dict[str, Any]]:
+        from fmnist.runs import read_history
+
+        return read_history(self.path)
+
+    @cached_property
+    def config(self):
+        from fmnist.config import load_config_file
+        from fmnist.runs import CONFIG_FILE
+
+        return load_config_file(self.path / CONFIG_FILE)
+
+    @cached_property
+    def _predictor(self):
+        from fmnist.predict import Predictor
+
+        if not self.results.get("checkpoint", True):
+            raise FmnistError(f"{self.path}: {self.name} keeps results only; it has no model to predict with")
+        return Predictor(self.path)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 10) for uint8 images (N,28,28) or one image (28,28) in the dataset's form."""
+        images = np.asarray(images)
+        return self._predictor.probabilities(images[None] if images.ndim == 2 else images)
+
+    def evaluate(self, data_dir: str | Path | None = None):
+        """Score the checkpoint on the test split again: an `fmnist.evaluate.Evaluation`."""
+        from fmnist.evaluate import evaluate_run
+
+        evaluation, _ = evaluate_run(self.path, str(data_dir) if data_dir else None)
+        return evaluation
+
+    def report(self, **options: Any) -> Path:
+        """Write report.html and report.md (options as `fmnist report`); returns the HTML path."""
+        from fmnist.report import write_report
+
+        return write_report(self.path, **options)
+
+    def summary_row(self) -> list[str]:
+        r = self.results
+        return [r["model"], f"{r['params']:,}", f"{100 * r['test_accuracy']:.2f}%",
+                f"{r['best_epoch']}/{r['epochs_run']}", f"{r['train_seconds']:.1f}"]  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        table = _table(["model", "params", "test accuracy", "best epoch", "train s"], [self.summary_row()])
+        title = f"<b>fmnist run</b> <code>{html.escape(str(self.path))}</code>"
+        return f"<div>{title}{table}{_figure(_curve_png({self.name: self.history}))}</div>"
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, model={self.name!r}, test_accuracy={self.test_accuracy:.4f})"
+
+
+class Comparison:
+    """A finished `compare` (or `ablate`) directory: each model's mean ± std and its runs."""
+
+    def __init__(self, path: str | Path):
+        from fmnist.comparison import read_compare
+
+        self.path = Path(path)
+        self.summary: dict[str, Any] = read_compare(self.path)
+
+    @property
+    def models(self) -> list[dict[str, Any]]:
+        return self.summary["models"]
+
+    @cached_property
+    def runs(self) -> dict[str, Run]:
+        return {r["run_dir"]: Run(self.path / r["run_dir"]) for r in self.summary["runs"]}
+
+    def report(self, **options: Any) -> Path:
+        from fmnist.report import write_report
+
+        return write_report(self.path, **options)
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for m in self.models:
+            acc = f"{100 * m['test_accuracy_mean']:.2f}%"
+            if len(m["seeds"]) > 1:
+                acc += f" ± {100 * m['test_accuracy_std']:.2f}"
+            rows.append([m["name"], m["model"], f"{m['params']:,}", acc, f"{m['train_seconds_mean']:.1f}"])
+        table = _table(["name", "model", "params", "test accuracy", "train s (mean)"], rows)
+        curves = _curve_png({name: run.history for name, run in self.runs.items()})
+        title = f"<b>{html.escape(self.summary.get('title', 'comparison'))}</b> <code>{html.escape(str(self.path))}</code>"
+        return f"<div>{title}{table}{_figure(curves)}</div>"
+
+    def __repr__(self) -> str:
+        return f"Comparison({str(self.path)!r}, models={[m['name'] for m in self.models]})"

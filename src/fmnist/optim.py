@@ -1,0 +1,82 @@
+"""Optimizer, learning-rate schedule and weight averaging (EMA) for the training loop."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmnist.config import TrainConfig
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm parameters: decaying them only hurts.
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+
+
+class LRSchedule:
+    """A learning-rate scheduler and when it steps: after every batch, or per epoch on validation loss."""
+
+    def __init__(self, scheduler: Any | None, per_batch: bool):
+        self.scheduler = scheduler
+        self.per_batch = per_batch
+
+    def after_batch(self) -> None:
+        if self.scheduler is not None and self.per_batch:
+            self.scheduler.step()
+
+    def after_epoch(self, val_loss: float) -> None:
+        if self.scheduler is not None and not self.per_batch:
+            self.scheduler.step(val_loss)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.scheduler.state_dict() if self.scheduler is not None else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.scheduler is not None and state is not None:
+            self.scheduler.load_state_dict(state)
+
+
+def make_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> LRSchedule:
+    steps = max(total_steps, 1)
+    if config.scheduler == "onecycle":
+        return LRSchedule(torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps,
+                                                              pct_start=config.warmup_fraction), per_batch=True)  # fmt: skip
+    if config.scheduler == "cosine":
+        return LRSchedule(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps), per_batch=True)
+    if config.scheduler == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
+        return LRSchedule(plateau, per_batch=False)
+    return LRSchedule(None, per_batch=False)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (`--ema DECAY`).
+
+    Parameters are averaged; buffers (BatchNorm statistics) are copied from the live model,
+    since their own running averages already smooth them. Validation, test, checkpoint and
+    export all read `self.model` when EMA is on.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        averaged = list(self.model.parameters())
+        live = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(averaged, live, 1.0 - self.decay)
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)

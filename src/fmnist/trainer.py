@@ -1,0 +1,293 @@
+"""Training: `fit(config) -> RunResult` for every registered model. No printing; callbacks report progress.
+
+Networks train in a `Trainer`; scikit-learn baselines are fitted by fmnist.baselines. Both
+give callbacks a `RunInfo` at the start, an `EpochRecord` per epoch and a `RunResult` at
+the end, so nothing downstream asks which kind of model it has.
+
+A `Trainer` holds everything a run needs to continue exactly where it stopped: with a
+`state_dir` it saves model, optimizer, scheduler, RNG and early-stopping state after every
+epoch (and mid-epoch when asked to stop), so `--resume` reproduces the uninterrupted run
+bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from fmnist.config import TrainConfig
+from fmnist.data.dataset import FashionMNIST
+from fmnist.data.loader import Augmentation, TensorLoader
+from fmnist.data.splits import stratified_split
+from fmnist.data.normalize import blank_value, normalize
+from fmnist.device import autocast_context, cpu_isa, enable_determinism, resolve_device, resolve_precision
+from fmnist.errors import FmnistError, UsageError
+from fmnist.evaluate import evaluate_logits, predict
+from fmnist.models.base import Classifier
+from fmnist.models.registry import count_parameters, create_model, get_entry, model_size_mb
+from fmnist.optim import WeightAverage, make_optimizer, make_schedule
+from fmnist.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
+from fmnist.seeding import seed_everything
+from fmnist.state import clear_state, has_state, restore_trainer, save_trainer
+
+
+class TrainingInterrupted(FmnistError):
+    """Stopped on request (Ctrl-C) after saving resumable state."""
+
+    exit_code = 130
+
+
+@dataclass
+class EpochSums:
+    """Running totals of the current epoch, kept across a mid-epoch resume."""
+
+    loss: float = 0.0  # sum of batch loss x batch size
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0  # training time spent in this epoch, before and after any resume
+
+
+class BestKey(NamedTuple):
+    """How epochs rank: validation accuracy, ties broken by lower validation loss."""
+
+    accuracy: float
+    neg_loss: float
+
+    @classmethod
+    def of(cls, epoch: int, val_accuracy: float | None, val_loss: float | None) -> BestKey:
+        # Without a validation split the latest epoch is the best one.
+        return cls(val_accuracy, -val_loss) if val_accuracy is not None else cls(epoch, 0.0)
+
+
+WORST = BestKey(-math.inf, -math.inf)
+
+
+class Trainer:
+    """One network's training run: build with a config and a dataset, optionally `resume()`, then `run()`."""
+
+    def __init__(self, config: TrainConfig, dataset: FashionMNIST, callbacks: Sequence[TrainCallback] = (),
+                 state_dir: Path | None = None, stop: StopSignal | None = None):  # fmt: skip
+        self.config = config
+        self.dataset = dataset
+        self.callbacks = list(callbacks)
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.stop = stop or StopSignal()
+        self.device = resolve_device(config.device)
+        self.isa = cpu_isa()
+        self.precision = resolve_precision(config.precision, self.device, self.isa)
+        if config.deterministic:
+            enable_determinism(self.device)
+        seed_everything(config.seed)
+
+        if config.val_size >= len(dataset.train_labels):
+            raise UsageError(f"val_size {config.val_size} must be smaller than the "
+                             f"{len(dataset.train_labels):,} training images")  # fmt: skip
+        train_idx, val_idx = stratified_split(dataset.train_labels, config.val_size, config.seed)
+        images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
+        self.model: Classifier = create_model(config.model, **config.model_args).place(self.device)
+        self.blank = blank_value(config.input_mean, config.input_std)
+        self.loader = TensorLoader(
+            images[train_idx], labels[train_idx], batch_size=config.batch_size, mean=config.input_mean,
+            std=config.input_std, device=self.device, shuffle=True, augmentation=Augmentation.from_config(config),
+            generator=torch.Generator().manual_seed(config.seed + 1), layout=self.model.layout,
+        )  # fmt: skip
+        self.val_x = normalize(images[val_idx], config.input_mean, config.input_std)
+        self.val_y = labels[val_idx].long()
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.optimizer = make_optimizer(config, self.model)
+        self.schedule = make_schedule(config, self.optimizer, self.total_steps)
+        self.average = WeightAverage(self.model, config.ema) if config.ema else None
+
+        # Progress: everything a resumed run needs besides weights and RNGs.
+        self.epoch, self.batch_in_epoch, self.step, self.elapsed = 1, 0, 0, 0.0
+        self.epoch_order: torch.Tensor | None = None
+        self.sums = EpochSums()
+        self.history: list[EpochRecord] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch, self.best_key, self.epochs_without_gain = 0, WORST, 0
+        self.stopped_early = False
+
+    # -- saving and restoring (fmnist.training_state does the file work) -----------------
+    def save_state(self) -> None:
+        if self.state_dir is not None:
+            save_trainer(self)
+
+    def resume(self) -> None:
+        """Load the saved state from `state_dir`; the config must be the one it was saved with."""
+        assert self.state_dir is not None
+        restore_trainer(self)
+
+    def request_stop(self) -> None:
+        """Ask the run to save its state and stop after the current step (e.g. on Ctrl-C)."""
+        self.stop.request()
+
+    @property
+    def evaluated_model(self) -> Classifier:
+        """The weights validation, test and the checkpoint use: the running average when --ema is on."""
+        return self.average.model if self.average else self.model
+
+    def info(self) -> RunInfo:
+        return RunInfo(self.config, self.total_steps, self.steps_per_epoch, self.step, self.epoch,
+                       tuple(self.history), str(self.device), self.precision, self.isa)  # fmt: skip
+
+    # -- the loop ---------------------------------------------------------------------
+    def _train_epoch(self) -> None:
+        """Run (the rest of) the current epoch; stops early on max_steps, raises on a stop request."""
+        config, device = self.config, self.device
+        if self.epoch_order is None:
+            self.epoch_order = self.loader.epoch_order()
+        t0 = time.perf_counter()
+        # Running sums stay on the device: reading them every step (.item()) would make a GPU
+        # wait for each step to finish. Float64, so the sums match a plain Python float's.
+        loss_sum = torch.tensor(float(self.sums.loss), dtype=torch.float64, device=device)
+        correct_sum = torch.tensor(int(self.sums.correct), dtype=torch.int64, device=device)
+        seen, seconds_before = self.sums.seen, self.sums.seconds
+        self.model.train()
+        for x, y, targets in self.loader.batches(self.epoch_order, self.batch_in_epoch):
+            with autocast_context(device, self.precision):
+                logits = self.model(x)
+                loss = soft_cross_entropy(logits.float(), targets, config.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.after_batch()
+            if self.average:
+                self.average.update(self.model)
+            self.step += 1
+            self.batch_in_epoch += 1
+            batch_loss = loss.detach()
+            batch_correct = (logits.argmax(1) == y).sum()
+            loss_sum += batch_loss.double() * len(y)
+            correct_sum += batch_correct
+            seen += len(y)
+            rate = (seen - self.sums.seen) / max(time.perf_counter() - t0, 1e-9)
+            for cb in self.callbacks:
+                cb.on_step(self.step, self.epoch, batch_loss, batch_correct / len(y), rate)
+            if (config.max_steps and self.step >= config.max_steps) or self.stop.requested:
+                break
+        spent = time.perf_counter() - t0
+        self.sums = EpochSums(loss_sum.item(), int(correct_sum), seen, seconds_before + spent)
+        self.elapsed += spent
+        if self.stop.requested:
+            self.save_state()
+            raise TrainingInterrupted(self._interrupt_message())
+
+    def _interrupt_message(self) -> str:
+        where = f"epoch {self.epoch}, step {self.step}"
+        if self.state_dir is None:
+            return f"interrupted at {where}; nothing was saved"
+        return f"interrupted at {where}; state saved. Resume with: fmnist train --resume {self.state_dir}"
+
+    def _validate(self) -> tuple[float | None, float | None]:
+        if not len(self.val_y):
+            return None, None
+        val_logits = predict(self.evaluated_model, self.val_x, batch_size=self.config.eval_batch_size,
+                             precision=self.precision, tta=self.config.tta, blank=self.blank)  # fmt: skip
+        return F.cross_entropy(val_logits, self.val_y).item(), (val_logits.argmax(1) == self.val_y).float().mean().item()
+
+    def _end_epoch(self) -> bool:
+        """Validate, record, keep the best weights, save state; True when training should stop."""
+        config = self.config
+        t0 = time.perf_counter()
+        val_loss, val_acc = self._validate()
+        if val_loss is not None:
+            self.schedule.after_epoch(val_loss)
+        self.elapsed += time.perf_counter() - t0
+        sums = self.sums
+        record = EpochRecord(
+            epoch=self.epoch, train_loss=sums.loss / max(sums.seen, 1), train_accuracy=sums.correct / max(sums.seen, 1),
+            val_loss=val_loss, val_accuracy=val_acc, lr=self.optimizer.param_groups[0]["lr"], steps=self.step,
+            seconds=self.elapsed, images_per_second=sums.seen / max(sums.seconds, 1e-9),
+        )  # fmt: skip
+        self.history.append(record)
+        key = BestKey.of(self.epoch, val_acc, val_loss)
+        is_best = key > self.best_key
+        if is_best:
+            self.best_key, self.best_epoch, self.epochs_without_gain = key, self.epoch, 0
+            self.best_state = copy.deepcopy(self.evaluated_model.state_dict())
+        else:
+            self.epochs_without_gain += 1
+        for cb in self.callbacks:
+            cb.on_epoch_end(record, is_best)
+        done = bool(config.max_steps and self.step >= config.max_steps) or self.epoch >= config.epochs
+        if config.early_stopping and self.epochs_without_gain >= config.early_stopping and not done:
+            self.stopped_early = done = True
+        self.epoch += 1
+        self.batch_in_epoch, self.epoch_order, self.sums = 0, None, EpochSums()
+        if not done:
+            self.save_state()
+        return done
+
+    def run(self) -> RunResult:
+        info = self.info()
+        for cb in self.callbacks:
+            cb.on_start(info)
+        finished = self.epoch > self.config.epochs or self.stopped_early
+        while not finished:
+            self._train_epoch()
+            finished = self._end_epoch()
+        return self._finish()
+
+    def _finish(self) -> RunResult:
+        config = self.config
+        model = self.evaluated_model
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        model.eval()
+        test_x = normalize(self.dataset.test_images, config.input_mean, config.input_std)
+        test_logits = predict(model, test_x, batch_size=config.eval_batch_size, precision=self.precision,
+                              tta=config.tta, blank=self.blank)  # fmt: skip
+        result = RunResult(
+            config=config, model=model, history=self.history, best_epoch=self.best_epoch,
+            epochs_run=len(self.history), steps=self.step, train_seconds=self.elapsed,
+            test=evaluate_logits(test_logits, torch.from_numpy(self.dataset.test_labels)), test_logits=test_logits,
+            params=count_parameters(model), size_mb=model_size_mb(model), data=self.dataset.provenance.to_dict(),
+            device=str(self.device), precision=self.precision, isa=self.isa, stopped_early=self.stopped_early,
+        )  # fmt: skip
+        for cb in self.callbacks:
+            cb.on_end(result)
+        if self.state_dir is not None:
+            clear_state(self.state_dir)  # the finished run no longer needs it
+        return result
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy against class indices (N,) or soft targets (N,C), e.g. from mixup or cutmix."""
+    if targets.dim() == 1:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    if label_smoothing:
+        targets = targets * (1 - label_smoothing) + label_smoothing / targets.shape[1]
+    return torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
+
+
+def fit(config: TrainConfig, dataset: FashionMNIST | None = None, callbacks: Sequence[TrainCallback] = (), *,
+        state_dir: Path | None = None, resume: bool = False, stop: StopSignal | None = None) -> RunResult:  # fmt: skip
+    """Train (or fit) `config.model` and evaluate its best-by-validation weights on the test split.
+
+    The one dispatch between networks and scikit-learn baselines. With `state_dir` a
+    network saves resumable state there after every epoch; `resume` continues from it.
+    """
+    config.validate()
+    if dataset is None:
+        from fmnist.data.sources import resolve_dataset
+
+        dataset = resolve_dataset(config.data_dir or None)
+    if get_entry(config.model).is_baseline:
+        from fmnist.baselines import fit_baseline
+
+        return fit_baseline(config, dataset, callbacks)
+    trainer = Trainer(config, dataset, callbacks, state_dir=state_dir, stop=stop)
+    if resume and state_dir is not None and has_state(state_dir):
+        trainer.resume()
+    return trainer.run()
