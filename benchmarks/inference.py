@@ -1,13 +1,15 @@
 """Inference throughput: PyTorch eager vs ONNX Runtime fp32 vs ONNX Runtime int8, side by side.
 
-    python benchmarks/inference.py [--models fastcnn,cnn_seed004] [--threads N] [--train-steps N] [--quick]
+    python benchmarks/inference.py [--models fastcnn,cnn_seed004] [--threads N] [--train-steps N] [--tta LEVEL] [--quick]
 
 For each model and batch size (1 and 1,024) prints images/s for PyTorch eager fp32, PyTorch
 bf16 autocast (only where the CPU has AMX, which is what `fmnist` picks there), ONNX Runtime
 fp32 and ONNX Runtime int8 (static QDQ, as `fmnist export --int8` makes it), and the ratios.
 
-What is timed is the graph as deployed: for a run with mirror averaging (fastcnn's recipe)
-every image is run twice, in PyTorch and in the ONNX graph alike.
+What is timed is the graph as deployed: the model placed in its own memory layout and wrapped
+in its recipe's test-time augmentation (fmnist.tta; --tta overrides the level), so with "flip"
+(fastcnn's recipe) every image is run twice, with "flip-shift" six times, in PyTorch and in the
+ONNX graph alike.
 
 Weights: untrained (random) by default, since throughput does not depend on weight values;
 int8 calibration then uses training images when FMNIST_DATA is set, else random images.
@@ -25,6 +27,8 @@ import numpy as np
 import torch
 
 from fmnist.constants import FMNIST_MEAN, FMNIST_STD
+from fmnist.data.normalize import blank_value, normalize
+from fmnist.tta import TTA_LEVELS, tta_level
 
 
 def timed(fn, batch: int, min_seconds: float, repeats: int) -> float:
@@ -44,30 +48,32 @@ def timed(fn, batch: int, min_seconds: float, repeats: int) -> float:
     return best
 
 
-def torch_runner(model, x: torch.Tensor, precision: str, tta: bool):
+def torch_runner(model, x: torch.Tensor, precision: str, tta: str):
     from fmnist.evaluate import predict
 
-    return lambda: predict(model, x, batch_size=len(x), precision=precision, tta_flip=tta)
+    blank = blank_value(FMNIST_MEAN, FMNIST_STD)
+    return lambda: predict(model, x, batch_size=len(x), precision=precision, tta=tta, blank=blank)
 
 
 def ort_runner(session, x: np.ndarray):
     return lambda: session.run(None, {"input": x})
 
 
-def build(name: str, train_steps: int, dataset):
+def build(name: str, train_steps: int, dataset, tta: str | None):
     from fmnist.models.registry import count_parameters, create_model, get_recipe
 
-    tta = bool(get_recipe(name).get("tta_flip"))
+    tta = tta or tta_level(get_recipe(name))
     if train_steps and dataset is not None:
         from fmnist.config import build_config
-        from fmnist.train import fit
+        from fmnist.trainer import fit
 
         cfg = build_config(name, cli_values={"epochs": 1, "max_steps": train_steps, "val_size": 0, "precision": "fp32"})
         model = fit(cfg, dataset).model.eval()
     else:
         model = create_model(name).eval()
+    model.place("cpu")  # the layout the model asked for, as a loaded checkpoint has it
     meta = {"model": name, "model_args": dict(model.model_args), "class_names": [str(i) for i in range(10)],
-            "normalization": {"mean": FMNIST_MEAN, "std": FMNIST_STD}, "tta_flip": tta, "params": count_parameters(model)}  # fmt: skip
+            "normalization": {"mean": FMNIST_MEAN, "std": FMNIST_STD}, "tta": tta, "params": count_parameters(model)}  # fmt: skip
     return model, meta
 
 
@@ -77,6 +83,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,1024")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--train-steps", type=int, default=0, help="Train each model N steps first (needs FMNIST_DATA)")
+    parser.add_argument("--tta", choices=TTA_LEVELS, help="Test-time augmentation level [default: each recipe's]")
     parser.add_argument("--quick", action="store_true", help="Shorter timing runs (smoke test)")
     args = parser.parse_args()
     min_seconds, repeats = (0.3, 1) if args.quick else (1.5, 3)
@@ -98,14 +105,14 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
 
     def normalise(images: np.ndarray) -> np.ndarray:
-        return ((images.astype(np.float32) / 255 - FMNIST_MEAN) / FMNIST_STD)[:, None]
+        return normalize(images, FMNIST_MEAN, FMNIST_STD).numpy()
 
     calibration_source = (
         dataset.train_images[:512] if dataset is not None else rng.integers(0, 256, (512, 28, 28), dtype=np.uint8)
     )
     rows = []
     for name in args.models.split(","):
-        model, meta = build(name, args.train_steps, dataset)
+        model, meta = build(name, args.train_steps, dataset, args.tta)
         with quiet_exporter():
             fp32_blob = onnx_bytes(model, meta)
             int8_blob = quantize_int8(fp32_blob, normalise(calibration_source), meta)
@@ -116,7 +123,8 @@ def main() -> None:
             x_test = normalise(dataset.test_images)
             y = dataset.test_labels
             accuracy["torch"] = (
-                predict(model, torch.from_numpy(x_test), precision="fp32", tta_flip=meta["tta_flip"]).argmax(1).numpy()
+                predict(model, torch.from_numpy(x_test), precision="fp32", tta=meta["tta"],
+                        blank=blank_value(FMNIST_MEAN, FMNIST_STD)).argmax(1).numpy()
                 == y
             ).mean()
             for key, session in sessions.items():
@@ -125,10 +133,10 @@ def main() -> None:
         for batch in batches:
             x = normalise(rng.integers(0, 256, (batch, 28, 28), dtype=np.uint8))
             xt = torch.from_numpy(x)
-            result = {"model": name, "batch": batch, "tta": meta["tta_flip"], "acc": accuracy}
-            runners = {"torch_fp32": torch_runner(model, xt, "fp32", meta["tta_flip"])}
+            result = {"model": name, "batch": batch, "tta": meta["tta"], "acc": accuracy}
+            runners = {"torch_fp32": torch_runner(model, xt, "fp32", meta["tta"])}
             if bf16:
-                runners["torch_bf16"] = torch_runner(model, xt, "bf16", meta["tta_flip"])
+                runners["torch_bf16"] = torch_runner(model, xt, "bf16", meta["tta"])
             runners.update({key: ort_runner(session, x) for key, session in sessions.items()})
             for key, run in runners.items():
                 result[key] = timed(run, batch, min_seconds, repeats)
@@ -139,11 +147,11 @@ def main() -> None:
     weights = f"trained {args.train_steps} steps" if args.train_steps else "untrained weights"
     print(f"\nInference throughput, images/s ({weights}; {args.threads} threads; torch {torch.__version__}; "
           f"{os.cpu_count()} CPUs{'; AMX bf16' if bf16 else ''})")  # fmt: skip
-    head = f"{'model':<12} {'batch':>5} {'torch fp32':>11}" + (f" {'torch bf16':>11}" if bf16 else "")
+    head = f"{'model':<20} {'batch':>5} {'torch fp32':>11}" + (f" {'torch bf16':>11}" if bf16 else "")
     head += f" {'ORT fp32':>10} {'ORT int8':>10} {'ORT/torch':>10} {'int8/fp32':>10}"
     print(head)
     for r in rows:
-        line = f"{r['model'] + (' +tta' if r['tta'] else ''):<12} {r['batch']:>5} {r['torch_fp32']:>11,.0f}"
+        line = f"{r['model'] + ('' if r['tta'] == 'none' else ' +' + r['tta']):<20} {r['batch']:>5} {r['torch_fp32']:>11,.0f}"
         if bf16:
             line += f" {r['torch_bf16']:>11,.0f}"
         line += (f" {r['ort_fp32']:>10,.0f} {r['ort_int8']:>10,.0f} {r['ort_fp32'] / r['torch_fp32']:>9.2f}x"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from fmnist.ablate import PUBLISHED, Variant, ablation_plan, ablation_variants, run_ablation, summarize_ablation
+from fmnist.ablation import PUBLISHED, Variant, ablation_plan, ablation_variants, run_ablation, summarize_ablation
 from fmnist.models import create_model
 
 

@@ -1,20 +1,25 @@
-"""The web page in a real browser: Playwright driving Debian's Chromium, headless, against a real server."""
+"""The web page in a real browser: Playwright driving Debian's Chromium, headless, against a real server.
+
+Screenshots go to each test's tmp folder only.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from test_predict import item_image, png_bytes, tiny_run_dir
+from conftest import REAL_DATA_ENV
+from test_predict import cached_real_run, item_image, png_bytes, tiny_run_dir
 from test_serve import start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]  # fmt: skip
+PREDICT = re.compile(r"/predict\?")
 
 httpx = pytest.importorskip("httpx")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
@@ -31,13 +36,24 @@ def page_server(tmp_path_factory):
     stop_server(proc)
 
 
+@pytest.fixture(scope="module")
+def real_server(request):
+    """fastcnn trained briefly on the real data (about 89% test accuracy), when FMNIST_DATA is set."""
+    data_dir = Path(os.environ.get(REAL_DATA_ENV, "/nonexistent"))
+    if not data_dir.is_dir():
+        pytest.skip(f"{REAL_DATA_ENV} is not set to the Fashion-MNIST folder")
+    proc, url = start_server(cached_real_run(request, data_dir), "--precision", "fp32")
+    yield url
+    stop_server(proc)
+
+
 @pytest.fixture
 def page(tmp_path: Path):
     with sync_api.sync_playwright() as pw:
         try:
             context = pw.chromium.launch_persistent_context(
                 str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": 1100, "height": 800},
+                viewport={"width": 1100, "height": 900},
             )  # fmt: skip
         except sync_api.Error as exc:
             pytest.skip(f"Chromium would not start under Playwright: {str(exc).splitlines()[0]}")
@@ -49,37 +65,110 @@ def page(tmp_path: Path):
             context.close()
 
 
-def screenshot(tab, tmp_path: Path, name: str) -> Path:
-    """Save under the test's tmp dir, and into artifacts/ (git-ignored) when that folder exists."""
-    path = tmp_path / name
-    tab.screenshot(path=str(path), full_page=True)
-    artifacts = Path(__file__).resolve().parents[1] / "artifacts"
-    if artifacts.is_dir():
-        shutil.copy(path, artifacts / name)
-    return path
+def open_page(tab, url: str) -> None:
+    tab.goto(url)
+    tab.wait_for_function("document.querySelector('#classes').children.length > 0")  # /model has answered
+
+
+def upload(tab, path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    tab.set_input_files("#file", str(path))
+
+
+def trousers() -> bytes:
+    return png_bytes(255 - item_image(120, 80, box=(10, 110, 25, 55)), "RGB")
+
+
+def answer_cleared(tab) -> bool:
+    return tab.evaluate("""() => document.getElementById('top-class').textContent === '–'
+        && document.getElementById('bars').children.length === 0
+        && document.getElementById('answer-for').textContent === ''
+        && Array.from(document.getElementById('input28').getContext('2d').getImageData(0, 0, 28, 28).data)
+                .every((v, i) => i % 4 === 3 || v === 0)""")  # fmt: skip
+
+
+def lit_pixels(tab, canvas: str, channel: int) -> int:
+    return tab.evaluate(f"Array.from(document.getElementById('{canvas}').getContext('2d').getImageData(0, 0, 28, 28)"
+                        f".data).filter((v, i) => i % 4 === {channel} && v > 100).length")  # fmt: skip
+
+
+def test_first_view_lists_the_classes_and_offers_an_example(page_server, page, tmp_path: Path):
+    failures = []
+    page.on("response", lambda r: r.status >= 400 and failures.append(f"{r.status} {r.url}"))
+    open_page(page, page_server)
+    info = httpx.get(f"{page_server}/model").json()
+    assert page.locator("#classes li").all_inner_texts() == info["class_names"]
+    assert page.is_visible("#intro") and not page.is_visible("#answer") and page.is_visible("#example")
+    icon = page.evaluate(
+        "fetch(document.querySelector('link[rel=icon]').href).then(r => [r.status, r.headers.get('content-type')])"
+    )
+    assert icon == [200, "image/png"]
+    page.screenshot(path=str(tmp_path / "first-view.png"), full_page=True)
+    page.click("#example")
+    page.wait_for_selector("#result[data-state=done]")
+    assert page.inner_text("#answer-for").startswith("Example:") and not page.is_visible("#intro")
+    assert failures == []  # nothing the page asked for was missing (favicon included)
+
+
+def test_the_example_is_recognised_by_a_real_model(real_server, page, tmp_path: Path):
+    open_page(page, real_server)
+    page.click("#example")  # drawn trousers: a model trained on the real data recognises them, and is sure
+    page.wait_for_selector("#result[data-state=done]")
+    assert page.inner_text("#top-class") == "Trouser"
+    assert page.get_attribute("#result", "data-confidence") == "high" and not page.is_visible("#unsure")
+    page.screenshot(path=str(tmp_path / "example.png"), full_page=True)
 
 
 def test_upload_shows_the_same_class_as_the_api(page_server, page, tmp_path: Path):
-    url = page_server
-    image = tmp_path / "trousers.png"
-    image.write_bytes(png_bytes(255 - item_image(120, 80, box=(10, 110, 25, 55)), "RGB"))
-    api = httpx.post(f"{url}/predict", files={"file": (image.name, image.read_bytes(), "image/png")}).json()
-
-    page.goto(url)
-    page.wait_for_function("document.querySelector('#model-line').textContent.includes('fastcnn')")
-    assert page.is_visible("#cam-toggle")  # a CNN: the Grad-CAM overlay is offered
-    page.set_input_files("#file", str(image))
+    api = httpx.post(f"{page_server}/predict", files={"file": ("trousers.png", trousers(), "image/png")}).json()
+    open_page(page, page_server)
+    upload(page, tmp_path / "trousers.png", trousers())
     page.wait_for_selector("#result[data-state=done]")
+    assert page.is_visible("#cam-toggle") and not page.is_visible("#cam-note")  # a CNN: Grad-CAM is offered
+    assert page.inner_text("#answer-for") == "Photo: trousers.png"
     assert page.inner_text("#top-class") == api["label"]
+    assert page.inner_text("#top-prob") == f"{100 * api['probability']:.1f}%"
     assert len(page.query_selector_all("#bars .bar")) == 10
-    lit = page.evaluate("Array.from(document.getElementById('input28').getContext('2d')"
-                        ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 100).length")  # fmt: skip
-    assert lit > 20  # the 28x28 model input is drawn
-    assert screenshot(page, tmp_path, "browser-upload.png").stat().st_size > 5_000
+    assert lit_pixels(page, "input28", 0) > 20  # the 28x28 model input is drawn
+    page.screenshot(path=str(tmp_path / "upload.png"), full_page=True)
+
+
+def test_new_request_error_and_clear_each_clear_the_old_answer(page_server, page, tmp_path: Path):
+    open_page(page, page_server)
+    upload(page, tmp_path / "first.png", trousers())
+    page.wait_for_selector("#result[data-state=done]")
+    assert not answer_cleared(page)
+
+    held = []  # the next answer is held back, to look at the page while it is on its way
+    page.route(PREDICT, lambda route: held.append(route))
+    upload(page, tmp_path / "second.png", trousers())
+    page.wait_for_selector("#result[data-state=busy]")
+    for _ in range(200):  # until the request reaches the route handler
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    assert answer_cleared(page) and "second.png" in page.inner_text("#status")
+    held[0].continue_()
+    page.unroute(PREDICT)
+    page.wait_for_selector("#result[data-state=done]")
+    assert page.inner_text("#answer-for") == "Photo: second.png"
+
+    upload(page, tmp_path / "notes.png", b"these are notes, not a picture")
+    page.wait_for_selector("#result[data-state=error]")
+    assert answer_cleared(page)
+    assert "notes.png" in page.inner_text("#status") and "415" in page.inner_text("#status")
+    page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
+
+    upload(page, tmp_path / "third.png", trousers())
+    page.wait_for_selector("#result[data-state=done]")
+    page.click("#clear")
+    page.wait_for_selector("#result[data-state=idle]")
+    assert answer_cleared(page) and page.is_visible("#intro") and page.inner_text("#status") == ""
 
 
 def test_drawing_on_the_canvas_is_classified(page_server, page, tmp_path: Path):
-    page.goto(page_server)
+    open_page(page, page_server)
     box = page.locator("#draw").bounding_box()
     page.mouse.move(box["x"] + 100, box["y"] + 30)
     page.mouse.down()
@@ -87,8 +176,45 @@ def test_drawing_on_the_canvas_is_classified(page_server, page, tmp_path: Path):
         page.mouse.move(box["x"] + 100, box["y"] + 30 + 11 * step)
     page.mouse.up()
     page.wait_for_selector("#result[data-state=done]")
+    assert page.inner_text("#answer-for") == "Drawing"
     assert page.inner_text("#top-class") not in ("", "–")
-    screenshot(page, tmp_path, "browser-drawing.png")
+    page.screenshot(path=str(tmp_path / "drawing.png"), full_page=True)
+
+
+def test_gradcam_is_off_until_switched_on_and_has_a_legend(page_server, page, tmp_path: Path):
+    urls = []
+    page.on("request", lambda r: PREDICT.search(r.url) and urls.append(r.url))
+    open_page(page, page_server)
+    upload(page, tmp_path / "trousers.png", trousers())
+    page.wait_for_selector("#result[data-state=done]")
+    assert not page.is_checked("#show-cam") and not page.is_visible("#cam28") and not page.is_visible("#cam-legend")
+    assert "gradcam=false" in urls[-1] and lit_pixels(page, "cam28", 3) == 0
+
+    page.check("#show-cam")  # re-asks for the same photo, now with the map
+    page.wait_for_function(
+        "document.querySelector('#result').dataset.state === 'done' && !document.getElementById('cam28').hidden"
+    )
+    assert "gradcam=true" in urls[-1] and len(urls) == 2
+    assert page.inner_text("#answer-for") == "Photo: trousers.png"
+    assert lit_pixels(page, "cam28", 3) > 0 and page.is_visible("#cam-legend")
+    ramp = page.evaluate("""() => { const c = document.getElementById('cam-ramp'), d = c.getContext('2d');
+        return [Array.from(d.getImageData(0, 5, 1, 1).data), Array.from(d.getImageData(c.width - 1, 5, 1, 1).data)]; }""")
+    assert ramp[0][2] > ramp[0][0] and ramp[1][0] > ramp[1][2]  # the scale runs from blue (low) to red (high)
+    page.screenshot(path=str(tmp_path / "gradcam.png"), full_page=True)
+    page.uncheck("#show-cam")
+    assert not page.is_visible("#cam28") and not page.is_visible("#cam-legend")
+
+
+def test_low_confidence_answer_is_marked_with_the_runner_up(page_server, page, tmp_path: Path):
+    # The tiny model knows only bars on noise: a photo of trousers leaves it unsure.
+    api = httpx.post(f"{page_server}/predict", files={"file": ("trousers.png", trousers(), "image/png")}).json()
+    assert api["probability"] < 0.5, api["top"]
+    open_page(page, page_server)
+    upload(page, tmp_path / "trousers.png", trousers())
+    page.wait_for_selector("#result[data-state=done]")
+    assert page.get_attribute("#result", "data-confidence") == "low" and page.is_visible("#unsure")
+    assert f"Runner-up: {api['top'][1]['label']}" in page.inner_text("#unsure")
+    page.screenshot(path=str(tmp_path / "unsure.png"), full_page=True)
 
 
 def test_api_docs_render_without_internet(page_server, page, tmp_path: Path):
@@ -97,4 +223,4 @@ def test_api_docs_render_without_internet(page_server, page, tmp_path: Path):
     page.route(re.compile(r"^https?://(?!127\.0\.0\.1)"), lambda route: route.abort())  # no internet
     page.goto(f"{page_server}/docs")
     page.wait_for_function("document.body.innerText.includes('Classify one image')")  # Swagger UI drew /predict
-    screenshot(page, tmp_path, "browser-docs.png")
+    page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)

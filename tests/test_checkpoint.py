@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, load_checkpoint, save_checkpoint
+from fmnist.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, load_checkpoint, save_checkpoint, tta_settings
 from fmnist.errors import CheckpointError
 from fmnist.models import create_model
 
@@ -18,7 +18,7 @@ from fmnist.models import create_model
 def saved(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     model = create_model("mlp", hidden=[32])
-    save_checkpoint(tmp_path, model, CheckpointMeta("mlp", dict(model.model_args), 0.3, 0.4, tta_flip=True, params=25450))
+    save_checkpoint(tmp_path, model, CheckpointMeta("mlp", dict(model.model_args), 0.3, 0.4, tta="flip", params=25450))
     return tmp_path
 
 
@@ -29,7 +29,7 @@ def test_round_trip_rebuilds_an_identical_model(saved: Path):
     x = torch.randn(5, 1, 28, 28)
     torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
     assert meta["class_names"][9] == "Ankle boot"
-    assert meta["normalization"] == {"mean": 0.3, "std": 0.4} and meta["tta_flip"] is True
+    assert meta["normalization"] == {"mean": 0.3, "std": 0.4} and meta["tta"] == "flip"
     assert not model.training
     assert load_checkpoint(saved / META_FILE)[1]["model"] == "mlp"
 
@@ -84,6 +84,7 @@ def _edit_meta(folder: Path, **changes):
         (lambda f: _edit_meta(f, model="nope"), "unknown model 'nope'"),
         (lambda f: _edit_meta(f, normalization={"mean": 0, "std": 0}), "positive std"),
         (lambda f: _edit_meta(f, model_args="x"), "model_args"),
+        (lambda f: _edit_meta(f, tta="rotate"), "tta must be one of none, flip, flip-shift, not 'rotate'"),
     ],
 )
 def test_damaged_checkpoints_fail_with_one_clear_line(saved: Path, damage, message: str):
@@ -91,6 +92,26 @@ def test_damaged_checkpoints_fail_with_one_clear_line(saved: Path, damage, messa
     with pytest.raises(CheckpointError, match=message) as info:
         load_checkpoint(saved)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("legacy, level", [({"tta_flip": True}, "flip"), ({"tta_flip": False}, "none"), ({}, "none")])
+def test_fmnist_0_1_files_still_load_with_their_tta_level(saved: Path, legacy: dict, level: str):
+    meta = json.loads((saved / META_FILE).read_text())
+    del meta["tta"]
+    (saved / META_FILE).write_text(json.dumps({**meta, **legacy}))
+    model, loaded = load_checkpoint(saved)
+    assert loaded["tta"] == level
+    assert tta_settings(loaded) == {"tta": level, "blank": pytest.approx(-0.3 / 0.4)}
+
+
+def test_placement_uses_the_models_layout(tmp_path: Path):
+    torch.manual_seed(0)
+    model = create_model("fastcnn")
+    save_checkpoint(tmp_path, model, CheckpointMeta("fastcnn", dict(model.model_args), 0.5, 0.5))
+    loaded, _ = load_checkpoint(tmp_path)
+    assert loaded.channels_last  # fastcnn asks for NHWC: its convolution weights come back in that layout
+    conv = next(m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
 
 
 def test_missing_run_directory(tmp_path: Path):

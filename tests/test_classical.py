@@ -11,16 +11,18 @@ import torch
 
 from conftest import run_cli
 from fmnist.checkpoint import load_checkpoint
-from fmnist.classical import CLASSICAL_MODELS, fit_any, fit_classical, is_classical
-from fmnist.compare import plan_from_models, run_compare
+from fmnist.baselines import fit_baseline
+from fmnist.comparison import plan_from_models, run_compare
 from fmnist.config import build_config
-from fmnist.data.loader import to_model_input
+from fmnist.data.normalize import normalize
 from fmnist.errors import UsageError
 from fmnist.models import create_model
+from fmnist.models.registry import check_model_args, get_entry
 from fmnist.runs import RunDirWriter, prepare_run_dir, read_history
-from fmnist.train import fit
+from fmnist.trainer import fit
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fmnist"
+CLASSICAL_MODELS = ("logreg", "linear_svc", "rbf_svc", "random_forest")
 
 
 def config(name: str, **values):
@@ -30,7 +32,7 @@ def config(name: str, **values):
 @pytest.mark.parametrize("name", CLASSICAL_MODELS)
 def test_each_baseline_learns_and_writes_a_run_directory(name, tiny_dataset, tmp_path: Path):
     run_dir = prepare_run_dir(tmp_path / name)
-    result = fit_classical(config(name), tiny_dataset, [RunDirWriter(run_dir)])
+    result = fit(config(name), tiny_dataset, [RunDirWriter(run_dir)])
     assert result.test_accuracy > 0.9  # the synthetic classes are linearly separable
     results = json.loads((run_dir / "results.json").read_text())
     net_dir = prepare_run_dir(tmp_path / "net")
@@ -50,10 +52,10 @@ def test_each_baseline_learns_and_writes_a_run_directory(name, tiny_dataset, tmp
 @pytest.mark.parametrize("name", ["logreg", "linear_svc"])
 def test_linear_models_round_trip_through_an_ordinary_checkpoint(name, tiny_dataset, tmp_path: Path):
     run_dir = prepare_run_dir(tmp_path / "run")
-    result = fit_classical(config(name), tiny_dataset, [RunDirWriter(run_dir)])
+    result = fit(config(name), tiny_dataset, [RunDirWriter(run_dir)])
     model, meta = load_checkpoint(run_dir)
     norm = meta["normalization"]
-    x = to_model_input(torch.from_numpy(tiny_dataset.test_images), norm["mean"], norm["std"])
+    x = normalize(torch.from_numpy(tiny_dataset.test_images), norm["mean"], norm["std"])
     with torch.no_grad():
         logits = model(x)
     torch.testing.assert_close(logits, result.test_logits, atol=1e-3, rtol=1e-3)
@@ -61,24 +63,26 @@ def test_linear_models_round_trip_through_an_ordinary_checkpoint(name, tiny_data
 
 
 def test_training_subset_and_smoke_mode_limit_the_images(tiny_dataset):
-    result = fit_classical(config("logreg", model_args={"train_size": 200}), tiny_dataset)
+    result = fit(config("logreg", model_args={"train_size": 200}), tiny_dataset)
     assert result.extra["classical"]["train_images"] == 200
-    result = fit_classical(config("random_forest", max_steps=2, batch_size=64), tiny_dataset)
+    result = fit(config("random_forest", max_steps=2, batch_size=64), tiny_dataset)
     assert result.extra["classical"]["train_images"] == 128
 
 
 def test_dispatch_and_argument_errors(tiny_dataset):
-    assert all(is_classical(n) for n in CLASSICAL_MODELS)
-    assert not is_classical("fastcnn") and not is_classical("no-such-model")
-    assert fit_any(config("logreg"), tiny_dataset).extra["classical"]["kind"] == "logreg"
-    with pytest.raises(UsageError, match="not a classical model"):
-        fit_classical(config("mlp_seed002"), tiny_dataset)
+    assert all(get_entry(n).is_baseline for n in CLASSICAL_MODELS)
+    assert not get_entry("fastcnn").is_baseline
+    result = fit(config("logreg"), tiny_dataset)
+    assert result.extra["classical"]["kind"] == "logreg" and result.has_checkpoint
+    assert not fit(config("random_forest"), tiny_dataset).has_checkpoint
+    with pytest.raises(UsageError, match="is a network"):
+        fit_baseline(config("mlp_seed002"), tiny_dataset)
     with pytest.raises(UsageError, match="gamma"):
-        create_model("rbf_svc", gamma="wide")
+        check_model_args("rbf_svc", {"gamma": "wide"})
     with pytest.raises(UsageError, match="train_size"):
         create_model("logreg", train_size=-1)
     with pytest.raises(UsageError, match="all 10 classes"):
-        fit_classical(config("logreg", model_args={"train_size": 5}), tiny_dataset)
+        fit(config("logreg", model_args={"train_size": 5}), tiny_dataset)
 
 
 def test_compare_places_baselines_beside_networks(tiny_dataset, tmp_path: Path):

@@ -35,7 +35,7 @@ def test_help_and_models(isolated_env):
         (["train", "--epochs", "-1"], 2, "epochs must be a positive integer"),
         (["train", "--batch-size", "0"], 2, "batch_size must be a positive integer"),
         (["train", "--lr", "fast"], 2, "Invalid value for '--lr'"),
-        (["train", "--optimizer", "rmsprop"], 2, "optimizer must be one of"),
+        (["train", "--optimizer", "rmsprop"], 2, "'rmsprop' is not one of 'adam'"),
         (["train", "--model-arg", "depth=3"], 2, "has no argument 'depth'"),
         (["train", "--config", "missing.toml"], 2, "config file not found"),
         (["train", "--bogus"], 2, "No such option"),

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist.ablate import ablation_plan
-from fmnist.compare import plan_from_file, run_compare
+from fmnist.ablation import ablation_plan
+from fmnist.comparison import plan_from_file, run_compare
 from fmnist.models import count_parameters, create_model
 from fmnist.report.text import published_accuracy, published_pct
 

@@ -11,10 +11,14 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fmnist.checkpoint import load_checkpoint
+from fmnist.checkpoint import load_checkpoint, tta_settings
 from fmnist.data.dataset import load_idx_folder
+from fmnist.errors import FmnistError
+from fmnist.data.normalize import blank_value, normalize
 from fmnist.evaluate import predict
-from fmnist.export import onnx_for_run, onnx_metadata
+from fmnist.export import ExportPlan, onnx_bytes, onnx_for_run, onnx_metadata
+from fmnist.models import create_model
+from fmnist.tta import TTA_LEVELS
 from test_predict import cached_real_run, tiny_run_dir
 
 ort = pytest.importorskip("onnxruntime")
@@ -23,7 +27,7 @@ pytest.importorskip("onnx")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return tiny_run_dir(tmp_path_factory)  # fastcnn: its recipe averages mirror images (tta_flip)
+    return tiny_run_dir(tmp_path_factory)  # fastcnn: its recipe averages mirror images (tta "flip")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def test_onnx_export_roundtrip_metadata_and_dynamic_batch(tiny, exported):
     info = onnx_metadata(path.read_bytes())
     assert json.loads(info["fmnist.class_names"]) == meta["class_names"]
     assert json.loads(info["fmnist.normalization"]) == meta["normalization"]
-    assert info["fmnist.tta_flip"] == "in-graph" and meta["tta_flip"] is True
+    assert info["fmnist.tta"] == meta["tta"] == report["tta"] != "none"
     assert info["fmnist.weights_sha256"] == meta["weights_sha256"]
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -55,11 +59,26 @@ def test_onnx_export_roundtrip_metadata_and_dynamic_batch(tiny, exported):
     for n in (1, 7):
         x = torch.randn(n, 1, 28, 28, generator=generator)
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-        with_flip = predict(model, x, precision="fp32", tta_flip=True).numpy()
-        without = predict(model, x, precision="fp32", tta_flip=False).numpy()
         assert got.shape == (n, 10)
-        assert np.abs(got - with_flip).max() < 1e-4  # the mirror averaging is in the graph
-        assert np.abs(got - without).max() > 1e-4
+        assert np.abs(got - predict(model, x, precision="fp32", **tta_settings(meta)).numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("level", TTA_LEVELS)
+def test_every_tta_level_is_inside_the_onnx_graph(level: str):
+    torch.manual_seed(0)
+    model = create_model("fastcnn").place("cpu").eval()
+    meta = {"model": "fastcnn", "model_args": model.model_args, "class_names": [str(i) for i in range(10)],
+            "normalization": {"mean": 0.3, "std": 0.4}, "tta": level}  # fmt: skip
+    session = ort.InferenceSession(onnx_bytes(model, meta), providers=["CPUExecutionProvider"])
+    assert onnx_metadata(onnx_bytes(model, meta))["fmnist.tta"] == level
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8))
+    x = normalize(images, 0.3, 0.4)
+    for batch in (x[:1], x):
+        got = session.run(None, {"input": batch.numpy()})[0]
+        expected = predict(model, batch, precision="fp32", tta=level, blank=blank_value(0.3, 0.4)).numpy()
+        plain = predict(model, batch, precision="fp32").numpy()
+        assert np.abs(got - expected).max() < 1e-4
+        assert (np.abs(got - plain).max() > 1e-3) == (level != "none")  # the views really are averaged
 
 
 def test_serving_reuses_a_matching_onnx_file_and_reexports_a_stale_one(tiny, exported):
@@ -85,14 +104,30 @@ def test_torchscript_export_carries_metadata(tiny, isolated_env, tmp_path: Path)
     info = json.loads(extra["fmnist.json"])
     model, meta = load_checkpoint(run_dir)
     assert json.loads(info["fmnist.class_names"]) == meta["class_names"]
-    assert info["fmnist.tta_flip"] == "in-graph"
+    assert info["fmnist.tta"] == meta["tta"] != "none"
     x = torch.randn(5, 1, 28, 28)
     with torch.no_grad():
-        torch.testing.assert_close(module(x), predict(model, x, precision="fp32", tta_flip=True))
+        torch.testing.assert_close(module(x), predict(model, x, precision="fp32", **tta_settings(meta)))
+
+
+def test_export_plan_names_its_steps_and_fails_before_writing(tiny, tmp_path: Path):
+    run_dir, data_dir = tiny
+    plan = ExportPlan(run_dir, "onnx", int8=True, out=tmp_path / "m.onnx", data_dir=str(data_dir))
+    labels = [label for label, _ in plan.steps()]
+    assert len(plan) == 7 and labels[0] == "loading the test images" and labels[-1].startswith("writing ")
+    assert len(ExportPlan(run_dir, "torchscript", data_dir=str(data_dir))) == 5
+    plan = ExportPlan(run_dir, "onnx", out=tmp_path / "m.onnx", data_dir=str(data_dir))
+    steps = plan.steps()
+    for _, do in steps[:3]:
+        do()
+    plan.reference[:, 0] += 1.0  # a PyTorch answer the export cannot match
+    with pytest.raises(FmnistError, match="disagrees with PyTorch"):
+        steps[3][1]()
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.parametrize("args, code, fragment", [
-    (["--format", "tflite"], 2, "--format must be one of onnx, torchscript"),
+    (["--format", "tflite"], 2, "'tflite' is not one of 'onnx', 'torchscript'"),
 ])  # fmt: skip
 def test_export_bad_options(tiny, isolated_env, args, code, fragment):
     run_dir, data_dir = tiny

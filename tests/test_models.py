@@ -8,9 +8,10 @@ from torch import nn
 
 from fmnist.errors import UsageError
 from fmnist.models import count_parameters, create_model, list_models, register_model
-from fmnist.models.registry import get_recipe
+from fmnist.models.base import Classifier
+from fmnist.models.registry import check_model_args, get_entry, get_recipe, list_networks
 
-ALL = list_models()
+ALL = list_networks()
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -36,7 +37,7 @@ def test_features_then_head_equals_forward(name: str):
     torch.testing.assert_close(model.forward_head(features), model(x))
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if create_model(n).family in ("cnn", "resnet")])
+@pytest.mark.parametrize("name", [n for n in ALL if get_entry(n).family not in ("mlp", "classical")])
 def test_conv_models_name_a_spatial_layer_for_grad_cam(name: str):
     model = create_model(name).eval()
     seen = {}
@@ -67,9 +68,45 @@ def test_configurable_models_cover_seed001_topologies():
     assert cnn(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_create_model_records_name_and_args():
+def test_create_model_records_name_args_and_family_on_the_classifier():
     model = create_model("mlp", hidden=[32])
-    assert model.model_name == "mlp" and model.model_args["hidden"] == (32,)
+    assert isinstance(model, Classifier)
+    assert model.model_name == "mlp" and model.model_args["hidden"] == (32,) and model.family == "mlp"
+    assert model.identity.args == model.model_args and "model_name" not in vars(model)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_num_classes_can_really_be_passed(name: str):
+    model = create_model(name, num_classes=7).eval()
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+    assert model.num_classes == 7 and model.model_args["num_classes"] == 7
+
+
+def test_baselines_share_the_namespace_but_only_linear_ones_have_a_network():
+    assert {"logreg", "linear_svc", "rbf_svc", "random_forest"} <= set(list_models())
+    assert {"logreg", "linear_svc"} <= set(ALL) and not {"rbf_svc", "random_forest"} & set(ALL)
+    assert get_entry("random_forest").baseline.iterative is False and get_entry("logreg").baseline.linear
+    with pytest.raises(UsageError, match="no network form"):
+        create_model("rbf_svc")
+
+
+def test_checking_arguments_builds_nothing_real():
+    assert check_model_args("cnn", {"channels": [8]})["channels"] == (8,)
+    with pytest.raises(UsageError, match="invalid arguments"):
+        check_model_args("cnn", {"channels": [0]})
+
+
+def test_channels_last_is_opt_in_and_grad_cam_layer_is_found():
+    @register_model("test_plain_conv", family="cnn")
+    def plain(num_classes: int = 10):
+        features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        return Classifier(features, nn.Linear(4 * 14 * 14, num_classes), 4 * 14 * 14)
+
+    model = create_model("test_plain_conv")
+    assert model.channels_last is False  # a new model does not silently get NHWC
+    assert model.cam_layer_name == "features.1"  # the last spatial map before pooling
+    assert create_model("fastcnn").channels_last and create_model("fastcnn").cam_layer_name == "features.14"
+    assert create_model("mlp").cam_layer is None
 
 
 def test_registry_errors_are_one_line_usage_errors():

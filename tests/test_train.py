@@ -10,9 +10,10 @@ import torch
 
 from fmnist.checkpoint import load_checkpoint
 from fmnist.config import build_config
-from fmnist.device import resolve_precision
+from fmnist.device import native_bf16, resolve_precision
 from fmnist.runs import RunDirWriter, prepare_run_dir, read_history
-from fmnist.train import TrainCallback, fit
+from fmnist.results import TrainCallback
+from fmnist.trainer import fit
 
 
 def tiny_config(model="mlp", **values):
@@ -57,17 +58,27 @@ def test_max_steps_smoke_mode(tiny_dataset):
 
 
 def test_best_epoch_weights_are_the_ones_kept(tiny_dataset):
+    """The returned weights are those of the best validation epoch, not the last epoch's."""
+
     class Snapshot(TrainCallback):
         def __init__(self):
-            self.val = {}
+            self.val, self.weights = {}, {}
 
-        def on_epoch_end(self, record, model, is_best):
+        def on_epoch_end(self, record, is_best):
             self.val[record.epoch] = record.val_accuracy
 
     snap = Snapshot()
-    result = fit(tiny_config(epochs=4, lr=0.05, optimizer="sgd"), tiny_dataset, [snap])
-    best = max(snap.val.values())
-    assert snap.val[result.best_epoch] == best
+    # A large SGD step makes validation accuracy move around, so the best epoch is rarely the last.
+    config = tiny_config(epochs=4, lr=0.5, optimizer="sgd")
+    result = fit(config, tiny_dataset, [snap])
+    assert snap.val[result.best_epoch] == max(snap.val.values())
+    # Replay the same seeded run epoch by epoch (max_steps cuts it at each epoch's end) and
+    # compare the kept weights with that epoch's.
+    steps_per_epoch = result.steps // result.epochs_run
+    replay = fit(tiny_config(epochs=4, lr=0.5, optimizer="sgd", max_steps=steps_per_epoch * result.best_epoch),
+                 tiny_dataset)  # fmt: skip
+    for (name, kept), (_, at_best) in zip(result.model.state_dict().items(), replay.model.state_dict().items()):
+        assert torch.equal(kept, at_best), name
 
 
 def test_early_stopping_stops(tiny_dataset):
@@ -77,9 +88,64 @@ def test_early_stopping_stops(tiny_dataset):
 
 def test_every_scheduler_and_optimizer_runs(tiny_dataset):
     for optimizer in ("adam", "adamw", "sgd"):
-        for scheduler in ("none", "plateau", "onecycle", "cosine"):
-            result = fit(tiny_config(epochs=1, optimizer=optimizer, scheduler=scheduler, label_smoothing=0.1), tiny_dataset)
-            assert result.steps > 0
+        result = fit(tiny_config(epochs=1, optimizer=optimizer, label_smoothing=0.1), tiny_dataset)
+        assert result.steps > 0 and result.history[0].train_loss < 2.5
+
+
+def test_schedulers_shape_the_learning_rate(tiny_dataset):
+    lrs = {s: [r.lr for r in fit(tiny_config(epochs=3, lr=0.01, scheduler=s), tiny_dataset).history]
+           for s in ("none", "onecycle", "cosine", "plateau")}  # fmt: skip
+    assert lrs["none"] == [0.01, 0.01, 0.01]
+    assert lrs["cosine"][0] > lrs["cosine"][1] > lrs["cosine"][2] and lrs["cosine"][2] < 1e-3
+    assert max(lrs["onecycle"]) <= 0.01 + 1e-9 and lrs["onecycle"][-1] < 1e-4
+    assert all(lr <= 0.01 for lr in lrs["plateau"])
+
+
+def test_ema_weights_are_the_ones_saved(tiny_dataset, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    run_dir = prepare_run_dir(tmp_path / "run")
+    plain = fit(tiny_config(epochs=2), tiny_dataset)
+    averaged = fit(tiny_config(epochs=2, ema=0.9), tiny_dataset, [RunDirWriter(run_dir)])
+    saved = load_file(run_dir / "model.safetensors")
+    kept = averaged.model.state_dict()
+    assert all(torch.equal(saved[k], kept[k]) for k in saved)
+    # Same seed, same steps: only the averaging differs, so the EMA weights must differ from the live ones.
+    assert any(not torch.equal(kept[k], v) for k, v in plain.model.state_dict().items())
+
+
+@pytest.mark.parametrize("level", ["none", "flip", "flip-shift"])
+def test_tta_levels_train_and_evaluate(tiny_dataset, level):
+    result = fit(tiny_config(epochs=1, tta=level), tiny_dataset)
+    assert result.config.tta == level and result.test_accuracy > 0.5
+
+
+@pytest.mark.parametrize(("isa", "expected"), [("baseline", "fp32"), ("avx2", "fp32"), ("avx512", "fp32"),
+                                               ("avx512_bf16", "bf16"), ("amx", "bf16")])  # fmt: skip
+def test_auto_precision_follows_cpu_capability(isa, expected):
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, isa) == expected
+    assert native_bf16(isa) == (expected == "bf16")
+    for explicit in ("fp32", "bf16"):  # an explicit choice always wins
+        assert resolve_precision(explicit, cpu, isa) == explicit
+
+
+def test_onednn_cap_lowers_the_isa():
+    from fmnist.device import capped_isa
+
+    assert capped_isa("amx", "AVX512_CORE_BF16") == "avx512_bf16"
+    assert capped_isa("amx", "avx512_core") == "avx512"
+    assert capped_isa("avx512_bf16", "AVX2") == "avx2"
+    assert capped_isa("avx2", "avx512_core_amx") == "avx2"  # a cap never raises the level
+    assert capped_isa("avx2", "") == "avx2"
+
+
+def test_bf16_and_fp32_reach_similar_accuracy(tiny_dataset):
+    """Behaviour, not speed: bf16 autocast (emulated where the CPU lacks it) learns like fp32."""
+    fp32 = fit(tiny_config(model="fastcnn", epochs=2, precision="fp32"), tiny_dataset)
+    bf16 = fit(tiny_config(model="fastcnn", epochs=2, precision="bf16"), tiny_dataset)
+    assert bf16.precision == "bf16" and fp32.precision == "fp32"
+    assert abs(bf16.test_accuracy - fp32.test_accuracy) < 0.1
 
 
 def test_run_directory_contents(tiny_dataset, tmp_path: Path):
@@ -92,6 +158,7 @@ def test_run_directory_contents(tiny_dataset, tmp_path: Path):
     assert [row["epoch"] for row in read_history(run_dir)] == [1, 2, 3]
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["torch"] == torch.__version__
+    assert env["precision"] == results["precision"] and env["cpu_isa"] == results["cpu_isa"] and env["cpu_model"]
     model, meta = load_checkpoint(run_dir)
     x = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(model(x), result.model(x))

@@ -1,10 +1,12 @@
-"""Export a run to ONNX or TorchScript, checked against PyTorch before the file is written.
+"""Export a run or an ensemble to ONNX or TorchScript, checked against PyTorch before writing.
 
 The exported graph takes normalised float32 (N,1,28,28) with a dynamic batch size and returns
-logits (N,10). When the run averages each image with its mirror (tta_flip), the averaging is
-part of the graph, so an exported model answers exactly as `fmnist evaluate` does. Class names,
-normalisation and the checkpoint's sha256 travel inside the file (ONNX metadata_props;
-TorchScript extra file `fmnist.json`).
+logits (N,10). The run's test-time augmentation (fmnist.tta, every level) is part of the graph,
+as is an ensemble's averaging, so an exported model answers exactly as `fmnist evaluate` does.
+Class names, normalisation and the checkpoint's sha256 travel inside the file (ONNX
+metadata_props; TorchScript extra file `fmnist.json`).
+
+`ExportPlan` is the export as a list of named steps, so a caller can show progress from it.
 
 fmnist itself never loads a TorchScript file from disk (that format is pickle-based); the
 TorchScript check below reloads the bytes this process just produced, before they are written.
@@ -28,6 +30,8 @@ import torch
 from torch import nn
 
 from fmnist import __version__
+from fmnist.checkpoint import normalization, tta_settings, with_tta
+from fmnist.data.normalize import normalize
 from fmnist.errors import FmnistError, UsageError
 from fmnist.fsutil import atomic_write_bytes
 
@@ -40,28 +44,10 @@ MIN_TOP1_AGREEMENT = 0.999
 MAX_INT8_DROP_PP = 0.5
 CALIBRATION_IMAGES = 1024
 
-Step = Callable[[str], None]
-
-
-class MirrorAverage(nn.Module):
-    """Mean of the logits of each image and its horizontal mirror, in one batched call."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        both = self.model(torch.cat([x, x.flip(3)]))
-        return (both[:n] + both[n:]) / 2
-
-
-def exportable(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
-    return (MirrorAverage(model) if meta.get("tta_flip") else model).eval()
-
-
 def file_metadata(meta: dict[str, Any], quantization: str = "none") -> dict[str, str]:
     """The facts a consumer needs to use the file without fmnist, as strings."""
+    from fmnist.ensemble import tta_summary
+
     extra = meta.get("extra", {}) or {}
     return {
         "fmnist.format": "fmnist-export/1",
@@ -72,10 +58,11 @@ def file_metadata(meta: dict[str, Any], quantization: str = "none") -> dict[str,
         "fmnist.normalization": json.dumps(meta["normalization"]),
         "fmnist.input": "float32 (N,1,28,28) = (pixel/255 - mean) / std; light item on black, 28x28 like Fashion-MNIST",
         "fmnist.output": "float32 (N,classes) logits; softmax gives probabilities",
-        "fmnist.tta_flip": "in-graph" if meta.get("tta_flip") else "off",
+        "fmnist.tta": tta_summary(meta),  # in the graph
         "fmnist.weights_sha256": meta.get("weights_sha256", ""),
         "fmnist.test_accuracy": json.dumps(extra.get("test_accuracy")),
         "fmnist.quantization": quantization,
+        **({"fmnist.members": json.dumps(meta["members"])} if "members" in meta else {}),
     }
 
 
@@ -104,7 +91,7 @@ def _set_metadata(proto, metadata: dict[str, str]) -> None:
 
 def onnx_bytes(model: nn.Module, meta: dict[str, Any]) -> bytes:
     """Serialised ONNX model (torch.export-based exporter, dynamic batch) with fmnist metadata."""
-    module = exportable(model, meta)
+    module = with_tta(model, meta)  # an ensemble carries its members' TTA
     example = torch.zeros(2, 1, 28, 28)
     try:
         with quiet_exporter():
@@ -208,7 +195,7 @@ def torchscript_bytes(model: nn.Module, meta: dict[str, Any], int8: bool = False
             warnings.simplefilter("ignore")
             model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
         quantization = "int8 dynamic (PyTorch, Linear layers only)"
-    module = exportable(model, meta)
+    module = with_tta(model, meta)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, torch.zeros(2, 1, 28, 28))
@@ -246,100 +233,132 @@ def default_out(run_dir: Path, fmt: str, int8: bool) -> Path:
     return Path(run_dir) / (f"{stem}.onnx" if fmt == "onnx" else f"{stem}.torchscript.pt")
 
 
-def export_run(
-    run_dir: Path,
-    fmt: str,
-    *,
-    int8: bool = False,
-    out: Path | None = None,
-    data_dir: str | None = None,
-    step: Step = lambda _: None,
-    notify: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
-    """Export, verify against PyTorch on test images, and write the file; returns the report."""
-    from fmnist.checkpoint import checkpoint_folder, load_checkpoint
-    from fmnist.data.sources import resolve_dataset
-    from fmnist.evaluate import predict
+class ExportPlan:
+    """Export, verify against PyTorch on test images, and write the file, as named steps.
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    run_dir = checkpoint_folder(Path(run_dir))
-    model, meta = load_checkpoint(run_dir)
-    out = Path(out) if out else default_out(run_dir, fmt, int8)
-    step("loading the test images")
-    dataset = resolve_dataset(data_dir, notify=notify)
-    norm = meta["normalization"]
+        plan = ExportPlan(run_dir, "onnx", int8=True)
+        for label, do in plan.steps():  # len(plan) of them; show `label`, then call `do()`
+            do()
+        plan.report                     # what `fmnist export --json` prints
 
-    def normalise(images: np.ndarray) -> np.ndarray:
-        return ((images.astype(np.float32) / np.float32(255.0) - np.float32(norm["mean"])) / np.float32(norm["std"]))[
-            :, None
-        ]
+    The run (or ensemble) is loaded when the plan is made, so a bad directory fails before
+    any step; each step raises FmnistError when a check fails, and the file is written last.
+    """
 
-    test_x = normalise(dataset.test_images)
-    test_y = dataset.test_labels.astype(np.int64)
-    n = min(CHECK_IMAGES, len(test_x))
-    step("PyTorch reference logits")
-    # fp32 on purpose: `predict` would pick bf16 on AMX CPUs, and the check is against float32.
-    tta = bool(meta.get("tta_flip"))
-    reference = predict(model, torch.from_numpy(test_x[:n]), precision="fp32", tta_flip=tta).numpy()
+    def __init__(self, run_dir: Path, fmt: str, *, int8: bool = False, out: Path | None = None,
+                 data_dir: str | None = None, notify: Callable[[str], None] = lambda _: None):  # fmt: skip
+        from fmnist.ensemble import load_inference_model
 
-    step(f"exporting to {fmt}")
-    if fmt == "onnx":
-        fp32_blob = onnx_bytes(model, meta)
-        fp32_run = _onnx_runner(fp32_blob)
-    else:
-        fp32_blob = torchscript_bytes(model, meta)
-        fp32_run = _torchscript_runner(fp32_blob)
+        if fmt not in FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        self.fmt, self.int8, self.data_dir, self.notify = fmt, int8, data_dir, notify
+        self.run_dir, self.model, self.meta = load_inference_model(Path(run_dir))
+        self.out = Path(out) if out else default_out(self.run_dir, fmt, int8)
+        self.report: dict[str, Any] = {}
 
-    step(f"checking {fmt} against PyTorch")
-    exported = fp32_run(test_x[:n])
-    max_diff = float(np.abs(exported - reference[:n]).max()) if n else 0.0
-    agreement = float((exported.argmax(1) == reference[:n].argmax(1)).mean()) if n else 1.0
-    single = fp32_run(test_x[:1])  # the batch dimension must really be dynamic
-    if single.shape != (1, reference.shape[1]) or (n and not np.allclose(single, exported[:1], atol=MAX_ABS_DIFF)):
-        raise FmnistError(f"{fmt} export answers differently for a batch of one; not written")
-    if max_diff >= MAX_ABS_DIFF or agreement < MIN_TOP1_AGREEMENT:
-        raise FmnistError(
-            f"{fmt} export disagrees with PyTorch on {n} test images (max |logit diff| {max_diff:.2e}, "
-            f"top-1 agreement {100 * agreement:.2f}%); not written"
-        )
-    report: dict[str, Any] = {
-        "format": fmt, "file": str(out), "model": meta["model"], "check_images": n,
-        "max_abs_logit_diff": max_diff, "top1_agreement": agreement, "tta_flip": "in-graph" if meta.get("tta_flip") else "off",
-        "fp32_size_bytes": len(fp32_blob),
-    }  # fmt: skip
-    blob = fp32_blob
-    if int8:
-        step("quantising to int8 (calibrating on training images)")
-        rng = np.random.default_rng(0)
-        pick = rng.choice(
-            len(dataset.train_images), size=min(CALIBRATION_IMAGES, len(dataset.train_images)), replace=False
-        )
-        if fmt == "onnx":
-            blob = quantize_int8(fp32_blob, normalise(dataset.train_images[np.sort(pick)]), meta)
-            run = _onnx_runner(blob)
+    def steps(self) -> list[tuple[str, Callable[[], None]]]:
+        steps = [("loading the test images", self._load_data), ("PyTorch reference logits", self._reference),
+                 (f"exporting to {self.fmt}", self._export),
+                 (f"checking {self.fmt} against PyTorch", self._check)]  # fmt: skip
+        if self.int8:
+            steps += [("quantising to int8 (calibrating on training images)", self._quantise),
+                      ("test accuracy before and after", self._score_int8)]  # fmt: skip
+        return [*steps, (f"writing {self.out}", self._write)]
+
+    def __len__(self) -> int:
+        return len(self.steps())
+
+    def run(self, on_step: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+        for label, do in self.steps():
+            on_step(label)
+            do()
+        return self.report
+
+    def _inputs(self, images: np.ndarray) -> np.ndarray:
+        return normalize(images, *normalization(self.meta)).numpy()
+
+    def _load_data(self) -> None:
+        from fmnist.data.sources import resolve_dataset
+
+        self.dataset = resolve_dataset(self.data_dir, notify=self.notify)
+        self.test_x = self._inputs(self.dataset.test_images)
+        self.test_y = self.dataset.test_labels.astype(np.int64)
+        self.n = min(CHECK_IMAGES, len(self.test_x))
+
+    def _reference(self) -> None:
+        from fmnist.evaluate import predict
+
+        # fp32 on purpose: `predict` would pick bf16 on AMX CPUs, and the check is against float32.
+        x = torch.from_numpy(self.test_x[: self.n])
+        self.reference = predict(self.model, x, precision="fp32", **tta_settings(self.meta)).numpy()
+
+    def _export(self) -> None:
+        if self.fmt == "onnx":
+            self.fp32_blob = onnx_bytes(self.model, self.meta)
+            self.fp32_run = _onnx_runner(self.fp32_blob)
         else:
-            blob = torchscript_bytes(model, meta, int8=True)
-            run = _torchscript_runner(blob)
-        step("test accuracy before and after")
+            self.fp32_blob = torchscript_bytes(self.model, self.meta)
+            self.fp32_run = _torchscript_runner(self.fp32_blob)
+        self.blob = self.fp32_blob
+
+    def _check(self) -> None:
+        fmt, n, reference = self.fmt, self.n, self.reference
+        exported = self.fp32_run(self.test_x[:n])
+        max_diff = float(np.abs(exported - reference).max()) if n else 0.0
+        agreement = float((exported.argmax(1) == reference.argmax(1)).mean()) if n else 1.0
+        single = self.fp32_run(self.test_x[:1])  # the batch dimension must really be dynamic
+        if single.shape != (1, reference.shape[1]) or (n and not np.allclose(single, exported[:1], atol=MAX_ABS_DIFF)):
+            raise FmnistError(f"{fmt} export answers differently for a batch of one; not written")
+        if max_diff >= MAX_ABS_DIFF or agreement < MIN_TOP1_AGREEMENT:
+            raise FmnistError(
+                f"{fmt} export disagrees with PyTorch on {n} test images (max |logit diff| {max_diff:.2e}, "
+                f"top-1 agreement {100 * agreement:.2f}%); not written"
+            )
+        from fmnist.ensemble import tta_summary
+
+        self.report = {
+            "format": fmt, "file": str(self.out), "model": self.meta["model"], "check_images": n,
+            "max_abs_logit_diff": max_diff, "top1_agreement": agreement, "tta": tta_summary(self.meta),
+            "fp32_size_bytes": len(self.fp32_blob),
+            **({"members": len(self.meta["members"])} if "members" in self.meta else {}),
+        }  # fmt: skip
+
+    def _quantise(self) -> None:
+        train = self.dataset.train_images
+        pick = np.random.default_rng(0).choice(len(train), size=min(CALIBRATION_IMAGES, len(train)), replace=False)
+        if self.fmt == "onnx":
+            self.blob = quantize_int8(self.fp32_blob, self._inputs(train[np.sort(pick)]), self.meta)
+            self.int8_run = _onnx_runner(self.blob)
+        else:
+            self.blob = torchscript_bytes(self.model, self.meta, int8=True)
+            self.int8_run = _torchscript_runner(self.blob)
+
+    def _score_int8(self) -> None:
         # "Before" runs the fp32 export (ONNX Runtime is ~3x faster than eager PyTorch here),
-        # which the check above has shown to match PyTorch to 1e-4.
-        fp32_logits = fp32_run(test_x)
-        fp32_accuracy = float((fp32_logits.argmax(1) == test_y).mean())
-        quantised = run(test_x)
-        int8_accuracy = float((quantised.argmax(1) == test_y).mean())
+        # which the check has shown to match PyTorch to 1e-4.
+        fp32_logits = self.fp32_run(self.test_x)
+        quantised = self.int8_run(self.test_x)
+        fp32_accuracy = float((fp32_logits.argmax(1) == self.test_y).mean())
+        int8_accuracy = float((quantised.argmax(1) == self.test_y).mean())
         drop_pp = 100 * (fp32_accuracy - int8_accuracy)
-        report.update(
-            test_images=len(test_x), test_accuracy_fp32=fp32_accuracy, test_accuracy_int8=int8_accuracy, accuracy_drop_pp=drop_pp,
-            int8_top1_agreement=float((quantised.argmax(1) == fp32_logits.argmax(1)).mean()),
+        self.report.update(
+            test_images=len(self.test_x), test_accuracy_fp32=fp32_accuracy, test_accuracy_int8=int8_accuracy,
+            accuracy_drop_pp=drop_pp, int8_top1_agreement=float((quantised.argmax(1) == fp32_logits.argmax(1)).mean()),
         )  # fmt: skip
         if drop_pp > MAX_INT8_DROP_PP:
             raise FmnistError(
                 f"int8 model loses {drop_pp:.2f} percentage points of test accuracy ({100 * fp32_accuracy:.2f}% -> "
                 f"{100 * int8_accuracy:.2f}%), more than the {MAX_INT8_DROP_PP} allowed; not written"
             )
-    step(f"writing {out}")
-    atomic_write_bytes(out, blob)
-    report["size_bytes"] = os.path.getsize(out)
-    report["quantization"] = "int8" if int8 else "none"
-    return report
+
+    def _write(self) -> None:
+        atomic_write_bytes(self.out, self.blob)
+        self.report["size_bytes"] = os.path.getsize(self.out)
+        self.report["quantization"] = "int8" if self.int8 else "none"
+
+
+def export_run(run_dir: Path, fmt: str, *, int8: bool = False, out: Path | None = None, data_dir: str | None = None,
+               step: Callable[[str], None] = lambda _: None,
+               notify: Callable[[str], None] = lambda _: None) -> dict[str, Any]:  # fmt: skip
+    """The whole `ExportPlan` in one call; `step` hears each step's label before it runs."""
+    return ExportPlan(run_dir, fmt, int8=int8, out=out, data_dir=data_dir, notify=notify).run(step)

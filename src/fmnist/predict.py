@@ -2,8 +2,8 @@
 
 `Predictor` hides the backend: PyTorch eager (the checkpoint itself) or ONNX Runtime (the run's
 exported model.onnx when it matches the checkpoint, else an export made in memory). Both apply
-the run's normalisation and, when the run was trained with it, mirror-image averaging, so they
-answer alike.
+the run's normalisation (fmnist.data.normalize) and test-time augmentation (fmnist.tta), so
+they answer alike. An ensemble directory (fmnist.ensemble) loads the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from fmnist.checkpoint import normalization, tta_settings
+from fmnist.data.normalize import normalize
 from fmnist.device import resolve_precision
 from fmnist.errors import UsageError
 
@@ -33,23 +36,21 @@ def top_classes(probabilities: np.ndarray, class_names: list[str], k: int) -> li
 
 
 class Predictor:
-    """A loaded run ready for inference. Not thread-safe: give each thread its own, or serialise calls."""
+    """A loaded run or ensemble ready for inference. Not thread-safe: give each thread its own, or serialise calls."""
 
     def __init__(self, run_dir: Path, backend: str = "torch", threads: int | None = None, precision: str = "auto"):
-        from fmnist.checkpoint import checkpoint_folder, load_checkpoint
+        from fmnist.ensemble import load_inference_model
 
         if backend not in BACKENDS:
             raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        self.run_dir = checkpoint_folder(Path(run_dir))
-        self.model, self.meta = load_checkpoint(self.run_dir)
+        self.run_dir, self.model, self.meta = load_inference_model(Path(run_dir))
         self.backend = backend
         # PyTorch backend: "auto" is bf16 where the CPU has AMX (as `fmnist evaluate` does), else fp32.
         self.precision = precision
         self.class_names: list[str] = list(self.meta["class_names"])
-        self.mean = float(self.meta["normalization"]["mean"])
-        self.std = float(self.meta["normalization"]["std"])
-        self.tta_flip = bool(self.meta.get("tta_flip"))
-        self.family = getattr(self.model, "family", "unknown")
+        self.mean, self.std = normalization(self.meta)
+        self.is_ensemble = "members" in self.meta
+        self.family = self.meta.get("family") or getattr(self.model, "family", "unknown")
         self.onnx_source = ""
         self._session = None
         if backend == "onnx":
@@ -59,13 +60,19 @@ class Predictor:
             self._session = onnx_session(blob, threads=threads)
             self._input_name = self._session.get_inputs()[0].name
 
+    @property
+    def cam_model(self) -> nn.Module | None:
+        """The network Grad-CAM can explain, or None: an ensemble has no single one, an MLP no spatial map."""
+        if self.is_ensemble or getattr(self.model, "cam_layer", None) is None:
+            return None
+        return self.model
+
     def normalise(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N,28,28) -> float32 (N,1,28,28), the same arithmetic as training's loader."""
-        x = np.asarray(images, dtype=np.float32)[:, None]
-        return (x / np.float32(255.0) - np.float32(self.mean)) / np.float32(self.std)
+        """uint8 (N,28,28) -> float32 (N,1,28,28) model input (fmnist.data.normalize)."""
+        return normalize(np.asarray(images), self.mean, self.std).numpy()
 
     def logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        """uint8 (N,28,28) -> float32 logits (N, classes)."""
+        """uint8 (N,28,28) -> float32 logits (N, classes); an ensemble's are log mean probabilities."""
         images = np.asarray(images)
         if images.ndim != 3 or images.shape[1:] != (28, 28):
             raise ValueError(f"expected images of shape (N,28,28), got {list(images.shape)}")
@@ -79,14 +86,16 @@ class Predictor:
             return np.concatenate(parts).astype(np.float32, copy=False)
         from fmnist.evaluate import predict
 
-        x = torch.from_numpy(self.normalise(images))
-        return predict(self.model, x, batch_size=batch_size, precision=self.precision, tta_flip=self.tta_flip).numpy()
+        x = normalize(images, self.mean, self.std)
+        return predict(self.model, x, batch_size=batch_size, precision=self.precision, **tta_settings(self.meta)).numpy()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return softmax(self.logits(images))
 
     def describe(self) -> dict[str, Any]:
-        """What /model and `predict --json` report about the loaded run."""
+        """What /model and `predict --json` report about the loaded run (never a server path)."""
+        from fmnist.ensemble import tta_summary
+
         extra = self.meta.get("extra", {}) or {}
         return {
             "name": self.meta["model"],
@@ -97,8 +106,9 @@ class Predictor:
             "data": extra.get("data"),
             "class_names": self.class_names,
             "normalization": {"mean": self.mean, "std": self.std},
-            "tta_flip": self.tta_flip,
+            "tta": tta_summary(self.meta),
             "backend": self.backend,
             "precision": "fp32" if self.backend == "onnx" else resolve_precision(self.precision, torch.device("cpu")),
             "onnx_source": self.onnx_source or None,
+            **({"members": self.meta["members"]} if self.is_ensemble else {}),
         }

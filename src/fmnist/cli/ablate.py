@@ -36,7 +36,7 @@ def ablate_cmd(
     from fmnist.report.text import points, published_pct
 
     comparison = api.ablate(base, seeds=seeds, out=out, progress=console, report=False,
-                            data=api.load_data(data_dir, notify=notify), epochs=epochs, max_steps=max_steps,
+                            data_dir=data_dir, notify=notify, epochs=epochs, max_steps=max_steps,
                             val_size=val_size, device=value(device), seed=seed)  # fmt: skip
     ablation = read_json(comparison.path / ABLATION_FILE)
     table = Table("variant", "change", "accuracy", "Δ vs full", "published", "published Δ",

@@ -1,3 +1,15 @@
-"""Importing this module registers every command on the app, in workflow order (as `--help` lists them)."""
+"""Importing this module registers every command on the app (`--help` lists them in workflow order)."""
 
-from fmnist.cli import data, models, train, evaluate, compare, report, ablate, serve_cmds  # noqa: F401, I001
+from fmnist.cli import (  # noqa: F401
+    ablate,
+    compare,
+    data,
+    ensemble,
+    evaluate,
+    export,
+    models,
+    predict,
+    report,
+    serve,
+    train,
+)

@@ -35,7 +35,7 @@ def compare_cmd(
     from fmnist import api
 
     comparison = api.compare(models.split(",") if models else None, config_file=config, seeds=seeds, out=out,
-                             progress=console, report=False, data=api.load_data(data_dir, notify=notify),
+                             progress=console, report=False, data_dir=data_dir, notify=notify,
                              epochs=epochs, max_steps=max_steps, device=value(device), seed=seed)  # fmt: skip
     print_comparison(comparison, comparison.summary["title"])
     if not no_report:

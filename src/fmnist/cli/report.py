@@ -9,16 +9,17 @@ import typer
 from fmnist.cli.app import app, console
 from fmnist.cli.choices import choice, value
 from fmnist.cli.data import DataDirOption
+from fmnist.report.options import DETAIL_LEVELS, EMBEDDING_METHODS, ReportOptions
 
-Embedding = choice("Embedding", ("auto", "tsne", "umap", "none"))
-Detail = choice("Detail", ("first-seed", "all"))
+Embedding = choice("Embedding", EMBEDDING_METHODS)
+Detail = choice("Detail", DETAIL_LEVELS)
 
 
 @app.command("report")
 def report_cmd(
     folder: Path = typer.Argument(..., help="A run or compare directory", show_default=False),
     embedding: Embedding = typer.Option("auto", "--embedding", help="2-D map of the embeddings (auto: UMAP if installed, else t-SNE)"),
-    embedding_points: int = typer.Option(2000, "--embedding-points", help="Test images in the 2-D embedding"),
+    embedding_points: int = typer.Option(ReportOptions.embedding_points, "--embedding-points", help="Test images in the 2-D embedding"),
     gradcam: bool = typer.Option(True, "--gradcam/--no-gradcam", help="Grad-CAM heatmaps for CNNs"),
     detail: Detail = typer.Option("first-seed", "--detail", help="Model-level analysis for the first seed or all runs"),
     data_dir: Path | None = DataDirOption,

@@ -1,96 +1,155 @@
-"""Response and request shapes, for the OpenAPI document at /docs.
+"""Request and response shapes for the OpenAPI document at /openapi.json and /docs.
 
-The handlers build plain dicts (cheaper than validating every response); these models only
-describe them, and tests check that real answers fit them.
+The handlers build plain dicts (cheaper than validating every response); these models
+describe them exactly: fields are required unless marked, extra fields are forbidden, and
+sizes and ranges are bounded. tests/test_serve.py validates real answers of every endpoint,
+errors included, against the served document with `jsonschema`.
+
+Request bodies are described by hand (`request_body`): one route takes multipart uploads,
+raw image bytes and JSON alike, which FastAPI's parameter declarations cannot express.
+Checks that no schema can express (an upload that is not an image, a picture with no item
+in it, the per-request pixel budget) are stated in the descriptions.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmnist.constants import IMAGE_SIZE, NUM_CLASSES
+from fmnist.serve.limits import MAX_BATCH, PIXEL_BUDGET
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+Level = Annotated[int, Field(ge=0, le=255)]
+Heat = Annotated[float, Field(ge=0, le=1)]
+Image28 = Annotated[list[Annotated[list[Level], Field(min_length=IMAGE_SIZE, max_length=IMAGE_SIZE)]],
+                    Field(min_length=IMAGE_SIZE, max_length=IMAGE_SIZE)]  # fmt: skip
+Heatmap28 = Annotated[list[Annotated[list[Heat], Field(min_length=IMAGE_SIZE, max_length=IMAGE_SIZE)]],
+                      Field(min_length=IMAGE_SIZE, max_length=IMAGE_SIZE)]  # fmt: skip
+_EXAMPLE_SIDE = math.isqrt(PIXEL_BUDGET // MAX_BATCH)
+IMAGE_CHECKS = (
+    "Any size and colour mode; PNG, JPEG, WebP, BMP, GIF, TIFF or a .npy array. Refused: bytes that are not "
+    "an image (415); a picture with no item in it, e.g. a uniform one (422); more than "
+    f"{PIXEL_BUDGET:,} decoded pixels in one request, all images together (413; e.g. {MAX_BATCH} images of "
+    f"{_EXAMPLE_SIDE}x{_EXAMPLE_SIDE}; JPEGs count at the reduced scale they are decoded at)."
+)
 
 
-class ClassScore(BaseModel):
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassScore(_Strict):
     label: str = Field(examples=["Trouser"])
-    index: int = Field(ge=0, examples=[1])
-    probability: float = Field(ge=0, le=1, examples=[0.97])
+    index: int = Field(ge=0, lt=NUM_CLASSES, examples=[1])
+    probability: Probability = Field(examples=[0.97])
 
 
-class Prediction(BaseModel):
-    name: str = Field(description="File name of the upload, 'body' or 'pixels'")
+class Prediction(_Strict):
+    name: str = Field(description="File name of the upload, 'body' (raw bytes) or 'pixels' / 'pixels[i]' (JSON)")
     label: str = Field(description="Most likely class")
-    index: int
-    probability: float
-    top: list[ClassScore] = Field(description="top_k classes, most likely first")
-    probabilities: dict[str, float] = Field(description="Every class's probability")
-    input: list[list[int]] | None = Field(None, description="With include_input: the 28x28 image the model saw")
-    gradcam: list[list[float]] | None = Field(None, description="With gradcam: 28x28 map in [0,1], null for MLPs")
+    index: int = Field(ge=0, lt=NUM_CLASSES)
+    probability: Probability
+    top: list[ClassScore] = Field(min_length=1, max_length=NUM_CLASSES, description="top_k classes, most likely first")
+    probabilities: dict[str, Probability] = Field(
+        min_length=NUM_CLASSES, max_length=NUM_CLASSES, description="Every class's probability"
+    )
+    # Absent unless asked for (never null).
+    input: Image28 = Field(None, description="Only with include_input=true: the 28x28 image the model saw")
+    gradcam: Heatmap28 | None = Field(
+        None, description="Only with gradcam=true: a 28x28 map in [0,1]; null for models without convolutions"
+    )
 
 
-class BatchPrediction(BaseModel):
+class BatchPrediction(_Strict):
     model: str
-    predictions: list[Prediction]
+    predictions: list[Prediction] = Field(min_length=1, max_length=MAX_BATCH, description="In the order sent")
 
 
-class Health(BaseModel):
-    status: str = Field(examples=["ok"])
+class Health(_Strict):
+    status: Literal["ok"]
     model: str
-    backend: str
+    backend: Literal["torch", "onnx"]
 
 
-class ModelInfo(BaseModel):
+class ModelInfo(_Strict):
     name: str
     model_args: dict[str, Any]
     family: str
-    params: int | None
-    test_accuracy: float | None
+    params: Annotated[int, Field(ge=0)] | None
+    test_accuracy: Probability | None
     data: dict[str, Any] | None = Field(description="Provenance of the training data: source, split, sha256")
-    class_names: list[str]
-    normalization: dict[str, float]
-    tta_flip: bool
-    backend: str
-    precision: str
+    class_names: list[str] = Field(min_length=NUM_CLASSES, max_length=NUM_CLASSES)
+    normalization: dict[Literal["mean", "std"], float]
+    tta: str = Field(description="Test-time augmentation the predictions average over: none, flip, flip-shift "
+                     "(an ensemble: each member's)")  # fmt: skip
+    members: list[dict[str, Any]] = Field(None, description="Only for an ensemble: its member runs")
+    backend: Literal["torch", "onnx"]
+    precision: Literal["fp32", "bf16"]
     onnx_source: str | None
-    gradcam: bool
-    max_body_bytes: int
-    max_batch: int
+    gradcam: bool = Field(description="Whether gradcam=true yields maps (CNNs)")
+    max_body_bytes: int = Field(ge=1)
+    max_batch: int = Field(ge=1)
+    max_pixels: int = Field(ge=1, description="Decoded pixels one request may hold, all images together")
+    timeout_s: float = Field(gt=0, description="Idle or half-sent requests are closed after this many seconds")
 
 
-class Error(BaseModel):
-    detail: Any = Field(description="What was wrong with the request")
+class Error(_Strict):
+    detail: str = Field(description="What was wrong, in one line")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"model": Error, "description": "Body larger than the limit (default 5 MB), or too many images"},
+    400: {"model": Error, "description": "Malformed Content-Length header"},
+    408: {"model": Error, "description": "The request did not arrive in time (see `timeout_s` in /model)"},
+    413: {
+        "model": Error,
+        "description": "Body over the size limit (checked before it is read, and before any "
+        f"`100 Continue`), more than {MAX_BATCH} images, or more than {PIXEL_BUDGET:,} decoded pixels",
+    },  # fmt: skip
     415: {"model": Error, "description": "Not an image, or an unsupported Content-Type"},
-    422: {"model": Error, "description": "Wrong JSON shape or values, or an image with no item in it"},
+    422: {
+        "model": Error,
+        "description": "Wrong JSON shape or values, an image with no item in it, "
+        "a malformed multipart body, or a bad query parameter",
+    },  # fmt: skip
+    503: {"model": Error, "description": "Too many requests waiting to be decoded; retry after `Retry-After` s"},
 }
 
-_PIXELS = {"type": "array", "minItems": 28, "maxItems": 28,
-           "items": {"type": "array", "minItems": 28, "maxItems": 28, "items": {"type": "number", "minimum": 0, "maximum": 255}}}  # fmt: skip
+
+def _pixels_schema(description: str) -> dict[str, Any]:
+    row = {"type": "array", "minItems": IMAGE_SIZE, "maxItems": IMAGE_SIZE,
+           "items": {"type": "number", "minimum": 0, "maximum": 255}}  # fmt: skip
+    return {"type": "array", "minItems": IMAGE_SIZE, "maxItems": IMAGE_SIZE, "items": row, "description": description}
+
+
+PIXELS_NOTE = ("28x28 numbers, 0-255 (floats all <= 1 are read as 0-1), a light item on black as in Fashion-MNIST. "
+               "NaN and infinities are refused (422).")  # fmt: skip
+_BINARY = {"type": "string", "format": "binary"}
 
 
 def request_body(batch: bool) -> dict[str, Any]:
     """OpenAPI requestBody: a multipart upload, raw image bytes, or JSON pixels."""
     if batch:
-        json_schema = {"type": "object", "required": ["pixels"],
-                       "properties": {"pixels": {"type": "array", "items": _PIXELS, "description": "A list of 28x28 images"}}}  # fmt: skip
-        multipart = {
-            "type": "object",
-            "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-        }
+        pixels = {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": _pixels_schema(PIXELS_NOTE),
+                  "description": f"1 to {MAX_BATCH} images"}  # fmt: skip
+        files = {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {**_BINARY, "description": IMAGE_CHECKS},
+                 "description": f"1 to {MAX_BATCH} image files (any field name is accepted)"}  # fmt: skip
+        multipart = {"type": "object", "required": ["files"], "properties": {"files": files}}
     else:
-        json_schema = {"type": "object", "required": ["pixels"],
-                       "properties": {"pixels": {**_PIXELS, "description": "28x28 pixels, 0-255 (or floats in [0,1]), light item on black"}}}  # fmt: skip
-        multipart = {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+        pixels = _pixels_schema(PIXELS_NOTE)
+        file = {**_BINARY, "description": f"One image file (any field name is accepted). {IMAGE_CHECKS}"}
+        multipart = {"type": "object", "required": ["file"], "properties": {"file": file}}
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "multipart/form-data": {"schema": multipart},
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {"schema": json_schema},
-            },
+                "image/*": {"schema": {**_BINARY, "description": f"The image's bytes. {IMAGE_CHECKS}"}},
+                "application/json": {
+                    "schema": {"type": "object", "required": ["pixels"], "properties": {"pixels": pixels}}
+                },
+            },  # fmt: skip
         }
     }

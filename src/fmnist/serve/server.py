@@ -1,4 +1,5 @@
-"""Binding and running: loopback unless told otherwise, one clear line when the port is taken.
+"""Binding and running: loopback unless told otherwise, one clear line when the port is taken,
+deadlines for idle and half-sent requests.
 
 fmnist binds the socket itself and hands it to uvicorn, so a bad host or a busy port is
 reported before the model loads, and `--port 0` can report the port the OS picked.
@@ -6,11 +7,14 @@ reported before the model loads, and `--port 0` can report the port the OS picke
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
+import json
 import socket
 
 from fmnist.errors import FmnistError, UsageError
+from fmnist.serve.limits import DEFAULT_TIMEOUT_S
 
 
 def is_loopback(host: str) -> bool:
@@ -56,21 +60,96 @@ def bind_socket(host: str, port: int, *, allow_remote: bool = False) -> socket.s
     return sock
 
 
-def uvicorn_config(app, *, access_log: bool = False):
+def timed_protocol(timeout: float) -> type:
+    """uvicorn's HTTP protocol plus the deadlines it lacks.
+
+    uvicorn closes a keep-alive connection that stays idle after a response, but not a new
+    connection that never sends anything, nor one that stops half-way through its headers or
+    body: each would hold a connection (and a half-read body) forever. Here:
+
+    - a connection that sends nothing for `timeout` seconds is closed;
+    - a request's headers must all arrive within `timeout` seconds of their first byte (a
+      client dripping one byte at a time gains nothing);
+    - a body that goes silent for `timeout` seconds is abandoned;
+
+    a half-sent request gets a 408 answer, then the connection is closed.
+    """
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    body = json.dumps({"detail": f"request not received completely within {timeout:g} s"}).encode()
+    answer = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+              b"content-length: %d\r\nconnection: close\r\n\r\n%s") % (len(body), body)  # fmt: skip
+
+    class TimedProtocol(AutoHTTPProtocol):
+        _timer: asyncio.TimerHandle | None = None
+        _headers_started = False
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm(idle=True)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.transport.is_closing():
+                self._cancel()
+                return
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:  # the next request's headers are arriving
+                if not self._headers_started:
+                    self._headers_started = True
+                    self._arm(idle=False)
+                return
+            self._headers_started = False
+            if cycle.more_body and not cycle.response_started:
+                self._arm(idle=False)  # the body is arriving: the clock restarts with each chunk
+            else:
+                self._cancel()  # the request is in: the app takes as long as it takes
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel()
+            super().connection_lost(exc)
+
+        def _arm(self, idle: bool) -> None:
+            self._cancel()
+            self._timer = self.loop.call_later(timeout, self._expire, idle)
+
+        def _cancel(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _expire(self, idle: bool) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            if self.flow.read_paused:  # the app has not read what arrived: the client is not the slow one
+                self._arm(idle)
+                return
+            cycle = self.cycle
+            between_requests = cycle is None or cycle.response_complete
+            if not idle and (between_requests or not cycle.response_started):
+                self.transport.write(answer)
+            self.transport.close()
+
+    return TimedProtocol
+
+
+def uvicorn_config(app, *, access_log: bool = False, timeout: float = DEFAULT_TIMEOUT_S):
     try:
         import uvicorn
     except ImportError:
         raise FmnistError("serving needs uvicorn and fastapi: pip install 'fmnist[serve]'") from None
-    # uvloop/httptools when installed ("auto"): several times less per-request CPU than asyncio/h11.
+    # uvloop/httptools when installed: several times less per-request CPU than asyncio/h11.
+    # No WebSocket routes, so no upgrades: a connection stays with the timed protocol throughout.
     return uvicorn.Config(
-        app, loop="auto", http="auto", log_level="warning", access_log=access_log, lifespan="off",
-        server_header=False, timeout_keep_alive=30, backlog=2048,
+        app, loop="auto", http=timed_protocol(timeout), ws="none", log_level="warning", access_log=access_log,
+        lifespan="off", server_header=False, timeout_keep_alive=timeout, backlog=2048,
     )  # fmt: skip
 
 
-def run_server(app, sock: socket.socket, *, access_log: bool = False) -> None:
+def run_server(app, sock: socket.socket, *, access_log: bool = False, timeout: float = DEFAULT_TIMEOUT_S) -> None:
     """Serve until Ctrl-C / SIGTERM on an already-bound socket."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn_config(app, access_log=access_log))
+    server = uvicorn.Server(uvicorn_config(app, access_log=access_log, timeout=timeout))
     server.run(sockets=[sock])

@@ -1,9 +1,12 @@
-// fmnist web page: send an upload or a drawing to /predict, show what the model saw and said.
+// fmnist web page: send an upload, the example or a drawing to /predict; show what the model saw and said.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// Below this top-1 probability the answer is flagged as a guess and the runner-up is named.
+const UNSURE_BELOW = 0.5;
 let hasGradcam = false;
 let requestSeq = 0; // answers can arrive out of order; only the latest request may paint
+let last = null;    // the latest input {blob, filename, source}, re-sent when Grad-CAM is switched on
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -15,52 +18,87 @@ async function loadModel() {
     const info = await (await fetch("/model")).json();
     hasGradcam = info.gradcam;
     const acc = info.test_accuracy == null ? "" : ` · test accuracy ${(100 * info.test_accuracy).toFixed(2)}%`;
-    $("model-line").textContent = `${info.name} (${info.family}, ${info.params.toLocaleString()} parameters, ${info.backend})${acc}`;
+    const params = info.params == null ? "" : `, ${info.params.toLocaleString()} parameters`;
+    $("model-line").textContent = `${info.name} (${info.family}${params}, ${info.backend})${acc}`;
     $("cam-toggle").hidden = !hasGradcam;
     $("cam-note").hidden = hasGradcam;
+    $("classes").replaceChildren(...info.class_names.map((name) => {
+      const item = document.createElement("li");
+      item.textContent = name;
+      return item;
+    }));
   } catch (err) {
     $("model-line").textContent = "model information unavailable";
   }
 }
 
-async function predict(blob, filename) {
+// Forget the shown answer: a new request, an error or Clear must never leave a stale one on screen.
+function clearAnswer(state) {
+  const result = $("result");
+  result.dataset.state = state;
+  delete result.dataset.confidence;
+  $("answer-for").textContent = "";
+  $("top-class").textContent = "–";
+  delete $("top-class").dataset.label;
+  $("top-prob").textContent = "";
+  $("unsure").hidden = true;
+  $("unsure").textContent = "";
+  $("bars").replaceChildren();
+  const input = $("input28").getContext("2d");
+  input.fillStyle = "#000";
+  input.fillRect(0, 0, 28, 28);
+  $("cam28").getContext("2d").clearRect(0, 0, 28, 28);
+  $("cam28").hidden = true;
+}
+
+async function predict(blob, filename, source) {
   const seq = ++requestSeq;
+  last = { blob, filename, source };
+  clearAnswer("busy");
+  setStatus(`classifying ${source}…`);
   const form = new FormData();
   form.append("file", blob, filename);
-  $("result").dataset.state = "busy";
-  setStatus("classifying…");
-  const query = `top_k=3&include_input=true&gradcam=${hasGradcam}`;
+  const wantCam = hasGradcam && $("show-cam").checked;
+  const query = `top_k=3&include_input=true&gradcam=${wantCam}`;
   let response, body;
   try {
     response = await fetch(`/predict?${query}`, { method: "POST", body: form });
     body = await response.json();
   } catch (err) {
     if (seq !== requestSeq) return;
-    $("result").dataset.state = "error";
-    setStatus(`request failed: ${err}`, true);
+    clearAnswer("error");
+    setStatus(`${source}: request failed (${err})`, true);
     return;
   }
   if (seq !== requestSeq) return;
   if (!response.ok) {
-    $("result").dataset.state = "error";
+    clearAnswer("error");
     const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-    setStatus(`${response.status}: ${detail}`, true);
+    setStatus(`${source}: ${response.status} ${detail}`, true);
     return;
   }
-  show(body);
+  show(body, source);
   $("result").dataset.state = "done";
-  setStatus(`${filename}: ${body.label}`);
+  setStatus("");
 }
 
-function show(result) {
+const percent = (p) => `${(100 * p).toFixed(1)}%`;
+
+function show(result, source) {
+  $("answer-for").textContent = source;
   $("top-class").textContent = result.label;
   $("top-class").dataset.label = result.label;
-  $("top-prob").textContent = `${(100 * result.probability).toFixed(1)}%`;
+  $("top-prob").textContent = percent(result.probability);
+  const unsure = result.probability < UNSURE_BELOW;
+  $("result").dataset.confidence = unsure ? "low" : "high";
+  if (unsure && result.top.length > 1) {
+    const second = result.top[1];
+    $("unsure").textContent = `Not sure: only ${percent(result.probability)}. Runner-up: ${second.label} (${percent(second.probability)}).`;
+    $("unsure").hidden = false;
+  }
   drawInput(result.input);
   drawCam(result.gradcam);
-  const bars = $("bars");
-  bars.replaceChildren();
-  for (const [label, p] of Object.entries(result.probabilities)) {
+  const rows = Object.entries(result.probabilities).map(([label, p]) => {
     const row = document.createElement("div");
     row.className = "bar" + (label === result.label ? " top" : "");
     row.setAttribute("role", "listitem");
@@ -70,15 +108,15 @@ function show(result) {
     track.className = "track";
     const fill = document.createElement("span");
     fill.className = "fill";
-    fill.style.display = "block";
-    fill.style.width = `${(100 * p).toFixed(1)}%`;
+    fill.style.width = percent(p);
     track.append(fill);
     const value = document.createElement("span");
     value.className = "value";
-    value.textContent = `${(100 * p).toFixed(1)}%`;
+    value.textContent = percent(p);
     row.append(name, track, value);
-    bars.append(row);
-  }
+    return row;
+  });
+  $("bars").replaceChildren(...rows);
 }
 
 function drawInput(pixels) {
@@ -94,80 +132,105 @@ function drawInput(pixels) {
   ctx.putImageData(image, 0, 0);
 }
 
-// A perceptual blue-to-yellow-to-red ramp; transparency grows with heat so the garment shows through.
+// A blue-to-yellow-to-red ramp; opacity grows with heat so the garment shows through the cool parts.
 function heatColour(t) {
   const r = Math.round(255 * Math.min(1, Math.max(0, 1.5 * t - 0.2)));
   const g = Math.round(255 * Math.min(1, Math.max(0, 1.5 - Math.abs(2.4 * t - 1.3))));
   const b = Math.round(255 * Math.min(1, Math.max(0, 1 - 2 * t)));
-  return [r, g, b];
+  return [r, g, b, Math.round(200 * t)];
+}
+
+// The legend is painted opaque (a see-through low end would show nothing); the overlay with heatColour's opacity.
+function paintHeat(ctx, width, height, valueAt, opaque = false) {
+  const image = ctx.createImageData(width, height);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = 4 * (width * y + x), [r, g, b, a] = heatColour(valueAt(x, y));
+      image.data[i] = r; image.data[i + 1] = g; image.data[i + 2] = b; image.data[i + 3] = opaque ? 255 : a;
+    }
+  }
+  ctx.putImageData(image, 0, 0);
 }
 
 function drawCam(heat) {
   const canvas = $("cam28");
-  const ctx = canvas.getContext("2d");
-  ctx.clearRect(0, 0, 28, 28);
-  if (!heat) return;
-  const image = ctx.createImageData(28, 28);
-  for (let y = 0; y < 28; y++) {
-    for (let x = 0; x < 28; x++) {
-      const t = heat[y][x], i = 4 * (28 * y + x), [r, g, b] = heatColour(t);
-      image.data[i] = r; image.data[i + 1] = g; image.data[i + 2] = b;
-      image.data[i + 3] = Math.round(200 * t);
-    }
-  }
-  ctx.putImageData(image, 0, 0);
-  canvas.style.display = $("show-cam").checked ? "block" : "none";
+  canvas.getContext("2d").clearRect(0, 0, 28, 28);
+  canvas.hidden = !heat || !$("show-cam").checked;
+  if (heat) paintHeat(canvas.getContext("2d"), 28, 28, (x, y) => heat[y][x]);
+}
+
+function setupCam() {
+  const ramp = $("cam-ramp");
+  paintHeat(ramp.getContext("2d"), ramp.width, ramp.height, (x) => x / (ramp.width - 1), true);
+  $("show-cam").addEventListener("change", () => {
+    const on = $("show-cam").checked;
+    $("cam-legend").hidden = !on;
+    // Maps are computed only when asked for: switching on re-sends the shown input with gradcam=true.
+    if (on && last) predict(last.blob, last.filename, last.source);
+    else $("cam28").hidden = !on;
+  });
 }
 
 function setupUpload() {
   const drop = $("drop");
-  $("file").addEventListener("change", (event) => {
-    const file = event.target.files[0];
-    if (file) predict(file, file.name);
-  });
+  const send = (file) => { if (file) predict(file, file.name, `Photo: ${file.name}`); };
+  $("file").addEventListener("change", (event) => send(event.target.files[0]));
   drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
     drop.classList.remove("over");
-    const file = event.dataTransfer.files[0];
-    if (file) predict(file, file.name);
+    send(event.dataTransfer.files[0]);
   });
-  $("show-cam").addEventListener("change", () => {
-    $("cam28").style.display = $("show-cam").checked ? "block" : "none";
+  $("example").addEventListener("click", async () => {
+    try {
+      const blob = await (await fetch("/example.png")).blob();
+      predict(blob, "example.png", "Example: trousers (drawn by the server)");
+    } catch (err) {
+      setStatus(`example unavailable (${err})`, true);
+    }
   });
 }
 
 function setupDrawing() {
   const canvas = $("draw");
   const ctx = canvas.getContext("2d");
-  let drawing = false, dirty = false, last = null;
-  const clear = () => { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, canvas.width, canvas.height); dirty = false; };
-  clear();
+  let drawing = false, dirty = false, lastPoint = null;
+  const blank = () => { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, canvas.width, canvas.height); dirty = false; };
+  blank();
   const point = (event) => {
     const box = canvas.getBoundingClientRect();
     return [(event.clientX - box.left) * canvas.width / box.width, (event.clientY - box.top) * canvas.height / box.height];
   };
   canvas.addEventListener("pointerdown", (event) => {
-    drawing = true; last = point(event); canvas.setPointerCapture(event.pointerId);
+    drawing = true; lastPoint = point(event); canvas.setPointerCapture(event.pointerId);
   });
   canvas.addEventListener("pointermove", (event) => {
     if (!drawing) return;
     const p = point(event);
     ctx.strokeStyle = "#fff"; ctx.lineWidth = Number($("brush").value); ctx.lineCap = ctx.lineJoin = "round";
-    ctx.beginPath(); ctx.moveTo(...last); ctx.lineTo(...p); ctx.stroke();
-    last = p; dirty = true;
+    ctx.beginPath(); ctx.moveTo(...lastPoint); ctx.lineTo(...p); ctx.stroke();
+    lastPoint = p; dirty = true;
   });
   const finish = () => {
     if (!drawing) return;
     drawing = false;
-    if (dirty) canvas.toBlob((blob) => predict(blob, "drawing.png"), "image/png");
+    if (dirty) canvas.toBlob((blob) => predict(blob, "drawing.png", "Drawing"), "image/png");
   };
   canvas.addEventListener("pointerup", finish);
   canvas.addEventListener("pointercancel", finish);
-  $("clear").addEventListener("click", clear);
+  $("clear").addEventListener("click", () => {
+    requestSeq++; // an answer still on its way belongs to what was cleared
+    last = null;
+    blank();
+    $("file").value = "";
+    clearAnswer("idle");
+    setStatus("");
+  });
 }
 
 setupUpload();
 setupDrawing();
+setupCam();
+clearAnswer("idle");
 loadModel();

@@ -6,14 +6,17 @@ item and scaled so its longer side spans the frame. A product photo is usually t
 undoes each difference in turn: grayscale, invert when the border is lighter than the centre,
 subtract the backdrop, crop to the item, pad to a square, resize to 28x28.
 
-Everything here works on bytes (files, uploads) and numpy arrays; nothing imports torch, so the
-web server can decode uploads without touching the model.
+Everything here works on bytes (files, uploads) and numpy arrays; nothing imports torch. Both
+`fmnist predict` and the web server (`fmnist serve`, which decodes uploads in worker threads)
+use it.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,10 @@ class BlankImageError(ImageError):
     """The image decoded but holds no item: a uniform picture."""
 
 
+class ImageTooLargeError(ImageError):
+    """The image declares more pixels than MAX_IMAGE_PIXELS (a likely decompression bomb)."""
+
+
 def _pil():
     # Pillow is an optional ("serve") dependency; say how to get it rather than fail on import.
     try:
@@ -54,33 +61,69 @@ def _pil():
     return Image, ImageOps
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Bytes of a PNG/JPEG/WebP/... image or a .npy array -> float32 grayscale (H,W) in [0,255]."""
-    if not data:
-        raise ImageError("empty file")
-    if data.startswith(NPY_MAGIC):
-        return _decode_npy(data)
-    Image, ImageOps = _pil()
+class PendingImage:
+    """An image whose header has been read but whose pixels have not been decoded yet.
+
+    Splitting the two lets a caller add up `pixels` over many uploads and refuse the lot
+    before spending any time decoding (see fmnist.serve's per-request pixel budget).
+    """
+
+    def __init__(self, pixels: int, decode: Callable[[], np.ndarray]):
+        self.pixels = pixels  # how many pixels decoding will produce (after JPEG draft scaling)
+        self._decode = decode
+
+    def decode(self) -> np.ndarray:
+        """float32 grayscale (H,W) in [0,255]."""
+        return self._decode()
+
+
+@contextmanager
+def _pillow_errors():
+    """Turn whatever Pillow raises for bad data into one-line ImageErrors."""
+    Image, _ = _pil()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format == "JPEG":
-                # Let libjpeg decode at 1/2..1/8 scale: most of a big photo's decode time saved.
-                image.draft("L", (WORK_SIZE, WORK_SIZE))
-            if "exif" in image.info or image.format in ("JPEG", "MPO", "TIFF", "WEBP"):
-                image = ImageOps.exif_transpose(image)  # phone photos are often stored rotated
-            image.load()
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image is larger than {MAX_IMAGE_PIXELS:,} pixels") from None
+        raise ImageTooLargeError(f"image is larger than {MAX_IMAGE_PIXELS:,} pixels") from None
     except Exception as exc:  # Pillow raises many types for bad data (OSError, SyntaxError, ValueError...)
-        if isinstance(exc, (MemoryError, KeyboardInterrupt)):
+        if isinstance(exc, (MemoryError, KeyboardInterrupt, ImageError)):
             raise
         detail = str(exc).split("\n")[0] or type(exc).__name__
         if "cannot identify image file" in detail:
             raise ImageError("not an image (unrecognised format)") from None
         raise ImageError(f"unreadable image ({detail})") from None
-    return _to_gray(image)
+
+
+def open_image(data: bytes) -> PendingImage:
+    """Read the header of a PNG/JPEG/WebP/... image or a .npy array; ImageError if it is not one."""
+    if not data:
+        raise ImageError("empty file")
+    if data.startswith(NPY_MAGIC):
+        gray = _decode_npy(data)  # no compression: its cost is bounded by its size in bytes
+        return PendingImage(gray.size, lambda: gray)
+    Image, ImageOps = _pil()
+    with _pillow_errors():
+        image = Image.open(io.BytesIO(data))
+        if image.format == "JPEG":
+            # Let libjpeg decode at 1/2..1/8 scale: most of a big photo's decode time saved.
+            image.draft("L", (WORK_SIZE, WORK_SIZE))
+
+    def decode() -> np.ndarray:
+        with _pillow_errors():
+            loaded = image
+            if "exif" in image.info or image.format in ("JPEG", "MPO", "TIFF", "WEBP"):
+                loaded = ImageOps.exif_transpose(image)  # phone photos are often stored rotated
+            loaded.load()
+            return _to_gray(loaded)
+
+    return PendingImage(image.width * image.height, decode)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Bytes of a PNG/JPEG/WebP/... image or a .npy array -> float32 grayscale (H,W) in [0,255]."""
+    return open_image(data).decode()
 
 
 def _decode_npy(data: bytes) -> np.ndarray:

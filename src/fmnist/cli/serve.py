@@ -1,0 +1,46 @@
+"""`fmnist serve`: the HTTP API and web page on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fmnist.cli.app import app, console, err_console
+from fmnist.cli.choices import Precision, value
+from fmnist.cli.inference_options import Backend, BackendOption, PrecisionOption, RunDirArgument
+from fmnist.serve.limits import DEFAULT_MAX_BODY_MB, DEFAULT_TIMEOUT_S
+
+
+@app.command("serve")
+def serve_cmd(
+    run_dir: Path = RunDirArgument,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless --allow-remote)"),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port (0 picks a free one)"),
+    backend: Backend = BackendOption,
+    precision: Precision = PrecisionOption,
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Permit binding a non-loopback address"),
+    threads: int = typer.Option(1, "--threads", min=1, help="Inference threads (1 suits one image per request)"),
+    max_body_mb: float = typer.Option(
+        DEFAULT_MAX_BODY_MB, "--max-body-mb", min=0.001, help="Largest request body accepted (MB)"
+    ),
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT_S, "--timeout", min=0.1,
+        help="Seconds before an idle connection, a request's headers or a silent body time out",
+    ),  # fmt: skip
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request (costs throughput)"),
+) -> None:
+    """Serve the model over HTTP: /predict, /predict/batch, /health, /model, /docs and a web page at /."""
+    from fmnist.serve.server import bind_socket, run_server
+
+    backend, precision = value(backend), value(precision)
+    sock = bind_socket(host, port, allow_remote=allow_remote)  # fails before the model loads
+    from fmnist.serve.app import create_app
+
+    application = create_app(run_dir, backend=backend, threads=threads, precision=precision,
+                             max_body_bytes=int(max_body_mb * 1_000_000), timeout_s=timeout)  # fmt: skip
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    console.print(f"serving {application.state.predictor.meta['model']} ({backend}) on http://{shown}:{bound_port}  "
+                  f"(docs at /docs; Ctrl-C to stop)", soft_wrap=True)  # fmt: skip
+    run_server(application, sock, access_log=access_log, timeout=timeout)

@@ -1,0 +1,343 @@
+"""Ensembles of trained runs: average the members' class probabilities.
+
+An ensemble directory holds
+
+    ensemble.json            the manifest: members (paths relative to the folder), weights,
+                             each member's weights sha256, the ensemble's input normalisation
+    results.json             test metrics like a run's, plus the members, their disagreement
+                             and the errors the ensemble fixes or introduces against its best member
+    predictions.safetensors  labels, the ensemble's test probabilities and each member's top-1
+
+`EnsembleModel` is one nn.Module over normalised input (the ensemble's mean/std, the same
+contract as a single model's ONNX file). Inside, each member gets the input re-normalised to
+its own mean/std and runs with its own test-time augmentation; the module returns the log of
+the weighted mean probability, so softmax gives the mean back and argmax is the ensemble's
+answer. `fmnist.predict.Predictor` and `fmnist.export` take an ensemble directory wherever
+they take a run directory. Grad-CAM has no single network to explain, so ensembles have none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from fmnist import __version__
+from fmnist.checkpoint import checkpoint_folder, load_checkpoint, normalization, tta_settings, with_tta
+from fmnist.errors import CheckpointError, UsageError
+from fmnist.fsutil import read_json
+from fmnist.models.base import Classifier
+
+MANIFEST_FILE = "ensemble.json"
+PREDICTIONS_FILE = "predictions.safetensors"
+FORMAT = "fmnist-ensemble"
+FORMAT_VERSION = 1
+MODEL_NAME = "ensemble"
+# The floor under an averaged probability before its log: keeps log-probabilities finite.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+@dataclass
+class Member:
+    folder: Path
+    model: nn.Module
+    meta: dict[str, Any]
+
+
+class EnsembleModel(nn.Module):
+    """Weighted mean of the members' softmax probabilities; returns its log (N, classes).
+
+    `mean`/`std` are the normalisation of the input this module receives; a member trained with
+    other values gets the input mapped to its own (pixel/255 is recovered exactly, up to rounding).
+    """
+
+    def __init__(self, members: list[Member], weights: list[float], mean: float, std: float):
+        super().__init__()
+        if len(members) != len(weights) or not members:
+            raise ValueError("an ensemble needs one weight per member and at least one member")
+        self.members = nn.ModuleList(with_tta(m.model, m.meta) for m in members)
+        self.weights = [float(w) for w in weights]
+        self.rescale = []  # (scale, offset): member input = input * scale + offset
+        for m in members:
+            member_mean, member_std = normalization(m.meta)
+            self.rescale.append((std / member_std, (mean - member_mean) / member_std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for member, (scale, offset), weight in zip(self.members, self.rescale, self.weights):
+            xm = x if (scale, offset) == (1.0, 0.0) else x * scale + offset
+            if isinstance(member.model, Classifier):
+                xm = member.model.layout(xm)
+            p = torch.softmax(member(xm).float(), dim=1) * weight
+            total = p if total is None else total + p
+        return torch.log(total.clamp_min(_TINY))
+
+
+def average_probabilities(probabilities: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:
+    """(members, N, classes) probabilities -> (N, classes) weighted mean (equal weights by default)."""
+    m = probabilities.shape[0]
+    w = torch.ones(m, dtype=torch.float64) if weights is None else torch.tensor(weights, dtype=torch.float64)
+    return (probabilities.double() * (w / w.sum())[:, None, None]).sum(0).float()
+
+
+# -- members and manifest ----------------------------------------------------------------------------
+
+
+def _load_members(folders: list[Path], device: str | torch.device = "cpu") -> list[Member]:
+    members: list[Member] = []
+    for path in folders:
+        try:
+            folder = checkpoint_folder(path)
+            model, meta = load_checkpoint(folder, device)
+        except CheckpointError as exc:  # its message names the member's folder
+            raise CheckpointError(f"ensemble member {exc}") from None
+        members.append(Member(folder, model, meta))
+    first = members[0].meta["class_names"]
+    for m in members[1:]:
+        if m.meta["class_names"] != first:
+            raise UsageError(f"ensemble members must share class names: {m.folder} differs from {members[0].folder}")
+    seen: dict[str, Path] = {}
+    for m in members:
+        sha = m.meta["weights_sha256"]
+        if sha in seen:
+            raise UsageError(f"{m.folder} has the same weights as {seen[sha]}: an ensemble needs different members")
+        seen[sha] = m.folder
+    return members
+
+
+def _member_weights(members: list[Member], weighted: bool) -> list[float]:
+    """Equal weights, or each member's best validation accuracy, normalised to sum to 1."""
+    if not weighted:
+        return [1.0 / len(members)] * len(members)
+    from fmnist.runs import read_results
+
+    raw = []
+    for m in members:
+        value = read_results(m.folder).get("best_val_accuracy")
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise UsageError(f"{m.folder}: no best validation accuracy to weight by (trained without validation?)")
+        raw.append(float(value))
+    return [v / sum(raw) for v in raw]
+
+
+def _relative(path: Path, start: Path) -> str:
+    try:
+        return os.path.relpath(path.resolve(), start.resolve())
+    except ValueError:  # another drive (Windows): only an absolute path reaches it
+        return str(path.resolve())
+
+
+def _manifest(members: list[Member], weights: list[float], out_dir: Path, weighted: bool) -> dict[str, Any]:
+    mean, std = normalization(members[0].meta)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fmnist_version": __version__,
+        "weighted": weighted,
+        "class_names": list(members[0].meta["class_names"]),
+        "normalization": {"mean": mean, "std": std},
+        "members": [
+            {"path": _relative(m.folder, out_dir), "model": m.meta["model"], "weights_sha256": m.meta["weights_sha256"],
+             "weight": w, "tta": m.meta["tta"]}
+            for m, w in zip(members, weights)
+        ],  # fmt: skip
+    }
+
+
+def is_ensemble_dir(path: Path) -> bool:
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST_FILE
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an fmnist ensemble manifest (missing format marker)")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"{path}: ensemble format version {version!r} is not one this fmnist reads")
+    members = manifest.get("members")
+    norm = manifest.get("normalization")
+    ok = isinstance(members, list) and members and isinstance(norm, dict) and all(
+        isinstance(m, dict) and isinstance(m.get("path"), str) and isinstance(m.get("weights_sha256"), str)
+        and isinstance(m.get("weight"), (int, float)) and m["weight"] > 0 for m in members
+    ) and all(isinstance(norm.get(k), (int, float)) for k in ("mean", "std")) and norm["std"] > 0  # fmt: skip
+    if not ok:
+        raise CheckpointError(f"{path}: members or normalization missing or malformed")
+    return manifest
+
+
+def load_ensemble(path: Path, device: str | torch.device = "cpu") -> tuple[EnsembleModel, dict[str, Any]]:
+    """(EnsembleModel in eval mode, metadata) for an ensemble directory, members checked against the manifest."""
+    folder = Path(path)
+    manifest = _read_manifest(folder)
+    entries = manifest["members"]
+    members = _load_members([folder / e["path"] for e in entries], device)
+    for member, entry in zip(members, entries):
+        if member.meta["weights_sha256"] != entry["weights_sha256"]:
+            raise CheckpointError(f"ensemble member {member.folder} has other weights than when the ensemble was built")
+    if members[0].meta["class_names"] != manifest.get("class_names"):
+        raise CheckpointError(f"{folder / MANIFEST_FILE}: class names differ from the members'")
+    mean, std = normalization(manifest)
+    model = EnsembleModel(members, [e["weight"] for e in entries], mean, std).eval()
+    pairs = list(zip(members, entries))
+    described = [{"model": m.meta["model"], "tta": m.meta["tta"], "weight": e["weight"]} for m, e in pairs]
+    # What identifies the graph: each member's weights, TTA and normalisation, and the weight given it.
+    identity = [[m.meta["weights_sha256"], m.meta["tta"], normalization(m.meta), e["weight"]] for m, e in pairs]
+    from fmnist.runs import RESULTS_FILE
+
+    results_path = folder / RESULTS_FILE
+    results = read_json(results_path) if results_path.is_file() else {}
+    meta = {
+        "model": MODEL_NAME,
+        "model_args": {"members": [m.meta["model"] for m in members]},
+        "family": MODEL_NAME,
+        "class_names": manifest["class_names"],
+        "normalization": {"mean": mean, "std": std},
+        "params": sum(int(m.meta.get("params") or 0) for m in members),
+        "weights_sha256": hashlib.sha256(json.dumps([identity, mean, std]).encode()).hexdigest(),
+        "members": described,
+        "extra": {"test_accuracy": results.get("test_accuracy"), "data": results.get("data")},
+    }
+    return model, meta
+
+
+def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tuple[Path, nn.Module, dict[str, Any]]:
+    """(folder, model, metadata) for a run directory or an ensemble directory."""
+    path = Path(path)
+    if path.is_dir() and is_ensemble_dir(path):
+        model, meta = load_ensemble(path, device)
+        return path, model, meta
+    folder = checkpoint_folder(path)
+    model, meta = load_checkpoint(folder, device)
+    return folder, model, meta
+
+
+def tta_summary(meta: dict[str, Any]) -> str:
+    """A checkpoint's TTA level, or each member's for an ensemble (the graph applies them all)."""
+    if "members" in meta:
+        return "per member: " + ", ".join(f"{m['model']} {m['tta']}" for m in meta["members"])
+    return tta_settings(meta)["tta"]
+
+
+# -- building ----------------------------------------------------------------------------------------
+
+
+def _member_probabilities(members: list[Member], images: np.ndarray, precision: str,
+                          step: Callable[[str], None]) -> torch.Tensor:  # fmt: skip
+    """(members, N, classes): each member on its own normalisation and TTA, as `fmnist evaluate` runs it."""
+    from fmnist.data.normalize import normalize
+    from fmnist.evaluate import predict
+
+    out = []
+    for i, m in enumerate(members, 1):
+        step(f"scoring member {i}/{len(members)}: {m.folder.name}")
+        x = normalize(images, *normalization(m.meta))
+        logits = predict(m.model, x, precision=precision, **tta_settings(m.meta))
+        out.append(torch.softmax(logits.float(), dim=1))
+    return torch.stack(out)
+
+
+def _pairwise_disagreement(predicted: torch.Tensor) -> list[dict[str, Any]]:
+    m = predicted.shape[0]
+    return [
+        {"a": i, "b": j, "fraction": (predicted[i] != predicted[j]).double().mean().item()}
+        for i in range(m)
+        for j in range(i + 1, m)
+    ]
+
+
+def build_ensemble(
+    run_dirs: list[Path],
+    out_dir: Path,
+    *,
+    dataset,
+    weighted: bool = False,
+    precision: str = "auto",
+    device: str = "cpu",
+    overwrite: bool = False,
+    step: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Score the members and their average on `dataset`'s test split; write the ensemble directory.
+
+    Returns what results.json holds. Members must share class names; each is run with its own
+    normalisation and TTA. `weighted` weights each by its best validation accuracy. `step`
+    hears a label before each member is scored (for a progress display).
+    """
+    from fmnist.analysis.calibration import calibration
+    from fmnist.device import resolve_precision
+    from fmnist.evaluate import evaluate_logits
+    from fmnist.fsutil import atomic_write_bytes, atomic_write_json
+    from fmnist.runs import RESULTS_FILE, prepare_run_dir
+
+    if len(run_dirs) < 2:
+        raise UsageError("an ensemble needs at least two run directories")
+    members = _load_members([Path(d) for d in run_dirs], device)
+    out_dir = Path(out_dir)
+    if any(out_dir.resolve() == m.folder.resolve() for m in members):
+        raise UsageError(f"{out_dir}: is a member's run directory; choose another --out")
+    weights = _member_weights(members, weighted)
+    prepare_run_dir(out_dir, overwrite=overwrite)
+
+    precision = resolve_precision(precision, torch.device(device))
+    labels = torch.from_numpy(dataset.test_labels.astype(np.int64))
+    member_probs = _member_probabilities(members, dataset.test_images, precision, step)
+    probs = average_probabilities(member_probs, weights)
+    class_names = tuple(members[0].meta["class_names"])
+    evaluation = evaluate_logits(torch.log(probs.clamp_min(_TINY)), labels, class_names)
+    member_predicted = member_probs.argmax(2)
+    member_accuracy = [(p == labels).double().mean().item() for p in member_predicted]
+    best = int(np.argmax(member_accuracy))
+    ensemble_right, best_right = probs.argmax(1) == labels, member_predicted[best] == labels
+    cal = calibration(probs, labels)
+
+    results = {
+        "model": MODEL_NAME,
+        "model_args": {"members": [m.meta["model"] for m in members], "weighted": weighted},
+        "params": sum(int(m.meta.get("params") or 0) for m in members),
+        "test_accuracy": evaluation.accuracy,
+        "test_loss": evaluation.loss,
+        "ece": cal.ece,
+        "mean_confidence": cal.mean_confidence,
+        "members": [
+            {"run_dir": str(m.folder), "model": m.meta["model"], "tta": m.meta["tta"], "test_accuracy": acc,
+             "weight": w}
+            for m, acc, w in zip(members, member_accuracy, weights)
+        ],
+        "best_member": best,
+        "gain_over_best_member": evaluation.accuracy - member_accuracy[best],
+        "fixed": int((ensemble_right & ~best_right).sum()),  # the best member wrong, the ensemble right
+        "introduced": int((~ensemble_right & best_right).sum()),
+        "pairwise_disagreement": _pairwise_disagreement(member_predicted),
+        "device": device,
+        "precision": precision,
+        "data": dataset.provenance.to_dict(),
+        "num_images": evaluation.num_images,
+        "confusion": evaluation.confusion,
+        "per_class": evaluation.per_class,
+        "most_confused": evaluation.most_confused,
+    }
+    tensors = {"labels": labels, "probabilities": probs.contiguous(), "member_predicted": member_predicted.contiguous()}
+    atomic_write_bytes(out_dir / PREDICTIONS_FILE, save_safetensors_bytes(tensors))
+    atomic_write_json(out_dir / MANIFEST_FILE, _manifest(members, weights, out_dir, weighted))
+    atomic_write_json(out_dir / RESULTS_FILE, results)
+    return results
+
+
+def read_predictions(folder: Path) -> dict[str, np.ndarray]:
+    """An ensemble's saved test predictions: labels (N,), probabilities (N,C), member_predicted (M,N)."""
+    from safetensors.numpy import load_file
+
+    path = Path(folder) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {PREDICTIONS_FILE} (not an ensemble directory)")
+    return load_file(str(path))

@@ -1,0 +1,197 @@
+"""Request bodies -> model inputs: multipart uploads, raw image bytes or JSON pixels.
+
+Everything here is synchronous and CPU-bound, and runs in a DecodePool worker thread (see
+fmnist.serve.batching), never on the event loop: one request's batch of photos must not delay
+another request's /health. Every problem with the input becomes an ApiError (a 4xx and a
+one-line message).
+
+Decoding is bounded by a pixel budget per request (fmnist.serve.limits.PIXEL_BUDGET): every
+image's header is read first and the request is refused before any pixel is decoded when
+the images together hold more.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from fmnist.data.photos import ImageError, ImageTooLargeError, array_to_gray, as_dataset_image, open_image
+from fmnist.serve.limits import MAX_BATCH, PIXEL_BUDGET
+
+# Non-file fields a multipart body may carry besides its images (they are ignored).
+MAX_FORM_FIELDS = 64
+JSON_HINT = '{"pixels": [[...28 numbers...], ...28 rows]}'
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def media_type(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+def parse_images(
+    body: bytes, content_type: str, *, batch: bool, preprocess: bool | None, max_batch: int = MAX_BATCH,
+    pixel_budget: int = PIXEL_BUDGET,
+) -> tuple[list[str], np.ndarray]:  # fmt: skip
+    """Names and uint8 (N,28,28) model inputs from one request body."""
+    kind = media_type(content_type)
+    if kind == "application/json" or kind.endswith("+json"):
+        return _from_json(body, batch, bool(preprocess), max_batch)
+    preprocess = True if preprocess is None else preprocess
+    if kind == "multipart/form-data":
+        files = multipart_files(body, content_type, max_batch)
+        if not batch and len(files) > 1:
+            raise ApiError(422, f"/predict takes one image, got {len(files)}; use /predict/batch")
+        return [name for name, _ in files], decode_all(files, preprocess, pixel_budget)
+    if kind.startswith("image/") or kind in ("application/octet-stream", "application/x-npy", ""):
+        if not body:
+            raise ApiError(
+                415 if kind else 422,
+                "empty request body; send an image (multipart 'file' field or raw bytes) or JSON pixels",
+            )
+        return ["body"], decode_all([("body", body)], preprocess, pixel_budget)
+    raise ApiError(
+        415, f"unsupported Content-Type {kind!r}; send multipart/form-data, an image/* body or application/json"
+    )
+
+
+def decode_all(files: list[tuple[str, bytes]], preprocess: bool, pixel_budget: int) -> np.ndarray:
+    """Decode named image files into uint8 (N,28,28), within `pixel_budget` decoded pixels in all."""
+    pending = []
+    for name, data in files:
+        try:
+            pending.append(open_image(data))
+        except ImageTooLargeError as exc:
+            raise ApiError(413, f"{name}: {exc}") from None
+        except ImageError as exc:
+            raise ApiError(415, f"{name}: {exc}") from None
+    total = sum(p.pixels for p in pending)
+    if total > pixel_budget:
+        what = "the image holds" if len(files) == 1 else f"the {len(files)} images hold"
+        side = math.isqrt(pixel_budget // MAX_BATCH)
+        raise ApiError(
+            413, f"{what} {total:,} pixels; a request may hold at most {pixel_budget:,} "
+            f"(e.g. {MAX_BATCH} images of {side}x{side}): send fewer or smaller images",
+        )  # fmt: skip
+    images = []
+    for (name, _), image in zip(files, pending):
+        try:
+            gray = image.decode()
+        except ImageError as exc:
+            raise ApiError(415, f"{name}: {exc}") from None
+        try:
+            images.append(as_dataset_image(gray, preprocess))
+        except ImageError as exc:  # decodable, but unusable: no item in it, or the wrong size
+            raise ApiError(422, f"{name}: {exc}") from None
+    return np.stack(images)
+
+
+def multipart_files(body: bytes, content_type: str, max_files: int) -> list[tuple[str, bytes]]:
+    """(filename, bytes) of every file part of a multipart/form-data body, in order."""
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(422, "malformed multipart body (no boundary in the Content-Type header)")
+    files: list[tuple[str, bytes]] = []
+    state: dict[str, Any] = {"fields": 0, "ended": False}
+    part: dict[str, Any] = {}
+
+    def begin() -> None:
+        part.clear()
+        part.update(header=b"", value=b"", disposition=b"", data=[])
+
+    def header_end() -> None:
+        if part["header"].strip().lower() == b"content-disposition":
+            part["disposition"] = part["value"]
+        part["header"] = part["value"] = b""
+
+    def headers_finished() -> None:
+        options = parse_options_header(part["disposition"])[1]
+        part["filename"] = options.get(b"filename")
+        if part["filename"] is None:
+            state["fields"] += 1
+            if state["fields"] > MAX_FORM_FIELDS:
+                raise ApiError(422, f"multipart body has more than {MAX_FORM_FIELDS} non-file fields")
+        elif len(files) >= max_files:
+            raise ApiError(413, f"a request may hold at most {max_files} images")
+
+    def part_end() -> None:
+        if part["filename"] is not None:
+            name = part["filename"].decode("utf-8", "replace") or "upload"
+            files.append((name, b"".join(part["data"])))
+
+    def collect(data: bytes, start: int, end: int) -> None:
+        if part.get("filename") is not None:
+            part["data"].append(data[start:end])
+
+    def extend(key: str):
+        def add(data: bytes, start: int, end: int) -> None:
+            part[key] += data[start:end]
+
+        return add
+
+    callbacks = {"on_part_begin": begin, "on_part_data": collect, "on_part_end": part_end,
+                 "on_header_field": extend("header"), "on_header_value": extend("value"),
+                 "on_header_end": header_end, "on_headers_finished": headers_finished,
+                 "on_end": lambda: state.update(ended=True)}  # fmt: skip
+    try:
+        MultipartParser(boundary, callbacks).write(body)
+    except FormParserError as exc:
+        raise ApiError(422, f"malformed multipart body ({str(exc).splitlines()[0] or type(exc).__name__})") from None
+    if not state["ended"]:
+        raise ApiError(422, "malformed multipart body (it ends before the closing boundary)")
+    if not files:
+        raise ApiError(422, "multipart body holds no file part (send the image as a file field, e.g. 'file')")
+    return files
+
+
+def _from_json(body: bytes, batch: bool, preprocess: bool, max_batch: int) -> tuple[list[str], np.ndarray]:
+    if not body:
+        raise ApiError(422, f"empty request body; send JSON like {JSON_HINT}")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(422, f"body is not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    except RecursionError:  # e.g. 100,000 nested brackets
+        raise ApiError(422, "JSON body is nested too deeply") from None
+    if not isinstance(payload, dict) or "pixels" not in payload:
+        raise ApiError(422, 'JSON body must be an object with a "pixels" field')
+    if not batch:
+        return ["pixels"], _pixels(payload["pixels"], "pixels", preprocess)[None]
+    items = payload["pixels"]
+    if not isinstance(items, list) or not items:
+        raise ApiError(422, '"pixels" must be a non-empty list of 28x28 images')
+    if len(items) > max_batch:
+        raise ApiError(413, f"batch of {len(items)} images exceeds the limit of {max_batch}")
+    images = [_pixels(item, f"pixels[{i}]", preprocess) for i, item in enumerate(items)]
+    return [f"pixels[{i}]" for i in range(len(items))], np.stack(images)
+
+
+def _pixels(value: Any, what: str, preprocess: bool) -> np.ndarray:
+    """A JSON 28x28 list of numbers (0-255, or floats in [0,1]) -> uint8 (28,28)."""
+    if not isinstance(value, list):
+        raise ApiError(422, f"{what} must be a 28x28 list of numbers")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        raise ApiError(422, f"{what} must be a 28x28 list of numbers (rows of unequal length)") from None
+    if array.dtype.kind not in "iuf":
+        raise ApiError(422, f"{what} must hold only numbers")
+    if array.shape != (28, 28):
+        raise ApiError(422, f"{what} must be 28x28, got shape {list(array.shape)}")
+    try:
+        return as_dataset_image(array_to_gray(array, what), preprocess)
+    except ImageError as exc:
+        raise ApiError(422, str(exc)) from None

@@ -1,0 +1,31 @@
+"""The server's limits, each defined once: the CLI, the app, the OpenAPI schema, the web page's
+documentation and the tests all import them from here.
+
+They bound the work one request can cause, so that no request (however large, slow or
+malformed) can stop the server answering others:
+
+- the body size bounds what is read and buffered;
+- MAX_BATCH bounds the images per request;
+- PIXEL_BUDGET bounds the decoding work: compressed formats can pack a huge picture into a
+  few kilobytes (a 5 MB body could otherwise hold ~5,000 megapixels of blank PNG);
+- the timeout bounds how long an idle or half-sent request holds a connection.
+"""
+
+from __future__ import annotations
+
+# Images per /predict/batch request.
+MAX_BATCH = 256
+# Request body limit (`fmnist serve --max-body-mb`).
+DEFAULT_MAX_BODY_MB = 5.0
+# Decoded pixels per request, all images together: 256 images of 500x500, a few large PNG
+# photos, or several hundred phone JPEGs (which libjpeg decodes at 1/8 scale, ~0.2 MP each).
+# Decoding this much costs about 2 s of CPU (256 PNGs of 500x500, one AMD EPYC Zen 3 core).
+PIXEL_BUDGET = 64_000_000
+# Seconds a connection may stay idle, or a request's headers take to arrive, or its body
+# stay silent, before it is closed (`fmnist serve --timeout`).
+DEFAULT_TIMEOUT_S = 15.0
+# Worker threads that parse, decode and preprocess request bodies off the event loop, and how
+# many requests may wait for them before the server answers 503 (each waiting request holds
+# its body, so this also bounds memory: about DECODE_QUEUE x the body limit).
+DECODE_WORKERS = 2
+DECODE_QUEUE = 64
