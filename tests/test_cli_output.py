@@ -18,7 +18,7 @@ COMMANDS = ["", "data", "data info", "data samples", "data fetch", "models", "tr
 def test_piped_compare_prints_one_short_line_per_epoch(tiny_data_dir: Path, tmp_path: Path, isolated_env):
     env = {**isolated_env, "COLUMNS": "80", "TERM": "dumb"}
     env.pop("FORCE_COLOR", None)
-    proc = run_cli("compare", "--models", "mlp_seed002,lenet5", "--epochs", "2", "--max-steps", "1000",
+    proc = run_cli("compare", "--models", "mlp_seed002,lenet5", "--epochs", "2", "--val-size", "100",
                    "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "cmp"), "--no-report", env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     output = proc.stdout + proc.stderr

@@ -13,8 +13,8 @@ import torch
 from conftest import run_cli
 from fmnist.checkpoint import load_checkpoint, tta_settings
 from fmnist.data.dataset import load_idx_folder
-from fmnist.errors import FmnistError
 from fmnist.data.normalize import blank_value, normalize
+from fmnist.errors import FmnistError
 from fmnist.evaluate import predict
 from fmnist.export import ExportPlan, onnx_bytes, onnx_for_run, onnx_metadata
 from fmnist.models import create_model

@@ -77,7 +77,7 @@ def test_translate_shifts_within_range_and_fills_background():
     images = torch.zeros(200, 28, 28, dtype=torch.uint8)
     images[:, 13, 13] = 255
     loader = TensorLoader(images, torch.zeros(200, dtype=torch.long), batch_size=200, mean=0.5, std=0.5,
-                          augmentation=Augmentation(translate=2), generator=torch.Generator().manual_seed(2))  # fmt: skip
+                          augmentation=Augmentation(crop_pad=2), generator=torch.Generator().manual_seed(2))  # fmt: skip
     x, *_ = next(iter(loader))
     bright = (x[:, 0] == 1.0).nonzero()
     assert len(bright) == 200  # the dot is never lost at a 2-pixel shift from the centre

@@ -6,6 +6,7 @@ Layers, later ones winning: built-in defaults -> the model's recipe -> a config 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
@@ -21,7 +22,10 @@ from fmnist.tta import TTA_LEVELS
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "onecycle", "cosine")
 # Keys of fmnist 0.1 files, still read: name -> (new name, value converter).
-LEGACY_KEYS = {"tta_flip": ("tta", lambda on: "flip" if on in (True, "true", "1", "on", "yes") else "none")}
+LEGACY_KEYS = {
+    "tta_flip": ("tta", lambda on: "flip" if on in (True, "true", "1", "on", "yes") else "none"),
+    "translate": ("crop_pad", lambda pixels: pixels),  # a shift of up to N pixels is a pad-and-crop
+}
 
 
 @dataclass
@@ -38,8 +42,10 @@ class TrainConfig:
     warmup_fraction: float = 0.25  # onecycle only: share of steps spent raising the LR
     label_smoothing: float = 0.0
     flip: bool = False
-    translate: int = 0
+    crop_pad: int = 0  # pad by N background pixels and crop back: a random shift of up to N pixels
     erase: float = 0.0
+    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0  # alpha of cutmix's Beta(alpha, alpha); 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     tta: str = "none"  # test-time augmentation at evaluation: none, flip, flip-shift (fmnist.tta)
     normalize: bool = True
@@ -54,6 +60,7 @@ class TrainConfig:
     max_steps: int = 0  # smoke mode: stop after this many optimizer steps; 0 = no limit
     eval_batch_size: int = 1024
     data_dir: str = ""
+    tensorboard: bool = False  # TensorBoard scalars per epoch in RUN_DIR/tensorboard (fmnist.tensorboard)
 
     def validate(self) -> TrainConfig:
         from fmnist.models.registry import check_model_args
@@ -64,9 +71,12 @@ class TrainConfig:
         _non_negative_int(self.max_steps, "max_steps")
         _non_negative_int(self.val_size, "val_size")
         _non_negative_int(self.early_stopping, "early_stopping")
-        _non_negative_int(self.translate, "translate")
-        if self.translate > 8:
-            raise UsageError("translate must be at most 8 pixels")
+        _non_negative_int(self.crop_pad, "crop_pad")
+        if self.crop_pad > 8:
+            raise UsageError("crop_pad must be at most 8 pixels")
+        for name in ("mixup", "cutmix"):
+            if not 0 <= getattr(self, name) <= 10:
+                raise UsageError(f"{name} must be an alpha in [0, 10] (0 = off), not {getattr(self, name)}")
         _choice(self.optimizer, OPTIMIZERS, "optimizer")
         _choice(self.scheduler, SCHEDULERS, "scheduler")
         _choice(self.device, DEVICES, "device")
@@ -90,6 +100,8 @@ class TrainConfig:
             raise UsageError(f"std must be positive, not {self.std}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"seed must be a non-negative integer, not {self.seed}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("tensorboard = true needs the tensorboard package: pip install tensorboard")
         self.model_args = check_model_args(self.model, self.model_args)
         if self.model_args.get("num_classes", NUM_CLASSES) != NUM_CLASSES:
             raise UsageError(f"num_classes must be {NUM_CLASSES} to train on Fashion-MNIST, not {self.model_args['num_classes']}")

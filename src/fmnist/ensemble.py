@@ -273,7 +273,7 @@ def build_ensemble(
     normalisation and TTA. `weighted` weights each by its best validation accuracy. `step`
     hears a label before each member is scored (for a progress display).
     """
-    from fmnist.analysis.calibration import calibration
+    from fmnist.analysis.calibration import DEFAULT_BINS, calibration
     from fmnist.device import resolve_precision
     from fmnist.evaluate import evaluate_logits
     from fmnist.fsutil import atomic_write_bytes, atomic_write_json
@@ -298,7 +298,7 @@ def build_ensemble(
     member_accuracy = [(p == labels).double().mean().item() for p in member_predicted]
     best = int(np.argmax(member_accuracy))
     ensemble_right, best_right = probs.argmax(1) == labels, member_predicted[best] == labels
-    cal = calibration(probs, labels)
+    cal = calibration(probs, labels, DEFAULT_BINS)
 
     results = {
         "model": MODEL_NAME,

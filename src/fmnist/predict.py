@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fmnist.checkpoint import normalization, tta_settings
+from fmnist.constants import IMAGE_SIZE
 from fmnist.data.normalize import normalize
 from fmnist.device import resolve_precision
 from fmnist.errors import UsageError
@@ -74,7 +75,7 @@ class Predictor:
     def logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """uint8 (N,28,28) -> float32 logits (N, classes); an ensemble's are log mean probabilities."""
         images = np.asarray(images)
-        if images.ndim != 3 or images.shape[1:] != (28, 28):
+        if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"expected images of shape (N,28,28), got {list(images.shape)}")
         if len(images) == 0:
             return np.empty((0, len(self.class_names)), dtype=np.float32)

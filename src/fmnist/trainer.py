@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.loader import Augmentation, TensorLoader
-from fmnist.data.splits import stratified_split
 from fmnist.data.normalize import blank_value, normalize
+from fmnist.data.splits import stratified_split
 from fmnist.device import autocast_context, cpu_isa, enable_determinism, resolve_device, resolve_precision
 from fmnist.errors import FmnistError, UsageError
 from fmnist.evaluate import evaluate_logits, predict
@@ -157,7 +157,8 @@ class Trainer:
         for x, y, targets in self.loader.batches(self.epoch_order, self.batch_in_epoch):
             with autocast_context(device, self.precision):
                 logits = self.model(x)
-                loss = soft_cross_entropy(logits.float(), targets, config.label_smoothing)
+                # Class indices or, after mixup/cutmix, soft (N,10) targets: cross_entropy takes both.
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -260,15 +261,6 @@ class Trainer:
         if self.state_dir is not None:
             clear_state(self.state_dir)  # the finished run no longer needs it
         return result
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Cross-entropy against class indices (N,) or soft targets (N,C), e.g. from mixup or cutmix."""
-    if targets.dim() == 1:
-        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    if label_smoothing:
-        targets = targets * (1 - label_smoothing) + label_smoothing / targets.shape[1]
-    return torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
 
 
 def fit(config: TrainConfig, dataset: FashionMNIST | None = None, callbacks: Sequence[TrainCallback] = (), *,

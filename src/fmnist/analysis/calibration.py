@@ -8,6 +8,9 @@ import torch
 
 from fmnist import metrics
 
+# Equal-width confidence bins of the ECE and the reliability diagram, wherever they are computed.
+DEFAULT_BINS = 15
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -22,7 +25,7 @@ class Calibration:
         return self.mean_confidence - self.accuracy
 
 
-def calibration(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> Calibration:
+def calibration(probabilities: torch.Tensor, labels: torch.Tensor, bins: int) -> Calibration:
     confidence, predicted = probabilities.max(1)
     return Calibration(
         ece=metrics.expected_calibration_error(probabilities, labels, bins),

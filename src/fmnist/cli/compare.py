@@ -10,6 +10,7 @@ from rich.table import Table
 from fmnist.cli.app import app, console
 from fmnist.cli.choices import Device, value
 from fmnist.cli.data import DataDirOption, notify
+from fmnist.cli.sweep import RayOption, TensorBoardOption, ray_address
 
 
 @app.command("compare")
@@ -26,17 +27,22 @@ def compare_cmd(
                                       help="Override every run's epochs [default: each recipe's]"),  # fmt: skip
     max_steps: int | None = typer.Option(None, "--max-steps", show_default=False,
                                          help="Smoke mode: stop each run after N steps"),  # fmt: skip
+    val_size: int | None = typer.Option(None, "--val-size", show_default=False,
+                                        help="Validation images held out of training [default: 5000]"),  # fmt: skip
     device: Device | None = typer.Option(None, "--device", show_default=False, help="Where to train [default: auto]"),
     seed: int | None = typer.Option(None, "--seed", show_default=False, help="First seed [default: 0]"),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
+    tensorboard: bool | None = TensorBoardOption,
+    ray: str | None = RayOption,
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Train and compare models (default: MLP baseline vs fmnist's CNN), with a report."""
     from fmnist import api
 
     comparison = api.compare(models.split(",") if models else None, config_file=config, seeds=seeds, out=out,
-                             progress=console, report=False, data_dir=data_dir, notify=notify,
-                             epochs=epochs, max_steps=max_steps, device=value(device), seed=seed)  # fmt: skip
+                             progress=console, report=False, data_dir=data_dir, notify=notify, ray=ray_address(ray),
+                             epochs=epochs, max_steps=max_steps, val_size=val_size, device=value(device), seed=seed,
+                             tensorboard=tensorboard)  # fmt: skip
     print_comparison(comparison, comparison.summary["title"])
     if not no_report:
         console.print(f"report: {comparison.report(data_dir=data_dir)}", markup=False, highlight=False)

@@ -12,6 +12,7 @@ import typer
 from fmnist.cli.app import app, console, err_console
 from fmnist.cli.choices import Device, Optimizer, Precision, Scheduler, Tta, value
 from fmnist.cli.data import DataDirOption
+from fmnist.cli.sweep import RayOption, ray_address
 from fmnist.config import TrainConfig
 from fmnist.errors import UsageError
 from fmnist.models.cnn import FASTCNN_RECIPE
@@ -61,8 +62,12 @@ def train_cmd(
     scheduler: Scheduler | None = _opt("--scheduler", "scheduler", "Learning-rate schedule."),
     label_smoothing: float | None = _opt("--label-smoothing", "label_smoothing", "Target smoothing."),
     flip: bool | None = _opt("--flip/--no-flip", "flip", "Random horizontal flips."),
-    translate: int | None = _opt("--translate", "translate", "Random shift of up to N pixels."),
+    crop_pad: int | None = typer.Option(None, "--crop-pad", "--translate", show_default=False,
+                                        help="Pad by N pixels and crop back: a random shift of up to N pixels. "
+                                        + recipe_default("crop_pad")),  # fmt: skip
     erase: float | None = _opt("--erase", "erase", "Random-erasing probability."),
+    mixup: float | None = _opt("--mixup", "mixup", "Mixup alpha (0 = off)."),
+    cutmix: float | None = _opt("--cutmix", "cutmix", "CutMix alpha (0 = off)."),
     ema: float | None = _opt("--ema", "ema", "Weight EMA decay, e.g. 0.999 (0 = off)."),
     tta: Tta | None = _opt("--tta", "tta", "Test-time augmentation."),
     normalize: bool | None = _opt("--normalize/--no-normalize", "normalize", "Standardise inputs."),
@@ -73,6 +78,7 @@ def train_cmd(
     precision: Precision | None = _opt("--precision", "precision", "auto: bf16 where the CPU has it natively."),
     deterministic: bool | None = _opt("--deterministic", "deterministic", "Deterministic GPU kernels (slower)."),
     max_steps: int | None = _opt("--max-steps", "max_steps", "Smoke mode: stop after N steps (0 = off)."),
+    tensorboard: bool | None = _opt("--tensorboard", "tensorboard", "TensorBoard scalars in RUN_DIR/tensorboard."),
     model_arg: list[str] | None = typer.Option(None, "--model-arg", metavar="KEY=VALUE", show_default=False,
                                                help="Model argument, repeatable (see `fmnist models`)"),  # fmt: skip
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out"),
@@ -80,10 +86,14 @@ def train_cmd(
                                        help="Continue an interrupted run in RUN_DIR"),  # fmt: skip
     seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat with N seeds (seed, seed+1, ...): mean ± std"),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
+    ray: str | None = RayOption,
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Train one model into a run directory (config, metrics, checkpoint, results)."""
     from fmnist import api
+
+    if ray and seeds == 1:
+        raise UsageError("--ray runs the seeds of `--seeds N` (N > 1) as Ray tasks; a single run trains here")
 
     if resume is not None:
         if any(v is not None for v in (model, out, config)):
@@ -94,9 +104,10 @@ def train_cmd(
     options = {
         "epochs": epochs, "batch_size": batch_size, "optimizer": value(optimizer), "lr": lr,
         "weight_decay": weight_decay, "scheduler": value(scheduler), "label_smoothing": label_smoothing,
-        "flip": flip, "translate": translate, "erase": erase, "ema": ema, "tta": value(tta), "normalize": normalize,
+        "flip": flip, "crop_pad": crop_pad, "erase": erase, "mixup": mixup, "cutmix": cutmix, "ema": ema, "tta": value(tta), "normalize": normalize,
         "val_size": val_size, "early_stopping": early_stopping, "seed": seed, "device": value(device),
         "precision": value(precision), "deterministic": deterministic, "max_steps": max_steps,
+        "tensorboard": tensorboard,
     }  # fmt: skip
     extra_args = parse_model_args(model_arg)
     if extra_args:
@@ -108,7 +119,8 @@ def train_cmd(
 
         plan = ComparePlan([RunSpec(cfg.model, cfg.to_dict())], seeds=seeds, title=f"{cfg.model} over {seeds} seeds")
         comparison = api.run_plan(plan, out or api.RUNS_ROOT / f"{cfg.model}-seeds-{api._timestamp()}",
-                                  progress=console, report=not no_report, data_dir=data_dir)  # fmt: skip
+                                  progress=console, report=not no_report, data_dir=data_dir,
+                                  ray=ray_address(ray))  # fmt: skip
         from fmnist.cli.compare import print_comparison
 
         print_comparison(comparison, plan.title)

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from fmnist.constants import NUM_CLASSES, NUM_PIXELS
+from fmnist.constants import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 from fmnist.errors import DataError
 
 _FIELDS = NUM_PIXELS + 1
@@ -40,4 +40,4 @@ def read_kaggle_csv(data: bytes, name: str = "<csv>") -> tuple[np.ndarray, np.nd
         raise DataError(f"{name}: label outside 0-{NUM_CLASSES - 1}")
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"{name}: pixel value outside 0-255")
-    return pixels.astype(np.uint8).reshape(-1, 28, 28), labels.astype(np.uint8)
+    return pixels.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE), labels.astype(np.uint8)

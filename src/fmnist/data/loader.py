@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fmnist.constants import IMAGE_SIZE, NUM_CLASSES
+from fmnist.constants import IMAGE_SIZE
+from fmnist.data.augment import cutmix, mixup, random_crop
 from fmnist.data.normalize import blank_value, normalize
 
 
@@ -28,16 +29,22 @@ class Batch(NamedTuple):
 @dataclass(frozen=True)
 class Augmentation:
     flip: bool = False  # horizontal flip with p = 0.5 (garments are left-right symmetric)
-    translate: int = 0  # random shift of up to this many pixels in x and y, zero (background) fill
+    crop_pad: int = 0  # pad by N background pixels, crop back to 28x28: a shift of up to N pixels
     erase: float = 0.0  # probability of random erasing (one rectangle of 2-20% of the image)
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of cutmix; 0 = off (with mixup too, each batch picks one)
 
     @property
     def active(self) -> bool:
-        return self.flip or self.translate > 0 or self.erase > 0
+        return self.flip or self.crop_pad > 0 or self.erase > 0 or self.mixes
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
 
     @classmethod
     def from_config(cls, config) -> Augmentation:
-        return cls(config.flip, config.translate, config.erase)
+        return cls(config.flip, config.crop_pad, config.erase, config.mixup, config.cutmix)
 
 
 class TensorLoader:
@@ -102,14 +109,13 @@ class TensorLoader:
             targets: torch.Tensor = y
             if self.augmentation.active:
                 x = self.augment(x)
-            yield Batch(x, y, targets)
+            if self.augmentation.mixes:
+                x, targets = self.mix(x, y)
+            yield Batch(self.layout(x), y, targets)
 
     # -- batched augmentation -------------------------------------------------------------
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator).to(self.device)
-
-    def _randint(self, high: int, n: int) -> torch.Tensor:
-        return torch.randint(0, high, (n,), generator=self.generator).to(self.device)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         aug = self.augmentation
@@ -117,23 +123,19 @@ class TensorLoader:
         if aug.flip:
             flip = self._rand(n) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        if aug.translate > 0:
-            x = self._translate(x, aug.translate)
+        if aug.crop_pad > 0:
+            x = random_crop(x, aug.crop_pad, self.generator, fill=self.background)
         if aug.erase > 0:
             x = self._erase(x, aug.erase)
-        return self.layout(x)
+        return x
 
-    def _translate(self, x: torch.Tensor, pad: int) -> torch.Tensor:
-        # Pad once, then gather a shifted 28x28 window per image with advanced indexing.
-        n = x.shape[0]
-        padded = F.pad(x, (pad, pad, pad, pad), value=self.background)  # (n,1,28+2p,28+2p)
-        dy = self._randint(2 * pad + 1, n)
-        dx = self._randint(2 * pad + 1, n)
-        ar = torch.arange(IMAGE_SIZE, device=x.device)
-        rows = (dy[:, None] + ar)[:, :, None]  # (n,28,1)
-        cols = (dx[:, None] + ar)[:, None, :]  # (n,1,28)
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        return padded[batch, 0, rows, cols].unsqueeze(1)
+    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup or cutmix (a coin picks one per batch when both are on): images and soft targets."""
+        aug = self.augmentation
+        use_cutmix = aug.cutmix > 0 and (aug.mixup == 0 or bool(torch.rand((), generator=self.generator) < 0.5))
+        mixed = (cutmix(x, y, aug.cutmix, self.generator) if use_cutmix
+                 else mixup(x, y, aug.mixup, self.generator))  # fmt: skip
+        return mixed.images, mixed.targets
 
     def _erase(self, x: torch.Tensor, probability: float) -> torch.Tensor:
         # One rectangle per chosen image, area 2-20% of the image, aspect ratio 0.3-3.3.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.constants import IDX_FILES, NUM_CLASSES, NUM_PIXELS
+from fmnist.constants import IDX_FILES, IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 from fmnist.data.idx import encode_idx
 from fmnist.errors import DataError
 from fmnist.fsutil import atomic_write_bytes
@@ -41,7 +41,7 @@ def convert_class_json(class_rows: dict[int, list]) -> dict[str, np.ndarray]:
         pixels = np.asarray(rows, dtype=np.int64)
         if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
             raise DataError(f"{NPM_PACKAGE}: class {cls} has pixel values outside 0-255")
-        pixels = pixels.astype(np.uint8).reshape(-1, 28, 28)
+        pixels = pixels.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
         for split, chunk in (("test", pixels[:TEST_ROWS_PER_CLASS]), ("train", pixels[TEST_ROWS_PER_CLASS:])):
             parts[split].append(chunk)
             labels[split].append(np.full(len(chunk), cls, dtype=np.uint8))

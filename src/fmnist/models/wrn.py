@@ -10,6 +10,7 @@ from torch import nn
 from fmnist.constants import NUM_CLASSES
 from fmnist.models.base import Classifier
 from fmnist.models.registry import register_model
+from fmnist.models.resnet import he_init
 
 
 class WideBlock(nn.Module):
@@ -27,7 +28,9 @@ class WideBlock(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.projection = None if stride == 1 and c_in == c_out else nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+        self.projection = (
+            None if stride == 1 and c_in == c_out else nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu(self.bn1(x))
@@ -65,7 +68,7 @@ def wide_resnet(depth: int, widen_factor: int, dropout: float, num_classes: int)
         ("pool", nn.AdaptiveAvgPool2d(1)),
         ("flatten", nn.Flatten()),  # (N,64k)
     ]))  # fmt: skip
-    return Classifier(features, nn.Linear(widths[2], num_classes), widths[2], channels_last=True)
+    return Classifier(he_init(features), nn.Linear(widths[2], num_classes), widths[2], channels_last=True)
 
 
 @register_model(family="resnet")

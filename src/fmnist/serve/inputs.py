@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fmnist.constants import IMAGE_SIZE
 from fmnist.data.photos import ImageError, ImageTooLargeError, array_to_gray, as_dataset_image, open_image
 from fmnist.serve.limits import MAX_BATCH, PIXEL_BUDGET
 
@@ -189,7 +190,7 @@ def _pixels(value: Any, what: str, preprocess: bool) -> np.ndarray:
         raise ApiError(422, f"{what} must be a 28x28 list of numbers (rows of unequal length)") from None
     if array.dtype.kind not in "iuf":
         raise ApiError(422, f"{what} must hold only numbers")
-    if array.shape != (28, 28):
+    if array.shape != (IMAGE_SIZE, IMAGE_SIZE):
         raise ApiError(422, f"{what} must be 28x28, got shape {list(array.shape)}")
     try:
         return as_dataset_image(array_to_gray(array, what), preprocess)

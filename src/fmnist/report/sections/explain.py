@@ -4,68 +4,74 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
-from fmnist.analysis.embeddings import class_separation, embed_2d, resolve_method, stratified_subsample
-from fmnist.analysis.gradcam import grad_cam, heat_on_object
+from fmnist.analysis.embeddings import METHOD_NAMES, resolve_method
+from fmnist.analysis.gradcam import flat_maps, grad_cam, heat_on_object
 from fmnist.analysis.mistakes import one_per_class
-from fmnist.analysis.predictions import extract_features
-from fmnist.constants import CLASS_NAMES
+from fmnist.constants import CLASS_NAMES, IMAGE_SIZE
 from fmnist.report.context import ReportContext, Run
 from fmnist.report.document import Heading, Image, Note, Section
 from fmnist.report.figures_images import embedding_scatter, gradcam_grid
-from fmnist.report.text import count, pct
-
-METHOD_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
+from fmnist.report.text import count, pct, plural
 
 
-def _gradcam(ctx: ReportContext, run: Run, preds) -> tuple[list, str]:
+def _gradcam(ctx: ReportContext, run: Run, preds) -> tuple[list, str, str]:
+    """(blocks, takeaway sentence, note on flat maps or "")."""
     probs, labels = preds.probabilities, preds.labels
     predicted = probs.argmax(1)
     right = one_per_class(probs, labels, correct=True)
     wrong = one_per_class(probs, labels, correct=False)
     order = [i for pair in zip(right, wrong) for i in pair]
     chosen = [i for i in order if i is not None]
-    heat = grad_cam(preds.model, preds.x[chosen], predicted[chosen]).numpy() if chosen else np.zeros((0, 28, 28))
-    images, heatmaps, rows = [], [], []
+    heat = (
+        grad_cam(preds.model, preds.x[chosen], predicted[chosen]) if chosen else torch.zeros(0, IMAGE_SIZE, IMAGE_SIZE)
+    )
+    flat = flat_maps(heat)
+    images, heatmaps, rows, flags = [], [], [], []
     k = 0
     for slot, index in enumerate(order):
         c, kind = slot // 2, ("correct" if slot % 2 == 0 else "wrong")
         if index is None:
             images.append(None)
             heatmaps.append(None)
+            flags.append(False)
             rows.append((CLASS_NAMES[c], "", kind))
             continue
         images.append(preds.images[index])
-        heatmaps.append(heat[k])
+        heatmaps.append(heat[k].numpy())
+        flags.append(bool(flat[k]))
         k += 1
-        caption = f"{kind}: {CLASS_NAMES[int(predicted[index])]}"
-        rows.append((CLASS_NAMES[c], caption, kind))
-    png = gradcam_grid(images, heatmaps, rows, ctx.figure("gradcam", run.name))
-    on_object = (
-        heat_on_object(torch.from_numpy(heat), torch.from_numpy(preds.images[chosen])) if chosen else float("nan")
-    )
+        rows.append((CLASS_NAMES[c], f"{kind}: {CLASS_NAMES[int(predicted[index])]}", kind))
+    png = gradcam_grid(images, heatmaps, rows, flags, ctx.figure("gradcam", run))
+    usable = [i for i, f in zip(chosen, flat.tolist()) if not f]
+    on_object = heat_on_object(heat[~flat], torch.from_numpy(preds.images[usable])) if usable else float("nan")
     blocks = [Heading(f"{run.name}: Grad-CAM"), Image(png, f"Grad-CAM heatmaps of {run.name}",
               "Per class: its most confident correct prediction and its most confident mistake (if any), each "
               "with the heatmap of the predicted class (red: the evidence the network used most).")]  # fmt: skip
-    sentence = (f"For {run.name}, {pct(on_object, 0)} of the Grad-CAM heat lies on the garment itself (pixels "
-                f"brighter than the background) across these {len(chosen)} images.")  # fmt: skip
-    return blocks, sentence
+    sentence = ""
+    if usable:
+        sentence = (f"For {run.name}, {pct(on_object, 0)} of the Grad-CAM heat lies on the garment itself (pixels "
+                    f"brighter than the background) across {plural(len(usable), 'image')}.")  # fmt: skip
+    note = ""
+    if flat.any():
+        layer = getattr(preds.model, "cam_layer_name", None)
+        where = f" at layer `{layer}`" if layer else ""
+        note = (f"{run.name}: {int(flat.sum())} of {len(chosen)} Grad-CAM maps are flat{where} (no positive "
+                f"evidence, or the same value everywhere), so they show no region; they are marked 'flat map' "
+                f"and left out of the share of heat on the garment")  # fmt: skip
+    return blocks, sentence, note
 
 
-def _embedding(ctx: ReportContext, run: Run, preds, method: str) -> tuple[list, str]:
-    labels = preds.labels.numpy()
-    chosen = stratified_subsample(labels, ctx.options.embedding_points, ctx.options.seed)
-    features = extract_features(preds.model, preds.x[chosen])
-    started = time.perf_counter()
-    coords, used = embed_2d(features, method, ctx.options.seed)
-    ctx.timings[f"{used} {run.name}"] = time.perf_counter() - started
-    name = METHOD_NAMES[used]
-    png = embedding_scatter(coords, labels[chosen], ctx.figure("embedding", run.name),
-                            f"{run.name}: {name} of forward_features ({count(len(chosen))} test images)")  # fmt: skip
-    separation = class_separation(coords, labels[chosen])
+def _embedding(ctx: ReportContext, run: Run) -> tuple[list, str]:
+    made = ctx.embedding_map(run)
+    if made is None:
+        return [], ""
+    name = METHOD_NAMES[made.method]
+    png = embedding_scatter(made.coords, made.labels, ctx.figure("embedding", run),
+                            f"{run.name}: {name} map of the embedding ({count(len(made.labels))} test images)")  # fmt: skip
     blocks = [Heading(f"{run.name}: embedding"), Image(png, f"{name} map of {run.name}'s embedding")]
+    separation = made.separation
     if not separation:
         return blocks, ""
     best = max(separation, key=separation.get)
@@ -89,14 +95,17 @@ def explanations_section(ctx: ReportContext) -> Section:
         if ctx.options.gradcam:
             if getattr(preds.model, "cam_layer", None) is not None:
                 started = time.perf_counter()
-                blocks, sentence = _gradcam(ctx, run, preds)
-                ctx.timings[f"grad-cam {run.name}"] = time.perf_counter() - started
+                blocks, sentence, flat_note = _gradcam(ctx, run, preds)
+                ctx.timings[f"Grad-CAM of {run.name}"] = time.perf_counter() - started
                 section.blocks += blocks
-                sentences[run.name] = (sentences.get(run.name, "") + " " + sentence).strip()
+                if sentence:
+                    sentences[run.name] = (sentences.get(run.name, "") + " " + sentence).strip()
+                if flat_note:
+                    notes.append(flat_note)
             else:
                 notes.append(f"{run.name}: no Grad-CAM, it has no convolutional layer ({run.family})")
         if method != "none":
-            blocks, sentence = _embedding(ctx, run, preds, method)
+            blocks, sentence = _embedding(ctx, run)
             section.blocks += blocks
             if sentence:
                 sentences[run.name] = (sentences.get(run.name, "") + " " + sentence).strip()
@@ -109,7 +118,7 @@ def explanations_section(ctx: ReportContext) -> Section:
                                    f"the silhouette (−1 to 1) measures how well each class's points stay together "
                                    f"and apart from the others in the map."))  # fmt: skip
     if method == "none":
-        notes.append("embedding maps turned off (embedding='none')")
+        notes.append("embedding maps turned off")
     if not ctx.options.gradcam:
         notes.append("Grad-CAM turned off")
     if notes:
