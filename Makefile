@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := $(VENV)/bin/fmnist
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= test,serve
+EXTRAS ?= test,serve,ray
 PYTEST_ARGS ?=
 
 # Use the dataset folder beside the checkout when there is one (development machines and CI);

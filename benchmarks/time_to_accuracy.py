@@ -11,6 +11,7 @@ Also prints training images/s for `cnn_seed004` under both data paths (same mode
 `--quick` measures only throughput (about 2 minutes).
 
     python benchmarks/time_to_accuracy.py [--quick] [--data-dir DIR] [--seeds 3]
+    python benchmarks/time_to_accuracy.py --isa-sweep   # both recipes under each emulable ISA level
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from fmnist.data.loader import TensorLoader
 from fmnist.data.sources import resolve_dataset
 from fmnist.device import autocast_context, resolve_precision
 from fmnist.models import create_model
-from fmnist.train import fit
+from fmnist.trainer import fit
 
 TARGET = 0.93
 
@@ -135,12 +136,12 @@ def throughput(data, batches: int = 60) -> dict:
         if label.endswith("(auto)") and prec == "fp32":
             continue
         torch.manual_seed(0)
-        model = create_model("cnn_seed004").to(memory_format=torch.channels_last)
+        model = create_model("cnn_seed004").place("cpu")
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         fast = TensorLoader(torch.from_numpy(data.train_images), torch.from_numpy(data.train_labels), batch_size=128,
-                            mean=0.5, std=0.5, shuffle=True, channels_last=True)  # fmt: skip
+                            mean=0.5, std=0.5, shuffle=True, layout=model.layout)  # fmt: skip
         seen, t0 = 0, None
-        for i, (x, y) in enumerate(fast):
+        for i, (x, y, _) in enumerate(fast):
             if i == 5:
                 t0, seen = time.perf_counter(), 0
             if i == 5 + batches:
@@ -155,23 +156,85 @@ def throughput(data, batches: int = 60) -> dict:
     return results
 
 
+# Instruction-set levels a faster CPU can be capped down to, each in a child process:
+# name -> (what it stands for, the caps, the hardware level it needs).
+ISA_LEVELS = {
+    "avx2": ("laptop: AVX2", {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                              "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, "avx2"),
+    "avx512": ("AVX-512, no BF16", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512",
+                                    "MKL_ENABLE_INSTRUCTIONS": "AVX512"}, "avx512"),
+    "avx512_bf16": ("AVX-512 + BF16 (Zen 4)", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16",
+                                               "ATEN_CPU_CAPABILITY": "avx512",
+                                               "MKL_ENABLE_INSTRUCTIONS": "AVX512"}, "avx512_bf16"),
+    "native": ("this CPU, uncapped", {}, "baseline"),
+}  # fmt: skip
+
+
+def isa_sweep(args) -> int:
+    """Both recipes under each ISA level this CPU can emulate, side by side; one table."""
+    import subprocess
+    import tempfile
+
+    from fmnist.device import ISA_LEVELS as ORDER
+    from fmnist.device import cpu_model, hardware_isa
+
+    have = hardware_isa()
+    rows = []
+    for name, (label, caps, needs) in ISA_LEVELS.items():
+        if ORDER.index(needs) > ORDER.index(have):
+            rows.append((name, label, None, f"needs {needs}; this CPU is {have}"))
+            continue
+        if name == "native" and any(ISA_LEVELS[n][2] == have for n in ISA_LEVELS if n != "native"):
+            rows.append((name, label, None, f"same as the {have} row"))
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "level.json"
+            cmd = [sys.executable, __file__, "--seeds", str(args.seeds), "--seed-max-epochs", str(args.seed_max_epochs),
+                   "--json", str(out), "--no-throughput"] + (["--data-dir", args.data_dir] if args.data_dir else [])  # fmt: skip
+            print(f"\n== {name}: {label} ({' '.join(f'{k}={v}' for k, v in caps.items()) or 'no caps'})", flush=True)
+            subprocess.run(cmd, env={**os.environ, **caps}, check=True)
+            rows.append((name, label, json.loads(out.read_text()), ""))
+    print(f"\nISA sweep on {cpu_model()} (hardware level {have}), torch {torch.__version__}:")
+    print(f"{'level':<12}{'stands for':<24}{'seed to 93%':>12}{'fmnist':>9}{'ratio':>7}{'fmnist acc':>12}  prec")
+    for name, label, r, note in rows:
+        if r is None:
+            print(f"{name:<12}{label:<24}  not run: {note}")
+            continue
+        sd, fm = r["seed"], r["fmnist"]
+        seed_s = f"{sd['seconds']:.0f}s" + ("" if sd["reached"] else "*")
+        print(f"{name:<12}{label:<24}{seed_s:>12}{fm['mean_wall_seconds']:>8.0f}s{r['speedup']:>6.1f}x"
+              f"{100 * fm['mean_accuracy']:>11.2f}%  {r['precision']}")  # fmt: skip
+    if any(r and not r["seed"]["reached"] for _, _, r, _ in rows):
+        print("* the seed recipe never reached 93%: its time is a lower bound")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="throughput only")
+    parser.add_argument("--isa-sweep", action="store_true", help="both recipes under each emulable ISA level")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the throughput table")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed-max-epochs", type=int, default=20)
     parser.add_argument("--data-dir", default=os.environ.get("FMNIST_DATA"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.isa_sweep:
+        return isa_sweep(args)
+
+    from fmnist.device import cpu_isa
 
     data = resolve_dataset(args.data_dir, notify=lambda m: print(m, file=sys.stderr))
+    precision = resolve_precision("auto", torch.device("cpu"))
     print(f"data: {data.provenance.source} ({data.provenance.split} split); torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    report: dict = {"throughput": throughput(data)}
-    print("\nTraining throughput, cnn_seed004, batch 128:")
-    base = report["throughput"]["seed DataLoader, fp32"]
-    for label, rate in report["throughput"].items():
-        print(f"  {label:<38} {rate:8.0f} images/s   x{rate / base:.2f}")
+          f"{torch.get_num_threads()} threads, ISA {cpu_isa()}, fmnist precision {precision}")  # fmt: skip
+    report: dict = {"precision": precision, "isa": cpu_isa()}
+    if not args.no_throughput:
+        report["throughput"] = throughput(data)
+        print("\nTraining throughput, cnn_seed004, batch 128:")
+        base = report["throughput"]["seed DataLoader, fp32"]
+        for label, rate in report["throughput"].items():
+            print(f"  {label:<38} {rate:8.0f} images/s   x{rate / base:.2f}")
     if not args.quick:
         print(f"\n(b) fmnist default recipe over {args.seeds} seeds:")
         report["fmnist"] = run_fmnist_recipe(data, args.seeds)

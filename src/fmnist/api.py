@@ -45,15 +45,16 @@ def _progress(progress: bool | Any) -> Any | None:
     return progress
 
 
-def make_config(model: str | None = None, *, config_file: str | Path | None = None,
+def make_config(model: str | None = None, *, recipe: str | None = None, config_file: str | Path | None = None,
                 **options: Any) -> TrainConfig:  # fmt: skip
-    """A validated TrainConfig: defaults -> the model's recipe -> `config_file` -> `options`."""
+    """A validated TrainConfig: defaults -> the model's recipe -> a named `recipe` -> `config_file` -> `options`."""
     file_values = read_toml(Path(config_file)) if config_file else {}
-    return build_config(model, file_values=file_values, cli_values=options)
+    return build_config(model, file_values=file_values, cli_values=options, recipe=recipe)
 
 
-def train(model: str | None = None, *, out: str | Path | None = None, data: FashionMNIST | None = None,
-          config: TrainConfig | None = None, config_file: str | Path | None = None, progress: bool | Any = True,
+def train(model: str | None = None, *, recipe: str | None = None, out: str | Path | None = None,
+          data: FashionMNIST | None = None, config: TrainConfig | None = None,
+          config_file: str | Path | None = None, progress: bool | Any = True,
           report: bool = False, overwrite: bool = False, callbacks: Sequence[TrainCallback] = (),
           stop: StopSignal | None = None, **options: Any) -> Run:  # fmt: skip
     """Train one model into a run directory and return it as a `Run`.
@@ -63,7 +64,7 @@ def train(model: str | None = None, *, out: str | Path | None = None, data: Fash
     """
     from fmnist.runs import prepare_run_dir
 
-    config = config or make_config(model, config_file=config_file, **options)
+    config = config or make_config(model, recipe=recipe, config_file=config_file, **options)
     run_dir = prepare_run_dir(Path(out) if out else RUNS_ROOT / f"{config.model}-{_timestamp()}", overwrite=overwrite)
     data = data or load_data(config.data_dir or None)
     return _train_with_progress(config, run_dir, data, progress, report, callbacks, stop, resume=False)
@@ -103,12 +104,14 @@ def _train_with_progress(config: TrainConfig, run_dir: Path, data: FashionMNIST,
 
 
 def compare(models: Sequence[str] | None = None, *, config_file: str | Path | None = None, seeds: int | None = None,
-            out: str | Path | None = None, data: FashionMNIST | None = None, progress: bool | Any = True,
-            report: bool = True, **overrides: Any) -> Comparison:  # fmt: skip
+            out: str | Path | None = None, data: FashionMNIST | None = None, data_dir: str | Path | None = None,
+            progress: bool | Any = True, report: bool = True, notify=lambda _message: None, ray: str | None = None,
+            **overrides: Any) -> Comparison:  # fmt: skip
     """Train several models (default: the MLP baseline vs fmnist's CNN) and compare them.
 
     `models` names registered models; `config_file` is a compare TOML ([[runs]]); `overrides`
-    apply to every run (epochs=2, max_steps=20, ...).
+    apply to every run (epochs=2, max_steps=20, ...). `ray`: run each run as a Ray task on the
+    cluster at HOST:PORT, or on a Ray started here for the call ("local"); None trains here.
     """
     from fmnist.comparison import default_plan, plan_from_file, plan_from_models
 
@@ -117,29 +120,38 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
     plan = plan_from_file(Path(config_file)) if config_file else plan_from_models(models) if models else default_plan()
     if seeds:
         plan.seeds = seeds
-    return run_plan(plan, Path(out) if out else RUNS_ROOT / f"compare-{_timestamp()}", data=data, progress=progress,
-                    report=report, overrides=overrides)  # fmt: skip
+    return run_plan(plan, Path(out) if out else RUNS_ROOT / f"compare-{_timestamp()}", data=data, data_dir=data_dir,
+                    progress=progress, report=report, overrides=overrides, notify=notify, ray=ray)  # fmt: skip
 
 
 def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress: bool | Any = True,
              report: bool = True, overrides: dict[str, Any] | None = None, ablation_base: str | None = None,
-             data_dir: str | Path | None = None) -> Comparison:  # fmt: skip
-    """Run a ComparePlan (or, with `ablation_base`, that model's ablation) into `out`."""
+             data_dir: str | Path | None = None, notify=lambda _message: None, ray: str | None = None) -> Comparison:  # fmt: skip
+    """Run a ComparePlan (or, with `ablation_base`, that model's ablation) into `out`; `ray` as in `compare`."""
+    from contextlib import nullcontext
+
     from fmnist.comparison import run_compare
     from fmnist.progress import MultiRunProgress
 
     planned = plan.resolve(overrides)  # every config built and checked before any data loads
-    data = data or load_data(data_dir)
+    if ray:  # only here is Ray ever imported: without it nothing of Ray loads
+        from fmnist.distributed import require_ray
+        from fmnist.distributed.executor import ray_executor
+
+        require_ray()
+    data = data or load_data(data_dir, notify=notify)
     console = _progress(progress)
     display = MultiRunProgress(console) if console is not None else None
     hooks: dict[str, Any] = {"make_callbacks": display.callbacks, "on_result": display.announce} if display else {}
     try:
-        if ablation_base:
-            from fmnist.ablation import run_ablation
+        with ray_executor(ray, notify) if ray else nullcontext() as executor:
+            if ablation_base:
+                from fmnist.ablation import run_ablation
 
-            run_ablation(ablation_base, out, data, seeds=plan.seeds, overrides=overrides, **hooks)
-        else:
-            run_compare(plan, out, data, planned=planned, **hooks)
+                run_ablation(ablation_base, out, data, seeds=plan.seeds, overrides=overrides, executor=executor,
+                             **hooks)  # fmt: skip
+            else:
+                run_compare(plan, out, data, planned=planned, executor=executor, **hooks)
     finally:
         if display is not None:
             display.close()
@@ -150,14 +162,32 @@ def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress
 
 
 def ablate(base: str = "cnn_seed004", *, seeds: int = 1, out: str | Path | None = None,
-           data: FashionMNIST | None = None, progress: bool | Any = True, report: bool = True,
+           data: FashionMNIST | None = None, data_dir: str | Path | None = None, progress: bool | Any = True,
+           report: bool = True, notify=lambda _message: None, ray: str | None = None,
            **overrides: Any) -> Comparison:  # fmt: skip
-    """Train `base` and variants with one part removed; ablation.json has each variant's Δ."""
+    """Train `base` and variants with one part removed; ablation.json has each variant's Δ. `ray` as in `compare`."""
     from fmnist.ablation import ablation_plan
 
     plan, _ = ablation_plan(base, seeds)
     out = Path(out) if out else RUNS_ROOT / f"ablate-{base}-{_timestamp()}"
-    return run_plan(plan, out, data=data, progress=progress, report=report, overrides=overrides, ablation_base=base)
+    return run_plan(plan, out, data=data, data_dir=data_dir, progress=progress, report=report, overrides=overrides,
+                    ablation_base=base, notify=notify, ray=ray)  # fmt: skip
+
+
+def sweep(config_file: str | Path | None = None, *, resume: str | Path | None = None, out: str | Path | None = None,
+          ray: str | None = None, data: FashionMNIST | None = None, data_dir: str | Path | None = None,
+          progress: bool | Any = True, report: bool = True, notify=lambda _message: None,
+          **overrides: Any) -> dict[str, Any]:  # fmt: skip
+    """A hyperparameter sweep on Ray Tune (see fmnist.distributed.sweep); returns what sweep.json holds.
+
+    `config_file`: training keys + [sweep] + [search] (configs/sweep-example.toml); or `resume`
+    an interrupted SWEEP_DIR. `ray`: a cluster's HOST:PORT, default a Ray started here ("local").
+    `overrides` apply to every trial (max_steps=20, tensorboard=True, ...).
+    """
+    from fmnist.distributed.sweep import run_sweep
+
+    return run_sweep(config_file, resume=resume, out=out, ray=ray, data=data, data_dir=data_dir,
+                     console=_progress(progress), report=report, notify=notify, overrides=overrides)  # fmt: skip
 
 
 def load_run(path: str | Path) -> Run:
@@ -167,5 +197,5 @@ def load_run(path: str | Path) -> Run:
 
 from fmnist.notebook import Comparison, Run  # noqa: E402  (the result types build on the functions above)
 
-__all__ = ["Comparison", "Run", "ablate", "compare", "load_data", "load_run", "make_config", "resume", "train"]
+__all__ = ["Comparison", "Run", "ablate", "compare", "load_data", "load_run", "make_config", "resume", "sweep", "train"]
 

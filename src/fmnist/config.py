@@ -212,17 +212,25 @@ def build_config(
     *,
     file_values: dict[str, Any] | None = None,
     cli_values: dict[str, Any] | None = None,
+    recipe: str | None = None,
 ) -> TrainConfig:
-    """Defaults -> model recipe -> file -> CLI flags, then validated."""
+    """Defaults -> the model's own recipe -> a named recipe -> file -> CLI flags, then validated."""
     from fmnist.models.registry import get_recipe
+    from fmnist.recipes import get_recipe as get_named_recipe
 
     file_values = dict(file_values or {})
     cli_values = {k: v for k, v in (cli_values or {}).items() if v is not None}
-    name = cli_values.get("model") or file_values.get("model") or model or TrainConfig.model
+    named = get_named_recipe(recipe) if recipe else None
+    asked = cli_values.get("model") or file_values.get("model") or model
+    if named and asked and asked != named.model:
+        raise UsageError(f"recipe {named.name!r} trains {named.model}, not {asked}; drop --model or the recipe")
+    name = asked or (named.model if named else TrainConfig.model)
     if not isinstance(name, str):
         raise UsageError(f"model must be a name, not {name!r}")
     config = TrainConfig(model=name)
     apply_overrides(config, get_recipe(name), "recipe")
+    if named:
+        apply_overrides(config, named.settings, f"recipe {named.name}")
     apply_overrides(config, file_values, "config")
     apply_overrides(config, cli_values, "option")
     config.model = name

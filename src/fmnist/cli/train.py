@@ -52,6 +52,8 @@ def train_cmd(
                                      help="Registered model name, see `fmnist models` [default: fastcnn]"),  # fmt: skip
     out: Path | None = typer.Option(None, "--out", "-o", show_default=False,
                                     help="Run directory [default: runs/MODEL-TIMESTAMP]"),  # fmt: skip
+    recipe: str | None = typer.Option(None, "--recipe", "-r", show_default=False,
+                                      help="A named recipe: model and settings (see `fmnist recipes`); flags win"),  # fmt: skip
     config: Path | None = typer.Option(None, "--config", "-c", show_default=False,
                                        help="TOML file with any of the options below (flags win)"),  # fmt: skip
     epochs: int | None = _opt("--epochs", "epochs", "Passes over the training split."),
@@ -113,7 +115,7 @@ def train_cmd(
     if extra_args:
         file_args = tomllib.loads(config.read_text()).get("model_args", {}) if config and config.is_file() else {}
         options["model_args"] = {**file_args, **extra_args}
-    cfg = api.make_config(model, config_file=config, **options)
+    cfg = api.make_config(model, recipe=recipe, config_file=config, **options)
     if seeds > 1:
         from fmnist.comparison import ComparePlan, RunSpec
 

@@ -1,0 +1,129 @@
+"""The accuracy frontier: each named recipe trained over seeds, accuracy against time.
+
+For every recipe (fmnist.recipes) it runs `fmnist train --recipe NAME` exactly as a user
+would (the recipe's fixed epochs, best epoch on the validation split, the test set touched
+once), over --seeds seeds (one seed when a run would take over --long-run minutes), and
+prints one table: recipe, model, test accuracy mean ± std, seconds per run, hardware. It draws
+accuracy against time (mean ± std, the Pareto front joined) to frontier.png and, with
+--write, records the figures in fmnist/recipes_measured.json for `fmnist recipes`.
+
+    python benchmarks/frontier.py [--recipes fast,cpu-94] [--seeds 3] [--write] [--out DIR]
+    python benchmarks/frontier.py --max-steps 5          # smoke mode: checks the harness only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from fmnist.api import load_data, make_config
+from fmnist.device import cpu_isa, cpu_model
+from fmnist.recipes import MEASURED_FILE, RECIPES
+from fmnist.trainer import fit
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{cpu_model()} ({cpu_isa()}, {torch.get_num_threads()} threads)"
+
+
+def measure(name: str, seeds: int, long_run_s: float, data, max_steps: int | None, val_size: int | None) -> dict:
+    accuracies, seconds = [], []
+    for seed in range(seeds):
+        options = {"seed": seed, "max_steps": max_steps, "val_size": val_size}
+        config = make_config(recipe=name, **options)
+        started = time.perf_counter()
+        result = fit(config, data)
+        seconds.append(time.perf_counter() - started)
+        accuracies.append(result.test_accuracy)
+        print(f"  {name} seed {seed}: {100 * result.test_accuracy:.2f}% in {seconds[-1]:.0f} s", flush=True)
+        if seconds[-1] > long_run_s:  # one seed is all such a recipe gets here
+            break
+    return {
+        "model": RECIPES[name].model, "runs": len(accuracies), "accuracy": accuracies,
+        "accuracy_mean": statistics.fmean(accuracies),
+        "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+        "seconds_mean": statistics.fmean(seconds), "hardware": hardware(),
+        "command": f"python benchmarks/frontier.py --recipes {name} --seeds {seeds}",
+        "smoke": bool(max_steps),
+    }  # fmt: skip
+
+
+def pareto(rows: dict[str, dict]) -> list[str]:
+    """Recipes no other recipe beats on both time and accuracy, fastest first."""
+    ordered = sorted(rows, key=lambda n: rows[n]["seconds_mean"])
+    front, best = [], -1.0
+    for name in ordered:
+        if rows[name]["accuracy_mean"] > best:
+            front.append(name)
+            best = rows[name]["accuracy_mean"]
+    return front
+
+
+def plot(rows: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for name, r in rows.items():
+        ax.errorbar(r["seconds_mean"], 100 * r["accuracy_mean"], yerr=100 * r["accuracy_std"], fmt="o", capsize=3)
+        ax.annotate(name, (r["seconds_mean"], 100 * r["accuracy_mean"]), textcoords="offset points", xytext=(5, 5))
+    front = pareto(rows)
+    ax.plot([rows[n]["seconds_mean"] for n in front], [100 * rows[n]["accuracy_mean"] for n in front], "--",
+            color="grey", label="Pareto front")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per run (log scale)")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(f"fmnist recipes on {hardware()}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", default=",".join(r for r, v in RECIPES.items() if v.device == "cpu"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--long-run", type=float, default=30.0, help="minutes; longer runs get one seed")
+    parser.add_argument("--max-steps", type=int, help="smoke mode: stop each run after N steps")
+    parser.add_argument("--val-size", type=int, help="validation images [default: each recipe's]")
+    parser.add_argument("--data-dir", default=os.environ.get("FMNIST_DATA"))
+    parser.add_argument("--out", type=Path, default=Path("runs/frontier"))
+    parser.add_argument("--write", action="store_true", help="record the figures for `fmnist recipes`")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe {unknown[0]!r}; available: {', '.join(RECIPES)}")
+    data = load_data(args.data_dir)
+    rows = {n: measure(n, args.seeds, 60 * args.long_run, data, args.max_steps, args.val_size) for n in names}
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"\n{'recipe':<14}{'model':<14}{'test accuracy':>22}{'s/run':>9}  hardware")
+    for name, r in rows.items():
+        acc = f"{100 * r['accuracy_mean']:.2f}% ± {100 * r['accuracy_std']:.2f} ({r['runs']})"
+        print(f"{name:<14}{r['model']:<14}{acc:>22}{r['seconds_mean']:>9.0f}  {r['hardware']}")
+    print(f"Pareto front: {' -> '.join(pareto(rows))}")
+    plot(rows, args.out / "frontier.png")
+    (args.out / "frontier.json").write_text(json.dumps(rows, indent=2))
+    print(f"wrote {args.out / 'frontier.png'} and {args.out / 'frontier.json'}")
+    if args.write and not args.max_steps:
+        recorded = json.loads(MEASURED_FILE.read_text()) if MEASURED_FILE.is_file() else {}
+        recorded.update(rows)
+        MEASURED_FILE.write_text(json.dumps(recorded, indent=2) + "\n")
+        print(f"recorded in {MEASURED_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

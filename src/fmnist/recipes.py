@@ -1,0 +1,73 @@
+"""Named recipes: a model and the training settings chosen for a goal (`fmnist train --recipe NAME`).
+
+A recipe is chosen in advance, never tuned on the test set: its epochs, augmentation and
+schedule are fixed here, the best epoch is picked on the validation split, and the test set is
+touched once per run. What each recipe reached, how long it took and on which hardware is
+measured by `benchmarks/frontier.py`, which writes `recipes_measured.json` beside this file;
+`fmnist recipes` shows those figures and says plainly when a recipe has not been measured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmnist.errors import UsageError
+
+MEASURED_FILE = Path(__file__).with_name("recipes_measured.json")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: str
+    goal: str  # what it is for, in a few words
+    device: str  # "cpu" or "gpu": where it is meant to run (every recipe also runs on a CPU)
+    settings: dict[str, Any] = field(default_factory=dict)  # any `fmnist train` keys but the model
+
+    def values(self) -> dict[str, Any]:
+        """Config values: the model and its settings (flags and files still override them)."""
+        return {"model": self.model, **self.settings}
+
+
+_RECIPES = (
+    Recipe("fast", "fastcnn", "the default: ~93% in about half a minute on a CPU", "cpu"),
+    Recipe("mlp-baseline", "mlp_wide", "the MLP baseline of every study, ~90%", "cpu"),
+    Recipe("seed004", "cnn_seed004", "seed 004's CNN and set-up as written (20 epochs)", "cpu"),
+    # Wider fastcnn, longer, with shifts and the mirror+shift average: the frontier's 94% step.
+    Recipe("cpu-94", "fastcnn", "94% on a 2-core CPU in about 10 minutes", "cpu", {
+        "model_args": {"widths": [32, 96, 192]}, "epochs": 12, "batch_size": 128, "optimizer": "adamw", "lr": 3e-3,
+        "weight_decay": 5e-2, "scheduler": "onecycle", "label_smoothing": 0.1, "flip": True, "crop_pad": 2,
+        "ema": 0.999, "tta": "flip-shift",
+    }),  # fmt: skip
+    # A residual net with skip connections and stronger augmentation: the 95% step on a CPU.
+    Recipe("cpu-95", "resnet_small", "95% on a CPU in under an hour", "cpu", {
+        "model_args": {"widths": [48, 96, 192], "blocks_per_stage": 2}, "epochs": 20, "batch_size": 128,
+        "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "scheduler": "onecycle", "label_smoothing": 0.1,
+        "flip": True, "crop_pad": 2, "erase": 0.25, "ema": 0.999, "tta": "flip-shift",
+    }),  # fmt: skip
+    # The leaderboard's recipe family (WRN with random erasing), for a GPU.
+    Recipe("gpu-best", "wrn16_4", "the best single model, on a GPU (~96%)", "gpu", {
+        "epochs": 40, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4,
+        "scheduler": "cosine", "label_smoothing": 0.0, "flip": True, "crop_pad": 2, "erase": 0.5, "ema": 0.999,
+        "tta": "flip-shift",
+    }),  # fmt: skip
+)
+RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise UsageError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def measured() -> dict[str, dict[str, Any]]:
+    """What benchmarks/frontier.py measured per recipe: accuracy mean/std, seconds, hardware, command."""
+    try:
+        data = json.loads(MEASURED_FILE.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,55 @@
+"""Named recipes: each builds, each trains in smoke mode on the CPU (GPU recipes too), flags win."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from fmnist.api import make_config
+from fmnist.errors import UsageError
+from fmnist.recipes import RECIPES
+from fmnist.trainer import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_every_recipe_trains_on_the_cpu_in_smoke_mode(name, tiny_dataset):
+    config = make_config(recipe=name, max_steps=2, batch_size=16, val_size=100, eval_batch_size=256, device="cpu")
+    assert config.model == RECIPES[name].model
+    for key, value in RECIPES[name].settings.items():
+        if key not in ("batch_size", "model_args"):
+            assert getattr(config, key) == value, key
+    result = fit(config, tiny_dataset)
+    assert result.steps == 2 and 0 <= result.test_accuracy <= 1
+
+
+def test_flags_override_a_recipe_and_models_must_match():
+    config = make_config(recipe="cpu-94", epochs=3)
+    assert config.epochs == 3 and config.tta == "flip-shift" and config.model_args["widths"] == (32, 96, 192)
+    with pytest.raises(UsageError, match="recipe 'cpu-94' trains fastcnn, not mlp"):
+        make_config("mlp", recipe="cpu-94")
+    with pytest.raises(UsageError, match="unknown recipe"):
+        make_config(recipe="fastest")
+
+
+def test_cli_lists_recipes_and_trains_one(tiny_data_dir: Path, tmp_path: Path, isolated_env):
+    listed = run_cli("recipes", env=isolated_env)
+    assert listed.returncode == 0 and all(name in listed.stdout for name in RECIPES)
+    proc = run_cli("train", "--recipe", "fast", "--max-steps", "3", "--val-size", "100", "--no-report",
+                   "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "run"), env=isolated_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert 'model = "fastcnn"' in (tmp_path / "run" / "config.toml").read_text()
+
+
+def test_frontier_harness_in_smoke_mode(tiny_data_dir: Path, tmp_path: Path, isolated_env):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--recipes", "fast,mlp-baseline",
+                           "--seeds", "2", "--max-steps", "2", "--val-size", "100", "--data-dir", str(tiny_data_dir),
+                           "--out", str(tmp_path / "f")], capture_output=True, text=True, env=isolated_env,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Pareto front:" in proc.stdout and (tmp_path / "f" / "frontier.png").stat().st_size > 1000
