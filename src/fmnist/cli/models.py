@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-
 from fmnist.cli.app import app, console
 
 
 @app.command("models")
 def models_cmd() -> None:
     """List every registered model with its parameters, size and FLOPs."""
+    from fmnist.models.flops import forward_flops
     from fmnist.models.registry import count_parameters, create_model, get_entry, list_models, model_size_mb
 
-    try:
-        from fmnist.models.flops import forward_flops
-    except ImportError:  # pragma: no cover - the FLOP counter ships with the models
-        forward_flops = None
-    table = Table("model", "family", "params", "size (MB)", "MFLOPs", "description")
+    rows = [("model", "params", "MB", "MFLOPs", "description")]
     for name in list_models():
         entry = get_entry(name)
         if not entry.has_network:  # a scikit-learn model with no tensor form to count
-            table.add_row(name, entry.family, "-", "-", "-", entry.description)
+            rows.append((name, "-", "-", "-", entry.description))
             continue
         model = create_model(name)
-        flops = f"{forward_flops(model) / 1e6:,.1f}" if forward_flops else "-"
-        table.add_row(name, entry.family, f"{count_parameters(model):,}", f"{model_size_mb(model):.2f}", flops,
-                      entry.description)  # fmt: skip
-    console.print(table)
+        rows.append((name, f"{count_parameters(model):,}", f"{model_size_mb(model):.1f}",
+                     f"{forward_flops(model) / 1e6:,.1f}", entry.description))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    # One line per model: the description gets the width that is left, cut rather than wrapped.
+    room = max(console.width - sum(widths) - 8, 20)
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(row[1:4], widths[1:]))]
+        text = row[4] if len(row[4]) <= room else row[4][: room - 1] + "…"
+        console.print("  ".join([*cells, text]), markup=False, highlight=False)
