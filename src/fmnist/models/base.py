@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmnist.constants import IMAGE_SIZE
+from fmnist.models.probe import leaves, probe
 
 # Layers whose output is a spatial map but not one worth explaining: pooling throws away the
 # position Grad-CAM wants, dropout and identity only repeat their input.
@@ -84,22 +84,13 @@ class Classifier(nn.Module):
         if isinstance(self.features, nn.Sequential):
             candidates = [(f"features.{n}", m) for n, m in self.features.named_children()]
         else:
-            candidates = [(f"features.{n}", m) for n, m in self.features.named_modules() if n and not list(m.children())]
+            candidates = [(f"features.{n}", m) for n, m in leaves(self.features)]
         spatial: list[str] = []
-        hooks = [
-            module.register_forward_hook(lambda _m, _i, out, name=name: spatial.append(name) if out.dim() == 4 else None)
-            for name, module in candidates
-            if not isinstance(module, _NOT_CAM_LAYERS)
-        ]
-        was_training = self.training
-        try:
-            self.eval()
-            with torch.no_grad():
-                self.features(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=_device_of(self)))
-        finally:
-            for hook in hooks:
-                hook.remove()
-            self.train(was_training)
+
+        def seen(name: str):
+            return lambda _m, _i, out: spatial.append(name) if out.dim() == 4 else None
+
+        probe(self, [(m, seen(n)) for n, m in candidates if not isinstance(m, _NOT_CAM_LAYERS)], run=self.features)
         return spatial[-1] if spatial else None
 
     def place(self, device: torch.device | str) -> Classifier:
@@ -123,8 +114,3 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    return torch.device("cpu")

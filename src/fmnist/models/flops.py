@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fmnist.constants import IMAGE_SIZE
+from fmnist.models.probe import leaves, probe
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.Tanh)
@@ -51,18 +51,7 @@ def flops_by_layer(model: nn.Module, *, elementwise: bool = False) -> dict[str, 
 
         return record
 
-    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
-               if not list(module.children())]  # fmt: skip
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    probe(model, [(module, hook(name)) for name, module in leaves(model)])
     return counts
 
 
