@@ -44,8 +44,11 @@ def mlp_seed002(num_classes: int = NUM_CLASSES) -> Classifier:
     return _mlp((128,), 0.0, False, num_classes)
 
 
+# 6 epochs, not 15: the baseline must stay a small share of `make run` (<= 25% of the training
+# time) at >= 89.5%. Seed 0 on the AVX2 development CPU: 15 epochs 90.91% test (90.68% val),
+# 6 epochs 89.76% (89.52% val), 5 epochs at batch 512 89.28% (too low).
 MLP_WIDE_RECIPE = {
-    "epochs": 15,
+    "epochs": 6,
     "batch_size": 256,
     "optimizer": "adamw",
     "lr": 2e-3,
