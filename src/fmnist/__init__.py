@@ -7,7 +7,7 @@ first use, so `import fmnist` (and the CLI's start) stays fast.
 
 __version__ = "0.2.0"
 
-_API = ("Comparison", "Run", "ablate", "compare", "load_data", "load_run", "make_config", "resume", "train")
+_API = ("Comparison", "Run", "ablate", "compare", "load_data", "load_run", "make_config", "resume", "sweep", "train")
 
 
 def __getattr__(name: str):

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fmnist.comparison import ComparePlan, RunSpec, run_compare
+from fmnist.comparison import ComparePlan, Executor, RunSpec, run_compare
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.fsutil import atomic_write_json
@@ -137,11 +137,12 @@ def run_ablation(
     overrides: dict[str, Any] | None = None,
     make_callbacks: Callable[[str, TrainConfig], list[TrainCallback]] = lambda name, cfg: [],
     on_result: Callable[[str, RunResult], None] = lambda name, result: None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Train every variant x seeds into `out_dir` (a compare directory) and write ablation.json."""
     plan, variants = ablation_plan(base, seeds)
     summary = run_compare(plan, out_dir, dataset, overrides=overrides, make_callbacks=make_callbacks,
-                          on_result=on_result)  # fmt: skip
+                          on_result=on_result, executor=executor)  # fmt: skip
     ablation = {
         "base": base,
         "seeds": seeds,

@@ -131,6 +131,25 @@ def summarize(name: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+MakeCallbacks = Callable[[str, TrainConfig], list[TrainCallback]]
+OnResult = Callable[[str, RunResult], None]
+# Trains planned runs into their folders under the compare directory; returns each run's
+# results.json, in plan order. The default trains here, one after another; fmnist.distributed
+# has one that runs them as Ray tasks.
+Executor = Callable[[list[PlannedRun], Path, FashionMNIST, MakeCallbacks, OnResult], list[dict[str, Any]]]
+
+
+def run_sequentially(planned: list[PlannedRun], out_dir: Path, dataset: FashionMNIST, make_callbacks: MakeCallbacks,
+                     on_result: OnResult) -> list[dict[str, Any]]:  # fmt: skip
+    results = []
+    for run in planned:
+        result = train_into(run.config, prepare_run_dir(out_dir / run.run_name), dataset,
+                            make_callbacks(run.run_name, run.config))  # fmt: skip
+        on_result(run.run_name, result)
+        results.append(result.summary())
+    return results
+
+
 def run_compare(
     plan: ComparePlan,
     out_dir: Path,
@@ -138,22 +157,19 @@ def run_compare(
     *,
     planned: list[PlannedRun] | None = None,
     overrides: dict[str, Any] | None = None,
-    make_callbacks: Callable[[str, TrainConfig], list[TrainCallback]] = lambda name, cfg: [],
-    on_result: Callable[[str, RunResult], None] = lambda name, result: None,
+    make_callbacks: MakeCallbacks = lambda name, cfg: [],
+    on_result: OnResult = lambda name, result: None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Train every run of `plan` (x seeds) into `out_dir`; returns and writes compare.json.
 
-    `planned` is `plan.resolve(overrides)` when the caller has already built it.
+    `planned` is `plan.resolve(overrides)` when the caller has already built it; `executor`
+    trains the runs (default: here, one after another).
     """
     planned = planned if planned is not None else plan.resolve(overrides)
     out_dir = prepare_run_dir(out_dir)
     with RunLock(out_dir):
-        results = []
-        for run in planned:
-            result = train_into(run.config, prepare_run_dir(out_dir / run.run_name), dataset,
-                                make_callbacks(run.run_name, run.config))  # fmt: skip
-            on_result(run.run_name, result)
-            results.append(result.summary())
+        results = (executor or run_sequentially)(planned, out_dir, dataset, make_callbacks, on_result)
         summary = compare_summary(plan, planned, results, dataset.provenance.to_dict())
         atomic_write_json(out_dir / COMPARE_FILE, summary)
     return summary

@@ -27,9 +27,9 @@ from torch import nn
 from fmnist import __version__
 from fmnist.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
 from fmnist.config import TrainConfig
+from fmnist.device import cpu_isa, cpu_model, hardware_isa
 from fmnist.errors import FmnistError, RunLockedError, UsageError
 from fmnist.fsutil import append_line, atomic_write_json, atomic_write_text, read_json
-from fmnist.device import cpu_isa, cpu_model, hardware_isa
 from fmnist.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
 
 RESULTS_FILE = "results.json"
@@ -152,8 +152,13 @@ def train_into(config: TrainConfig, run_dir: Path, dataset: Any, callbacks: list
     """Train `config` into the prepared `run_dir` (locked meanwhile): the run path every command shares."""
     from fmnist.trainer import fit
 
+    callbacks = [*callbacks, RunDirWriter(run_dir)]
+    if config.tensorboard:
+        from fmnist.tensorboard import TensorBoardWriter
+
+        callbacks.append(TensorBoardWriter(run_dir))
     with RunLock(run_dir):
-        return fit(config, dataset, [*callbacks, RunDirWriter(run_dir)], state_dir=run_dir, resume=resume, stop=stop)
+        return fit(config, dataset, callbacks, state_dir=run_dir, resume=resume, stop=stop)
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from fmnist.cli import (  # noqa: F401
     export,
     models,
     predict,
+    recipes,
     report,
     serve,
+    sweep,
     train,
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fmnist.cli.app import app, console, err_console
+from fmnist.cli.app import app, console
 from fmnist.cli.choices import Precision, value
 from fmnist.cli.inference_options import Backend, BackendOption, PrecisionOption, RunDirArgument
 from fmnist.serve.limits import DEFAULT_MAX_BODY_MB, DEFAULT_TIMEOUT_S

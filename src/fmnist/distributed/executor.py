@@ -1,0 +1,126 @@
+"""Compare, ablate and `train --seeds` on Ray: each planned run is one Ray task.
+
+A task trains exactly what the local loop would (same config, same dataset bytes, torch
+pinned to the same number of threads) into a scratch folder on its worker and returns the
+run directory's files; the driver writes them into the usual folder under the compare
+directory. So the cluster needs no shared storage for these, and the results, compare.json
+and report are the ones a local run writes, bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fmnist.comparison import MakeCallbacks, OnResult, PlannedRun
+from fmnist.config import TrainConfig
+from fmnist.data.dataset import FashionMNIST
+from fmnist.distributed import require_ray
+from fmnist.distributed.ray_runtime import (
+    RaySession,
+    ShippedDataset,
+    pin_threads,
+    receive_dataset,
+    ship_dataset,
+    task_error,
+)
+from fmnist.errors import FmnistError
+from fmnist.evaluate import Evaluation
+from fmnist.fsutil import atomic_write_bytes
+from fmnist.results import EpochRecord, RunResult
+from fmnist.runs import LOCK_FILE, RunLock, prepare_run_dir, read_history, read_results, train_into
+
+# A task whose worker dies is run again from the start (its scratch folder died with it);
+# the run is deterministic, so the retry gives the same result.
+TASK_RETRIES = 2
+
+
+def gpus_for(config: TrainConfig) -> int:
+    """A run that asks for CUDA gets one GPU; `auto` runs where Ray puts it, which is a CPU slot."""
+    return 1 if config.device == "cuda" else 0
+
+
+def train_remote(config: TrainConfig, shipped: ShippedDataset, threads: int) -> dict[str, bytes]:
+    """The Ray task: train one run into a scratch folder and return its files (relative path -> bytes)."""
+    dataset = receive_dataset(shipped)
+    pin_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="fmnist-run-") as scratch:
+        run_dir = Path(scratch) / "run"
+        run_dir.mkdir()
+        train_into(config, run_dir, dataset)
+        return {path.relative_to(run_dir).as_posix(): path.read_bytes()
+                for path in sorted(run_dir.rglob("*")) if path.is_file() and path.name != LOCK_FILE}  # fmt: skip
+
+
+def write_home(run_dir: Path, files: dict[str, bytes]) -> None:
+    with RunLock(run_dir):
+        for relative, data in files.items():
+            target = run_dir / relative
+            if not target.resolve().is_relative_to(run_dir.resolve()):
+                raise FmnistError(f"a Ray task returned a file outside its run directory: {relative}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, data)
+
+
+def result_from_dir(run_dir: Path, config: TrainConfig) -> RunResult:
+    """A RunResult rebuilt from a run directory's files (without the model), for progress displays."""
+    import torch
+
+    s = read_results(run_dir)
+    test = Evaluation(s["test_accuracy"], s["test_loss"], s["confusion"], s["per_class"], s["most_confused"],
+                      sum(map(sum, s["confusion"])))  # fmt: skip
+    history = [EpochRecord(**row) for row in read_history(run_dir)]
+    return RunResult(config, None, history, s["best_epoch"], s["epochs_run"], s["steps"], s["train_seconds"], test,
+                     torch.empty(0), s["params"], s["size_mb"], s["data"], s["device"], s["precision"],
+                     s.get("cpu_isa", ""), s["stopped_early"])  # fmt: skip
+
+
+class RayExecutor:
+    """A comparison.Executor that runs every planned run as a Ray task (inside a RaySession)."""
+
+    def __init__(self, threads_per_run: int | None = None, notify: Callable[[str], None] = lambda _m: None):
+        import torch
+
+        # The local loop trains with torch's default thread count; so do the tasks, pinned.
+        self.threads = threads_per_run or torch.get_num_threads()
+        self.notify = notify
+
+    def __call__(self, planned: list[PlannedRun], out_dir: Path, dataset: FashionMNIST, make_callbacks: MakeCallbacks,
+                 on_result: OnResult) -> list[dict[str, Any]]:  # fmt: skip
+        ray = require_ray()
+        run_dirs = [prepare_run_dir(out_dir / run.run_name) for run in planned]  # refuse a bad folder before any work
+        shipped = ship_dataset(dataset)
+        remote = ray.remote(train_remote)
+        pending: dict[Any, int] = {}
+        for index, run in enumerate(planned):
+            options = {"num_cpus": self.threads, "num_gpus": gpus_for(run.config), "max_retries": TASK_RETRIES,
+                       "name": f"fmnist {run.run_name}"}  # fmt: skip
+            pending[remote.options(**options).remote(run.config, shipped, self.threads)] = index
+        self.notify(f"{len(planned)} run(s) sent to Ray, {self.threads} CPU(s) each")
+        results: list[dict[str, Any]] = [{} for _ in planned]
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(done[0])
+                run, run_dir = planned[index], run_dirs[index]
+                try:
+                    files = ray.get(done[0])
+                except ray.exceptions.RayError as exc:
+                    raise task_error(exc, run.run_name) from None
+                write_home(run_dir, files)
+                on_result(run.run_name, result_from_dir(run_dir, run.config))
+                results[index] = read_results(run_dir)
+        finally:
+            for ref in pending:  # an error or Ctrl-C: nothing keeps running on the cluster
+                ray.cancel(ref, force=True)
+        return results
+
+
+@contextmanager
+def ray_executor(address: str, notify: Callable[[str], None] = lambda _m: None) -> Iterator[RayExecutor]:
+    """A RayExecutor inside a RaySession on `address` ('local' or HOST:PORT)."""
+    with RaySession(address, notify=notify):
+        yield RayExecutor(notify=notify)

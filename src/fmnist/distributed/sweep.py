@@ -1,0 +1,279 @@
+"""`fmnist sweep`: a hyperparameter search on Ray Tune whose trials are ordinary fmnist runs.
+
+The driver checks the config (fmnist.distributed.sweep_config), loads and checks the data,
+starts or joins Ray, ships the data once, and lets Tune run `fmnist.distributed.trial.run_trial`
+for each sampled config, with ASHA stopping weak trials early. Trials write their run
+directories straight into the sweep folder; Tune keeps its experiment state and each trial's
+epoch checkpoints under SWEEP_DIR/ray. At the end (or on Ctrl-C) the driver writes sweep.json
+from the run directories, best.toml, and the report; `--resume SWEEP_DIR` carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fmnist import __version__
+from fmnist.data.dataset import FashionMNIST
+from fmnist.distributed import (
+    BEST_FILE,
+    LOCAL,
+    SPEC_FILE,
+    SWEEP_FILE,
+    TRIALS_DIR,
+    TUNE_DIR,
+    require_ray,
+)
+from fmnist.distributed.sweep_config import SweepSpec, format_metric, plain_value, read_sweep
+from fmnist.distributed.trial import trial_name
+from fmnist.errors import DataError, FmnistError, UsageError
+from fmnist.fsutil import atomic_write_json, atomic_write_text, read_json
+from fmnist.runs import CONFIG_FILE, RESULTS_FILE, read_history
+
+# Tune's CSV and TensorBoard result logs would repeat what every run directory holds (and show
+# up twice in `tensorboard --logdir SWEEP_DIR`); fmnist's progress display replaces its console output.
+# Tune keeps only its JSON result log (its result objects read it); a snapshot of the experiment
+# after each epoch's checkpoint is what --resume needs, so Tune's warning about their rate is off.
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}  # fmt: skip
+CHECKPOINTS_KEPT = 2  # per trial: the latest is what a retry needs; one more survives a crash while writing
+
+
+class SweepInterrupted(FmnistError):
+    exit_code = 130
+
+
+class _TuneLog(logging.Handler):
+    """Tune's log during a sweep. fmnist's display says what happens (a failed trial's traceback is
+    in SWEEP_DIR/ray/trial-NNN/error.txt), so only Tune's notice that Ctrl-C was seen is kept."""
+
+    def __init__(self, notify) -> None:
+        super().__init__()
+        self.notify = notify
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Stop signal received"):
+            self.notify("stopping the trials and saving the sweep's state (Ctrl-C again to stop at once)…")
+
+
+@contextmanager
+def _tune_log(notify) -> Iterator[None]:
+    logger = logging.getLogger("ray.tune")
+    handler, propagate = _TuneLog(notify), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+@contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _new_sweep_dir(out: Path) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out}: exists and is not empty; choose another --out (or continue it with --resume)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out.resolve()
+
+
+def _resumable(sweep_dir: Path) -> SweepSpec:
+    if not (sweep_dir / SPEC_FILE).is_file() or not (sweep_dir / TUNE_DIR).is_dir():
+        raise UsageError(f"{sweep_dir}: not a sweep folder (no {SPEC_FILE} and {TUNE_DIR}/); nothing to resume")
+    if (sweep_dir / SWEEP_FILE).is_file() and read_json(sweep_dir / SWEEP_FILE).get("complete"):
+        raise UsageError(f"{sweep_dir}: this sweep finished; nothing to resume")
+    return read_sweep(sweep_dir / SPEC_FILE)
+
+
+def _tuner(spec: SweepSpec, sweep_dir: Path, trainable: Any, resume: bool) -> Any:
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from fmnist.distributed.progress import SweepEvents
+    from fmnist.distributed.trial import trial_dirname
+
+    if resume:
+        return tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True)
+    s = spec.settings
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=spec.max_epochs, grace_period=s.grace_period,
+                               reduction_factor=s.reduction_factor) if s.scheduler == "asha" else None)  # fmt: skip
+    tune_config = tune.TuneConfig(
+        metric=s.metric, mode=spec.mode, scheduler=scheduler, num_samples=s.num_samples,
+        # The concurrency limit belongs to the generator: Tune ignores TuneConfig's for this search_alg.
+        search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent_trials),
+        trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname, reuse_actors=True,
+    )  # fmt: skip
+    run_config = tune.RunConfig(
+        name=TUNE_DIR, storage_path=str(sweep_dir), verbose=0, callbacks=[SweepEvents(), JsonLoggerCallback()],
+        failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+    )  # fmt: skip
+    return tune.Tuner(trainable, param_space=spec.param_space(), tune_config=tune_config, run_config=run_config)
+
+
+def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | None = None,
+              out: str | Path | None = None, ray: str | None = None, data: FashionMNIST | None = None,
+              data_dir: str | Path | None = None, console: Any = None, report: bool = True,
+              notify=lambda _message: None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run (or, with `resume`, continue) a sweep; returns what sweep.json holds (see the module docstring)."""
+    from fmnist.api import RUNS_ROOT, _timestamp, load_data
+
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if resume is not None:
+        if config_file is not None or out is not None or overrides:
+            raise UsageError("--resume continues with the sweep's saved settings; drop the config, --out and options")
+        sweep_dir = Path(resume).resolve()
+        spec = _resumable(sweep_dir)
+    elif config_file is None:
+        raise UsageError("give a sweep config (CONFIG.toml) or --resume SWEEP_DIR")
+    else:
+        spec = read_sweep(Path(config_file), overrides)  # every check, before Ray or the data
+    require_ray()
+    from fmnist.distributed.ray_runtime import RaySession, dataset_digests, ship_dataset
+
+    dataset = data or load_data(data_dir or spec.base_config.data_dir or None, notify=notify)
+    digests = dataset_digests(dataset)
+    if resume is not None:
+        before = read_json(sweep_dir / SWEEP_FILE) if (sweep_dir / SWEEP_FILE).is_file() else {}
+        if before.get("data", {}).get("array_sha256", digests) != digests:
+            raise DataError(f"{sweep_dir}: these data differ from the ones the sweep started with; resume it with those")
+        started = before.get("started")
+    else:
+        sweep_dir = _new_sweep_dir(Path(out) if out else RUNS_ROOT / f"sweep-{_timestamp()}")
+        header = f"# fmnist sweep config, as run (from {config_file}); `fmnist sweep --resume` reads it\n"
+        atomic_write_text(sweep_dir / SPEC_FILE, header + spec.to_toml())
+        started = None
+    meta = {"started": started or datetime.now().isoformat(timespec="seconds"), "ray": ray or LOCAL,
+            "data": {**dataset.provenance.to_dict(), "array_sha256": digests}}  # fmt: skip
+    if resume is None:
+        write_sweep_json(sweep_dir, spec, [], {}, meta)  # from the start: it records the data a resume must match
+
+    from fmnist.distributed.progress import SweepDisplay, listening
+    from fmnist.distributed.trial import run_trial
+
+    with RaySession(ray or LOCAL, notify=notify), _env(TUNE_ENV):
+        from ray import tune
+
+        trainable = tune.with_parameters(run_trial, spec=spec, sweep_dir=str(sweep_dir), shipped=ship_dataset(dataset))
+        trainable = tune.with_resources(trainable, {"cpu": spec.settings.cpus_per_trial, "gpu": spec.settings.gpus_per_trial})
+        display = SweepDisplay(console, spec, lambda trials: None)
+        display.on_update = lambda trials: write_sweep_json(sweep_dir, spec, trials, display.final_outcome(), meta)
+        with listening(display), _tune_log(notify):
+            _tuner(spec, sweep_dir, trainable, resume is not None).fit()
+        trials, outcome = display.trials, display.final_outcome()
+    summary = write_sweep_json(sweep_dir, spec, trials, outcome, meta)
+    if not summary["complete"]:
+        left = spec.total_trials - sum(t["status"] != "unfinished" for t in summary["trials"])
+        raise SweepInterrupted(f"sweep interrupted with {left} of {spec.total_trials} trial(s) unfinished; "
+                               f"continue it with: fmnist sweep --resume {sweep_dir}")  # fmt: skip
+    if summary["best"] is None:
+        raise FmnistError(f"{sweep_dir}: no trial reported {spec.settings.metric}; see {SWEEP_FILE} for why")
+    write_best_toml(sweep_dir, summary)
+    summary["folder"] = str(sweep_dir)
+    if report:
+        from fmnist.report.sections.sweep import write_sweep_report
+
+        summary["report"] = str(write_sweep_report(sweep_dir))
+    return summary
+
+
+# -- sweep.json and best.toml -------------------------------------------------------------
+
+
+def _trial_entry(spec: SweepSpec, sweep_dir: Path, trial: Any, outcome: dict[str, str]) -> dict[str, Any]:
+    from fmnist.distributed.progress import failure_reason
+
+    name, metric = trial_name(trial.trial_id), spec.settings.metric
+    run_dir = sweep_dir / TRIALS_DIR / name
+    history = read_history(run_dir)
+    scored = [row for row in history if row.get(metric) is not None]
+    pick = max if spec.mode == "max" else min
+    best = pick(scored, key=lambda row: row[metric]) if scored else None
+    last = trial.last_result or {}
+    how = outcome.get(name)
+    if how is None:
+        status, why = "unfinished", (f"interrupted after epoch {len(history)}" if history else "not started yet")
+    elif how == "failed":
+        status, why = "failed", f"failed after {trial.num_failures} attempt(s): {failure_reason(trial)}"
+    elif how == "done":
+        results = read_json(run_dir / RESULTS_FILE) if (run_dir / RESULTS_FILE).is_file() else {}
+        early = " (early stopping: no gain in validation accuracy)" if results.get("stopped_early") else ""
+        status, why = "finished", f"trained all {len(history)} epoch(s){early}"
+    else:
+        by = "the ASHA scheduler" if spec.settings.scheduler == "asha" else "Tune"
+        status = "stopped"
+        why = f"stopped by {by} after epoch {len(history)} ({metric} {format_metric(metric, last.get(metric))})"
+    return {
+        "name": name,
+        "trial_id": trial.trial_id,
+        "run_dir": f"{TRIALS_DIR}/{name}",
+        "status": status,
+        "why": why,
+        "config": {k: plain_value(v) for k, v in trial.config.items()},
+        "best": {"value": best[metric], "epoch": best["epoch"]} if best else None,
+        "failures": trial.num_failures,
+        "resumed_from_epoch": int(last.get("resumed_from_epoch", 0)),
+        "epochs": history,
+    }
+
+
+def write_sweep_json(sweep_dir: Path, spec: SweepSpec, trials: list[Any], outcome: dict[str, str],
+                     meta: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """sweep.json from Tune's trials, how each ended (done/stopped/failed; absent: unfinished) and the run dirs."""
+    entries = sorted((_trial_entry(spec, sweep_dir, t, outcome) for t in trials), key=lambda e: e["name"])
+    scored = [e for e in entries if e["best"] is not None]
+    sign = 1 if spec.mode == "max" else -1
+    best = max(scored, key=lambda e: sign * e["best"]["value"]) if scored else None  # ties: the first trial
+    s = spec.settings
+    summary = {
+        "fmnist": __version__,
+        "metric": s.metric,
+        "mode": spec.mode,
+        "scheduler": {"name": s.scheduler, "grace_period": s.grace_period, "reduction_factor": s.reduction_factor,
+                      "max_epochs": spec.max_epochs} if s.scheduler == "asha" else {"name": "none"},
+        "num_samples": s.num_samples,
+        "total_trials": spec.total_trials,
+        "search": {d.key: d.to_toml() for d in spec.search},
+        "base": spec.base,
+        "resources": {"cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial},
+        **meta,
+        "updated": datetime.now().isoformat(timespec="seconds"),
+        "complete": len(entries) == spec.total_trials and all(e["status"] != "unfinished" for e in entries),
+        "counts": {k: sum(e["status"] == k for e in entries) for k in ("finished", "stopped", "failed", "unfinished")},
+        "best": {"trial": best["name"], "run_dir": best["run_dir"], "value": best["best"]["value"],
+                 "epoch": best["best"]["epoch"], "config": best["config"]} if best else None,
+        "trials": entries,
+    }  # fmt: skip
+    atomic_write_json(sweep_dir / SWEEP_FILE, summary)
+    return summary
+
+
+def write_best_toml(sweep_dir: Path, summary: dict[str, Any]) -> Path:
+    """The best trial's full config (its run directory's config.toml), ready for `fmnist train --config`."""
+    best = summary["best"]
+    value = format_metric(summary["metric"], best["value"])
+    header = (f"# Best trial of the sweep in {sweep_dir}: {best['trial']}, {summary['metric']} {value} at epoch "
+              f"{best['epoch']}.\n# Train it: fmnist train --config {sweep_dir / BEST_FILE}\n")  # fmt: skip
+    text = (sweep_dir / best["run_dir"] / CONFIG_FILE).read_text(encoding="utf-8")
+    atomic_write_text(sweep_dir / BEST_FILE, header + text)
+    return sweep_dir / BEST_FILE

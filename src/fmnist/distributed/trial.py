@@ -1,0 +1,133 @@
+"""One sweep trial, on a Ray worker: an ordinary fmnist run that reports each epoch to Tune.
+
+The trial trains into SWEEP_DIR/trials/trial-NNN, a run directory like `fmnist train`
+writes (resumable with `fmnist train --resume`). After every epoch fmnist's trainer saves its
+exact-resume state there; the reporter then hands Tune the epoch's metrics together with a
+checkpoint of that state. When Tune restarts a trial (its worker died, or `--resume`), the
+trial copies the checkpoint's state back into its run directory and resumes exactly, so it
+ends with the same weights and metrics as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fmnist.checkpoint import META_FILE
+from fmnist.distributed import TRIALS_DIR
+from fmnist.distributed.ray_runtime import ShippedDataset, pin_threads, receive_dataset
+from fmnist.distributed.sweep_config import SweepSpec
+from fmnist.errors import FmnistError
+from fmnist.fsutil import atomic_write_json, read_json
+from fmnist.results import EpochRecord, RunInfo, TrainCallback
+from fmnist.runs import RESULTS_FILE, prepare_run_dir, train_into
+from fmnist.state import STATE_META, clear_state
+
+CHECKPOINT_INFO = "fmnist-trial.json"  # in each Tune checkpoint: which epoch's state it holds
+WEIGHTS_FILE = "model.safetensors"
+
+
+def trial_name(trial_id: str) -> str:
+    """trial-007 for Tune's "1a2b3_00007": the run directory and Tune's own folder share it."""
+    return f"trial-{int(trial_id.rsplit('_', 1)[-1]):03d}"
+
+
+def trial_dirname(trial: Any) -> str:
+    return trial_name(trial.trial_id)
+
+
+def epoch_metrics(record: EpochRecord, resumed_from: int) -> dict[str, Any]:
+    metrics = {k: v for k, v in dataclasses.asdict(record).items() if v is not None}
+    return {**metrics, "resumed_from_epoch": resumed_from}
+
+
+class TuneReporter(TrainCallback):
+    """Reports each finished epoch to Tune with a checkpoint of the run's exact-resume state.
+
+    The trainer calls `on_epoch_end` just before it saves that epoch's state, so the report
+    waits for the next step (by then the state is on disk); the last epoch, which saves no
+    state, is reported by `finish` once the run directory is complete.
+    """
+
+    def __init__(self, run_dir: Path, resumed_from: int):
+        self.run_dir = run_dir
+        self.resumed_from = resumed_from
+        self.pending: EpochRecord | None = None
+
+    def on_start(self, info: RunInfo) -> None:
+        self.pending = None
+
+    def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
+        self.pending = record
+
+    def on_step(self, step: int, epoch: int, loss, accuracy, images_per_second: float) -> None:
+        if self.pending is not None:
+            record, self.pending = self.pending, None
+            self._report(record, with_state=True)
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            record, self.pending = self.pending, None
+            self._report(record, with_state=False, finished=True)
+
+    def _report(self, record: EpochRecord, *, with_state: bool, finished: bool = False) -> None:
+        from ray import tune
+
+        metrics = {**epoch_metrics(record, self.resumed_from), "finished": finished}
+        if not with_state:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="fmnist-ckpt-") as folder:
+            meta = read_json(self.run_dir / STATE_META)
+            for name in (STATE_META, meta["tensors_file"]):
+                shutil.copy2(self.run_dir / name, Path(folder) / name)
+            atomic_write_json(Path(folder) / CHECKPOINT_INFO, {"epoch": record.epoch})
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))  # copied to storage before it returns
+
+
+def _reset_run_dir(run_dir: Path) -> None:
+    """Forget what an earlier attempt left (its state, or outputs of a run Tune never saw finish)."""
+    clear_state(run_dir)
+    for name in (RESULTS_FILE, META_FILE, WEIGHTS_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def restore_checkpoint(run_dir: Path, checkpoint: Any) -> int:
+    """Put a Tune checkpoint's state into `run_dir`; returns the epoch it continues after."""
+    _reset_run_dir(run_dir)
+    with checkpoint.as_directory() as folder:
+        folder = Path(folder)
+        epoch = int(read_json(folder / CHECKPOINT_INFO)["epoch"])
+        meta = read_json(folder / STATE_META)
+        shutil.copy2(folder / meta["tensors_file"], run_dir / meta["tensors_file"])
+        shutil.copy2(folder / STATE_META, run_dir / STATE_META)  # last: it names the tensors file
+    return epoch
+
+
+def run_trial(sampled: dict[str, Any], *, spec: SweepSpec, sweep_dir: str, shipped: ShippedDataset) -> None:
+    """Tune's trainable: train one trial's config into its run directory, reporting every epoch."""
+    from ray import tune
+
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FmnistError(f"{root}: the sweep folder is not visible on {socket.gethostname()}; a sweep over "
+                          "several machines needs it on storage every node mounts at the same path")  # fmt: skip
+    run_dir = root / TRIALS_DIR / trial_name(tune.get_context().get_trial_id())
+    config = spec.trial_config(sampled)
+    dataset = receive_dataset(shipped)
+    pin_threads(spec.settings.cpus_per_trial)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resumed_from = restore_checkpoint(run_dir, checkpoint)
+    else:
+        resumed_from = 0
+        _reset_run_dir(run_dir)
+        prepare_run_dir(run_dir)
+    reporter = TuneReporter(run_dir, resumed_from)
+    train_into(config, run_dir, dataset, [reporter], resume=resumed_from > 0)
+    reporter.finish()
