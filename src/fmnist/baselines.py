@@ -22,8 +22,8 @@ import torch
 from fmnist import metrics
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
-from fmnist.data.splits import stratified_split, stratified_subsample
 from fmnist.data.normalize import normalize
+from fmnist.data.splits import stratified_split, stratified_subsample
 from fmnist.device import cpu_isa
 from fmnist.errors import UsageError
 from fmnist.evaluate import evaluate_logits

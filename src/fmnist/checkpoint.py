@@ -21,9 +21,9 @@ from torch import nn
 
 from fmnist import __version__
 from fmnist.constants import CLASS_NAMES
+from fmnist.data.normalize import blank_value
 from fmnist.errors import CheckpointError, FmnistError, UsageError
 from fmnist.fsutil import atomic_write_bytes, atomic_write_json
-from fmnist.data.normalize import blank_value
 from fmnist.tta import TTA_LEVELS, TestTimeAugmentation, tta_level
 
 FORMAT = "fmnist-checkpoint"

@@ -13,8 +13,8 @@ from torch import nn
 from fmnist import metrics
 from fmnist.constants import CLASS_NAMES
 from fmnist.data.normalize import blank_value, normalize
-from fmnist.models.base import Classifier
 from fmnist.device import autocast_context, resolve_precision
+from fmnist.models.base import Classifier
 from fmnist.tta import TestTimeAugmentation, tta_level
 
 

@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fmnist.constants import IMAGE_SIZE
 from fmnist.data.augment import cutmix, mixup, random_crop
