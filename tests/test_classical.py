@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fmnist.checkpoint import load_checkpoint
 from fmnist.baselines import fit_baseline
+from fmnist.checkpoint import load_checkpoint
 from fmnist.comparison import plan_from_models, run_compare
 from fmnist.config import build_config
 from fmnist.data.normalize import normalize

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fmnist.analysis.gradcam import grad_cam, heat_on_object
+from fmnist.analysis.gradcam import flat_maps, grad_cam, heat_on_object
 from fmnist.errors import UsageError
 from fmnist.models import create_model
 from fmnist.models.base import Classifier
@@ -62,6 +62,19 @@ def test_heatmap_maximum_lies_in_the_region_that_carries_the_signal():
 def test_class_without_positive_evidence_gives_an_all_zero_map():
     heat = grad_cam(region_model(), torch.rand(2, 1, 28, 28), target=0)  # weight -1: evidence against
     assert torch.count_nonzero(heat) == 0
+    assert flat_maps(heat).tolist() == [True, True]  # the report marks these instead of overlaying them
+
+
+def test_flat_maps_hand_examples():
+    peaked = torch.zeros(28, 28)
+    peaked[5, 5] = 1.0
+    uniform = torch.full((28, 28), 0.97)
+    uniform[0, 0] = 1.0  # within 10% of the peak everywhere: one colour on screen
+    graded = torch.linspace(0, 1, 28).expand(28, 28)
+    heat = torch.stack([peaked, uniform, torch.zeros(28, 28), graded])
+    assert flat_maps(heat).tolist() == [False, True, True, False]
+    heat = grad_cam(region_model(), torch.rand(3, 1, 28, 28), target=9)
+    assert not flat_maps(heat).any()  # the region stands out
 
 
 @pytest.mark.parametrize("name", ["fastcnn", "cnn_seed004", "lenet5", "resnet_small"])

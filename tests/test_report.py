@@ -1,43 +1,52 @@
 """Reports: every section on a tiny comparison, valid PNGs, a self-contained HTML file that
-headless Chromium renders without console errors, and the analysis functions behind the prose."""
+headless Chromium renders without console errors, the figures' readability rules, and the
+analysis functions behind the prose."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
+import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import matplotlib.colors
 import numpy as np
 import pytest
 import torch
 
-import fmnist.models.classical  # noqa: F401  (registers logreg and random_forest)
 from conftest import write_synthetic_idx
 from fmnist.analysis.calibration import calibration, confident_accuracy
 from fmnist.analysis.curves import detect_overfitting
-from fmnist.analysis.embeddings import class_separation, embed_2d, stratified_subsample
+from fmnist.analysis.embeddings import class_separation, embed_2d
 from fmnist.analysis.layers import layer_summary
+from fmnist.analysis.map_worker import start_maps
 from fmnist.analysis.mistakes import most_confident_mistakes, one_per_class, random_examples
-from fmnist.compare import ComparePlan, RunSpec, run_compare
+from fmnist.comparison import ComparePlan, RunSpec, run_compare
 from fmnist.config import build_config
+from fmnist.constants import CLASS_NAMES
 from fmnist.data.dataset import load_idx_folder
 from fmnist.data.idx import write_idx
-from fmnist.errors import UsageError
+from fmnist.data.splits import stratified_subsample
+from fmnist.errors import FmnistError, UsageError
+from fmnist.fsutil import atomic_write_text
 from fmnist.metrics import expected_calibration_error
 from fmnist.models import count_parameters, create_model
-from fmnist.report import write_report
+from fmnist.report import figures, figures_images, write_report
+from fmnist.report.sections import explain
 from fmnist.report.sections.comparison import class_winners
 from fmnist.report.sections.results import group_share
 from fmnist.runs import RunDirWriter, prepare_run_dir
-from fmnist.train import fit
+from fmnist.trainer import fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ["1. Data", "2. Models", "3. Training curves", "4. Test results", "5. Per-class results",
             "6. Confusion matrices", "7. Most-confused pairs", "8. Mistakes", "9. Calibration", "10. Explanations"]  # fmt: skip
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -103,10 +112,10 @@ def test_html_is_self_contained(tiny_compare: Path):
 
 def test_classical_runs_skip_model_sections_and_say_so(tiny_compare: Path):
     md = (tiny_compare / "report.md").read_text()
-    assert "forest-seed0: no checkpoint (RandomForestClassifier is a scikit-learn model kept as results only)" in md
+    assert "forest seed 0: no checkpoint (RandomForestClassifier is a scikit-learn model kept as results only)" in md
     assert "n/a (not a network)" in md
-    assert "logreg-seed0 is " in md.split("## 9. Calibration")[1]  # logistic regression has a checkpoint
-    assert "mlp-seed0: no Grad-CAM" in md
+    assert "logreg seed 0 is " in md.split("## 9. Calibration")[1]  # logistic regression has a checkpoint
+    assert "mlp seed 0: no Grad-CAM" in md
 
 
 def test_single_run_report_flags_overfitting(tiny_dataset, tmp_path: Path):
@@ -142,10 +151,8 @@ def test_report_without_the_images_still_writes_and_explains(tiny_data_dir: Path
     assert "The images could not be loaded" in md and "test images not available" in md
 
 
-def test_old_import_path_and_option_errors(tiny_compare: Path):
-    from fmnist.report.markdown import write_report as old_entry
-
-    assert old_entry(tiny_compare, html=False, embedding="none", gradcam=False) == tiny_compare / "report.md"
+def test_markdown_only_and_option_errors(tiny_compare: Path):
+    assert write_report(tiny_compare, html=False, embedding="none", gradcam=False) == tiny_compare / "report.md"
     with pytest.raises(UsageError, match="unknown report option"):
         write_report(tiny_compare, colour="blue")
     with pytest.raises(UsageError, match="embedding method"):
@@ -178,11 +185,13 @@ def test_html_renders_in_headless_chromium_without_console_errors(tiny_compare: 
                 "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length"
             )
             images = page.evaluate("document.images.length")
-            ARTIFACTS.mkdir(exist_ok=True)
-            shot = ARTIFACTS / "report-screenshot.png"
+            # How much the browser shrinks each confusion matrix to fit the column of a 1280 px window.
+            scales = page.evaluate(
+                "Array.from(document.images).filter(i => i.alt.startsWith('confusion matrix'))"
+                ".map(i => i.clientWidth / i.naturalWidth)"
+            )
+            shot = tmp_path / "report-screenshot.png"
             page.screenshot(path=str(shot), full_page=False)
-            page.locator("#s-calibration").scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "report-calibration.png"))
         finally:
             browser.close()
     assert not problems, problems
@@ -190,6 +199,8 @@ def test_html_renders_in_headless_chromium_without_console_errors(tiny_compare: 
         assert heading in headings, (heading, headings)
     assert images >= 15 and broken == 0
     assert shot.read_bytes()[:8] == PNG_MAGIC
+    # Cell numbers are 8.5 pt at 100 dpi (11.8 px): at this scale they stay at least 9 px tall.
+    assert scales and min(scales) >= 9 / (8.5 * figures.DPI / 72), scales
 
 
 # -- the functions behind the prose -------------------------------------------------------------
@@ -287,15 +298,37 @@ def test_embedding_helpers():
 
 
 @pytest.mark.slow
-def test_full_report_for_two_models_on_real_data_within_a_minute(real_data_dir: Path, tmp_path: Path):
+def test_full_report_for_two_models_on_real_data_completes(real_data_dir: Path, tmp_path: Path):
+    """A guard against a runaway report, not the benchmark: the 30 s target is for a quiet 2-core
+    machine and is measured by hand (README); CI machines are shared, so the bound here is loose."""
     dataset = load_idx_folder(real_data_dir)
-    plan = ComparePlan([RunSpec("mlp", {"model": "mlp_seed002"}), RunSpec("cnn", {"model": "fastcnn"})], title="speed")
+    plan = ComparePlan([RunSpec("mlp", {"model": "mlp_wide"}), RunSpec("cnn", {"model": "fastcnn"})], title="speed")
     run_compare(plan, tmp_path / "cmp", dataset, overrides={"epochs": 1, "max_steps": 30})
     started = time.perf_counter()
     write_report(tmp_path / "cmp")
     elapsed = time.perf_counter() - started
-    assert elapsed <= 60.0, f"report took {elapsed:.1f} s"
+    assert elapsed <= 120.0, f"report took {elapsed:.1f} s"
     assert (tmp_path / "cmp" / "figures" / "embedding-cnn.png").is_file()
+
+
+def test_maps_computed_in_a_second_process():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 30)
+    blobs = (np.eye(10)[labels] * 5 + rng.normal(0, 0.1, (300, 10))).astype(np.float32)
+    job = start_maps([(blobs, labels), (blobs[:100], labels[:100])], "tsne", 0)
+    try:
+        first, second = job.results()
+    finally:
+        job.close()
+    assert first.coords.shape == (300, 2) and second.coords.shape == (100, 2) and first.method == "tsne"
+    assert np.array_equal(first.labels, labels) and min(first.separation.values()) > 0.5 and first.seconds > 0
+    assert not job.folder.exists()
+    broken = start_maps([(blobs, labels)], "no-such-method", 0)
+    try:
+        with pytest.raises(FmnistError, match="the 2-D map process failed: .*embedding method"):
+            broken.results()
+    finally:
+        broken.close()
 
 
 def test_umap_replaces_tsne_when_its_extra_is_installed(monkeypatch):
@@ -319,3 +352,158 @@ def test_umap_replaces_tsne_when_its_extra_is_installed(monkeypatch):
     assert embeddings.resolve_method("auto") == "tsne"
     with pytest.raises(UsageError, match="optional extra"):
         embeddings.resolve_method("umap")
+
+
+# -- names, axes, labels, counts, file modes --------------------------------------------------------
+
+
+@pytest.fixture
+def lenet_run(tiny_dataset, tmp_path: Path) -> Path:
+    """One short lenet5 run in a folder called `run`: the folder name must not become the run's name."""
+    run_dir = prepare_run_dir(tmp_path / "run")
+    fit(build_config("lenet5", cli_values={"epochs": 1, "val_size": 100}), tiny_dataset, [RunDirWriter(run_dir)])
+    return run_dir
+
+
+def _mentions_of_run(md: str) -> list[str]:
+    """Places where a run called "run" would show up: the title, headings and the prose."""
+    pattern = r"Run run\b|\bfor run\b|\brun's\b|^### run$|\brun:|\brun is\b|\brun classifies\b|\brun makes\b"
+    return re.findall(pattern, md, re.M)
+
+
+def test_a_single_run_is_named_by_its_model_and_flat_gradcam_maps_are_flagged(lenet_run: Path, monkeypatch):
+    # Every Grad-CAM map all zeros, as when no cell of the layer carries positive evidence.
+    monkeypatch.setattr(explain, "grad_cam", lambda model, x, target: torch.zeros(len(x), 28, 28))
+    write_report(lenet_run, embedding="none")
+    md = (lenet_run / "report.md").read_text()
+    assert md.startswith("# lenet5 on Fashion-MNIST")
+    assert "is the hardest class for lenet5" in md and "### lenet5" in md
+    assert not _mentions_of_run(md), _mentions_of_run(md)
+    assert "Grad-CAM maps are flat" in md and "marked 'flat map'" in md
+    footer = md.rsplit("---", 1)[1]
+    assert "slowest parts:" in footer and "_section" not in footer and "forward_features" not in md
+
+
+def test_a_compare_uses_the_names_in_compare_json_not_its_folders(lenet_run: Path, tmp_path: Path):
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    entries = []
+    for name, run_dir in (("small", "run"), ("wide", "run2")):
+        shutil.copytree(lenet_run, folder / run_dir)
+        entries.append({"name": name, "run_dir": run_dir, "model": "lenet5"})
+    (folder / "compare.json").write_text(json.dumps({"title": "", "notes": "", "seeds": 1, "runs": entries}))
+    write_report(folder, embedding="none", gradcam=False)
+    md = (folder / "report.md").read_text().replace(str(folder), "FOLDER")
+    assert md.startswith("# Comparison of small and wide")
+    assert "### small" in md and "### wide" in md and "hardest class for wide" in md
+    assert "run2" not in md and not _mentions_of_run(md), _mentions_of_run(md)
+    assert (folder / "figures" / "confusion-wide.png").is_file()
+
+
+def _capture(monkeypatch) -> list:
+    """Keep the figures the drawing functions make, instead of saving and closing them."""
+    kept: list = []
+
+    def keep(fig, path):
+        kept.append(fig)
+        return path
+
+    for module in (figures, figures_images):
+        monkeypatch.setattr(module, "save", keep)
+    return kept
+
+
+def test_accuracy_axes_start_at_zero_or_say_they_are_cut(monkeypatch, tmp_path: Path):
+    kept = _capture(monkeypatch)
+    figures.per_class_bars(list(CLASS_NAMES), [0.6 + 0.03 * c for c in range(10)], tmp_path / "a.png", "t")
+    figures.grouped_class_bars({"a": [0.9] * 10, "b": [0.88] * 10}, tmp_path / "b.png")
+    history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.8 + 0.01 * e, "val_loss": 1 / e,
+                "val_accuracy": 0.79 + 0.01 * e} for e in range(1, 6)]  # fmt: skip
+    figures.training_curves({"m": history}, tmp_path / "c.png", {"m": 5})
+    figures.mean_curves({"m": [history, history]}, tmp_path / "d.png")
+    bars, grouped, curves, means = kept
+    assert bars.axes[0].get_xlim()[0] == 0 and grouped.axes[0].get_ylim()[0] == 0
+    for fig in (curves, means):
+        accuracy = next(ax for ax in fig.axes if "accuracy" in ax.get_ylabel())
+        low = accuracy.get_ylim()[0]
+        assert low > 0.5 and f"axis cut: starts at {100 * low:.0f}%" in accuracy.get_ylabel()
+        marks = [line for line in accuracy.get_lines() if not line.get_clip_on()]
+        assert len(marks) == 2  # the break mark on the spine
+
+
+def test_confusion_matrices_are_legible_and_outline_the_largest_errors(monkeypatch, tmp_path: Path):
+    kept = _capture(monkeypatch)
+    cm = np.diag([900] * 10)
+    cm[6, 0], cm[4, 2], cm[2, 4], cm[7, 9], cm[9, 7], cm[0, 3], cm[1, 8] = 120, 80, 60, 40, 30, 5, 1
+    for share in (False, True):
+        figures.confusion_matrix(cm, tmp_path / "c.png", "t", share=share)
+    red = matplotlib.colors.to_rgba(figures.RED)
+    for fig in kept:
+        ax = fig.axes[0]
+        assert fig.get_figwidth() * figures.DPI <= 950  # shown unscaled in the report's column
+        texts = [*ax.texts, *ax.get_xticklabels(), *ax.get_yticklabels()]
+        assert min(t.get_fontsize() * figures.DPI / 72 for t in texts) >= 9  # pixels
+        outlined = [(round(p.get_y() + 0.5), round(p.get_x() + 0.5)) for p in ax.patches if p.get_edgecolor() == red]
+        assert outlined == [(6, 0), (4, 2), (2, 4), (7, 9), (9, 7)]
+    counts, shares = kept
+    # Log colours: a single error is tinted, unlike an empty cell, and 5 is darker than 1.
+    image = counts.axes[0].images[0]
+    assert 0 < image.norm(1) < image.norm(5) < image.norm(120) < image.norm(900) <= 1
+    assert np.ma.is_masked(image.get_array()[0, 1])  # an empty cell is left white
+    texts = {t.get_text() for t in shares.axes[0].texts}
+    assert {"12", "1", "·"} <= texts  # 120/1020 is 12%, 5/905 rounds half up to 1%, 1/901 is a dot
+
+
+def test_random_predictions_label_every_chart(monkeypatch, tmp_path: Path):
+    kept = _capture(monkeypatch)
+    probs = np.full((10, 10), 0.05)
+    probs[np.arange(10), np.arange(10)] = 0.55
+    labels = np.array([0, 1, 2, 3, 4, 6, 6, 6, 6, 6])
+    figures_images.probability_bars(np.zeros((10, 28, 28), np.uint8), probs, labels, [0, 1, 2, 3, 4], [5, 7, 8, 9],
+                                     tmp_path / "p.png")  # fmt: skip
+    charts = [ax for ax in kept[0].axes if ax.patches]
+    assert len(charts) == 9
+    for ax in charts:
+        assert [t.get_text() for t in ax.get_xticklabels()] == figures_images.SHORT_NAMES
+
+
+def test_reliability_bins_show_counts_and_small_bins_are_hollow(monkeypatch, tmp_path: Path):
+    kept = _capture(monkeypatch)
+    bins = [
+        {"lower": b / 10, "upper": (b + 1) / 10, "count": 0, "confidence": None, "accuracy": None} for b in range(10)
+    ]
+    bins[5].update(count=12, confidence=0.55, accuracy=0.5)
+    bins[9].update(count=4321, confidence=0.97, accuracy=0.95)
+    figures.reliability_diagram({"m": bins}, tmp_path / "r.png")
+    ax, ax_count = kept[0].axes
+    assert {t.get_text() for t in ax_count.texts} == {"12", "4,321"}
+    faces = {round(float(line.get_xdata()[0]), 2): line.get_markerfacecolor()
+             for line in ax.get_lines() if line.get_marker() == "o" and len(line.get_xdata()) == 1}  # fmt: skip
+    assert 12 < figures.MIN_BIN_COUNT <= 4321
+    assert faces[0.55] == "white" and faces[0.97] != "white"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077], ids=lambda m: f"umask-{m:03o}")
+def test_atomic_writes_and_reports_honour_the_umask(umask: int, lenet_run: Path, tmp_path: Path):
+    old = os.umask(umask)
+    try:
+        target = tmp_path / "plain.txt"
+        atomic_write_text(target, "x")
+        write_report(lenet_run, embedding="none", gradcam=False)
+    finally:
+        os.umask(old)
+    files = [target, lenet_run / "report.html", lenet_run / "report.md", *sorted((lenet_run / "figures").glob("*.png"))]
+    modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+def test_writing_a_report_never_loads_the_training_code(lenet_run: Path):
+    """The report reads run files; fmnist.trainer (and the scikit-learn fitting code) stay unloaded."""
+    code = (
+        "import sys; from fmnist.report import write_report; "
+        f"write_report({str(lenet_run)!r}, embedding='none', gradcam=False); "
+        "print(sorted(m for m in sys.modules if m in ('fmnist.trainer', 'fmnist.baselines')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -56,6 +56,20 @@ def _describe_os_error(path: Path, exc: OSError) -> str:
     return f"{path}: cannot write ({exc.strerror or exc})"
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux reports it in /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way to read it is to set it; put it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces `path` only if the block finishes without error.
@@ -73,6 +87,9 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp makes the file private (0600); give it the mode open() would have given it,
+            # so a run folder's files are as readable as its figures unless the umask says otherwise.
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+OVERFIT_PATIENCE = 3  # epochs of validation loss above its minimum that count as overfitting (the seeds' U-shape)
+
 
 @dataclass(frozen=True)
 class Overfitting:
@@ -18,7 +20,7 @@ class Overfitting:
     train_loss_last: float
 
 
-def detect_overfitting(history: Sequence[dict[str, Any]], patience: int = 3) -> Overfitting | None:
+def detect_overfitting(history: Sequence[dict[str, Any]], patience: int = OVERFIT_PATIENCE) -> Overfitting | None:
     """The U-shape seeds 000 and 004 describe, or None.
 
     Flagged when the validation loss has its minimum at least `patience` epochs before the

@@ -14,6 +14,9 @@ from torch import nn
 from fmnist.constants import IMAGE_SIZE
 from fmnist.errors import UsageError
 
+GARMENT_LEVEL = 30  # of 255: a pixel brighter than this is garment, not the black background
+FLAT_RANGE = 0.1  # a map whose lowest value is within this share of its peak shows no place
+
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
     """Heatmaps (N,28,28) in [0,1] for normalised inputs `x` (N,1,28,28).
@@ -66,12 +69,24 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int | Non
     return torch.where(peak > 0, cam / peak.clamp(min=1e-12), torch.zeros_like(cam)).cpu()
 
 
-def heat_on_object(heatmaps: torch.Tensor, images: torch.Tensor, threshold: int = 30) -> float:
-    """Share of the total heat that lies on the garment (pixels brighter than `threshold` of 255).
+def heat_on_object(heatmaps: torch.Tensor, images: torch.Tensor) -> float:
+    """Share of the total heat that lies on the garment (pixels brighter than GARMENT_LEVEL).
 
     A plain-language check of a Grad-CAM: high means the model looked at the clothing,
     low means it looked at empty background.
     """
-    mask = (images.reshape(heatmaps.shape) > threshold).float()
+    mask = (images.reshape(heatmaps.shape) > GARMENT_LEVEL).float()
     total = heatmaps.sum()
     return float((heatmaps * mask).sum() / total) if total > 0 else float("nan")
+
+
+def flat_maps(heatmaps: torch.Tensor) -> torch.Tensor:
+    """Per map (N,28,28): True where it shows no place at all, so it should not be read as one.
+
+    That is a map of zeros (no positive evidence for the class at this layer) or one whose
+    lowest value is within FLAT_RANGE of its peak (the layer's map had a single cell, or
+    every cell scored the same): an overlay of either paints the whole image one colour.
+    """
+    flat = heatmaps.flatten(1)
+    peak, low = flat.max(1).values, flat.min(1).values
+    return (peak <= 0) | (peak - low < FLAT_RANGE * peak)

@@ -12,8 +12,9 @@ from torch import nn
 
 from fmnist import metrics
 from fmnist.checkpoint import load_checkpoint
-from fmnist.data.loader import to_model_input
-from fmnist.evaluate import predict
+from fmnist.data.normalize import blank_value, normalize
+from fmnist.evaluate import predict, predict_checkpoint
+from fmnist.tta import tta_level
 
 
 @dataclass
@@ -42,8 +43,8 @@ def predict_run(run_dir: Path, images: np.ndarray, labels: np.ndarray) -> RunPre
     """Load `run_dir`'s checkpoint and score every test image (fp32, with the run's own TTA setting)."""
     model, meta = load_checkpoint(run_dir)
     norm = meta["normalization"]
-    x = to_model_input(torch.from_numpy(images), norm["mean"], norm["std"])
-    logits = predict(model, x, tta_flip=bool(meta.get("tta_flip")))
+    x = normalize(torch.from_numpy(images), norm["mean"], norm["std"])
+    logits = predict_checkpoint(model, meta, images)
     return RunPredictions(model, meta, images, x, torch.from_numpy(labels).long(), logits)
 
 
@@ -54,11 +55,12 @@ def random_baseline(meta: dict[str, Any], x: torch.Tensor, labels: torch.Tensor,
     seeding the same way here rebuilds exactly the untrained network of that run.
     """
     from fmnist.models.registry import create_model
-    from fmnist.train import seed_everything
+    from fmnist.seeding import seed_everything
 
     seed_everything(seed)
     model = create_model(meta["model"], **meta["model_args"]).eval()
-    logits = predict(model, x, tta_flip=bool(meta.get("tta_flip")))
+    norm = meta["normalization"]
+    logits = predict(model, x, tta=tta_level(meta), blank=blank_value(norm["mean"], norm["std"]))
     return {"accuracy": metrics.accuracy(labels, logits.argmax(1)), "loss": metrics.cross_entropy(logits, labels)}
 
 

@@ -1,7 +1,8 @@
 """Everything a report section reads: the runs, their histories, the test images, predictions.
 
-Expensive things (the dataset, each model's 10,000 test predictions) are computed once, on
-first use, and shared by every section that needs them.
+Expensive things (the dataset, each model's 10,000 test predictions, the untrained baselines)
+are computed once and shared by every section that needs them; prepare() does the model work
+first and then starts the 2-D maps in a second process, which runs while the figures are drawn.
 """
 
 from __future__ import annotations
@@ -11,33 +12,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fmnist.models.classical  # noqa: F401  (a run may be a scikit-learn baseline)
-from fmnist.compare import COMPARE_FILE, read_compare
+import torch
+
+from fmnist.analysis.embeddings import METHOD_NAMES
+from fmnist.analysis.map_worker import Map2D, MapsJob, start_maps
+from fmnist.comparison import COMPARE_FILE, read_compare
 from fmnist.config import read_toml
 from fmnist.data.dataset import FashionMNIST
+from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError
+from fmnist.report.options import ReportOptions
 from fmnist.runs import CONFIG_FILE, RESULTS_FILE, read_history, read_results
 
 FIGURES_DIR = "figures"
 ABLATION_FILE = "ablation.json"
-
-
-@dataclass
-class ReportOptions:
-    data_dir: str | Path | None = None  # where the test images are; default: where the run found them
-    embedding: str = "auto"  # "auto" (UMAP if installed, else t-SNE), "tsne", "umap" or "none"
-    embedding_points: int = 2000  # t-SNE on a class-stratified subsample keeps the report fast
-    gradcam: bool = True
-    detail: str = "first-seed"  # which runs get model-level analysis: "first-seed" per model, or "all"
-    markdown: bool = True
-    html: bool = True
-    seed: int = 0  # for the random picks (samples shown, subsample): the same report every time
+BASELINE_IMAGES = 1000  # test images the untrained network is scored on
+__all__ = ["ABLATION_FILE", "BASELINE_IMAGES", "FIGURES_DIR", "ReportContext", "ReportOptions", "Run", "load_runs"]
 
 
 @dataclass
 class Run:
-    name: str  # run directory name, e.g. "cnn-seed1"
-    label: str  # the model's name in the plan, shared by its seeds
+    name: str  # what the report calls it: the compare's run name (+ seed), or the model for a single run
+    label: str  # the name its seeds share (a compare's run name, or the model)
+    slug: str  # file-name form of `name`, for figures
     path: Path
     results: dict[str, Any]
     history: list[dict[str, Any]]
@@ -74,22 +71,37 @@ def _read_config(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
 def load_runs(folder: Path) -> tuple[dict[str, Any] | None, list[Run]]:
-    """(compare.json or None, runs) for a compare directory or a single run directory."""
+    """(compare.json or None, runs) for a compare directory or a single run directory.
+
+    Runs are named by what the user chose, never by where they happen to lie: a compare's run
+    name (with the seed when a name has several), a single run's model.
+    """
     folder = Path(folder)
     if (folder / COMPARE_FILE).is_file():
         compare = read_compare(folder)
-        runs = []
-        for entry in compare.get("runs", []):
-            path = folder / entry["run_dir"]
-            runs.append(Run(entry["run_dir"], entry.get("name", entry["run_dir"]), path, read_results(path),
-                            read_history(path), _read_config(path)))  # fmt: skip
-        if not runs:
+        entries = compare.get("runs", [])
+        if not entries:
             raise FmnistError(f"{folder}: {COMPARE_FILE} lists no runs")
+        labels = [entry.get("name") or entry.get("model") or entry["run_dir"] for entry in entries]
+        runs = []
+        for entry, label in zip(entries, labels):
+            path = folder / entry["run_dir"]
+            results = read_results(path)
+            name, slug = label, label
+            if labels.count(label) > 1:
+                seed = results.get("seed", entry.get("seed"))
+                name, slug = f"{label} seed {seed}", f"{label}-seed{seed}"
+            runs.append(Run(name, label, _slug(slug), path, results, read_history(path), _read_config(path)))
         return compare, runs
     if (folder / RESULTS_FILE).is_file():
-        run = Run(folder.name, folder.name, folder, read_results(folder), read_history(folder), _read_config(folder))
-        return None, [run]
+        results = read_results(folder)
+        model = results["model"]
+        return None, [Run(model, model, _slug(model), folder, results, read_history(folder), _read_config(folder))]
     raise FmnistError(f"{folder}: neither a run directory ({RESULTS_FILE}) nor a comparison ({COMPARE_FILE})")
 
 
@@ -112,6 +124,9 @@ class ReportContext:
         self.data_problem = ""
         self._predictions: dict[str, Any] = {}
         self.prediction_problems: dict[str, str] = {}
+        self._baselines: dict[str, dict[str, float]] = {}
+        self._maps_job: MapsJob | None = None
+        self._map_names: list[str] = []
 
     @property
     def is_comparison(self) -> bool:
@@ -132,11 +147,11 @@ class ReportContext:
         best = max(self.detail_runs, key=lambda r: r.results["test_accuracy"]).name
         return Takeaway(" ".join(sentences.values()), sentences.get(best, ""))
 
-    def figure(self, kind: str, name: str = "") -> Path:
-        """figures/<kind>-<run>.png; a single run's report drops the run name (figures/curves.png)."""
-        name = name if self.is_comparison else ""
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-        return self.fig_dir / (f"{kind}-{safe}.png" if safe else f"{kind}.png")
+    def figure(self, kind: str, run: Run | None = None) -> Path:
+        """figures/<kind>-<run>.png; a single run's report drops the run (figures/curves.png)."""
+        if run is None or not self.is_comparison:
+            return self.fig_dir / f"{kind}.png"
+        return self.fig_dir / f"{kind}-{run.slug}.png"
 
     @property
     def dataset(self) -> FashionMNIST | None:
@@ -145,7 +160,7 @@ class ReportContext:
             self._dataset_tried = True
             started = time.perf_counter()
             self._dataset = self._find_dataset()
-            self.timings["load data"] = time.perf_counter() - started
+            self.timings["loading the images"] = time.perf_counter() - started
         return self._dataset
 
     def _find_dataset(self) -> FashionMNIST | None:
@@ -195,6 +210,57 @@ class ReportContext:
                 result = predict_run(run.path, self.dataset.test_images, self.dataset.test_labels)
             except FmnistError as exc:
                 self.prediction_problems[run.name] = str(exc)
-            self.timings[f"predict {run.name}"] = time.perf_counter() - started
+            self.timings[f"test predictions of {run.name}"] = time.perf_counter() - started
         self._predictions[run.name] = result
         return result
+
+    def untrained_baseline(self, run: Run) -> dict[str, float] | None:
+        """Accuracy and loss of `run`'s network with its starting weights, or None (no network or
+        no predictions). Scored on a class-stratified BASELINE_IMAGES: an untrained network sits
+        near 10% whatever the sample, and this measures it to about a point at a fraction of the cost."""
+        from fmnist.analysis.predictions import random_baseline
+
+        preds = self.predictions(run)
+        if run.classical or preds is None:
+            return None
+        if run.name not in self._baselines:
+            started = time.perf_counter()
+            chosen = torch.from_numpy(stratified_subsample(preds.labels.numpy(), BASELINE_IMAGES, self.options.seed))
+            self._baselines[run.name] = random_baseline(preds.meta, preds.x[chosen], preds.labels[chosen],
+                                                        int(run.results.get("seed", 0)))  # fmt: skip
+            self.timings[f"untrained baseline of {run.name}"] = time.perf_counter() - started
+        return self._baselines[run.name]
+
+    def prepare(self) -> None:
+        """Do the model work up front, then start the 2-D maps in a second process.
+
+        The sections' figures are Python on one core; t-SNE, in its own interpreter, uses the
+        other. Started after the last torch call, the maps never compete with torch's threads.
+        """
+        from fmnist.analysis.predictions import extract_features
+
+        jobs, names = [], []
+        for run in self.detail_runs:
+            preds = self.predictions(run)
+            self.untrained_baseline(run)
+            if preds is not None and self.options.embedding != "none":
+                labels = preds.labels.numpy()
+                chosen = stratified_subsample(labels, self.options.embedding_points, self.options.seed)
+                jobs.append((extract_features(preds.model, preds.x[chosen]), labels[chosen]))
+                names.append(run.name)
+        if jobs:
+            self._maps_job = start_maps(jobs, self.options.embedding, self.options.seed)
+            self._map_names = names
+
+    def embedding_map(self, run: Run) -> Map2D | None:
+        """The 2-D map of `run`'s embedding started by prepare() (waiting for it if need be), or None."""
+        if self._maps_job is None or run.name not in self._map_names:
+            return None
+        made = self._maps_job.results()[self._map_names.index(run.name)]
+        self.timings[f"{METHOD_NAMES[made.method]} of {run.name} (in a second process)"] = made.seconds
+        return made
+
+    def close(self) -> None:
+        if self._maps_job is not None:
+            self._maps_job.close()
+            self._maps_job = None

@@ -13,6 +13,7 @@ from fmnist.report.figures_images import labelled_images, probability_bars
 from fmnist.report.text import count, pct
 
 SURE = 0.9  # "confident" in the prose: top-class probability of at least 90%
+BINS = 15  # equal-width confidence bins of the reliability diagram and the ECE
 
 
 def _skips(ctx: ReportContext, runs) -> list[str]:
@@ -33,7 +34,7 @@ def mistakes_section(ctx: ReportContext) -> Section:
                   for i in worst]  # fmt: skip
         section.blocks.append(Heading(run.name))
         if worst:
-            png = labelled_images(preds.images[worst], titles, ctx.figure("mistakes", run.name), columns=8)
+            png = labelled_images(preds.images[worst], titles, ctx.figure("mistakes", run))
             section.blocks.append(
                 Image(
                     png,
@@ -43,11 +44,11 @@ def mistakes_section(ctx: ReportContext) -> Section:
             )
         right, wrong = random_examples(predicted, labels, 5, ctx.options.seed)
         png = probability_bars(
-            preds.images, probs.numpy(), labels.numpy(), right, wrong, ctx.figure("predictions", run.name)
+            preds.images, probs.numpy(), labels.numpy(), right, wrong, ctx.figure("predictions", run)
         )
         section.blocks.append(Image(png, f"random predictions of {run.name}",
-                                    "5 random correct and 5 random wrong test predictions with all ten class "
-                                    "probabilities (green: true class; red: the wrong top pick)."))  # fmt: skip
+                                    "5 random correct (left) and 5 random wrong (right) test predictions with all "
+                                    "ten class probabilities (green: the true class; red: the wrong top pick)."))  # fmt: skip
         errors = int((predicted != labels).sum())
         sure_wrong = int(((predicted != labels) & (confidence >= SURE)).sum())
         s = f"{run.name} is wrong on {count(errors)} test images"
@@ -84,7 +85,7 @@ def calibration_section(ctx: ReportContext) -> Section:
         if run.classical and not run.classical.get("probabilistic"):
             skipped.append(f"{run.name}: {run.classical.get('estimator')} gives decision scores, not probabilities")
             continue
-        cal = calibration(preds.probabilities, preds.labels, bins=15)
+        cal = calibration(preds.probabilities, preds.labels, bins=BINS)
         bins[run.name] = cal.bins
         n_sure, acc_sure = confident_accuracy(preds.probabilities, preds.labels, SURE)
         rows.append([run.name, pct(cal.ece), pct(cal.mean_confidence), pct(cal.accuracy),
@@ -107,8 +108,10 @@ def calibration_section(ctx: ReportContext) -> Section:
             Image(
                 png,
                 "reliability diagram",
-                "Each point: the images whose top-class probability falls in one of 15 equal-width "
-                "bins; on the diagonal, confidence equals accuracy. Below: images per bin.",
+                f"Each point: the images whose top-class probability falls in one of {BINS} equal-width "
+                f"bins; on the diagonal, confidence equals accuracy. Below: how many images each bin holds "
+                f"(log scale); bins with fewer than {figures.MIN_BIN_COUNT} are hollow, their accuracy is "
+                f"mostly chance.",
             )
         )
         section.blocks.append(Note("ECE (expected calibration error) is the bin-size-weighted mean of "

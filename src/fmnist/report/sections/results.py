@@ -4,16 +4,15 @@ matrices and the most-confused pairs."""
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
 
 from fmnist import metrics
-from fmnist.classical import PAPER_BENCHMARK
 from fmnist.constants import CLASS_NAMES
+from fmnist.models.baselines import PAPER_BENCHMARK
 from fmnist.report import figures
-from fmnist.report.context import ReportContext, Run
+from fmnist.report.context import BASELINE_IMAGES, ReportContext, Run
 from fmnist.report.document import Heading, Image, Note, Section, Table
 from fmnist.report.text import count, join_words, num, pct, points
 
@@ -37,21 +36,17 @@ def test_results_section(ctx: ReportContext) -> Section:
     for run in ctx.detail_runs:
         if run.classical:
             continue
-        preds = ctx.predictions(run)
-        if preds is None:
+        base = ctx.untrained_baseline(run)
+        if base is None:
             problems.append(f"{run.name}: {ctx.prediction_problems.get(run.name)}")
-            continue
-        from fmnist.analysis.predictions import random_baseline
-
-        started = time.perf_counter()
-        baselines[run.name] = random_baseline(preds.meta, preds.x, preds.labels, int(run.results.get("seed", 0)))
-        ctx.timings[f"random baseline {run.name}"] = time.perf_counter() - started
+        else:
+            baselines[run.name] = base
     rows = []
     for run in ctx.runs:
         r = run.results
         base = baselines.get(run.name)
         if base:
-            extra = [pct(base["accuracy"]), num(base["loss"]), points(r["test_accuracy"] - base["accuracy"], 1)]
+            extra = [pct(base["accuracy"], 1), num(base["loss"], 2), points(r["test_accuracy"] - base["accuracy"], 1)]
         else:
             extra = ["n/a (not a network)" if run.classical else "—", "", ""]
         rows.append([run.name, pct(r["test_accuracy"]), _loss(run), *extra])
@@ -71,8 +66,9 @@ def test_results_section(ctx: ReportContext) -> Section:
         sentences[run.name] = s + "."
     blocks.append(ctx.takeaway(sentences))
     if baselines:
-        blocks.append(Note("The random-weights baseline rebuilds each network with the seed its training started "
-                           "from, so it is exactly the model before its first step."))  # fmt: skip
+        blocks.append(Note(f"The random-weights baseline rebuilds each network with the seed its training started "
+                           f"from, so it is exactly the model before its first step; it is scored on a "
+                           f"class-stratified sample of {count(min(BASELINE_IMAGES, n_test))} test images."))  # fmt: skip
     drift = [f"{run.name} {pct(ctx.predictions(run).accuracy)} (recorded {pct(run.results['test_accuracy'])})"
              for run in ctx.detail_runs if run.name in baselines
              and abs(ctx.predictions(run).accuracy - run.results["test_accuracy"]) > 1e-9]  # fmt: skip
@@ -113,7 +109,7 @@ def per_class_section(ctx: ReportContext) -> Section:
                  f"{count(r['correct'])}/{count(r['support'])}", count(r["support"] - r["correct"])]
                 for r in per_class]  # fmt: skip
         png = figures.per_class_bars([r["name"] for r in per_class], [r["accuracy"] for r in per_class],
-                                     ctx.figure("per-class", run.name), f"{run.name}: accuracy per class")  # fmt: skip
+                                     ctx.figure("per-class", run), f"{run.name}: accuracy per class")  # fmt: skip
         section.blocks += [Heading(run.name),
                            Table(["class", "accuracy", "precision", "recall", "F1", "correct/total", "errors"], rows),
                            Image(png, f"per-class accuracy of {run.name}")]  # fmt: skip
@@ -137,13 +133,18 @@ def confusion_section(ctx: ReportContext) -> Section:
     sentences: dict[str, str] = {}
     for run in ctx.detail_runs:
         cm = np.asarray(run.results["confusion"])
-        png = figures.confusion_pair(cm, ctx.figure("confusion", run.name), run.name)
+        counts = figures.confusion_matrix(cm, ctx.figure("confusion", run), f"{run.name}: counts")
+        shares = figures.confusion_matrix(cm, ctx.figure("confusion-share", run),
+                                          f"{run.name}: % of each true class", share=True)  # fmt: skip
+        outlined = f"red outlines: the {figures.OUTLINED_CELLS} largest errors"
         section.blocks += [
             Heading(run.name),
-            Image(
-                png, f"confusion matrices of {run.name}", "Left: counts. Right: each row divided by its class total."
-            ),
-        ]
+            Image(counts, f"confusion matrix of {run.name} (counts)",
+                  f"Rows: true class; columns: prediction. Log colour scale, so single errors show; {outlined}."),
+            Image(shares, f"confusion matrix of {run.name} (share of each true class)",
+                  f"Each row divided by its class total, in %; only the errors are coloured (the grey diagonal is "
+                  f"each class's accuracy); {outlined}."),
+        ]  # fmt: skip
         errors = int(cm.sum() - np.trace(cm))
         if not errors:
             sentences[run.name] = f"{run.name} makes no errors: every count lies on the diagonal."

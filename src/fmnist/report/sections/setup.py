@@ -48,7 +48,7 @@ def data_section(ctx: ReportContext) -> Section:
     val = np.zeros(NUM_CLASSES, dtype=int)
     val_size, seed = int(config.get("val_size", 0) or 0), int(config.get("seed", 0) or 0)
     if 0 < val_size < len(dataset.train_labels):
-        from fmnist.data.loader import stratified_split
+        from fmnist.data.splits import stratified_split
 
         _, val_idx = stratified_split(dataset.train_labels, val_size, seed)
         val = np.bincount(dataset.train_labels[val_idx], minlength=NUM_CLASSES)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from fmnist.analysis.curves import best_row, detect_overfitting
+from fmnist.analysis.curves import OVERFIT_PATIENCE, best_row, detect_overfitting
 from fmnist.report import figures
 from fmnist.report.context import ReportContext
 from fmnist.report.document import Heading, Image, Note, Section, Table
 from fmnist.report.text import num, pct
-
-PATIENCE = 3  # epochs of rising validation loss that count as overfitting (the seeds' U-shape)
 
 
 def training_section(ctx: ReportContext) -> Section:
@@ -22,7 +20,7 @@ def training_section(ctx: ReportContext) -> Section:
             why = "fitted in one pass, no epochs" if run.classical else f"{len(history)} epoch(s) recorded"
             skipped.append(f"{run.name} ({why})")
             continue
-        flag = detect_overfitting(history, PATIENCE)
+        flag = detect_overfitting(history)
         best_epoch = run.results.get("best_epoch") or 0
         best = best_row(history, best_epoch)
         val_rows = [r for r in history if r.get("val_loss") is not None]
@@ -34,7 +32,7 @@ def training_section(ctx: ReportContext) -> Section:
             f"{num(min_row['val_loss'])} (epoch {min_row['epoch']})" if min_row else "n/a",
             f"yes, from epoch {flag.started_epoch}" if flag else "no",
         ])  # fmt: skip
-        png = figures.training_curves({run.name: history}, ctx.figure("curves", run.name), {run.name: best_epoch},
+        png = figures.training_curves({run.name: history}, ctx.figure("curves", run), {run.name: best_epoch},
                                       {run.name: flag.started_epoch} if flag else None)  # fmt: skip
         blocks += [Heading(run.name), Image(png, f"training curves of {run.name}")]
         if flag:
@@ -53,7 +51,7 @@ def training_section(ctx: ReportContext) -> Section:
                              f"no overfitting signal{still}.")  # fmt: skip
     if rows:
         table = Table(["run", "epochs", "best epoch", "best val accuracy", "final train loss", "lowest val loss",
-                       f"overfitting (val loss up ≥ {PATIENCE} epochs)"], rows, "lrrrrrl")  # fmt: skip
+                       f"overfitting (val loss up ≥ {OVERFIT_PATIENCE} epochs)"], rows, "lrrrrrl")  # fmt: skip
         blocks.insert(0, table)
         if sentences:
             blocks.insert(1, ctx.takeaway(sentences))
