@@ -193,14 +193,14 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str 
     return config
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"{path}: config file not found") from None
+        raise UsageError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read config ({exc})") from None
+        raise UsageError(f"{path}: cannot read the {what} ({exc})") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

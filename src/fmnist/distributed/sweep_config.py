@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 
-from fmnist.config import FIELD_TYPES, TrainConfig, build_config
+from fmnist.config import FIELD_TYPES, TrainConfig, build_config, read_toml
 from fmnist.errors import UsageError
 
 METRICS = {"val_accuracy": "max", "val_loss": "min", "train_accuracy": "max", "train_loss": "min"}
@@ -250,14 +249,5 @@ def parse_sweep(data: dict[str, Any], where: str, overrides: dict[str, Any] | No
 
 def read_sweep(path: Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: sweep config not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the sweep config ({exc})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: invalid TOML ({exc})") from None
+    data = read_toml(path, "sweep config")
     return parse_sweep(data, str(path), overrides)
