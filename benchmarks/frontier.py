@@ -5,9 +5,11 @@ would (the recipe's fixed epochs, best epoch on the validation split, the test s
 once), over --seeds seeds (one seed when a run would take over --long-run minutes), and
 prints one table: recipe, model, test accuracy mean ± std, seconds per run, hardware. It draws
 accuracy against time (mean ± std, the Pareto front joined) to frontier.png and, with
---write, records the figures in fmnist/recipes_measured.json for `fmnist recipes`.
+--write, records the figures in fmnist/recipes_measured.json for `fmnist recipes`. Each run is
+a normal run directory (OUT/RECIPE/seed-N), so `fmnist report` and `fmnist ensemble` take it;
+--ensemble also averages each recipe's seeds and prints the gain over the best member.
 
-    python benchmarks/frontier.py [--recipes fast,cpu-94] [--seeds 3] [--write] [--out DIR]
+    python benchmarks/frontier.py [--recipes fast,cpu-94] [--seeds 3] [--ensemble] [--write] [--out DIR]
     python benchmarks/frontier.py --max-steps 5          # smoke mode: checks the harness only
 """
 
@@ -22,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from fmnist.api import load_data, make_config
+from fmnist.api import load_data, train
 from fmnist.device import cpu_isa, cpu_model
+from fmnist.ensemble import build_ensemble
 from fmnist.recipes import MEASURED_FILE, RECIPES
-from fmnist.trainer import fit
 
 
 def hardware() -> str:
@@ -34,16 +36,17 @@ def hardware() -> str:
     return f"{cpu_model()} ({cpu_isa()}, {torch.get_num_threads()} threads)"
 
 
-def measure(name: str, seeds: int, long_run_s: float, data, max_steps: int | None, val_size: int | None) -> dict:
-    accuracies, seconds = [], []
+def measure(name: str, seeds: int, long_run_s: float, data, max_steps: int | None, val_size: int | None,
+            out: Path) -> dict:  # fmt: skip
+    accuracies, seconds, run_dirs = [], [], []
     for seed in range(seeds):
         options = {"seed": seed, "max_steps": max_steps, "val_size": val_size}
-        config = make_config(recipe=name, **options)
+        run_dirs.append(out / name / f"seed-{seed}")
         started = time.perf_counter()
-        result = fit(config, data)
+        run = train(recipe=name, out=run_dirs[-1], data=data, progress=False, overwrite=True, **options)
         seconds.append(time.perf_counter() - started)
-        accuracies.append(result.test_accuracy)
-        print(f"  {name} seed {seed}: {100 * result.test_accuracy:.2f}% in {seconds[-1]:.0f} s", flush=True)
+        accuracies.append(run.test_accuracy)
+        print(f"  {name} seed {seed}: {100 * run.test_accuracy:.2f}% in {seconds[-1]:.0f} s", flush=True)
         if seconds[-1] > long_run_s:  # one seed is all such a recipe gets here
             break
     return {
@@ -52,8 +55,18 @@ def measure(name: str, seeds: int, long_run_s: float, data, max_steps: int | Non
         "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
         "seconds_mean": statistics.fmean(seconds), "hardware": hardware(),
         "command": f"python benchmarks/frontier.py --recipes {name} --seeds {seeds}",
-        "smoke": bool(max_steps),
+        "smoke": bool(max_steps), "run_dirs": [str(d) for d in run_dirs],
     }  # fmt: skip
+
+
+def ensemble_of_seeds(name: str, row: dict, data, out: Path) -> dict | None:
+    """The average of a recipe's seeds: its accuracy and gain over the best member."""
+    if row["runs"] < 2:
+        return None
+    results = build_ensemble([Path(d) for d in row["run_dirs"]], out / f"{name}-ensemble", dataset=data, overwrite=True)
+    best_member = max(row["accuracy"])
+    return {"members": row["runs"], "accuracy": results["test_accuracy"],
+            "gain_over_best_member": results["test_accuracy"] - best_member}  # fmt: skip
 
 
 def pareto(rows: dict[str, dict]) -> list[str]:
@@ -101,18 +114,27 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("FMNIST_DATA"))
     parser.add_argument("--out", type=Path, default=Path("runs/frontier"))
     parser.add_argument("--write", action="store_true", help="record the figures for `fmnist recipes`")
+    parser.add_argument("--ensemble", action="store_true", help="also average each recipe's seeds")
     args = parser.parse_args()
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         parser.error(f"unknown recipe {unknown[0]!r}; available: {', '.join(RECIPES)}")
     data = load_data(args.data_dir)
-    rows = {n: measure(n, args.seeds, 60 * args.long_run, data, args.max_steps, args.val_size) for n in names}
+    rows = {n: measure(n, args.seeds, 60 * args.long_run, data, args.max_steps, args.val_size, args.out) for n in names}
+    if args.ensemble:
+        for name, row in rows.items():
+            row["ensemble"] = ensemble_of_seeds(name, row, data, args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"\n{'recipe':<14}{'model':<14}{'test accuracy':>22}{'s/run':>9}  hardware")
     for name, r in rows.items():
         acc = f"{100 * r['accuracy_mean']:.2f}% ± {100 * r['accuracy_std']:.2f} ({r['runs']})"
         print(f"{name:<14}{r['model']:<14}{acc:>22}{r['seconds_mean']:>9.0f}  {r['hardware']}")
+    for name, r in rows.items():
+        if r.get("ensemble"):
+            e = r["ensemble"]
+            print(f"{name}: ensemble of {e['members']} seeds {100 * e['accuracy']:.2f}% "
+                  f"({100 * e['gain_over_best_member']:+.2f} points over the best member)")  # fmt: skip
     print(f"Pareto front: {' -> '.join(pareto(rows))}")
     plot(rows, args.out / "frontier.png")
     (args.out / "frontier.json").write_text(json.dumps(rows, indent=2))

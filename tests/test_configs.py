@@ -1,4 +1,5 @@
-"""configs/seed000..004.toml: every seed study as one runnable `fmnist compare --config` file."""
+"""configs/seed000..004.toml: every seed study as one runnable `fmnist compare --config` file; and
+configs/seed004-benchmark.toml, seed 004's benchmark table with its ensemble row."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from fmnist.comparison import plan_from_file, run_compare
 from fmnist.models import count_parameters, create_model
 from fmnist.report.text import published_accuracy, published_pct
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("seed00*.toml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("seed00?.toml"))
+BENCHMARK = CONFIG_DIR / "seed004-benchmark.toml"
 TINY = {"epochs": 1, "max_steps": 1, "val_size": 100, "batch_size": 32}
 
 
@@ -90,3 +93,42 @@ def test_every_configs_published_figures_reach_the_comparison(path: Path, tiny_d
         if key in ctx.groups or key not in {s.name for s in plan_from_file(path).runs}:
             assert expected in text, (key, expected)
     assert "compare rankings and gaps" in text
+
+
+def test_the_benchmark_config_runs_every_row_of_seed004s_table():
+    from fmnist.models.registry import get_entry
+
+    plan = plan_from_file(BENCHMARK)
+    assert BENCHMARK.read_text().lstrip().startswith("#") and "validation split" in plan.notes
+    models = {s.name: s.config({}).model for s in plan.runs}
+    assert list(models.values()) == ["logreg", "mlp", "lenet5", "cnn_seed004", "resnet18", "efficientnet_b0"]
+    for name in models:
+        get_entry(models[name])  # every run's model exists
+    mlp = plan.runs[1].config({})
+    assert 190_000 <= count_parameters(create_model("mlp", **mlp.model_args)) <= 210_000  # "~200K"
+    (ensemble,) = plan.ensembles
+    assert ensemble.members == ("mlp_2layer", "lenet5", "custom_cnn", "resnet18", "efficientnet_b0")
+    published = {k: published_pct(v) for k, v in plan.published.items() if published_accuracy(v) is not None}
+    assert list(published.values()) == ["84.2%", "87.5%", "89.8%", "93.04%", "94.5%", "95.2%", "96.1%"]
+    assert set(published) == set(models) | {ensemble.name}
+
+
+def test_the_benchmark_configs_ensemble_row_shows_its_published_figure(tiny_dataset, tmp_path: Path):
+    """A smoke run of the cheap rows and their ensemble: the ensemble row and 96.1% reach the comparison."""
+    from fmnist.comparison import EnsembleSpec
+    from fmnist.report.context import ReportContext, ReportOptions
+    from fmnist.report.document import Document, render_markdown
+    from fmnist.report.sections.comparison import comparison_section
+
+    plan = plan_from_file(BENCHMARK)
+    cheap = ["mlp_2layer", "lenet5"]  # resnet18 and efficientnet_b0 take minutes even for one step on a CPU
+    plan.runs = [s for s in plan.runs if s.name in cheap]
+    plan.ensembles = [EnsembleSpec(e.name, tuple(m for m in e.members if m in cheap)) for e in plan.ensembles]
+    out = tmp_path / "bench"
+    summary = run_compare(plan, out, tiny_dataset, overrides=TINY)
+    (row,) = summary["ensembles"]
+    assert row["name"] == "ensemble5" and [m["name"] for m in row["members"]] == cheap
+    text = render_markdown(Document("t", [], [comparison_section(ReportContext(out, ReportOptions()))]), out)
+    line = next(line for line in text.splitlines() if line.startswith("| ensemble5 (ensemble of 2)"))
+    assert "96.1%" in line and "vs best member" in line
+    assert "| ensemble5 | 96.1% |" in text  # the published-figures table, ours beside it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,13 @@ def test_cli_lists_recipes_and_trains_one(tiny_data_dir: Path, tmp_path: Path, i
 def test_frontier_harness_in_smoke_mode(tiny_data_dir: Path, tmp_path: Path, isolated_env):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--recipes", "fast,mlp-baseline",
                            "--seeds", "2", "--max-steps", "2", "--val-size", "100", "--data-dir", str(tiny_data_dir),
-                           "--out", str(tmp_path / "f")], capture_output=True, text=True, env=isolated_env,
-                          timeout=600)  # fmt: skip
+                           "--ensemble", "--out", str(tmp_path / "f")], capture_output=True, text=True,
+                          env=isolated_env, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "Pareto front:" in proc.stdout and (tmp_path / "f" / "frontier.png").stat().st_size > 1000
+    # Every measured run is a normal run directory, and the seeds' ensemble is reported.
+    rows = json.loads((tmp_path / "f" / "frontier.json").read_text())
+    for seed in (0, 1):
+        results = json.loads((tmp_path / "f" / "fast" / f"seed-{seed}" / "results.json").read_text())
+        assert results["test_accuracy"] == rows["fast"]["accuracy"][seed]
+    assert rows["fast"]["ensemble"]["members"] == 2 and "fast: ensemble of 2 seeds" in proc.stdout

@@ -106,12 +106,14 @@ def _train_with_progress(config: TrainConfig, run_dir: Path, data: FashionMNIST,
 def compare(models: Sequence[str] | None = None, *, config_file: str | Path | None = None, seeds: int | None = None,
             out: str | Path | None = None, data: FashionMNIST | None = None, data_dir: str | Path | None = None,
             progress: bool | Any = True, report: bool = True, notify=lambda _message: None, ray: str | None = None,
-            **overrides: Any) -> Comparison:  # fmt: skip
+            ensemble: bool | None = None, **overrides: Any) -> Comparison:  # fmt: skip
     """Train several models (default: the MLP baseline vs fmnist's CNN) and compare them.
 
-    `models` names registered models; `config_file` is a compare TOML ([[runs]]); `overrides`
-    apply to every run (epochs=2, max_steps=20, ...). `ray`: run each run as a Ray task on the
-    cluster at HOST:PORT, or on a Ray started here for the call ("local"); None trains here.
+    `models` names registered models; `config_file` is a compare TOML ([[runs]], [[ensembles]]);
+    `overrides` apply to every run (epochs=2, max_steps=20, ...). `ensemble=True` (needs seeds
+    >= 2) also averages each model's seeds into an ensemble, a row of its own. `ray`: run each
+    run as a Ray task on the cluster at HOST:PORT, or on a Ray started here for the call
+    ("local"); None trains here. Ensembles are built here from the returned run directories.
     """
     from fmnist.comparison import default_plan, plan_from_file, plan_from_models
 
@@ -120,6 +122,8 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
     plan = plan_from_file(Path(config_file)) if config_file else plan_from_models(models) if models else default_plan()
     if seeds:
         plan.seeds = seeds
+    if ensemble is not None:
+        plan.ensemble = ensemble
     return run_plan(plan, Path(out) if out else RUNS_ROOT / f"compare-{_timestamp()}", data=data, data_dir=data_dir,
                     progress=progress, report=report, overrides=overrides, notify=notify, ray=ray)  # fmt: skip
 
@@ -151,7 +155,7 @@ def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress
                 run_ablation(ablation_base, out, data, seeds=plan.seeds, overrides=overrides, executor=executor,
                              **hooks)  # fmt: skip
             else:
-                run_compare(plan, out, data, planned=planned, executor=executor, **hooks)
+                run_compare(plan, out, data, planned=planned, executor=executor, step=notify, **hooks)
     finally:
         if display is not None:
             display.close()

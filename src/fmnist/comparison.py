@@ -3,6 +3,8 @@
     runs/compare-<timestamp>/
       compare.json      what was run and each run's summary
       <name>/ or <name>-seed<k>/   one run directory each (see fmnist.runs)
+      ensembles/<name>/            with --ensemble or [[ensembles]]: one ensemble directory each
+                                   (see fmnist.ensemble), built here from the run directories
       report.md, figures/          written by fmnist.report
 """
 
@@ -17,12 +19,14 @@ from typing import Any
 
 from fmnist.config import TrainConfig, build_config, read_toml
 from fmnist.data.dataset import FashionMNIST
-from fmnist.errors import UsageError
+from fmnist.errors import FmnistError, UsageError
 from fmnist.fsutil import atomic_write_json, read_json
+from fmnist.models.registry import get_entry
 from fmnist.results import RunResult, TrainCallback
 from fmnist.runs import RunLock, prepare_run_dir, train_into
 
 COMPARE_FILE = "compare.json"
+ENSEMBLES_DIR = "ensembles"
 # The seeds' experiment: the MLP baseline against fmnist's default CNN, each with its recipe.
 DEFAULT_RUNS: tuple[tuple[str, str], ...] = (("mlp", "mlp_wide"), ("cnn", "fastcnn"))
 
@@ -47,6 +51,25 @@ class PlannedRun:
     config: TrainConfig
 
 
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """An `[[ensembles]]` table: several runs of the plan averaged into one model."""
+
+    name: str
+    members: tuple[str, ...]  # run names of the plan
+
+
+@dataclass(frozen=True)
+class PlannedEnsemble:
+    name: str  # its row in the comparison and its folder under ENSEMBLES_DIR
+    kind: str  # "seeds": one run name's seeds; "runs": runs named in [[ensembles]]
+    members: tuple[PlannedRun, ...]
+
+    @property
+    def folder(self) -> str:
+        return f"{ENSEMBLES_DIR}/{self.name}"
+
+
 @dataclass
 class ComparePlan:
     runs: list[RunSpec]
@@ -54,9 +77,50 @@ class ComparePlan:
     title: str = "MLP baseline vs CNN"
     notes: str = ""
     published: dict[str, Any] = field(default_factory=dict)  # figures from the study a config reproduces
+    ensemble: bool = False  # average each run name's seeds (needs seeds >= 2)
+    ensembles: list[EnsembleSpec] = field(default_factory=list)
+
+    def check_ensembles(self, where: str = "compare") -> None:
+        """Ensemble settings that cannot work fail here, before anything trains."""
+        if self.ensemble and self.seeds < 2:
+            raise UsageError(f"{where}: --ensemble (ensemble = true) averages each run's seeds, so it needs "
+                             f"--seeds 2 or more (got {self.seeds})")  # fmt: skip
+        run_names = [s.name for s in self.runs]
+        models = {s.name: s.values.get("model") for s in self.runs}
+        seen: set[str] = set()
+        for e in self.ensembles:
+            if e.name in seen or e.name in run_names:
+                raise UsageError(f"{where}: ensemble name {e.name!r} is already a run's or another ensemble's")
+            seen.add(e.name)
+            unknown = [m for m in e.members if m not in run_names]
+            if unknown:
+                raise UsageError(f"{where}: ensemble {e.name!r} names unknown run {unknown[0]!r} "
+                                 f"(runs: {', '.join(run_names)})")  # fmt: skip
+            if len(set(e.members)) < 2 or len(set(e.members)) != len(e.members):
+                raise UsageError(f"{where}: ensemble {e.name!r} needs two or more different runs as members")
+        for name in [m for e in self.ensembles for m in e.members] + (run_names if self.ensemble else []):
+            if models.get(name) and not get_entry(str(models[name])).has_network:
+                raise UsageError(f"{where}: run {name!r} ({models[name]}) keeps no model, so it cannot be an "
+                                 f"ensemble member")  # fmt: skip
+
+    def planned_ensembles(self, planned: list[PlannedRun]) -> list[PlannedEnsemble]:
+        """The ensembles to build once `planned` has trained: each name's seeds, then [[ensembles]] per seed."""
+        by_name: dict[str, list[PlannedRun]] = {}
+        for run in planned:
+            by_name.setdefault(run.spec_name, []).append(run)
+        out = []
+        if self.ensemble:
+            out += [PlannedEnsemble(name, "seeds", tuple(runs)) for name, runs in by_name.items() if len(runs) > 1]
+        for e in self.ensembles:
+            for k in range(self.seeds):  # with several seeds, one ensemble of the k-th seed of each member
+                members = tuple(by_name[m][k] for m in e.members)
+                name = e.name if self.seeds == 1 else f"{e.name}-seed{members[0].config.seed}"
+                out.append(PlannedEnsemble(name, "runs", members))
+        return out
 
     def resolve(self, overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
         """Every run x seed with its validated config: bad values fail here, before any data loads."""
+        self.check_ensembles()
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         planned = []
         for spec in self.runs:
@@ -83,7 +147,7 @@ def plan_from_models(models: Sequence[str]) -> ComparePlan:
 def plan_from_file(path: Path) -> ComparePlan:
     """A TOML file: optional title/notes/seeds, a [defaults] table, and [[runs]] with name + model."""
     data = read_toml(path)
-    known = {"title", "notes", "seeds", "defaults", "runs", "published"}
+    known = {"title", "notes", "seeds", "defaults", "runs", "published", "ensemble", "ensembles"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"{path}: unknown top-level key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -104,8 +168,29 @@ def plan_from_file(path: Path) -> ComparePlan:
     seeds = data.get("seeds", 1)
     if not isinstance(seeds, int) or seeds < 1:
         raise UsageError(f"{path}: seeds must be a positive integer")
-    return ComparePlan(specs, seeds, str(data.get("title", path.stem)), str(data.get("notes", "")),
-                       dict(data.get("published", {})))  # fmt: skip
+    ensemble = data.get("ensemble", False)
+    if not isinstance(ensemble, bool):
+        raise UsageError(f"{path}: ensemble must be true or false")
+    plan = ComparePlan(specs, seeds, str(data.get("title", path.stem)), str(data.get("notes", "")),
+                       dict(data.get("published", {})), ensemble, _ensemble_specs(path, data.get("ensembles", [])))  # fmt: skip
+    plan.check_ensembles(str(path))
+    return plan
+
+
+def _ensemble_specs(path: Path, tables: Any) -> list[EnsembleSpec]:
+    if not isinstance(tables, list):
+        raise UsageError(f"{path}: ensembles must be [[ensembles]] tables, each with a name and members")
+    specs = []
+    for i, table in enumerate(tables, start=1):
+        members = table.get("members") if isinstance(table, dict) else None
+        if not isinstance(table, dict) or not isinstance(table.get("name"), str) or not table["name"] \
+                or not isinstance(members, list) or not all(isinstance(m, str) for m in members):  # fmt: skip
+            raise UsageError(f"{path}: ensemble {i} needs a name and members, a list of run names")
+        extra = sorted(set(table) - {"name", "members"})
+        if extra:
+            raise UsageError(f"{path}: ensemble {table['name']!r}: unknown key {extra[0]!r} (known: members, name)")
+        specs.append(EnsembleSpec(table["name"], tuple(members)))
+    return specs
 
 
 def default_out_dir(root: Path = Path("runs")) -> Path:
@@ -160,24 +245,65 @@ def run_compare(
     make_callbacks: MakeCallbacks = lambda name, cfg: [],
     on_result: OnResult = lambda name, result: None,
     executor: Executor | None = None,
+    step: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Train every run of `plan` (x seeds) into `out_dir`; returns and writes compare.json.
+    """Train every run of `plan` (x seeds) into `out_dir`, then build its ensembles; returns and writes compare.json.
 
     `planned` is `plan.resolve(overrides)` when the caller has already built it; `executor`
-    trains the runs (default: here, one after another).
+    trains the runs (default: here, one after another); `step` hears each ensemble member being scored.
     """
     planned = planned if planned is not None else plan.resolve(overrides)
     out_dir = prepare_run_dir(out_dir)
     with RunLock(out_dir):
         results = (executor or run_sequentially)(planned, out_dir, dataset, make_callbacks, on_result)
-        summary = compare_summary(plan, planned, results, dataset.provenance.to_dict())
+        # Built here from the run directories, wherever the runs trained (locally or as Ray tasks).
+        ensembles = [build_planned_ensemble(e, out_dir, dataset, step) for e in plan.planned_ensembles(planned)]
+        summary = compare_summary(plan, planned, results, dataset.provenance.to_dict(), ensembles)
         atomic_write_json(out_dir / COMPARE_FILE, summary)
     return summary
 
 
+def build_planned_ensemble(planned: PlannedEnsemble, out_dir: Path, dataset: FashionMNIST,
+                           step: Callable[[str], None] = lambda _: None) -> dict[str, Any]:  # fmt: skip
+    """Build one ensemble of a compare into out_dir/ensembles/NAME; returns its row for compare.json.
+
+    An ensemble that cannot be built (members that came out identical, say) gets its reason in
+    the row instead: the runs it would average are already trained and must still be summarised.
+    """
+    from fmnist.device import resolve_device
+    from fmnist.ensemble import build_ensemble
+
+    members = [{"name": run.spec_name, "run_dir": run.run_name, "seed": run.config.seed, "model": run.config.model}
+               for run in planned.members]  # fmt: skip
+    row: dict[str, Any] = {"name": planned.name, "kind": planned.kind, "dir": planned.folder, "members": members}
+    device = resolve_device(planned.members[0].config.device).type
+    try:
+        results = build_ensemble([out_dir / m.run_name for m in planned.members], out_dir / planned.folder,
+                                 dataset=dataset, device=device, overwrite=True,
+                                 step=lambda label: step(f"ensemble {planned.name}: {label}"))  # fmt: skip
+    except FmnistError as exc:
+        return {**row, "error": str(exc)}
+    for member, scored in zip(members, results["members"]):
+        member.update(test_accuracy=scored["test_accuracy"], weight=scored["weight"])
+    best = members[results["best_member"]]
+    pairs = [p["fraction"] for p in results["pairwise_disagreement"]]
+    return {
+        **row,
+        "params": results["params"],
+        "test_accuracy": results["test_accuracy"],
+        "test_loss": results["test_loss"],
+        "best_member": best["run_dir"],
+        "best_member_accuracy": best["test_accuracy"],
+        "gain_over_best_member": results["gain_over_best_member"],
+        "fixed": results["fixed"],
+        "introduced": results["introduced"],
+        "mean_disagreement": statistics.fmean(pairs),
+    }
+
+
 def compare_summary(plan: ComparePlan, planned: list[PlannedRun], results: list[dict[str, Any]],
-                    data: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """compare.json from each run's results.json, in plan order (pure: local and Ray runs share it)."""
+                    data: dict[str, Any], ensembles: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """compare.json from each run's results.json (plan order) and the ensembles' rows (pure: local and Ray runs share it)."""
     summary: dict[str, Any] = {"title": plan.title, "notes": plan.notes, "seeds": plan.seeds,
                                "published": plan.published, "runs": [], "data": data}  # fmt: skip
     per_spec: dict[str, list[dict[str, Any]]] = {}
@@ -186,6 +312,9 @@ def compare_summary(plan: ComparePlan, planned: list[PlannedRun], results: list[
         per_spec.setdefault(run.spec_name, []).append(entry)
         summary["runs"].append({k: v for k, v in entry.items() if k not in ("per_class", "confusion", "data")})
     summary["models"] = [summarize(name, rows) for name, rows in per_spec.items()]
+    if ensembles:
+        size_mb = {r["run_dir"]: r["size_mb"] for r in summary["runs"]}
+        summary["ensembles"] = [{**e, "size_mb": sum(size_mb[m["run_dir"]] for m in e["members"])} for e in ensembles]
     return summary
 
 

@@ -31,6 +31,9 @@ def compare_cmd(
                                         help="Validation images held out of training [default: 5000]"),  # fmt: skip
     device: Device | None = typer.Option(None, "--device", show_default=False, help="Where to train [default: auto]"),
     seed: int | None = typer.Option(None, "--seed", show_default=False, help="First seed [default: 0]"),
+    ensemble: bool | None = typer.Option(None, "--ensemble/--no-ensemble", show_default=False,
+                                         help="Also average each model's seeds into an ensemble (needs --seeds 2 or "
+                                              "more) [default: the config's, else off]"),  # fmt: skip
     no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
     tensorboard: bool | None = TensorBoardOption,
     ray: str | None = RayOption,
@@ -42,7 +45,7 @@ def compare_cmd(
     comparison = api.compare(models.split(",") if models else None, config_file=config, seeds=seeds, out=out,
                              progress=console, report=False, data_dir=data_dir, notify=notify, ray=ray_address(ray),
                              epochs=epochs, max_steps=max_steps, val_size=val_size, device=value(device), seed=seed,
-                             tensorboard=tensorboard)  # fmt: skip
+                             tensorboard=tensorboard, ensemble=ensemble)  # fmt: skip
     print_comparison(comparison, comparison.summary["title"])
     if not no_report:
         console.print(f"report: {comparison.report(data_dir=data_dir)}", markup=False, highlight=False)
@@ -57,6 +60,13 @@ def print_comparison(comparison, title: str) -> None:
             acc += f" ± {100 * m['test_accuracy_std']:.2f}"
         table.add_row(m["name"] + f" ({m['model']})", f"{m['params']:,}", f"{m['size_mb']:.2f}", acc,
                       ",".join(map(str, m["best_epoch"])), f"{m['train_seconds_mean']:.1f}")  # fmt: skip
+    for e in comparison.summary.get("ensembles", []):
+        label = f"{e['name']} (ensemble of {len(e['members'])})"
+        if "error" in e:
+            table.add_row(label, "–", "–", f"not built: {e['error']}", "–", "–")
+            continue
+        acc = f"{100 * e['test_accuracy']:.2f}% ({100 * e['gain_over_best_member']:+.2f} vs best member)"
+        table.add_row(label, f"{e['params']:,}", f"{e['size_mb']:.2f}", acc, "–", "–")
     console.print(table)
     data = comparison.summary["data"]
     console.print(f"data: {data['source']} ({data['split']} split)  -> {comparison.path}", markup=False,

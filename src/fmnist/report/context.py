@@ -27,7 +27,8 @@ from fmnist.runs import CONFIG_FILE, RESULTS_FILE, read_history, read_results
 FIGURES_DIR = "figures"
 ABLATION_FILE = "ablation.json"
 BASELINE_IMAGES = 1000  # test images the untrained network is scored on
-__all__ = ["ABLATION_FILE", "BASELINE_IMAGES", "FIGURES_DIR", "ReportContext", "ReportOptions", "Run", "load_runs"]
+__all__ = ["ABLATION_FILE", "BASELINE_IMAGES", "FIGURES_DIR", "EnsembleEntry", "ReportContext", "ReportOptions", "Run",
+           "find_dataset", "load_ensembles", "load_runs"]
 
 
 @dataclass
@@ -105,11 +106,78 @@ def load_runs(folder: Path) -> tuple[dict[str, Any] | None, list[Run]]:
     raise FmnistError(f"{folder}: neither a run directory ({RESULTS_FILE}) nor a comparison ({COMPARE_FILE})")
 
 
+def find_dataset(data_info: dict[str, Any], data_dir: Any = None) -> tuple[FashionMNIST | None, str]:
+    """(the test images results were scored on, "") or (None, why not): the given folder, the
+    folder the results name, then FMNIST_DATA or the cache; test files must match by sha256."""
+    from fmnist.data.dataset import load_folder
+    from fmnist.data.sources import resolve_dataset
+
+    wanted = data_info.get("sha256", {})
+    candidates: list[tuple[str, Any]] = []
+    if data_dir:
+        candidates.append(("the given data folder", lambda: load_folder(Path(data_dir))))
+    location = data_info.get("location")
+    if location and Path(location).is_dir():
+        candidates.append((f"{location}", lambda: load_folder(Path(location))))
+    candidates.append(("FMNIST_DATA or the cache", lambda: resolve_dataset(None, allow_download=False)))
+    problems = []
+    for label, load in candidates:
+        try:
+            dataset = load()
+        except FmnistError as exc:
+            problems.append(f"{label}: {exc}")
+            continue
+        got = dataset.provenance.to_dict().get("sha256", {})
+        if all(got.get(k) == wanted.get(k) for k in ("test_images", "test_labels") if wanted.get(k)):
+            return dataset, ""
+        problems.append(f"{label}: test files differ from those the runs were scored on")
+    return None, "; ".join(problems) or "no data source"
+
+
+@dataclass
+class EnsembleEntry:
+    """An ensemble the report shows: one of a compare's (compare.json's `ensembles`) or an ensemble folder."""
+
+    name: str
+    path: Path
+    results: dict[str, Any]  # its results.json ({} when it was not built)
+    member_names: list[str]  # what the report calls each member, in the ensemble's order
+    error: str = ""  # why a compare could not build it
+
+
+def load_ensembles(folder: Path, compare: dict[str, Any] | None) -> list[EnsembleEntry]:
+    """A compare's ensembles, or the one ensemble when `folder` is an ensemble directory."""
+    from fmnist.ensemble import is_ensemble_dir
+
+    folder = Path(folder)
+    if compare is None:
+        if not is_ensemble_dir(folder):
+            return []
+        results = read_results(folder)
+        names = [Path(m["run_dir"]).name for m in results.get("members", [])]
+        if len(set(names)) < len(names):  # members from same-named folders: their paths tell them apart
+            names = [str(m["run_dir"]) for m in results["members"]]
+        return [EnsembleEntry(folder.resolve().name, folder, results, names)]  # named as the user named it
+    seeds_of: dict[str, int] = {}
+    for entry in compare.get("runs", []):
+        seeds_of[entry.get("name", "")] = seeds_of.get(entry.get("name", ""), 0) + 1
+    out = []
+    for row in compare.get("ensembles", []):
+        names = [m["name"] if seeds_of.get(m["name"], 0) < 2 else f"{m['name']} seed {m['seed']}" for m in row["members"]]
+        path = folder / row["dir"]
+        if row.get("error"):
+            out.append(EnsembleEntry(row["name"], path, {}, names, row["error"]))
+        else:
+            out.append(EnsembleEntry(row["name"], path, read_results(path), names))
+    return out
+
+
 class ReportContext:
     def __init__(self, folder: Path, options: ReportOptions):
         self.folder = Path(folder)
         self.options = options
         self.compare, self.runs = load_runs(self.folder)
+        self.ensembles = load_ensembles(self.folder, self.compare)
         self.fig_dir = self.folder / FIGURES_DIR
         self.groups: dict[str, list[Run]] = {}
         for run in self.runs:
@@ -164,30 +232,8 @@ class ReportContext:
         return self._dataset
 
     def _find_dataset(self) -> FashionMNIST | None:
-        from fmnist.data.dataset import load_folder
-        from fmnist.data.sources import resolve_dataset
-
-        wanted = self.data_info.get("sha256", {})
-        candidates: list[tuple[str, Any]] = []
-        if self.options.data_dir:
-            candidates.append(("the given data folder", lambda: load_folder(Path(self.options.data_dir))))
-        location = self.data_info.get("location")
-        if location and Path(location).is_dir():
-            candidates.append((f"{location}", lambda: load_folder(Path(location))))
-        candidates.append(("FMNIST_DATA or the cache", lambda: resolve_dataset(None, allow_download=False)))
-        problems = []
-        for label, load in candidates:
-            try:
-                dataset = load()
-            except FmnistError as exc:
-                problems.append(f"{label}: {exc}")
-                continue
-            got = dataset.provenance.to_dict().get("sha256", {})
-            if all(got.get(k) == wanted.get(k) for k in ("test_images", "test_labels") if wanted.get(k)):
-                return dataset
-            problems.append(f"{label}: test files differ from those the runs were scored on")
-        self.data_problem = "; ".join(problems) or "no data source"
-        return None
+        dataset, self.data_problem = find_dataset(self.data_info, self.options.data_dir)
+        return dataset
 
     def predictions(self, run: Run):
         """RunPredictions for `run`, or None with the reason in prediction_problems[run.name]."""

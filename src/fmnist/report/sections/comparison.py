@@ -1,5 +1,5 @@
-"""Sections 11-12: the comparison of models over seeds (with a study's published figures) and
-the ablation table written by `fmnist ablate`."""
+"""Sections 11-12: the comparison of models over seeds (with a study's published figures; a
+compare's ensembles are rows too) and the ablation table written by `fmnist ablate`."""
 
 from __future__ import annotations
 
@@ -61,9 +61,10 @@ def comparison_section(ctx: ReportContext) -> Section | None:
                      published_pct(published[label]) if label in published else "",
                      f"{statistics.fmean(x.results['train_seconds'] for x in runs):.1f}",
                      ", ".join(str(x.results.get("best_epoch")) for x in runs)])  # fmt: skip
+    rows += _ensemble_rows(ctx, published, statistics.fmean(_accs(ctx.groups[first])))
     headers = ["name", "model", "params", "size (MB)", "test accuracy (mean ± std)", f"Δ vs {first}",
                "published", "train s (mean)", "best epoch"]  # fmt: skip
-    if not any(label in published for label in labels):
+    if not any(label in published for label in [*labels, *(e.name for e in ctx.ensembles)]):
         headers.pop(6)
         rows = [row[:6] + row[7:] for row in rows]
     blocks.append(Table(headers, rows, "ll" + "r" * (len(headers) - 2)))
@@ -88,7 +89,11 @@ def comparison_section(ctx: ReportContext) -> Section | None:
         seeds = sorted({x.results.get("seed") for x in ctx.runs})
         blocks.append(Note(f"Mean ± sample standard deviation over seeds {', '.join(map(str, seeds))}; Δ pairs runs "
                            f"with the same seed."))  # fmt: skip
-    blocks += _published_blocks(ctx, published, means)
+    if ctx.ensembles:
+        blocks.append(Note("An ensemble row averages its members' probabilities (see the Ensemble section); its Δ is "
+                           f"against {first}'s mean, and its gain is over its own best member."))  # fmt: skip
+    ours = {**means, **{e.name: e.results["test_accuracy"] for e in ctx.ensembles if not e.error}}
+    blocks += _published_blocks(ctx, published, ours)
 
     histories = {label: [r.history for r in runs if len(r.history) > 1] for label, runs in ctx.groups.items()}
     histories = {label: rows for label, rows in histories.items() if rows}
@@ -113,19 +118,36 @@ def comparison_section(ctx: ReportContext) -> Section | None:
     return section
 
 
+def _ensemble_rows(ctx: ReportContext, published: dict[str, Any], first_mean: float) -> list[list[str]]:
+    """Rows for the comparison table: each ensemble, its member count, accuracy and gain over its best member."""
+    rows = []
+    for e in ctx.ensembles:
+        label = f"{e.name} (ensemble of {len(e.member_names)})"
+        pub = published_pct(published[e.name]) if e.name in published else ""
+        if e.error:
+            rows.append([label, "`ensemble`", "—", "—", "not built", "—", pub, "—", "—"])
+            continue
+        r = e.results
+        size = sum(m.results.get("size_mb") or 0.0 for m in ctx.runs if m.name in e.member_names)
+        rows.append([label, "`ensemble`", count(r["params"]), f"{size:.2f}",
+                     f"{pct(r['test_accuracy'])} ({points(r['gain_over_best_member'])} vs best member)",
+                     points(r["test_accuracy"] - first_mean), pub, "—", "—"])  # fmt: skip
+    return rows
+
+
 def _published_blocks(ctx: ReportContext, published: dict[str, Any], means: dict[str, float]) -> list:
     if not published:
         return []
     blocks: list = [Heading("Published figures")]
     rows = []
     for key, value in published.items():
-        if key in ctx.groups and published_accuracy(value) is not None:
+        if key in means and published_accuracy(value) is not None:
             ours = means[key]
             rows.append([key, published_pct(value), pct(ours), points(ours - published_accuracy(value))])
     if rows:
         blocks.append(Table(["run", "published", "ours", "ours − published"], rows))
     facts = [[key, published_pct(value) if published_accuracy(value) is not None else str(value)]
-             for key, value in published.items() if key not in ctx.groups]  # fmt: skip
+             for key, value in published.items() if key not in means]  # fmt: skip
     if facts:
         blocks.append(Table(["published", "value"], facts, "ll"))
     split = ctx.data_info.get("split", "unknown")

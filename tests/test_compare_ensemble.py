@@ -1,0 +1,129 @@
+"""`fmnist compare --ensemble` and [[ensembles]]: the ensemble row, its folder and the report's Ensemble section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from fmnist.comparison import plan_from_file
+from fmnist.ensemble import read_predictions
+from fmnist.errors import UsageError
+
+SMOKE = ("--epochs", "1", "--max-steps", "3", "--val-size", "500")
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """Two tiny real runs of one MLP (seeds 0 and 1) on the real data, their ensemble, the report."""
+    import os
+
+    data = os.environ.get("FMNIST_DATA")
+    if not data or not Path(data).is_dir():
+        pytest.skip("FMNIST_DATA is not set to the Fashion-MNIST folder")
+    out = tmp_path_factory.mktemp("cmp") / "c"
+    env = {**os.environ, "COLUMNS": "200"}
+    result = run_cli("compare", "--models", "mlp", "--seeds", "2", "--ensemble", *SMOKE, "--out", str(out),
+                     "--no-report", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = run_cli("report", str(out), "--embedding", "none", "--no-gradcam", env=env)
+    assert report.returncode == 0, report.stderr
+    return out, result.stdout
+
+
+def test_compare_ensemble_writes_the_ensemble_row_and_folder(compared):
+    out, stdout = compared
+    summary = json.loads((out / "compare.json").read_text())
+    (row,) = summary["ensembles"]
+    assert row["name"] == "mlp" and row["kind"] == "seeds" and row["dir"] == "ensembles/mlp"
+    assert [m["run_dir"] for m in row["members"]] == ["mlp-seed0", "mlp-seed1"]
+    runs = {r["run_dir"]: r["test_accuracy"] for r in summary["runs"]}
+    # each member scores in the ensemble exactly what its own run scored
+    assert [m["test_accuracy"] for m in row["members"]] == pytest.approx([runs["mlp-seed0"], runs["mlp-seed1"]])
+    best = max(runs, key=runs.get)
+    assert row["best_member"] == best
+    assert row["gain_over_best_member"] == pytest.approx(row["test_accuracy"] - runs[best])
+    saved = read_predictions(out / row["dir"])
+    labels = saved["labels"]
+    assert row["test_accuracy"] == pytest.approx((saved["probabilities"].argmax(1) == labels).mean())
+    assert "mlp (ensemble of 2)" in stdout and "vs best member" in stdout
+
+
+def test_the_reports_ensemble_section_matches_the_predictions(compared):
+    out, _ = compared
+    row = json.loads((out / "compare.json").read_text())["ensembles"][0]
+    saved = read_predictions(out / row["dir"])
+    labels, ens = saved["labels"], saved["probabilities"].argmax(1)
+    best = saved["member_predicted"][["mlp-seed0", "mlp-seed1"].index(row["best_member"])]
+    fixed, introduced = int(((ens == labels) & (best != labels)).sum()), int(((ens != labels) & (best == labels)).sum())
+    assert (fixed, introduced) == (row["fixed"], row["introduced"])
+    text = (out / "report.md").read_text()
+    section = text[text.index("## 13. Ensemble") :]
+    assert f"fixes **{fixed:,}**; it introduces **{introduced:,}** new ones" in section
+    assert "| mlp (ensemble of 2) | `ensemble` |" in text  # the row in the comparison table
+    for c, name in enumerate(["T-shirt/top", "Trouser"]):  # the per-class breakdown, recomputed here
+        f, i = int((labels[(ens == labels) & (best != labels)] == c).sum()), int(
+            (labels[(ens != labels) & (best == labels)] == c).sum())
+        assert f"| {name} |" in section and f"| {f} | {i} | {f - i:+d} |" in section
+    assert (out / "figures" / "ensemble-mlp.png").stat().st_size > 5000
+    assert "Ensemble" in (out / "report.html").read_text()
+
+
+def test_an_ensemble_directory_gets_its_own_report(compared, tmp_path):
+    out, _ = compared
+    env = {"COLUMNS": "200", **__import__("os").environ}
+    result = run_cli("report", str(out / "ensembles" / "mlp"), env=env)
+    assert result.returncode == 0, result.stderr
+    text = (out / "ensembles" / "mlp" / "report.md").read_text()
+    assert "# Ensemble of 2 runs" in text and "mlp-seed0" in text and "Pairwise disagreement" in text
+    assert (out / "ensembles" / "mlp" / "figures" / "ensemble.png").is_file()
+
+
+def test_seeds_1_with_ensemble_is_a_usage_error(tmp_path):
+    result = run_cli("compare", "--models", "mlp", "--seeds", "1", "--ensemble", "--out", str(tmp_path / "x"))
+    assert result.returncode != 0
+    assert "--ensemble" in result.stderr and "--seeds 2" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()  # refused before anything was created
+
+
+def _config(tmp_path: Path, ensembles: str, top: str = "") -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(top + '[[runs]]\nname = "a"\nmodel = "mlp"\n[[runs]]\nname = "b"\nmodel = "lenet5"\n' + ensembles)
+    return path
+
+
+def test_unknown_ensemble_members_fail_at_plan_time(tmp_path):
+    path = _config(tmp_path, '[[ensembles]]\nname = "ab"\nmembers = ["a", "nope"]\n')
+    with pytest.raises(UsageError, match="unknown run 'nope'"):
+        plan_from_file(path)
+    result = run_cli("compare", "--config", str(path), "--out", str(tmp_path / "x"))
+    assert result.returncode != 0 and "unknown run 'nope'" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    for bad, message in (('[[ensembles]]\nname = "a"\nmembers = ["a", "b"]\n', "already a run"),
+                         ('[[ensembles]]\nname = "x"\nmembers = ["a"]\n', "two or more"),
+                         ('[[ensembles]]\nname = "x"\nmembers = "a"\n', "needs a name and members"),
+                         ('[[ensembles]]\nname = "x"\nmembers = ["a", "b"]\nweights = [1, 2]\n', "unknown key")):  # fmt: skip
+        with pytest.raises(UsageError, match=message):
+            plan_from_file(_config(tmp_path, bad))
+    with pytest.raises(UsageError, match="true or false"):
+        plan_from_file(_config(tmp_path, "", top='ensemble = "yes"\n'))
+    with pytest.raises(UsageError, match="needs --seeds 2 or more"):
+        plan_from_file(_config(tmp_path, "", top="ensemble = true\n"))
+
+
+def test_explicit_ensembles_across_runs(tiny_dataset, tmp_path):
+    """[[ensembles]] of two different models, per seed, on the synthetic data (no real data needed)."""
+    from fmnist.comparison import run_compare
+
+    plan = plan_from_file(_config(tmp_path, '[[ensembles]]\nname = "ab"\nmembers = ["a", "b"]\n'))
+    plan.seeds = 2
+    out = tmp_path / "cmp"
+    summary = run_compare(plan, out, tiny_dataset, overrides={"epochs": 1, "max_steps": 2, "val_size": 100})
+    names = [e["name"] for e in summary["ensembles"]]
+    assert names == ["ab-seed0", "ab-seed1"]
+    for e, seed in zip(summary["ensembles"], (0, 1)):
+        assert [m["run_dir"] for m in e["members"]] == [f"a-seed{seed}", f"b-seed{seed}"]
+        assert (out / e["dir"] / "ensemble.json").is_file() and np.isfinite(e["test_accuracy"])
