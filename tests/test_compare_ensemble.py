@@ -72,6 +72,16 @@ def test_the_reports_ensemble_section_matches_the_predictions(compared):
     assert "Ensemble" in (out / "report.html").read_text()
 
 
+def test_the_notebook_comparison_shows_the_ensemble_row(compared):
+    from fmnist.notebook import Comparison
+
+    out, _ = compared
+    comparison = Comparison(out)
+    (row,) = comparison.ensembles
+    html = comparison._repr_html_()
+    assert "mlp (ensemble of 2)" in html and f"{100 * row['test_accuracy']:.2f}%" in html
+
+
 def test_an_ensemble_directory_gets_its_own_report(compared, tmp_path):
     out, _ = compared
     env = {"COLUMNS": "200", **__import__("os").environ}

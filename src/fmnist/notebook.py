@@ -136,6 +136,11 @@ class Comparison:
     def models(self) -> list[dict[str, Any]]:
         return self.summary["models"]
 
+    @property
+    def ensembles(self) -> list[dict[str, Any]]:
+        """The rows of `--ensemble` / [[ensembles]]: members, test accuracy, gain over the best member."""
+        return self.summary.get("ensembles", [])
+
     @cached_property
     def runs(self) -> dict[str, Run]:
         return {r["run_dir"]: Run(self.path / r["run_dir"]) for r in self.summary["runs"]}
@@ -152,6 +157,13 @@ class Comparison:
             if len(m["seeds"]) > 1:
                 acc += f" ± {100 * m['test_accuracy_std']:.2f}"
             rows.append([m["name"], m["model"], f"{m['params']:,}", acc, f"{m['train_seconds_mean']:.1f}"])
+        for e in self.ensembles:
+            label = f"{e['name']} (ensemble of {len(e['members'])})"
+            if "error" in e:
+                rows.append([label, "ensemble", "–", f"not built: {e['error']}", "–"])
+            else:
+                gain = f"{100 * e['test_accuracy']:.2f}% ({100 * e['gain_over_best_member']:+.2f} vs best member)"
+                rows.append([label, "ensemble", f"{e['params']:,}", gain, "–"])
         table = _table(["name", "model", "params", "test accuracy", "train s (mean)"], rows)
         curves = _curve_png({name: run.history for name, run in self.runs.items()})
         title = f"<b>{html.escape(self.summary.get('title', 'comparison'))}</b> <code>{html.escape(str(self.path))}</code>"
