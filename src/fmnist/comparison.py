@@ -301,6 +301,15 @@ def build_planned_ensemble(planned: PlannedEnsemble, out_dir: Path, dataset: Fas
     }
 
 
+def ensemble_row_text(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(label, params, accuracy) of a compare.json ensemble row, as the CLI and the notebook show it."""
+    label = f"{row['name']} (ensemble of {len(row['members'])})"
+    if "error" in row:
+        return label, "–", f"not built: {row['error']}"
+    accuracy = f"{100 * row['test_accuracy']:.2f}% ({100 * row['gain_over_best_member']:+.2f} vs best member)"
+    return label, f"{row['params']:,}", accuracy
+
+
 def compare_summary(plan: ComparePlan, planned: list[PlannedRun], results: list[dict[str, Any]],
                     data: dict[str, Any], ensembles: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """compare.json from each run's results.json (plan order) and the ensembles' rows (pure: local and Ray runs share it)."""

@@ -151,6 +151,8 @@ class Comparison:
         return write_report(self.path, **options)
 
     def _repr_html_(self) -> str:
+        from fmnist.comparison import ensemble_row_text
+
         rows = []
         for m in self.models:
             acc = f"{100 * m['test_accuracy_mean']:.2f}%"
@@ -158,12 +160,8 @@ class Comparison:
                 acc += f" ± {100 * m['test_accuracy_std']:.2f}"
             rows.append([m["name"], m["model"], f"{m['params']:,}", acc, f"{m['train_seconds_mean']:.1f}"])
         for e in self.ensembles:
-            label = f"{e['name']} (ensemble of {len(e['members'])})"
-            if "error" in e:
-                rows.append([label, "ensemble", "–", f"not built: {e['error']}", "–"])
-            else:
-                gain = f"{100 * e['test_accuracy']:.2f}% ({100 * e['gain_over_best_member']:+.2f} vs best member)"
-                rows.append([label, "ensemble", f"{e['params']:,}", gain, "–"])
+            label, params, accuracy = ensemble_row_text(e)
+            rows.append([label, "ensemble", params, accuracy, "–"])
         table = _table(["name", "model", "params", "test accuracy", "train s (mean)"], rows)
         curves = _curve_png({name: run.history for name, run in self.runs.items()})
         title = f"<b>{html.escape(self.summary.get('title', 'comparison'))}</b> <code>{html.escape(str(self.path))}</code>"

@@ -53,6 +53,8 @@ def compare_cmd(
 
 def print_comparison(comparison, title: str) -> None:
     """The comparison table and where the results are."""
+    from fmnist.comparison import ensemble_row_text
+
     table = Table("model", "params", "size MB", "test accuracy", "best ep", "train s", title=title)
     for m in comparison.models:
         acc = f"{100 * m['test_accuracy_mean']:.2f}%"
@@ -61,12 +63,8 @@ def print_comparison(comparison, title: str) -> None:
         table.add_row(m["name"] + f" ({m['model']})", f"{m['params']:,}", f"{m['size_mb']:.2f}", acc,
                       ",".join(map(str, m["best_epoch"])), f"{m['train_seconds_mean']:.1f}")  # fmt: skip
     for e in comparison.summary.get("ensembles", []):
-        label = f"{e['name']} (ensemble of {len(e['members'])})"
-        if "error" in e:
-            table.add_row(label, "–", "–", f"not built: {e['error']}", "–", "–")
-            continue
-        acc = f"{100 * e['test_accuracy']:.2f}% ({100 * e['gain_over_best_member']:+.2f} vs best member)"
-        table.add_row(label, f"{e['params']:,}", f"{e['size_mb']:.2f}", acc, "–", "–")
+        label, params, acc = ensemble_row_text(e)
+        table.add_row(label, params, "–" if "error" in e else f"{e['size_mb']:.2f}", acc, "–", "–")
     console.print(table)
     data = comparison.summary["data"]
     console.print(f"data: {data['source']} ({data['split']} split)  -> {comparison.path}", markup=False,
