@@ -14,7 +14,8 @@ GREEN = "#1a7f37"
 SHORT_NAMES = [name.split("/")[0] for name in CLASS_NAMES]  # "T-shirt/top" -> "T-shirt": fits under a bar
 
 
-def _blank(ax) -> None:
+def blank_axes(ax) -> None:
+    """An image cell: no ticks, no frame."""
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -27,7 +28,7 @@ def labelled_images(images: np.ndarray, titles: Sequence[str], path: Path, colum
     rows = (n + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.18, rows * 1.7), squeeze=False)
     for k, ax in enumerate(axes.flat):
-        _blank(ax)
+        blank_axes(ax)
         if k < len(images):
             ax.imshow(images[k], cmap="gray_r", vmin=0, vmax=255)
             ax.set_title(titles[k], fontsize=7.5)
@@ -46,9 +47,9 @@ def probability_bars(
     for side, (picks, heading) in enumerate(((correct, "correct"), (wrong, "wrong"))):
         for row in range(rows):
             ax_img, ax_bar = axes[row, 2 * side], axes[row, 2 * side + 1]
-            _blank(ax_img)
+            blank_axes(ax_img)
             if row >= len(picks):
-                _blank(ax_bar)
+                blank_axes(ax_bar)
                 continue
             index = picks[row]
             truth = int(labels[index])
@@ -83,7 +84,7 @@ def gradcam_grid(
     n_rows = max((len(rows) + per_row - 1) // per_row, 1)
     fig, axes = plt.subplots(n_rows, 2 * per_row, figsize=(7.6, 1.8 * n_rows), squeeze=False)
     for ax in axes.flat:
-        _blank(ax)
+        blank_axes(ax)
     for k, (label, caption, kind) in enumerate(rows):
         r, c = divmod(k, per_row)
         ax_img, ax_cam = axes[r, 2 * c], axes[r, 2 * c + 1]
@@ -113,7 +114,7 @@ def embedding_scatter(coords: np.ndarray, labels: np.ndarray, path: Path, title:
             ax.scatter(
                 coords[members, 0], coords[members, 1], s=7, alpha=0.7, color=palette[c % len(palette)], label=name
             )
-    _blank(ax)
+    blank_axes(ax)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()

@@ -22,7 +22,7 @@ from fmnist.errors import FmnistError
 from fmnist.report.context import FIGURES_DIR, EnsembleEntry, ReportContext, _slug, find_dataset, load_ensembles
 from fmnist.report.document import Block, Document, Heading, Image, Note, Section, Table, Takeaway, Text
 from fmnist.report.figures import RED, plt, save
-from fmnist.report.figures_images import GREEN, SHORT_NAMES
+from fmnist.report.figures_images import GREEN, SHORT_NAMES, blank_axes
 from fmnist.report.options import ReportOptions
 from fmnist.report.text import count, join_words, pct, plural, points
 
@@ -92,10 +92,7 @@ def changed_images(images: np.ndarray, changes: Changes, rows: list[tuple[str, l
     fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 1.3, len(rows) * 1.9), squeeze=False)
     for r, (kind, picks) in enumerate(rows):
         for k, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            blank_axes(ax)
             if k == 0:
                 ax.set_ylabel(kind, fontsize=9, color=GREEN if kind == "fixed" else RED)
             if k >= len(picks):
