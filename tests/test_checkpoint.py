@@ -117,3 +117,28 @@ def test_placement_uses_the_models_layout(tmp_path: Path):
 def test_missing_run_directory(tmp_path: Path):
     with pytest.raises(CheckpointError, match="no such run directory"):
         load_checkpoint(tmp_path / "absent")
+
+
+@pytest.mark.parametrize(
+    "name, built_with, saved_args, new_default",
+    [
+        # fmnist 0.2.0's fastcnn ran its last conv at 7x7 and saved no `pool_before_last_conv`.
+        ("fastcnn", {"widths": [16, 64, 128], "pool_before_last_conv": False},
+         {"widths": [16, 64, 128], "num_classes": 10}, {"pool_before_last_conv": True}),
+        # fmnist 0.2.0's mlp_wide (784-1024-512, dropout 0.2) took and saved no arguments.
+        ("mlp_wide", {"hidden": [1024, 512], "dropout": 0.2}, {"num_classes": 10}, {"hidden": (768, 384)}),
+    ],
+)  # fmt: skip
+def test_checkpoint_saved_before_an_argument_existed_loads_as_it_was_built(
+    tmp_path: Path, name, built_with, saved_args, new_default
+):
+    torch.manual_seed(0)
+    old = create_model(name, **built_with).eval()
+    params = sum(p.numel() for p in old.parameters())
+    save_checkpoint(tmp_path, old, CheckpointMeta(name, saved_args, 0.3, 0.4, tta="flip", params=params))
+    model, meta = load_checkpoint(tmp_path)
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(model(x), old(x), rtol=1e-5, atol=1e-5)  # memory layouts may differ
+    assert meta["model_args"] == saved_args
+    fresh = create_model(name).model_args
+    assert all(fresh[key] == value for key, value in new_default.items())

@@ -59,6 +59,14 @@ def test_seed_architectures_have_the_published_layers():
     assert count_parameters(create_model("lenet5")) == 61_706
 
 
+def test_fastcnn_parameter_count_is_pinned():
+    # convs 144 + 6,912 + 41,472 + 82,944, BN 2*(16+48+96+96), FC 864->10: 140,634.
+    assert count_parameters(create_model("fastcnn")) == 140_634
+    # Where the last conv runs does not change the parameters, only the MACs.
+    assert count_parameters(create_model("fastcnn", pool_before_last_conv=False)) == 140_634
+    assert count_parameters(create_model("fastcnn", widths=[16, 64, 128])) == 242_746
+
+
 def test_configurable_models_cover_seed001_topologies():
     for hidden in ([64, 32, 16], [512, 256, 128]):
         for dropout in (0.0, 0.3):

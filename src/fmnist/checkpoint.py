@@ -178,12 +178,12 @@ def _check_tensors(folder: Path, model: nn.Module, tensors: dict[str, torch.Tens
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from a run directory; returns (model in eval mode, metadata dict)."""
     from fmnist.models.base import Classifier
-    from fmnist.models.registry import create_model
+    from fmnist.models.registry import create_model, saved_model_args
 
     folder = checkpoint_folder(path)
     meta = read_meta(folder)
     try:
-        model = create_model(meta["model"], **meta["model_args"])
+        model = create_model(meta["model"], **saved_model_args(meta["model"], meta["model_args"]))
     except UsageError as exc:
         raise CheckpointError(f"{folder / META_FILE}: {exc}") from None
     tensors = _read_weights(folder, meta)

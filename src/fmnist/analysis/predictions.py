@@ -54,11 +54,11 @@ def random_baseline(meta: dict[str, Any], x: torch.Tensor, labels: torch.Tensor,
     fit() seeds every generator with the run's seed right before building the model, so
     seeding the same way here rebuilds exactly the untrained network of that run.
     """
-    from fmnist.models.registry import create_model
+    from fmnist.models.registry import create_model, saved_model_args
     from fmnist.seeding import seed_everything
 
     seed_everything(seed)
-    model = create_model(meta["model"], **meta["model_args"]).eval()
+    model = create_model(meta["model"], **saved_model_args(meta["model"], meta["model_args"])).eval()
     norm = meta["normalization"]
     logits = predict(model, x, tta=tta_level(meta), blank=blank_value(norm["mean"], norm["std"]))
     return {"accuracy": metrics.accuracy(labels, logits.argmax(1)), "loss": metrics.cross_entropy(logits, labels)}

@@ -45,6 +45,10 @@ class ModelEntry:
     baseline: BaselineSpec | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)  # training settings this model is tuned for
+    # Arguments added after checkpoints of this model were first saved, with the value that
+    # rebuilds those older checkpoints (which do not record them): a new default must not
+    # change what an old run directory loads as.
+    legacy_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_baseline(self) -> bool:
@@ -85,17 +89,19 @@ def register_model(
     description: str = "",
     family: str = "cnn",
     recipe: dict[str, Any] | None = None,
+    legacy_args: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., Classifier]], Callable[..., Classifier]]:
     """Decorator: register a network builder `fn(**kwargs) -> Classifier` under `name`.
 
     `recipe` holds the training settings (epochs, optimizer, ...) `fmnist train` uses for
-    this model unless a config file or flag says otherwise.
+    this model unless a config file or flag says otherwise. `legacy_args` are arguments newer
+    than some saved checkpoints, with the value those checkpoints were built with.
     """
 
     def decorate(builder: Callable[..., Classifier]) -> Callable[..., Classifier]:
         key = name or builder.__name__
         _add(ModelEntry(key, _summary(builder, description), family, builder, None, _defaults_of(builder),
-                        dict(recipe or {})))  # fmt: skip
+                        dict(recipe or {}), dict(legacy_args or {})))  # fmt: skip
         return builder
 
     return decorate
@@ -157,6 +163,12 @@ def resolve_model_args(name: str, model_args: dict[str, Any] | None) -> dict[str
             raise UsageError(f"model {name!r} has no argument {key!r} (accepted: {accepted})")
         args[key] = _coerce_like(value, entry.defaults[key], f"{name}.{key}")
     return args
+
+
+def saved_model_args(name: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's recorded arguments, completed with the values older checkpoints imply."""
+    entry = get_entry(name)
+    return {**entry.legacy_args, **saved}
 
 
 def _coerce_like(value: Any, default: Any, label: str) -> Any:

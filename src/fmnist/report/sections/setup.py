@@ -75,10 +75,10 @@ def data_section(ctx: ReportContext) -> Section:
 def _layer_table(model_name: str, model_args: dict) -> Table | None:
     from fmnist.analysis.layers import layer_summary
     from fmnist.errors import FmnistError
-    from fmnist.models.registry import create_model
+    from fmnist.models.registry import create_model, saved_model_args
 
     try:
-        model = create_model(model_name, **model_args)
+        model = create_model(model_name, **saved_model_args(model_name, model_args))
     except FmnistError:
         return None
     rows = [
