@@ -44,6 +44,10 @@ def plain_net(first_width: int, pool_first: bool) -> nn.Module:
     )  # fmt: skip
 
 
+# fmnist 0.2.0's fastcnn: widths 16-64-128, last conv at 7x7 before its pool.
+V020 = {"widths": (16, 64, 128), "pool_before_last_conv": False}
+
+
 @dataclass(frozen=True)
 class Variant:
     label: str
@@ -57,8 +61,11 @@ def variants(bf16_native: bool) -> list[Variant]:
     rows = [
         Variant("plain: conv-BN-ReLU-pool, 32 ch at 28x28, NCHW", lambda: plain_net(32, pool_first=False)),
         Variant("+ pool before BN/ReLU", lambda: plain_net(32, pool_first=True)),
-        Variant("+ 16 channels at 28x28 (= fastcnn, NCHW)", lambda: plain_net(16, pool_first=True)),
-        Variant("+ channels-last (= fastcnn as shipped)", lambda: create_model("fastcnn"), channels_last=True),
+        Variant("+ 16 channels at 28x28 (NCHW)", lambda: plain_net(16, pool_first=True)),
+        Variant("+ channels-last (= fmnist 0.2.0's fastcnn)", lambda: create_model("fastcnn", **V020), channels_last=True),
+        Variant("+ last conv on the pooled 3x3 map", lambda: create_model("fastcnn", **{**V020, "pool_before_last_conv": True}),
+                channels_last=True),  # fmt: skip
+        Variant("+ widths 16-48-96 (= fastcnn as shipped)", lambda: create_model("fastcnn"), channels_last=True),
         Variant("  batch 256 instead of 128", lambda: create_model("fastcnn"), channels_last=True, batch_size=256),
         Variant("  batch 64 instead of 128", lambda: create_model("fastcnn"), channels_last=True, batch_size=64),
     ]

@@ -67,6 +67,21 @@ def test_fastcnn_parameter_count_is_pinned():
     assert count_parameters(create_model("fastcnn", widths=[16, 64, 128])) == 242_746
 
 
+def test_fastcnn_with_its_last_conv_at_7x7_is_fmnist_0_2_0s_net_weight_for_weight():
+    # A seed must rebuild 0.2.0's initial weights, so figures measured then (cpu-94) reproduce.
+    from fmnist.models.cnn import conv_block, conv_pool_block
+
+    torch.manual_seed(0)
+    layers = [*conv_pool_block(1, 16), *conv_pool_block(16, 64), *conv_block(64, 128, True), *conv_pool_block(128, 128)]
+    old = nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 9, 10))
+    torch.manual_seed(0)
+    new = create_model("fastcnn", widths=[16, 64, 128], pool_before_last_conv=False)
+    new_tensors = list(new.features.state_dict().values()) + list(new.head.state_dict().values())
+    assert len(new_tensors) == len(old.state_dict())
+    for a, b in zip(old.state_dict().values(), new_tensors, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_configurable_models_cover_seed001_topologies():
     for hidden in ([64, 32, 16], [512, 256, 128]):
         for dropout in (0.0, 0.3):
