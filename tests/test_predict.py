@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from fmnist.data import photos as pp
 from fmnist.data.dataset import load_idx_folder
 from fmnist.data.photos import BlankImageError, ImageError, decode_image, load_image, to_dataset_form
 from fmnist.evaluate import predict
+from fmnist.models import create_model
 from fmnist.predict import Predictor, softmax
 from fmnist.runs import RunDirWriter, prepare_run_dir
 from fmnist.trainer import fit
@@ -54,7 +56,10 @@ def cached_real_run(request: pytest.FixtureRequest, data_dir: Path) -> Path:
 
     dataset = resolve_dataset(data_dir)
     key = dataset.provenance.files["test_images"].sha256[:16]
-    name = f"fmnist-real-fastcnn-s240-{key}"
+    # Today's default architecture is part of the key: a run cached under older defaults would
+    # still load (legacy_args), but the tests are about the default net.
+    arch = hashlib.sha256(json.dumps(create_model("fastcnn").model_args, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"fmnist-real-fastcnn-s240-{key}-{arch}"
     cache = getattr(request.config, "cache", None)
     folder = cache.mkdir(name) if cache else request.getfixturevalue("tmp_path_factory").getbasetemp() / name
     run_dir = folder / "run"
