@@ -11,6 +11,7 @@ a normal run directory (OUT/RECIPE/seed-N), so `fmnist report` and `fmnist ensem
 
     python benchmarks/frontier.py [--recipes fast,cpu-94] [--seeds 3] [--ensemble] [--write] [--out DIR]
     python benchmarks/frontier.py --max-steps 5          # smoke mode: checks the harness only
+    python benchmarks/frontier.py --plot-recorded        # redraw frontier.png from what --write recorded
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from fmnist.api import load_data, train
 from fmnist.device import cpu_isa, cpu_model
 from fmnist.ensemble import build_ensemble
-from fmnist.recipes import MEASURED_FILE, RECIPES
+from fmnist.recipes import MEASURED_FILE, RECIPES, measured
 
 
 def hardware() -> str:
@@ -95,7 +96,8 @@ def plot(rows: dict[str, dict], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("seconds per run (log scale)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    ax.set_title(f"fmnist recipes on {hardware()}", fontsize=9)
+    machines = sorted({r.get("hardware") or hardware() for r in rows.values()})
+    ax.set_title(f"fmnist recipes on {' / '.join(machines)}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -114,7 +116,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/frontier"))
     parser.add_argument("--write", action="store_true", help="record the figures for `fmnist recipes`")
     parser.add_argument("--ensemble", action="store_true", help="also average each recipe's seeds")
+    parser.add_argument("--plot-recorded", action="store_true",
+                        help="train nothing: draw OUT/frontier.png from every recipe recorded by --write")  # fmt: skip
     args = parser.parse_args()
+    if args.plot_recorded:
+        rows = {name: row for name, row in measured().items() if not row.get("smoke")}
+        if not rows:
+            parser.error(f"nothing is recorded in {MEASURED_FILE.name} yet: run with --write first")
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(rows, args.out / "frontier.png")
+        print(f"wrote {args.out / 'frontier.png'} from {MEASURED_FILE.name}: {', '.join(rows)}")
+        return 0
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
@@ -140,7 +152,8 @@ def main() -> int:
     print(f"wrote {args.out / 'frontier.png'} and {args.out / 'frontier.json'}")
     if args.write and not args.max_steps:
         recorded = json.loads(MEASURED_FILE.read_text()) if MEASURED_FILE.is_file() else {}
-        recorded.update(rows)
+        # Local run folders mean nothing on a user's machine: the package keeps the figures only.
+        recorded.update({n: {k: v for k, v in r.items() if k not in ("run_dirs", "ensemble")} for n, r in rows.items()})
         MEASURED_FILE.write_text(json.dumps(recorded, indent=2) + "\n")
         print(f"recorded in {MEASURED_FILE}")
     return 0

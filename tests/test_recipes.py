@@ -60,3 +60,14 @@ def test_frontier_harness_in_smoke_mode(tiny_data_dir: Path, tmp_path: Path, iso
         results = json.loads((tmp_path / "f" / "fast" / f"seed-{seed}" / "results.json").read_text())
         assert results["test_accuracy"] == rows["fast"]["accuracy"][seed]
     assert rows["fast"]["ensemble"]["members"] == 2 and "fast: ensemble of 2 seeds" in proc.stdout
+
+
+def test_frontier_redraws_the_recorded_figures_without_training(tmp_path: Path):
+    from fmnist.recipes import measured
+
+    recorded = [name for name, row in measured().items() if not row.get("smoke")]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--plot-recorded",
+                           "--out", str(tmp_path / "f")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "f" / "frontier.png").stat().st_size > 1000
+    assert recorded and all(name in proc.stdout for name in recorded)
