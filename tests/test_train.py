@@ -114,6 +114,35 @@ def test_ema_weights_are_the_ones_saved(tiny_dataset, tmp_path: Path):
     assert any(not torch.equal(kept[k], v) for k, v in plain.model.state_dict().items())
 
 
+def test_weight_average_matches_a_hand_computed_ema():
+    """Oracle: every float tensor (weights and BatchNorm statistics) follows
+    avg <- d_t * avg + (1 - d_t) * live with d_t = min(DECAY, (1 + t) / (10 + t))."""
+    from torch import nn
+
+    from fmnist.optim import WeightAverage
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    average = WeightAverage(model, decay=0.95)
+    expected = {k: v.clone().double() for k, v in model.state_dict().items() if v.is_floating_point()}
+    for step in range(30):
+        model.train()
+        model(torch.randn(8, 3))  # moves the BatchNorm statistics
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        average.update(model, step)
+        d = min(0.95, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if k in expected:
+                expected[k] = d * expected[k] + (1 - d) * v.double()
+    assert average.decay_at(0) == 0.1 and average.decay_at(10**6) == 0.95
+    got = average.model.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k].double(), v, rtol=1e-5, atol=1e-6)
+    assert got["1.num_batches_tracked"] == model.state_dict()["1.num_batches_tracked"] == 30
+
+
 @pytest.mark.parametrize("level", ["none", "flip", "flip-shift"])
 def test_tta_levels_train_and_evaluate(tiny_dataset, level):
     result = fit(tiny_config(epochs=1, tta=level), tiny_dataset)

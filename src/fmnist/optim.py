@@ -62,9 +62,12 @@ def make_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, total_s
 class WeightAverage:
     """An exponential moving average of a model's weights (`--ema DECAY`).
 
-    Parameters are averaged; buffers (BatchNorm statistics) are copied from the live model,
-    since their own running averages already smooth them. Validation, test, checkpoint and
-    export all read `self.model` when EMA is on.
+    Validation, test, checkpoint and export all read `self.model` when EMA is on. Two choices
+    keep the average usable from the first epoch (timm's ModelEma does the same):
+    - the decay warms up as min(DECAY, (1 + step) / (10 + step)): a fixed 0.999 would still
+      hold 65% of the random initial weights after a 430-step epoch;
+    - BatchNorm statistics are averaged like the weights, so they describe the averaged net
+      rather than the live one (copying them made validation read 20-60% in early epochs).
     """
 
     def __init__(self, model: nn.Module, decay: float):
@@ -73,10 +76,19 @@ class WeightAverage:
         for p in self.model.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        averaged = list(self.model.parameters())
+    def update(self, model: nn.Module, step: int) -> None:
+        """Fold in `model` after optimizer step number `step` (0-based, saved with the run's state)."""
+        weight = 1.0 - self.decay_at(step)
+        averaged = [*self.model.parameters()]
         live = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(averaged, live, 1.0 - self.decay)
         for mine, theirs in zip(self.model.buffers(), model.buffers()):
-            mine.copy_(theirs)
+            if mine.is_floating_point():
+                averaged.append(mine)
+                live.append(theirs)
+            else:  # BatchNorm's num_batches_tracked
+                mine.copy_(theirs)
+        torch._foreach_lerp_(averaged, live, weight)

@@ -164,7 +164,7 @@ class Trainer:
             self.optimizer.step()
             self.schedule.after_batch()
             if self.average:
-                self.average.update(self.model)
+                self.average.update(self.model, self.step)
             self.step += 1
             self.batch_in_epoch += 1
             batch_loss = loss.detach()
