@@ -18,7 +18,7 @@ from conftest import run_cli
 
 TRAIN_ARGS = ["--model", "mlp", "--model-arg", "hidden=[64]", "--epochs", "6", "--batch-size", "32",
               "--val-size", "100", "--flip", "--translate", "1", "--erase", "0.2", "--scheduler", "onecycle",
-              "--early-stopping", "0", "--no-report"]  # fmt: skip
+              "--early-stopping", "0", "--ema", "0.9", "--no-report"]  # fmt: skip
 
 
 def train(run_dir: Path, data_dir: Path, env, extra=()):
