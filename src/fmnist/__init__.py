@@ -5,7 +5,7 @@ The Python API (see the README): `load_data`, `train`, `resume`, `compare`, `abl
 first use, so `import fmnist` (and the CLI's start) stays fast.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 _API = ("Comparison", "Run", "ablate", "compare", "load_data", "load_run", "make_config", "resume", "sweep", "train")
 
