@@ -64,3 +64,12 @@ def test_config_file_errors(tmp_path: Path):
 def test_normalisation_switch():
     config = TrainConfig(normalize=False)
     assert (config.input_mean, config.input_std) == (0.0, 1.0)
+
+
+def test_turning_flips_off_drops_a_default_mirror_tta_but_not_an_explicit_one():
+    assert build_config("fastcnn").tta == "flip"  # fastcnn's recipe: flips and the mirror average
+    assert build_config("fastcnn", cli_values={"flip": False}).tta == "none"
+    assert build_config(recipe="cpu-94", file_values={"flip": False}).tta == "none"
+    assert build_config("fastcnn", cli_values={"flip": False, "tta": "flip"}).tta == "flip"
+    assert build_config("fastcnn", file_values={"flip": False, "tta_flip": True}).tta == "flip"
+    assert build_config(recipe="cpu-94", cli_values={"flip": True}).tta == "flip-shift"
