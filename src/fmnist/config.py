@@ -235,7 +235,8 @@ def build_config(
     apply_overrides(config, cli_values, "option")
     config.model = name
     user_keys = file_values.keys() | cli_values.keys()
-    if "flip" in user_keys and not config.flip and not user_keys & {"tta", "tta_flip"}:
+    tta_keys = {"tta"} | {old for old, (new, _) in LEGACY_KEYS.items() if new == "tta"}
+    if "flip" in user_keys and not config.flip and not user_keys & tta_keys:
         # Mirrored views hurt a net never trained on them (`--recipe fast --no-flip` scored 85.85%
         # with the mirror average), so a default mirror TTA goes with the flips unless asked for.
         config.tta = "none"
