@@ -47,8 +47,8 @@ _RECIPES = (
         "tta": "flip-shift",
     }),  # fmt: skip
     # A residual net with skip connections and stronger augmentation: the 95% step on a CPU.
-    # Not yet measured at full length: on the 2-core AVX2 Zen 3 it trains at ~85 images/s
-    # (2 threads, batch 128), about 3.6 hours for 20 epochs, well over the 60-minute aim there.
+    # Not yet measured at full length: a run would take hours on a 2-core AVX2 CPU (the README's
+    # recipe section has the measured rate).
     Recipe("cpu-95", "resnet_small", "95% on a CPU: a residual net, SGD, erasing (20 epochs)", "cpu", {
         "model_args": {"widths": [48, 96, 192], "blocks_per_stage": 2}, "epochs": 20, "batch_size": 128,
         "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "scheduler": "onecycle", "label_smoothing": 0.1,
