@@ -9,6 +9,13 @@ FMNIST := $(VENV)/bin/fmnist
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= test,serve,ray
 PYTEST_ARGS ?=
+# `make test` runs in pytest-xdist workers, each taking one test file at a time (a file's fixtures
+# are built once). Much of the suite waits on servers, Ray and subprocesses, so two workers help
+# even on two cores, and one thread each keeps them from fighting over those cores (the README's
+# Development section has the timings). Each worker holds the dataset and a few models (about
+# 2 GB). One process, as before: PYTEST_WORKERS=0 PYTEST_THREADS=2.
+PYTEST_WORKERS ?= 2
+PYTEST_THREADS ?= 1
 
 # Use the dataset folder beside the checkout when there is one (development machines and CI);
 # elsewhere fmnist finds the data itself (cache, official mirrors, npm).
@@ -44,7 +51,7 @@ browser:
 	  echo "note: chromium unavailable; browser tests will skip"
 
 test: install browser
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@OMP_NUM_THREADS=$(PYTEST_THREADS) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 bench: install
