@@ -28,7 +28,7 @@ import torch
 from fmnist.api import load_data, train
 from fmnist.device import cpu_isa, cpu_model
 from fmnist.ensemble import build_ensemble
-from fmnist.recipes import MEASURED_FILE, RECIPES, measured
+from fmnist.recipes import MEASURED_FILE, RECIPES, accuracy_label, measured
 
 
 def hardware() -> str:
@@ -143,10 +143,9 @@ def main() -> int:
         for name, row in rows.items():
             row["ensemble"] = ensemble_of_seeds(name, row, data, args.out)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"\n{'recipe':<14}{'model':<14}{'test accuracy':>22}{'s/run':>9}  hardware")
+    print(f"\n{'recipe':<14}{'model':<14}{'test accuracy':>26}{'s/run':>9}  hardware")
     for name, r in rows.items():
-        acc = f"{100 * r['accuracy_mean']:.2f}% ± {100 * r['accuracy_std']:.2f} ({r['runs']})"
-        print(f"{name:<14}{r['model']:<14}{acc:>22}{r['seconds_mean']:>9.0f}  {r['hardware']}")
+        print(f"{name:<14}{r['model']:<14}{accuracy_label(r):>26}{r['seconds_mean']:>9.0f}  {r['hardware']}")
     for name, r in rows.items():
         if r.get("ensemble"):
             e = r["ensemble"]

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 from fmnist.api import make_config
 from fmnist.errors import UsageError
-from fmnist.recipes import RECIPES
+from fmnist.recipes import RECIPES, accuracy_label
 from fmnist.trainer import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,11 @@ def test_flags_override_a_recipe_and_models_must_match():
         make_config("mlp", recipe="cpu-94")
     with pytest.raises(UsageError, match="unknown recipe"):
         make_config(recipe="fastest")
+
+
+def test_accuracy_label_gives_the_spread_only_over_several_runs():
+    assert accuracy_label({"runs": 3, "accuracy_mean": 0.94197, "accuracy_std": 0.00064}) == "94.20% ± 0.06 (3 runs)"
+    assert accuracy_label({"runs": 1, "accuracy_mean": 0.934, "accuracy_std": 0.0}) == "93.40% (1 run)"
 
 
 def test_cli_lists_recipes_and_trains_one(tiny_data_dir: Path, tmp_path: Path, isolated_env):

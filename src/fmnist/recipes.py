@@ -77,3 +77,10 @@ def measured() -> dict[str, dict[str, Any]]:
     except (OSError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def accuracy_label(figures: dict[str, Any]) -> str:
+    """A measured recipe's test accuracy as `fmnist recipes` and frontier.py print it: "94.20% ± 0.06 (3 runs)"."""
+    runs = figures.get("runs", 1)
+    spread = f" ± {100 * figures['accuracy_std']:.2f}" if runs > 1 else ""
+    return f"{100 * figures['accuracy_mean']:.2f}%{spread} ({runs} run{'s' if runs > 1 else ''})"

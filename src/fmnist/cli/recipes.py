@@ -10,15 +10,14 @@ from fmnist.cli.app import app, console
 @app.command("recipes")
 def recipes_cmd() -> None:
     """List the named recipes with their measured accuracy, time and hardware."""
-    from fmnist.recipes import RECIPES, measured
+    from fmnist.recipes import RECIPES, accuracy_label, measured
 
     figures = measured()
     table = Table("recipe", "model", "for", "test accuracy", "time per run", "measured on")
     for name, recipe in RECIPES.items():
         m = figures.get(name)
         if m:
-            acc = f"{100 * m['accuracy_mean']:.2f}%" + (f" ± {100 * m['accuracy_std']:.2f}" if m.get("runs", 1) > 1 else "")
-            table.add_row(name, recipe.model, recipe.goal, f"{acc} ({m.get('runs', 1)} runs)",
+            table.add_row(name, recipe.model, recipe.goal, accuracy_label(m),
                           f"{m['seconds_mean']:.0f} s", m.get("hardware", "?"))  # fmt: skip
         else:
             table.add_row(name, recipe.model, recipe.goal, "not measured yet", "-", "-")
