@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +193,26 @@ def test_a_member_retrained_after_the_ensemble_was_built_is_caught(runs, built, 
     (tmp_path / "ens" / MANIFEST_FILE).write_text("{}")
     with pytest.raises(CheckpointError, match="not an fmnist ensemble manifest"):
         Predictor(tmp_path / "ens")
+
+
+def test_ensemble_tta_benchmark_scores_each_member_at_each_level(runs):
+    members, data_dir, dataset = runs
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ensemble_tta.py"
+    proc = subprocess.run([sys.executable, str(script), *map(str, members), "--levels", "none,flip-shift",
+                           "--precision", "fp32", "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in proc.stdout.splitlines()[2:]}
+    assert set(rows) == {"none", "flip-shift"}
+    assert rows["none"][:2] != rows["flip-shift"][:2]  # the level asked for is applied, not each member's own
+    # The oracle: each member scored by `Predictor` at its own level (a: flip-shift, b: none).
+    own = [100 * float((Predictor(m, precision="fp32").probabilities(dataset.test_images).argmax(1)
+                        == dataset.test_labels).mean()) for m in members]  # fmt: skip
+    assert rows["flip-shift"][0] == pytest.approx(own[0], abs=0.006) and rows["none"][1] == pytest.approx(own[1], abs=0.006)
+    for values in rows.values():  # a, b, mean, best, ensemble, vs best, vs mean
+        a, b, mean, best, ensemble, vs_best, vs_mean = values
+        assert mean == pytest.approx((a + b) / 2, abs=0.006) and best == max(a, b)
+        assert vs_best == pytest.approx(ensemble - best, abs=0.011) and vs_mean == pytest.approx(ensemble - mean, abs=0.011)
+    bad = subprocess.run([sys.executable, str(script), str(members[0]), "--data-dir", str(data_dir)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: an ensemble needs two or more run directories"
