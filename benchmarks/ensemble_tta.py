@@ -19,11 +19,9 @@ from pathlib import Path
 import torch
 
 from fmnist.api import load_data
-from fmnist.checkpoint import load_checkpoint, normalization, tta_settings
-from fmnist.data.normalize import normalize
-from fmnist.ensemble import average_probabilities
+from fmnist.checkpoint import tta_settings
+from fmnist.ensemble import average_probabilities, load_members, member_probabilities
 from fmnist.errors import FmnistError
-from fmnist.evaluate import predict
 from fmnist.tta import TTA_LEVELS
 
 
@@ -46,24 +44,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        members = [load_checkpoint(run) for run in args.run_dirs]
+        members = load_members(args.run_dirs)
         data = load_data(args.data_dir)
     except FmnistError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     labels = torch.as_tensor(data.test_labels).long()
-    print("members: " + ", ".join(f"{run} (own level {tta_settings(meta)['tta']})"
-                                  for run, (_, meta) in zip(args.run_dirs, members)))  # fmt: skip
+    print("members: " + ", ".join(f"{m.folder} (own level {tta_settings(m.meta)['tta']})" for m in members))
     print(f"{'TTA level':<12}{'members':<{7 * len(members)}}{'mean':>7}{'best':>7}{'ensemble':>10}{'vs best':>9}"
           f"{'vs mean':>9}")  # fmt: skip
     for level in levels:
-        probabilities = []
-        for model, meta in members:
-            x = normalize(data.test_images, *normalization(meta))
-            logits = predict(model, x, precision=args.precision, **{**tta_settings(meta), "tta": level})
-            probabilities.append(torch.softmax(logits.float(), dim=1))
+        probabilities = member_probabilities(members, data.test_images, args.precision, tta=level)
         accuracies = [100 * accuracy(p, labels) for p in probabilities]
-        ensemble = 100 * accuracy(average_probabilities(torch.stack(probabilities)), labels)
+        ensemble = 100 * accuracy(average_probabilities(probabilities), labels)
         mean, best = statistics.fmean(accuracies), max(accuracies)
         listed = "".join(f"{a:<7.2f}" for a in accuracies)
         print(f"{level:<12}{listed}{mean:>7.2f}{best:>7.2f}{ensemble:>10.2f}{ensemble - best:>+9.2f}"

@@ -117,7 +117,6 @@ def test_csv_structured_rows(rows):
 
 
 def test_header_claiming_a_billion_images_is_cheap():
-
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     for count in (10**9, 999_999, 2**32 - 1):

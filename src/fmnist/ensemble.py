@@ -92,7 +92,7 @@ def average_probabilities(probabilities: torch.Tensor, weights: list[float] | No
 # -- members and manifest ----------------------------------------------------------------------------
 
 
-def _load_members(folders: list[Path], device: str | torch.device = "cpu") -> list[Member]:
+def load_members(folders: list[Path], device: str | torch.device = "cpu") -> list[Member]:
     members: list[Member] = []
     for path in folders:
         try:
@@ -181,7 +181,7 @@ def load_ensemble(path: Path, device: str | torch.device = "cpu") -> tuple[Ensem
     folder = Path(path)
     manifest = _read_manifest(folder)
     entries = manifest["members"]
-    members = _load_members([folder / e["path"] for e in entries], device)
+    members = load_members([folder / e["path"] for e in entries], device)
     for member, entry in zip(members, entries):
         if member.meta["weights_sha256"] != entry["weights_sha256"]:
             raise CheckpointError(f"ensemble member {member.folder} has other weights than when the ensemble was built")
@@ -232,9 +232,12 @@ def tta_summary(meta: dict[str, Any]) -> str:
 # -- building ----------------------------------------------------------------------------------------
 
 
-def _member_probabilities(members: list[Member], images: np.ndarray, precision: str,
-                          step: Callable[[str], None]) -> torch.Tensor:  # fmt: skip
-    """(members, N, classes): each member on its own normalisation and TTA, as `fmnist evaluate` runs it."""
+def member_probabilities(members: list[Member], images: np.ndarray, precision: str = "auto",
+                         step: Callable[[str], None] = lambda _: None, tta: str | None = None) -> torch.Tensor:  # fmt: skip
+    """(members, N, classes): each member on its own normalisation and TTA, as `fmnist evaluate` runs it.
+
+    `tta` scores every member at that level instead of its own (benchmarks/ensemble_tta.py).
+    """
     from fmnist.data.normalize import normalize
     from fmnist.evaluate import predict
 
@@ -242,7 +245,8 @@ def _member_probabilities(members: list[Member], images: np.ndarray, precision: 
     for i, m in enumerate(members, 1):
         step(f"scoring member {i}/{len(members)}: {m.folder.name}")
         x = normalize(images, *normalization(m.meta))
-        logits = predict(m.model, x, precision=precision, **tta_settings(m.meta))
+        settings = tta_settings(m.meta) if tta is None else {**tta_settings(m.meta), "tta": tta}
+        logits = predict(m.model, x, precision=precision, **settings)
         out.append(torch.softmax(logits.float(), dim=1))
     return torch.stack(out)
 
@@ -281,7 +285,7 @@ def build_ensemble(
 
     if len(run_dirs) < 2:
         raise UsageError("an ensemble needs at least two run directories")
-    members = _load_members([Path(d) for d in run_dirs], device)
+    members = load_members([Path(d) for d in run_dirs], device)
     out_dir = Path(out_dir)
     if any(out_dir.resolve() == m.folder.resolve() for m in members):
         raise UsageError(f"{out_dir}: is a member's run directory; choose another --out")
@@ -290,7 +294,7 @@ def build_ensemble(
 
     precision = resolve_precision(precision, torch.device(device))
     labels = torch.from_numpy(dataset.test_labels.astype(np.int64))
-    member_probs = _member_probabilities(members, dataset.test_images, precision, step)
+    member_probs = member_probabilities(members, dataset.test_images, precision, step)
     probs = average_probabilities(member_probs, weights)
     class_names = tuple(members[0].meta["class_names"])
     evaluation = evaluate_logits(torch.log(probs.clamp_min(_TINY)), labels, class_names)
