@@ -20,3 +20,25 @@ def test_design_steps_prints_one_row_per_change_relative_to_the_plain_net():
     assert all(int(images) > 0 for _, images, _ in rows)
     # Either a bf16 row or the sentence that says why there is none.
     assert any("bf16" in label for label, _, _ in rows) or "no native bf16" in proc.stdout
+
+
+def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_and_records_nothing(tiny_data_dir: Path, tmp_path: Path):
+    import os
+
+    script = ROOT / "benchmarks" / "gpu_runbook.sh"
+    # The runbook calls `python3`, as the GPU machine's image names its interpreter: here, this one.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SMOKE": "1",
+           "FMNIST_DATA": str(tiny_data_dir), "OUT": str(tmp_path / "out")}  # fmt: skip
+    recorded = (ROOT / "src" / "fmnist" / "recipes_measured.json").read_text()
+    proc = subprocess.run(["bash", str(script), "gpu-best"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert (tmp_path / "out" / "frontier" / "gpu-best" / "seed-0" / "results.json").is_file()
+    assert "gpu-best seed 0:" in (tmp_path / "out" / "gpu-best.log").read_text()
+    # Smoke figures are never recorded: the copy brought back is the file as committed.
+    assert (tmp_path / "out" / "recipes_measured.json").read_text() == recorded
+    bad = subprocess.run(["bash", str(script), "gpu-worst"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "usage: benchmarks/gpu_runbook.sh gpu-best|seed004" in bad.stderr
