@@ -20,6 +20,7 @@ import torch
 
 from fmnist.api import load_data
 from fmnist.checkpoint import tta_settings
+from fmnist.device import PRECISIONS
 from fmnist.ensemble import average_probabilities, load_members, member_probabilities
 from fmnist.errors import FmnistError
 from fmnist.tta import TTA_LEVELS
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--levels", default=",".join(TTA_LEVELS), help="TTA levels to score, comma-separated")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
     levels = [level.strip() for level in args.levels.split(",") if level.strip()]
