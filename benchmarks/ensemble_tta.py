@@ -23,11 +23,8 @@ from fmnist.checkpoint import tta_settings
 from fmnist.device import PRECISIONS
 from fmnist.ensemble import average_probabilities, load_members, member_probabilities
 from fmnist.errors import FmnistError
+from fmnist.metrics import accuracy
 from fmnist.tta import TTA_LEVELS
-
-
-def accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
-    return (probabilities.argmax(1) == labels).double().mean().item()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'vs mean':>9}")  # fmt: skip
     for level in levels:
         probabilities = member_probabilities(members, data.test_images, args.precision, tta=level)
-        accuracies = [100 * accuracy(p, labels) for p in probabilities]
-        ensemble = 100 * accuracy(average_probabilities(probabilities), labels)
+        accuracies = [100 * accuracy(labels, p.argmax(1)) for p in probabilities]
+        ensemble = 100 * accuracy(labels, average_probabilities(probabilities).argmax(1))
         mean, best = statistics.fmean(accuracies), max(accuracies)
         listed = "".join(f"{a:<7.2f}" for a in accuracies)
         print(f"{level:<12}{listed}{mean:>7.2f}{best:>7.2f}{ensemble:>10.2f}{ensemble - best:>+9.2f}"

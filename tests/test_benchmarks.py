@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -23,8 +24,6 @@ def test_design_steps_prints_one_row_per_change_relative_to_the_plain_net():
 
 
 def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_and_records_nothing(tiny_data_dir: Path, tmp_path: Path):
-    import os
-
     script = ROOT / "benchmarks" / "gpu_runbook.sh"
     # The runbook calls `python3`, as the GPU machine's image names its interpreter: here, this one.
     bin_dir = tmp_path / "bin"

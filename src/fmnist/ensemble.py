@@ -245,7 +245,9 @@ def member_probabilities(members: list[Member], images: np.ndarray, precision: s
     for i, m in enumerate(members, 1):
         step(f"scoring member {i}/{len(members)}: {m.folder.name}")
         x = normalize(images, *normalization(m.meta))
-        settings = tta_settings(m.meta) if tta is None else {**tta_settings(m.meta), "tta": tta}
+        settings = tta_settings(m.meta)
+        if tta is not None:
+            settings["tta"] = tta
         logits = predict(m.model, x, precision=precision, **settings)
         out.append(torch.softmax(logits.float(), dim=1))
     return torch.stack(out)
