@@ -168,7 +168,7 @@ def test_efficientnet_total_stride_keeps_the_papers_last_halvings():
 
 
 @pytest.mark.parametrize("name, args", [("resnet18", {}), ("wrn", {"depth": 10, "widen_factor": 2}),
-                                        ("efficientnet_b0", {"depth_mult": 0.5})])  # fmt: skip
+                                        ("efficientnet_b0", {"depth_mult": 0.5}), ("fastcnn_deep", {})])  # fmt: skip
 def test_onnx_export_answers_like_pytorch(name: str, args: dict):
     """Export time grows with the number of blocks, so the WRNs and EfficientNet are checked in
     shallower forms of the same code: every kind of block and layer is in the graph."""

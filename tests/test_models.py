@@ -59,6 +59,26 @@ def test_seed_architectures_have_the_published_layers():
     assert count_parameters(create_model("lenet5")) == 61_706
 
 
+def test_fastcnn_deep_has_two_convs_per_stage_with_the_second_on_the_pooled_map():
+    # Per stage: conv c_in->w (no bias), BN, conv w->w (no bias), BN; then FC w2*3*3 -> 10.
+    expected, c_in = 0, 1
+    for width in (32, 96, 192):
+        expected += 9 * c_in * width + 2 * width + 9 * width * width + 2 * width
+        c_in = width
+    expected += 192 * 9 * 10 + 10
+    model = create_model("fastcnn_deep").eval()
+    assert count_parameters(model) == expected == 636_330
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+             for m in model.features if isinstance(m, nn.Conv2d)]  # fmt: skip
+    model(torch.randn(1, 1, 28, 28))
+    for hook in hooks:
+        hook.remove()
+    assert sizes == [28, 14, 14, 7, 7, 3]  # each stage's first conv before its pool, the second after
+    with pytest.raises(UsageError, match="three positive"):
+        check_model_args("fastcnn_deep", {"widths": [32, 96]})
+
+
 def test_fastcnn_parameter_count_is_pinned():
     # convs 144 + 6,912 + 41,472 + 82,944, BN 2*(16+48+96+96), FC 864->10: 140,634.
     assert count_parameters(create_model("fastcnn")) == 140_634
