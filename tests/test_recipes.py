@@ -46,6 +46,11 @@ def test_accuracy_label_gives_the_spread_only_over_several_runs():
 def test_cli_lists_recipes_and_trains_one(tiny_data_dir: Path, tmp_path: Path, isolated_env):
     listed = run_cli("recipes", env=isolated_env)
     assert listed.returncode == 0 and all(name in listed.stdout for name in RECIPES)
+    assert "┃ recipe" in listed.stdout  # 200 columns: one table
+    narrow = run_cli("recipes", env={**isolated_env, "COLUMNS": "80"})
+    assert narrow.returncode == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    for name, recipe in RECIPES.items():  # 80 columns: a block per recipe, its goal on one line
+        assert f"{name} ({recipe.model})" in narrow.stdout and f"  for: {recipe.goal}" in narrow.stdout
     proc = run_cli("train", "--recipe", "fast", "--max-steps", "3", "--val-size", "100", "--no-report",
                    "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "run"), env=isolated_env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -6,6 +6,10 @@ from rich.table import Table
 
 from fmnist.cli.app import app, console
 
+# Below this many columns the six-column table wraps every cell into a word-per-line stack,
+# so each recipe gets a short block of labelled lines instead.
+TABLE_MIN_WIDTH = 110
+
 
 @app.command("recipes")
 def recipes_cmd() -> None:
@@ -13,14 +17,22 @@ def recipes_cmd() -> None:
     from fmnist.recipes import RECIPES, accuracy_label, measured
 
     figures = measured()
-    table = Table("recipe", "model", "for", "test accuracy", "time per run", "measured on")
+    rows = []
     for name, recipe in RECIPES.items():
         m = figures.get(name)
-        if m:
-            table.add_row(name, recipe.model, recipe.goal, accuracy_label(m),
-                          f"{m['seconds_mean']:.0f} s", m.get("hardware", "?"))  # fmt: skip
-        else:
-            table.add_row(name, recipe.model, recipe.goal, "not measured yet", "-", "-")
-    console.print(table)
+        accuracy, seconds, hardware = (accuracy_label(m), f"{m['seconds_mean']:.0f} s", m.get("hardware", "?")) if m \
+            else ("not measured yet", "-", "-")  # fmt: skip
+        rows.append((name, recipe.model, recipe.goal, accuracy, seconds, hardware))
+    if console.width >= TABLE_MIN_WIDTH:
+        table = Table("recipe", "model", "for", "test accuracy", "time per run", "measured on")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        for name, model, goal, accuracy, seconds, hardware in rows:
+            measured_on = f", {seconds} a run on {hardware}" if seconds != "-" else ""
+            console.print(f"[bold]{name}[/bold] ({model})", highlight=False)
+            console.print(f"  for: {goal}", markup=False, highlight=False)
+            console.print(f"  measured: {accuracy}{measured_on}", markup=False, highlight=False)
     console.print("train one: fmnist train --recipe NAME   measure: python benchmarks/frontier.py", markup=False,
                   highlight=False)  # fmt: skip
