@@ -176,8 +176,9 @@ def fastcnn_deep(widths: tuple[int, ...] = (32, 96, 192), num_classes: int = NUM
     """fastcnn with two convs per stage (airbench's conv groups): the `cpu-95` recipe's net.
 
     Each stage is conv -> 2x2 max-pool -> BN -> ReLU -> conv -> BN -> ReLU, so the second conv
-    of every stage runs on the pooled map (14x14, 7x7, 3x3): twice fastcnn's depth for about
-    2.4x the cost of `cpu-94`'s net at these widths, not the 4x of a second conv before pooling.
+    of every stage runs on the pooled map (14x14, 7x7, 3x3), a quarter of the pixels it would
+    see before pooling. At 32-96-192 it trains at 712 images/s on a 2-core AVX2 CPU against
+    1,323 for `cpu-94`'s 24-72-144 fastcnn (2 threads, batch 128, fp32).
     """
     widths = tuple(widths)
     if len(widths) != 3 or any(w < 1 for w in widths):
