@@ -17,22 +17,19 @@ def recipes_cmd() -> None:
     from fmnist.recipes import RECIPES, accuracy_label, measured
 
     figures = measured()
-    rows = []
-    for name, recipe in RECIPES.items():
-        m = figures.get(name)
-        accuracy, seconds, hardware = (accuracy_label(m), f"{m['seconds_mean']:.0f} s", m.get("hardware", "?")) if m \
-            else ("not measured yet", "-", "-")  # fmt: skip
-        rows.append((name, recipe.model, recipe.goal, accuracy, seconds, hardware))
     if console.width >= TABLE_MIN_WIDTH:
         table = Table("recipe", "model", "for", "test accuracy", "time per run", "measured on")
-        for row in rows:
-            table.add_row(*row)
+        for name, recipe in RECIPES.items():
+            m = figures.get(name)
+            table.add_row(name, recipe.model, recipe.goal, *((accuracy_label(m), f"{m['seconds_mean']:.0f} s",
+                          m.get("hardware", "?")) if m else ("not measured yet", "-", "-")))  # fmt: skip
         console.print(table)
     else:
-        for name, model, goal, accuracy, seconds, hardware in rows:
-            measured_on = f", {seconds} a run on {hardware}" if seconds != "-" else ""
-            console.print(f"[bold]{name}[/bold] ({model})", highlight=False)
-            console.print(f"  for: {goal}", markup=False, highlight=False)
-            console.print(f"  measured: {accuracy}{measured_on}", markup=False, highlight=False)
+        for name, recipe in RECIPES.items():
+            m = figures.get(name)
+            figure = (f"{accuracy_label(m)}, {m['seconds_mean']:.0f} s a run on {m.get('hardware', '?')}" if m
+                      else "not measured yet")  # fmt: skip
+            console.print(f"[bold]{name}[/bold] ({recipe.model})", highlight=False)
+            console.print(f"  for: {recipe.goal}\n  measured: {figure}", markup=False, highlight=False)
     console.print("train one: fmnist train --recipe NAME   measure: python benchmarks/frontier.py", markup=False,
                   highlight=False)  # fmt: skip
