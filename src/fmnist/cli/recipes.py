@@ -17,18 +17,20 @@ def recipes_cmd() -> None:
     from fmnist.recipes import RECIPES, accuracy_label, measured
 
     figures = measured()
+
+    def cells(m: dict) -> tuple[str, str, str]:  # accuracy, time per run, hardware
+        return accuracy_label(m), f"{m['seconds_mean']:.0f} s", m.get("hardware", "?")
+
     if console.width >= TABLE_MIN_WIDTH:
         table = Table("recipe", "model", "for", "test accuracy", "time per run", "measured on")
         for name, recipe in RECIPES.items():
             m = figures.get(name)
-            table.add_row(name, recipe.model, recipe.goal, *((accuracy_label(m), f"{m['seconds_mean']:.0f} s",
-                          m.get("hardware", "?")) if m else ("not measured yet", "-", "-")))  # fmt: skip
+            table.add_row(name, recipe.model, recipe.goal, *(cells(m) if m else ("not measured yet", "-", "-")))
         console.print(table)
     else:
         for name, recipe in RECIPES.items():
             m = figures.get(name)
-            figure = (f"{accuracy_label(m)}, {m['seconds_mean']:.0f} s a run on {m.get('hardware', '?')}" if m
-                      else "not measured yet")  # fmt: skip
+            figure = "{}, {} a run on {}".format(*cells(m)) if m else "not measured yet"
             console.print(f"[bold]{name}[/bold] ({recipe.model})", highlight=False)
             console.print(f"  for: {recipe.goal}\n  measured: {figure}", markup=False, highlight=False)
     console.print("train one: fmnist train --recipe NAME   measure: python benchmarks/frontier.py", markup=False,
