@@ -46,7 +46,7 @@ _RECIPES = (
         "scheduler": "onecycle", "label_smoothing": 0.1, "flip": True, "crop_pad": 2, "ema": 0.999,
         "tta": "flip-shift",
     }),  # fmt: skip
-    # fastcnn's pooled design at twice the depth (two convs per stage), 3x cpu-94's epochs and
+    # fastcnn's pooled design at twice the depth (two convs per stage), 30 epochs (cpu-94: 12) and
     # random erasing: the 95% step, sized for an hour on a 2-core AVX2 CPU. fmnist 0.3's
     # cpu-95, `resnet_small` 48-96-192 x2, trains at ~85 images/s there: 4.5 h a run.
     Recipe("cpu-95", "fastcnn_deep", "95% on a CPU in an hour: fastcnn at twice the depth, erasing (30 epochs)", "cpu", {
