@@ -28,7 +28,7 @@ import torch
 from fmnist.api import load_data, train
 from fmnist.device import cpu_isa, cpu_model
 from fmnist.ensemble import build_ensemble
-from fmnist.recipes import MEASURED_FILE, RECIPES, accuracy_label, measured
+from fmnist.recipes import MEASURED_FILE, RECIPES, accuracy_label, measured, record_measurement
 
 
 def hardware() -> str:
@@ -80,20 +80,23 @@ def pareto(rows: dict[str, dict]) -> list[str]:
     return front
 
 
-def plot(rows: dict[str, dict], path: Path) -> None:
+def plot(series: dict[str, dict[str, dict]], path: Path) -> None:
+    """Accuracy against time, one marker and one Pareto front per machine (`series`: hardware -> rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for name, r in rows.items():
-        ax.errorbar(r["seconds_mean"], 100 * r["accuracy_mean"], yerr=100 * r["accuracy_std"], fmt="o", capsize=3)
-        ax.annotate(name, (r["seconds_mean"], 100 * r["accuracy_mean"]), textcoords="offset points", xytext=(5, 5))
-    front = pareto(rows)
-    ax.plot([rows[n]["seconds_mean"] for n in front], [100 * rows[n]["accuracy_mean"] for n in front], "--",
-            color="grey", label="Pareto front")  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6.4, 4.0 + 0.3 * len(series)), dpi=110)
+    for (machine, rows), marker in zip(sorted(series.items()), "osD^v"):
+        points = ax.errorbar([r["seconds_mean"] for r in rows.values()], [100 * r["accuracy_mean"] for r in rows.values()],
+                             yerr=[100 * r["accuracy_std"] for r in rows.values()], fmt=marker, capsize=3, label=machine)  # fmt: skip
+        for name, r in rows.items():
+            ax.annotate(name, (r["seconds_mean"], 100 * r["accuracy_mean"]), textcoords="offset points", xytext=(5, 5))
+        front = pareto(rows)
+        ax.plot([rows[n]["seconds_mean"] for n in front], [100 * rows[n]["accuracy_mean"] for n in front], "--",
+                color=points.lines[0].get_color(), alpha=0.6)  # fmt: skip
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the labels beside the outermost points
     # Plain labels at 1-2-5 steps: matplotlib's default labels its minor ticks too, and they overlap.
@@ -102,13 +105,22 @@ def plot(rows: dict[str, dict], path: Path) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("seconds per run (log scale)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    machines = sorted({r.get("hardware") or hardware() for r in rows.values()})
-    ax.set_title(f"fmnist recipes on {' / '.join(machines)}", fontsize=9)
+    ax.set_title("fmnist recipes: accuracy against time (dashed: each machine's Pareto front)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def recorded_series() -> dict[str, dict[str, dict]]:
+    """Everything --write recorded (smoke runs aside), grouped by the machine it was measured on."""
+    series: dict[str, dict[str, dict]] = {}
+    for name, rows in measured().items():
+        for row in rows:
+            if not row.get("smoke"):
+                series.setdefault(row.get("hardware", "?"), {})[name] = row
+    return series
 
 
 def main() -> int:
@@ -126,12 +138,14 @@ def main() -> int:
                         help="train nothing: draw OUT/frontier.png from every recipe recorded by --write")  # fmt: skip
     args = parser.parse_args()
     if args.plot_recorded:
-        rows = {name: row for name, row in measured().items() if not row.get("smoke")}
-        if not rows:
+        series = recorded_series()
+        if not series:
             parser.error(f"nothing is recorded in {MEASURED_FILE.name} yet: run with --write first")
         args.out.mkdir(parents=True, exist_ok=True)
-        plot(rows, args.out / "frontier.png")
-        print(f"wrote {args.out / 'frontier.png'} from {MEASURED_FILE.name}: {', '.join(rows)}")
+        plot(series, args.out / "frontier.png")
+        for machine, rows in series.items():
+            print(f"{machine}: {', '.join(rows)}")
+        print(f"wrote {args.out / 'frontier.png'} from {MEASURED_FILE.name}")
         return 0
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
@@ -152,13 +166,13 @@ def main() -> int:
             print(f"{name}: ensemble of {e['members']} seeds {100 * e['accuracy']:.2f}% "
                   f"({100 * e['gain_over_best_member']:+.2f} points over the best member)")  # fmt: skip
     print(f"Pareto front: {' -> '.join(pareto(rows))}")
-    plot(rows, args.out / "frontier.png")
+    plot({hardware(): rows}, args.out / "frontier.png")
     (args.out / "frontier.json").write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.out / 'frontier.png'} and {args.out / 'frontier.json'}")
     if args.write and not args.max_steps:
-        recorded = json.loads(MEASURED_FILE.read_text()) if MEASURED_FILE.is_file() else {}
-        # Local run folders mean nothing on a user's machine: the package keeps the figures only.
-        recorded.update({n: {k: v for k, v in r.items() if k not in ("run_dirs", "ensemble")} for n, r in rows.items()})
+        recorded = measured()
+        for name, r in rows.items():  # local run folders mean nothing on a user's machine: figures only
+            record_measurement(recorded, name, {k: v for k, v in r.items() if k not in ("run_dirs", "ensemble")})
         MEASURED_FILE.write_text(json.dumps(recorded, indent=2) + "\n")
         print(f"recorded in {MEASURED_FILE}")
     return 0

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 from fmnist.api import make_config
 from fmnist.errors import UsageError
-from fmnist.recipes import RECIPES, accuracy_label
+from fmnist.recipes import RECIPES, accuracy_label, measured, record_measurement
 from fmnist.trainer import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +43,27 @@ def test_accuracy_label_gives_the_spread_only_over_several_runs():
     assert accuracy_label({"runs": 1, "accuracy_mean": 0.934, "accuracy_std": 0.0}) == "93.40% (1 run)"
 
 
+def test_a_new_measurement_replaces_its_machines_figures_and_joins_the_others():
+    recorded = {"fast": [{"hardware": "cpu A", "accuracy_mean": 0.93}]}
+    record_measurement(recorded, "fast", {"hardware": "cpu B", "accuracy_mean": 0.94})
+    record_measurement(recorded, "fast", {"hardware": "cpu A", "accuracy_mean": 0.95})
+    record_measurement(recorded, "cpu-94", {"hardware": "cpu B", "accuracy_mean": 0.96})
+    assert recorded == {"fast": [{"hardware": "cpu A", "accuracy_mean": 0.95}, {"hardware": "cpu B", "accuracy_mean": 0.94}],
+                        "cpu-94": [{"hardware": "cpu B", "accuracy_mean": 0.96}]}  # fmt: skip
+
+
+def test_measured_reads_every_machine_and_ignores_malformed_entries(tmp_path: Path, monkeypatch):
+    import fmnist.recipes as recipes
+
+    path = tmp_path / "measured.json"
+    monkeypatch.setattr(recipes, "MEASURED_FILE", path)
+    assert measured() == {}  # no file: nothing measured, no error
+    path.write_text(json.dumps({"fast": [{"hardware": "a"}, "junk", {"hardware": "b"}], "cpu-94": {"hardware": "a"}}))
+    assert measured() == {"fast": [{"hardware": "a"}, {"hardware": "b"}]}
+    path.write_text("[1, 2]")
+    assert measured() == {}
+
+
 def test_cli_lists_recipes_and_trains_one(tiny_data_dir: Path, tmp_path: Path, isolated_env):
     listed = run_cli("recipes", env=isolated_env)
     assert listed.returncode == 0 and all(name in listed.stdout for name in RECIPES)
@@ -51,6 +72,9 @@ def test_cli_lists_recipes_and_trains_one(tiny_data_dir: Path, tmp_path: Path, i
     assert narrow.returncode == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 80
     for name, recipe in RECIPES.items():  # 80 columns: a block per recipe, its goal on one line
         assert f"{name} ({recipe.model})" in narrow.stdout and f"  for: {recipe.goal}" in narrow.stdout
+    # A line per machine a recipe was measured on, and one "not measured yet" where none.
+    lines = sum(max(1, len(rows)) for rows in (measured().get(name, []) for name in RECIPES))
+    assert narrow.stdout.count("  measured: ") == lines
     proc = run_cli("train", "--recipe", "fast", "--max-steps", "3", "--val-size", "100", "--no-report",
                    "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "run"), env=isolated_env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -75,7 +99,7 @@ def test_frontier_harness_in_smoke_mode(tiny_data_dir: Path, tmp_path: Path, iso
 def test_frontier_redraws_the_recorded_figures_without_training(tmp_path: Path):
     from fmnist.recipes import measured
 
-    recorded = [name for name, row in measured().items() if not row.get("smoke")]
+    recorded = [name for name, rows in measured().items() if any(not row.get("smoke") for row in rows)]
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--plot-recorded",
                            "--out", str(tmp_path / "f")], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -72,13 +72,26 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def measured() -> dict[str, dict[str, Any]]:
-    """What benchmarks/frontier.py measured per recipe: accuracy mean/std, seconds, hardware, command."""
+def measured() -> dict[str, list[dict[str, Any]]]:
+    """What benchmarks/frontier.py measured per recipe: one entry per machine it ran on, in the
+    order they were recorded (accuracy mean/std, seconds, hardware, command)."""
     try:
         data = json.loads(MEASURED_FILE.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    return {name: [m for m in rows if isinstance(m, dict)] for name, rows in data.items() if isinstance(rows, list)}
+
+
+def record_measurement(recorded: dict[str, list[dict[str, Any]]], name: str, figures: dict[str, Any]) -> None:
+    """Put a recipe's new figures in `recorded`: they replace those from the same hardware, else join them."""
+    rows = recorded.setdefault(name, [])
+    same = [i for i, m in enumerate(rows) if m.get("hardware") == figures.get("hardware")]
+    if same:
+        rows[same[0]] = figures
+    else:
+        rows.append(figures)
 
 
 def accuracy_label(figures: dict[str, Any]) -> str:

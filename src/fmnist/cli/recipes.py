@@ -24,14 +24,17 @@ def recipes_cmd() -> None:
     if console.width >= TABLE_MIN_WIDTH:
         table = Table("recipe", "model", "for", "test accuracy", "time per run", "measured on")
         for name, recipe in RECIPES.items():
-            m = figures.get(name)
-            table.add_row(name, recipe.model, recipe.goal, *(cells(m) if m else ("not measured yet", "-", "-")))
+            rows = figures.get(name) or [None]
+            for i, m in enumerate(rows):  # one row per machine; the recipe is named on the first
+                about = (name, recipe.model, recipe.goal) if i == 0 else ("", "", "")
+                table.add_row(*about, *(cells(m) if m else ("not measured yet", "-", "-")))
         console.print(table)
     else:
         for name, recipe in RECIPES.items():
-            m = figures.get(name)
-            figure = "{}, {} a run on {}".format(*cells(m)) if m else "not measured yet"
             console.print(f"[bold]{name}[/bold] ({recipe.model})", highlight=False)
-            console.print(f"  for: {recipe.goal}\n  measured: {figure}", markup=False, highlight=False)
+            console.print(f"  for: {recipe.goal}", markup=False, highlight=False)
+            for m in figures.get(name) or [None]:
+                figure = "{}, {} a run on {}".format(*cells(m)) if m else "not measured yet"
+                console.print(f"  measured: {figure}", markup=False, highlight=False)
     console.print("train one: fmnist train --recipe NAME   measure: python benchmarks/frontier.py", markup=False,
                   highlight=False)  # fmt: skip
