@@ -170,12 +170,17 @@ def main() -> int:
     (args.out / "frontier.json").write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.out / 'frontier.png'} and {args.out / 'frontier.json'}")
     if args.write and not args.max_steps:
-        recorded = measured()
-        for name, r in rows.items():  # local run folders mean nothing on a user's machine: figures only
-            record_measurement(recorded, name, {k: v for k, v in r.items() if k not in ("run_dirs", "ensemble")})
-        MEASURED_FILE.write_text(json.dumps(recorded, indent=2) + "\n")
-        print(f"recorded in {MEASURED_FILE}")
+        record(rows)
     return 0
+
+
+def record(rows: dict[str, dict]) -> None:
+    """Keep measured rows (frontier.json's) in recipes_measured.json, beside other machines' figures."""
+    recorded = measured()
+    for name, r in rows.items():  # local run folders mean nothing on a user's machine: figures only
+        record_measurement(recorded, name, {k: v for k, v in r.items() if k not in ("run_dirs", "ensemble")})
+    MEASURED_FILE.write_text(json.dumps(recorded, indent=2) + "\n")
+    print(f"recorded in {MEASURED_FILE}")
 
 
 if __name__ == "__main__":
