@@ -169,6 +169,16 @@ def test_onednn_cap_lowers_the_isa():
     assert capped_isa("avx2", "") == "avx2"
 
 
+def test_cpu_name_carries_family_and_model_so_generations_stay_apart():
+    from fmnist.device import cpu_name_from_cpuinfo
+
+    zen5 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+    second = "\nprocessor\t: 1\ncpu family\t: 99\nmodel\t\t: 9\nmodel name\t: other\n"
+    assert cpu_name_from_cpuinfo(zen5 + second) == "AMD EPYC, family 26 model 2"  # the first processor's
+    assert cpu_name_from_cpuinfo("model name\t: Some CPU\n") == "Some CPU"  # no numbers: the name alone
+    assert cpu_name_from_cpuinfo("processor\t: 0\nBogoMIPS\t: 48.00\n") is None  # e.g. ARM: the caller falls back
+
+
 def test_bf16_and_fp32_reach_similar_accuracy(tiny_dataset):
     """Behaviour, not speed: bf16 autocast (emulated where the CPU lacks it) learns like fp32."""
     fp32 = fit(tiny_config(model="fastcnn", epochs=2, precision="fp32"), tiny_dataset)
