@@ -33,8 +33,8 @@ def recipes_cmd() -> None:
         for name, recipe in RECIPES.items():
             console.print(f"[bold]{name}[/bold] ({recipe.model})", highlight=False)
             console.print(f"  for: {recipe.goal}", markup=False, highlight=False)
-            for m in figures.get(name) or [None]:
-                figure = "{}, {} a run on {}".format(*cells(m)) if m else "not measured yet"
+            for m in figures.get(name) or [None]:  # the machine on a line of its own: its name can be long
+                figure = "{}, {} a run\n            on {}".format(*cells(m)) if m else "not measured yet"
                 console.print(f"  measured: {figure}", markup=False, highlight=False)
     console.print("train one: fmnist train --recipe NAME   measure: python benchmarks/frontier.py", markup=False,
                   highlight=False)  # fmt: skip
