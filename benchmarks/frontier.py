@@ -5,7 +5,8 @@ would (the recipe's fixed epochs, best epoch on the validation split, the test s
 once), over --seeds seeds (one seed when a run would take over --long-run minutes), and
 prints one table: recipe, model, test accuracy mean ± std, seconds per run, hardware. It draws
 accuracy against time (mean ± std, the Pareto front joined) to frontier.png and, with
---write, records the figures in fmnist/recipes_measured.json for `fmnist recipes`. Each run is
+--write, records the figures in fmnist/recipes_measured.json for `fmnist recipes` (one entry per
+machine: a new measurement replaces only its own machine's). Each run is
 a normal run directory (OUT/RECIPE/seed-N), so `fmnist report` and `fmnist ensemble` take it;
 --ensemble also averages each recipe's seeds and prints the gain over the best member.
 
@@ -123,6 +124,15 @@ def recorded_series() -> dict[str, dict[str, dict]]:
     return series
 
 
+def record(rows: dict[str, dict]) -> None:
+    """Keep measured rows (frontier.json's) in recipes_measured.json, beside other machines' figures."""
+    recorded = measured()
+    for name, r in rows.items():  # local run folders mean nothing on a user's machine: figures only
+        record_measurement(recorded, name, {k: v for k, v in r.items() if k not in ("run_dirs", "ensemble")})
+    MEASURED_FILE.write_text(json.dumps(recorded, indent=2) + "\n")
+    print(f"recorded in {MEASURED_FILE}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", default=",".join(r for r, v in RECIPES.items() if v.device == "cpu"))
@@ -172,15 +182,6 @@ def main() -> int:
     if args.write and not args.max_steps:
         record(rows)
     return 0
-
-
-def record(rows: dict[str, dict]) -> None:
-    """Keep measured rows (frontier.json's) in recipes_measured.json, beside other machines' figures."""
-    recorded = measured()
-    for name, r in rows.items():  # local run folders mean nothing on a user's machine: figures only
-        record_measurement(recorded, name, {k: v for k, v in r.items() if k not in ("run_dirs", "ensemble")})
-    MEASURED_FILE.write_text(json.dumps(recorded, indent=2) + "\n")
-    print(f"recorded in {MEASURED_FILE}")
 
 
 if __name__ == "__main__":
