@@ -18,6 +18,7 @@ a normal run directory (OUT/RECIPE/seed-N), so `fmnist report` and `fmnist ensem
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -90,7 +91,7 @@ def plot(series: dict[str, dict[str, dict]], path: Path) -> None:
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0 + 0.3 * len(series)), dpi=110)
-    for (machine, rows), marker in zip(sorted(series.items()), "osD^v"):
+    for (machine, rows), marker in zip(sorted(series.items()), itertools.cycle("osD^v")):  # every machine drawn
         points = ax.errorbar([r["seconds_mean"] for r in rows.values()], [100 * r["accuracy_mean"] for r in rows.values()],
                              yerr=[100 * r["accuracy_std"] for r in rows.values()], fmt=marker, capsize=3, label=machine)  # fmt: skip
         for name, r in rows.items():
