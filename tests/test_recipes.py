@@ -97,8 +97,6 @@ def test_frontier_harness_in_smoke_mode(tiny_data_dir: Path, tmp_path: Path, iso
 
 
 def test_frontier_redraws_the_recorded_figures_without_training(tmp_path: Path):
-    from fmnist.recipes import measured
-
     recorded = [name for name, rows in measured().items() if any(not row.get("smoke") for row in rows)]
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--plot-recorded",
                            "--out", str(tmp_path / "f")], capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -87,11 +87,11 @@ def measured() -> dict[str, list[dict[str, Any]]]:
 def record_measurement(recorded: dict[str, list[dict[str, Any]]], name: str, figures: dict[str, Any]) -> None:
     """Put a recipe's new figures in `recorded`: they replace those from the same hardware, else join them."""
     rows = recorded.setdefault(name, [])
-    same = [i for i, m in enumerate(rows) if m.get("hardware") == figures.get("hardware")]
-    if same:
-        rows[same[0]] = figures
-    else:
+    same = next((i for i, m in enumerate(rows) if m.get("hardware") == figures.get("hardware")), None)
+    if same is None:
         rows.append(figures)
+    else:
+        rows[same] = figures
 
 
 def accuracy_label(figures: dict[str, Any]) -> str:
