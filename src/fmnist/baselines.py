@@ -95,7 +95,7 @@ def fit_baseline(config: TrainConfig, dataset: FashionMNIST, callbacks: Sequence
         raise UsageError(f"{config.model} is a network, not a scikit-learn baseline")
     spec, args = entry.baseline, dict(config.model_args)
     seed_everything(config.seed)
-    train_idx, val_idx = stratified_split(dataset.train_labels, config.val_size, config.seed)
+    train_idx, val_idx = stratified_split(dataset.train_labels, config.val_size, config.validation_seed)
     size = args.get("train_size", 0)
     if config.max_steps:  # smoke mode: as many images as max_steps batches would have seen
         size = min(size or len(train_idx), config.max_steps * config.batch_size)

@@ -15,6 +15,7 @@ import tomli_w
 import tomllib
 
 from fmnist.constants import FMNIST_MEAN, FMNIST_STD, NUM_CLASSES
+from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed
 from fmnist.device import DEVICES, PRECISIONS
 from fmnist.errors import UsageError
 from fmnist.tta import TTA_LEVELS
@@ -52,6 +53,7 @@ class TrainConfig:
     mean: float = FMNIST_MEAN
     std: float = FMNIST_STD
     val_size: int = 5000
+    split_seed: int = FOLLOW_RUN_SEED  # draws the validation hold-out; -1 = the run's seed (fmnist.data.splits)
     early_stopping: int = 0  # patience in epochs without a better validation accuracy; 0 = off
     seed: int = 0
     device: str = "auto"
@@ -100,12 +102,18 @@ class TrainConfig:
             raise UsageError(f"std must be positive, not {self.std}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"seed must be a non-negative integer, not {self.seed}")
+        if not FOLLOW_RUN_SEED <= self.split_seed < 2**63:
+            raise UsageError(f"split_seed must be a non-negative integer or -1 (the run's seed), not {self.split_seed}")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise UsageError("tensorboard = true needs the tensorboard package: pip install tensorboard")
         self.model_args = check_model_args(self.model, self.model_args)
         if self.model_args.get("num_classes", NUM_CLASSES) != NUM_CLASSES:
             raise UsageError(f"num_classes must be {NUM_CLASSES} to train on Fashion-MNIST, not {self.model_args['num_classes']}")
         return self
+
+    @property
+    def validation_seed(self) -> int:
+        return holdout_seed(self.seed, self.split_seed)
 
     @property
     def input_mean(self) -> float:

@@ -114,7 +114,14 @@ def load_members(folders: list[Path], device: str | torch.device = "cpu") -> lis
     return members
 
 
-def _member_weights(members: list[Member], weighted: bool) -> list[float]:
+def members_of(run_dirs: list[Path], device: str | torch.device = "cpu") -> list[Member]:
+    """The members of a new ensemble: two or more run directories, loaded and checked."""
+    if len(run_dirs) < 2:
+        raise UsageError("an ensemble needs at least two run directories")
+    return load_members([Path(d) for d in run_dirs], device)
+
+
+def member_weights(members: list[Member], weighted: bool) -> list[float]:
     """Equal weights, or each member's best validation accuracy, normalised to sum to 1."""
     if not weighted:
         return [1.0 / len(members)] * len(members)
@@ -281,17 +288,16 @@ def build_ensemble(
     """
     from fmnist.analysis.calibration import DEFAULT_BINS, calibration
     from fmnist.device import resolve_precision
+    from fmnist.ensemble_validation import score_validation
     from fmnist.evaluate import evaluate_logits
     from fmnist.fsutil import atomic_write_bytes, atomic_write_json
     from fmnist.runs import RESULTS_FILE, prepare_run_dir
 
-    if len(run_dirs) < 2:
-        raise UsageError("an ensemble needs at least two run directories")
-    members = load_members([Path(d) for d in run_dirs], device)
+    members = members_of(run_dirs, device)
     out_dir = Path(out_dir)
     if any(out_dir.resolve() == m.folder.resolve() for m in members):
         raise UsageError(f"{out_dir}: is a member's run directory; choose another --out")
-    weights = _member_weights(members, weighted)
+    weights = member_weights(members, weighted)
     prepare_run_dir(out_dir, overwrite=overwrite)
 
     precision = resolve_precision(precision, torch.device(device))
@@ -305,6 +311,7 @@ def build_ensemble(
     best = int(np.argmax(member_accuracy))
     ensemble_right, best_right = probs.argmax(1) == labels, member_predicted[best] == labels
     cal = calibration(probs, labels, DEFAULT_BINS)
+    validation = score_validation(members, weights, dataset, precision, step)
 
     results = {
         "model": MODEL_NAME,
@@ -324,6 +331,7 @@ def build_ensemble(
         "fixed": int((ensemble_right & ~best_right).sum()),  # the best member wrong, the ensemble right
         "introduced": int((~ensemble_right & best_right).sum()),
         "pairwise_disagreement": _pairwise_disagreement(member_predicted),
+        "validation": validation,  # the same members on their shared validation split (fmnist.ensemble_validation)
         "device": device,
         "precision": precision,
         "data": dataset.provenance.to_dict(),

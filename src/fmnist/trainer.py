@@ -90,7 +90,7 @@ class Trainer:
         if config.val_size >= len(dataset.train_labels):
             raise UsageError(f"val_size {config.val_size} must be smaller than the "
                              f"{len(dataset.train_labels):,} training images")  # fmt: skip
-        train_idx, val_idx = stratified_split(dataset.train_labels, config.val_size, config.seed)
+        train_idx, val_idx = stratified_split(dataset.train_labels, config.val_size, config.validation_seed)
         images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
         self.model: Classifier = create_model(config.model, **config.model_args).place(self.device)
         self.blank = blank_value(config.input_mean, config.input_std)

@@ -74,6 +74,8 @@ def train_cmd(
     tta: Tta | None = _opt("--tta", "tta", "Test-time augmentation."),
     normalize: bool | None = _opt("--normalize/--no-normalize", "normalize", "Standardise inputs."),
     val_size: int | None = _opt("--val-size", "val_size", "Validation images held out."),
+    split_seed: int | None = _opt("--split-seed", "split_seed",
+                                  "Seed of the validation hold-out; one value for runs an ensemble will compare (-1 = --seed)."),  # fmt: skip
     early_stopping: int | None = _opt("--early-stopping", "early_stopping", "Patience in epochs (0 = off)."),
     seed: int | None = _opt("--seed", "seed", "Seed of every random draw."),
     device: Device | None = _opt("--device", "device", "Where to train."),
@@ -107,7 +109,7 @@ def train_cmd(
         "epochs": epochs, "batch_size": batch_size, "optimizer": value(optimizer), "lr": lr,
         "weight_decay": weight_decay, "scheduler": value(scheduler), "label_smoothing": label_smoothing,
         "flip": flip, "crop_pad": crop_pad, "erase": erase, "mixup": mixup, "cutmix": cutmix, "ema": ema, "tta": value(tta), "normalize": normalize,
-        "val_size": val_size, "early_stopping": early_stopping, "seed": seed, "device": value(device),
+        "val_size": val_size, "split_seed": split_seed, "early_stopping": early_stopping, "seed": seed, "device": value(device),
         "precision": value(precision), "deterministic": deterministic, "max_steps": max_steps,
         "tensorboard": tensorboard,
     }  # fmt: skip

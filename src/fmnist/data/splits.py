@@ -7,6 +7,16 @@ import numpy as np
 from fmnist.constants import NUM_CLASSES
 
 
+# split_seed's value meaning "no seed of its own: the run's seed draws the hold-out" (the default,
+# so each seed of a study holds out other images; set one split_seed to share a validation split).
+FOLLOW_RUN_SEED = -1
+
+
+def holdout_seed(seed: int, split_seed: int = FOLLOW_RUN_SEED) -> int:
+    """The seed that draws a run's validation hold-out: its split_seed when set, else its seed."""
+    return seed if split_seed == FOLLOW_RUN_SEED else split_seed
+
+
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val): `val_size` images held out with every class in proportion."""
     if val_size <= 0:

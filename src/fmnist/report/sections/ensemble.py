@@ -168,6 +168,19 @@ def _per_class_table(changes: Changes) -> Table:
     return Table(["class", "best member", "ensemble", "fixed", "introduced", "net"], rows)
 
 
+def _validation_text(validation: dict | None) -> str:
+    """The ensemble against its best member on validation, where the members held out the same images."""
+    if not validation:  # built before fmnist recorded it
+        return ""
+    if not validation.get("shared"):
+        return f"Not scored on validation: {validation.get('reason', 'no shared hold-out')}."
+    best = validation["members"][validation["best_member"]]
+    return (f"On the members' shared validation split ({count(validation['val_size'])} training images held out "
+            f"by split seed {validation['split_seed']}) the ensemble scores {pct(validation['accuracy'])}, "
+            f"{points(validation['gain_over_best_member'])} over the best member there ({pct(best)}): the figure "
+            f"to choose ensembles by, since it leaves the test set alone.")  # fmt: skip
+
+
 def ensemble_blocks(entry: EnsembleEntry, dataset, data_problem: str, figure: Path) -> list[Block]:
     """Everything the section says about one ensemble; `dataset` (or None) supplies the images."""
     if entry.error:
@@ -184,6 +197,9 @@ def ensemble_blocks(entry: EnsembleEntry, dataset, data_problem: str, figure: Pa
     best_acc = r["members"][r["best_member"]]["test_accuracy"]
     blocks.append(Text(f"Gain over the best member ({best_name}, {pct(best_acc)}): {points(r['gain_over_best_member'])}."
                        f" Weights: {weights}; the ensemble answers the argmax of the weighted mean probability."))  # fmt: skip
+    validation = _validation_text(r.get("validation"))
+    if validation:
+        blocks.append(Text(validation))
     blocks += _disagreement_blocks(entry)
     blocks.append(Heading(f"Errors fixed and introduced against {best_name}"))
     if changes is None:

@@ -48,9 +48,10 @@ def data_section(ctx: ReportContext) -> Section:
     val = np.zeros(NUM_CLASSES, dtype=int)
     val_size, seed = int(config.get("val_size", 0) or 0), int(config.get("seed", 0) or 0)
     if 0 < val_size < len(dataset.train_labels):
-        from fmnist.data.splits import stratified_split
+        from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed, stratified_split
 
-        _, val_idx = stratified_split(dataset.train_labels, val_size, seed)
+        split_seed = int(config.get("split_seed", FOLLOW_RUN_SEED))
+        _, val_idx = stratified_split(dataset.train_labels, val_size, holdout_seed(seed, split_seed))
         val = np.bincount(dataset.train_labels[val_idx], minlength=NUM_CLASSES)
     rows = [[str(c), CLASS_NAMES[c], count(int(train[c])), count(int(val[c])), count(int(test[c]))]
             for c in range(NUM_CLASSES)]  # fmt: skip

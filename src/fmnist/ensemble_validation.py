@@ -1,0 +1,121 @@
+"""An ensemble scored on its members' shared validation split, so ensembles are chosen without the test set.
+
+Each run holds out `val_size` training images drawn by its split seed (`split_seed`, or its own
+seed when that is -1). Only members that held out the same images, from the same training file,
+can be averaged on them: any other member trained on some of those images. Train the runs that
+an ensemble will compare with one `split_seed`; runs with different hold-outs get a reason
+instead of figures.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmnist.ensemble import Member, average_probabilities, member_probabilities
+
+
+def _holdout(member: Member) -> tuple[int, int] | str:
+    """(val_size, hold-out seed) from a member's config.toml, or why it has none to share."""
+    from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed
+    from fmnist.runs import CONFIG_FILE
+
+    path = Path(member.folder) / CONFIG_FILE
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+        val_size, seed = int(config.get("val_size", 0)), int(config.get("seed", 0))
+        split_seed = int(config.get("split_seed", FOLLOW_RUN_SEED))
+    except (OSError, tomllib.TOMLDecodeError, TypeError, ValueError):
+        return f"{member.folder} has no readable {CONFIG_FILE} to say which images it held out"
+    if val_size <= 0:
+        return f"{member.folder} held out no validation images"
+    return val_size, holdout_seed(seed, split_seed)
+
+
+def shared_holdout(members: list[Member], train_sha256: str | None) -> tuple[int, int] | str:
+    """The (val_size, seed) every member held out of `train_sha256`'s images, or why there is none."""
+    holdouts = []
+    for m in members:
+        holdout = _holdout(m)
+        if isinstance(holdout, str):
+            return holdout
+        trained_on = ((m.meta.get("extra") or {}).get("data") or {}).get("sha256", {}).get("train_images")
+        if train_sha256 and trained_on and trained_on != train_sha256:
+            return f"{m.folder} was trained on other training images than these"
+        holdouts.append(holdout)
+    if len(set(holdouts)) > 1:
+        listed = ", ".join(f"{m.folder.name}: {size} by seed {seed}" for m, (size, seed) in zip(members, holdouts))
+        return (f"the members held out different validation images ({listed}); "
+                "train them with one --split-seed to compare them on validation")  # fmt: skip
+    return holdouts[0]
+
+
+def score_validation(
+    members: list[Member],
+    weights: list[float],
+    dataset,
+    precision: str = "auto",
+    step: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Members and their weighted average on the members' shared validation split.
+
+    {"shared": True, "val_size", "split_seed", "accuracy", "members": [accuracy, ...], "best_member",
+    "gain_over_best_member"}, or {"shared": False, "reason": "..."} when the hold-outs differ.
+    Each member runs with its own normalisation and TTA, as on the test set.
+    """
+    from fmnist.data.splits import stratified_split
+
+    train_sha = (dataset.provenance.to_dict().get("sha256") or {}).get("train_images")
+    holdout = shared_holdout(members, train_sha)
+    if isinstance(holdout, str):
+        return {"shared": False, "reason": holdout}
+    val_size, seed = holdout
+    if val_size >= len(dataset.train_labels):
+        return {"shared": False, "reason": f"val_size {val_size} exceeds these {len(dataset.train_labels)} images"}
+    _, val_idx = stratified_split(dataset.train_labels, val_size, seed)
+    labels = torch.from_numpy(dataset.train_labels[val_idx].astype(np.int64))
+    member_probs = member_probabilities(members, dataset.train_images[val_idx], precision,
+                                        lambda label: step(f"validation: {label}"))  # fmt: skip
+    member_accuracy = [(p.argmax(1) == labels).double().mean().item() for p in member_probs]
+    accuracy = (average_probabilities(member_probs, weights).argmax(1) == labels).double().mean().item()
+    best = int(np.argmax(member_accuracy))
+    return {
+        "shared": True,
+        "val_size": val_size,
+        "split_seed": seed,
+        "accuracy": accuracy,
+        "members": member_accuracy,
+        "best_member": best,
+        "gain_over_best_member": accuracy - member_accuracy[best],
+    }
+
+
+def validate_ensemble(
+    run_dirs: list[Path],
+    *,
+    dataset,
+    weighted: bool = False,
+    precision: str = "auto",
+    device: str = "cpu",
+    step: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Score an ensemble of `run_dirs` on their shared validation split only: the test set is not read.
+
+    What `score_validation` returns, plus "run_dirs" and "weights". A UsageError says why when
+    the members held out different images, since then there is nothing to report.
+    """
+    from fmnist.device import resolve_precision
+    from fmnist.ensemble import member_weights, members_of
+    from fmnist.errors import UsageError
+
+    members = members_of(run_dirs, device)
+    weights = member_weights(members, weighted)
+    scores = score_validation(members, weights, dataset, resolve_precision(precision, torch.device(device)), step)
+    if not scores["shared"]:
+        raise UsageError(scores["reason"])
+    return {**scores, "run_dirs": [str(m.folder) for m in members], "weights": weights}
