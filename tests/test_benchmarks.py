@@ -41,3 +41,24 @@ def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_and_records_nothing(
     assert (tmp_path / "out" / "recipes_measured.json").read_text() == recorded
     bad = subprocess.run(["bash", str(script), "gpu-worst"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "usage: benchmarks/gpu_runbook.sh gpu-best|seed004" in bad.stderr
+
+
+def test_ensemble_designs_chooses_on_validation_and_tests_only_the_choice(tiny_data_dir: Path, tmp_path: Path):
+    import json
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "ensemble_designs.py"), "--out", str(tmp_path / "study"),
+               "--max-steps", "2", "--val-size", "100", "--data-dir", str(tiny_data_dir)]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    study = json.loads((tmp_path / "study" / "study.json").read_text())
+    gains = {design: v["gain_over_best_member"] for design, v in study["validation"].items()}
+    assert set(gains) == {"seeds", "zoo"} and study["chosen"] == max(gains, key=gains.get)
+    assert list(study["test"]) == [study["chosen"]]  # the other design's test figure is never computed
+    assert not (tmp_path / "study" / f"{({'seeds', 'zoo'} - {study['chosen']}).pop()}-ensemble").exists()
+    assert ": test " not in proc.stdout.split("chosen on validation")[0]  # nothing tested before the choice
+    # Run again: every finished run is reused, and --test-all adds the other design after the choice.
+    again = subprocess.run([*command, "--test-all"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("finished earlier, reused") == 9, again.stdout
+    study = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert sorted(study["test"]) == ["seeds", "zoo"] and study["seconds"] == {}
+    assert [v["after_the_choice"] for v in study["test"].values()] == [False, True]

@@ -9,12 +9,12 @@ instead of figures.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 import torch
 
 from fmnist.ensemble import Member, average_probabilities, member_probabilities

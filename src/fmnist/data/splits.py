@@ -6,7 +6,6 @@ import numpy as np
 
 from fmnist.constants import NUM_CLASSES
 
-
 # split_seed's value meaning "no seed of its own: the run's seed draws the hold-out" (the default,
 # so each seed of a study holds out other images; set one split_seed to share a validation split).
 FOLLOW_RUN_SEED = -1
