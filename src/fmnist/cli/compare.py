@@ -31,6 +31,9 @@ def compare_cmd(
                                         help="Validation images held out of training [default: 5000]"),  # fmt: skip
     device: Device | None = typer.Option(None, "--device", show_default=False, help="Where to train [default: auto]"),
     seed: int | None = typer.Option(None, "--seed", show_default=False, help="First seed [default: 0]"),
+    split_seed: int | None = typer.Option(None, "--split-seed", show_default=False,
+                                          help="One validation hold-out for every run, so ensembles are scored on "
+                                               "validation too [default: -1, each run's seed]"),  # fmt: skip
     ensemble: bool | None = typer.Option(None, "--ensemble/--no-ensemble", show_default=False,
                                          help="Also average each model's seeds into an ensemble (needs --seeds 2 or "
                                               "more) [default: the config's, else off]"),  # fmt: skip
@@ -45,7 +48,7 @@ def compare_cmd(
     comparison = api.compare(models.split(",") if models else None, config_file=config, seeds=seeds, out=out,
                              progress=console, report=False, data_dir=data_dir, notify=notify, ray=ray_address(ray),
                              epochs=epochs, max_steps=max_steps, val_size=val_size, device=value(device), seed=seed,
-                             tensorboard=tensorboard, ensemble=ensemble)  # fmt: skip
+                             split_seed=split_seed, tensorboard=tensorboard, ensemble=ensemble)  # fmt: skip
     print_comparison(comparison, comparison.summary["title"])
     if not no_report:
         console.print(f"report: {comparison.report(data_dir=data_dir)}", markup=False, highlight=False)
