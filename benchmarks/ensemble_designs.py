@@ -47,21 +47,21 @@ DESIGNS = {
 }
 
 
-def train_members(out: Path, data, max_steps: int | None, val_size: int | None) -> dict[str, float]:
-    """Train each member not yet finished in `out`; returns seconds per member trained here."""
-    seconds = {}
+def train_members(out: Path, data, max_steps: int | None, val_size: int | None) -> list[str]:
+    """Train each member not yet finished in `out`; returns the names of those reused."""
+    reused = []
     for name, settings in MEMBERS.items():
         run_dir = out / name
         if (run_dir / RESULTS_FILE).is_file():
             print(f"  {name}: finished earlier, reused", flush=True)
+            reused.append(name)
             continue
         started = time.perf_counter()
         train(out=run_dir, data=data, progress=False, overwrite=True, split_seed=SPLIT_SEED, max_steps=max_steps,
               val_size=val_size, **settings)  # fmt: skip
-        seconds[name] = time.perf_counter() - started
         best_val = read_results(run_dir)["best_val_accuracy"]  # its test accuracy stays unread until the choice
-        print(f"  {name}: validation {100 * best_val:.2f}% in {seconds[name]:.0f} s", flush=True)
-    return seconds
+        print(f"  {name}: validation {100 * best_val:.2f}% in {time.perf_counter() - started:.0f} s", flush=True)
+    return reused
 
 
 def main() -> None:
@@ -75,7 +75,8 @@ def main() -> None:
 
     data = load_data(args.data_dir)
     print(f"training {len(MEMBERS)} runs into {args.out} (split seed {SPLIT_SEED}) ...", flush=True)
-    seconds = train_members(args.out, data, args.max_steps, args.val_size)
+    reused = train_members(args.out, data, args.max_steps, args.val_size)
+    train_seconds = {name: read_results(args.out / name).get("train_seconds") for name in MEMBERS}
 
     validation = {}
     for design, names in DESIGNS.items():
@@ -101,7 +102,8 @@ def main() -> None:
               f"{', '.join(f'{100 * m:.2f}' for m in test[design]['members'])}", flush=True)  # fmt: skip
 
     study = {"split_seed": SPLIT_SEED, "designs": DESIGNS, "members": MEMBERS, "validation": validation,
-             "chosen": chosen, "test": test, "seconds": seconds, "hardware": hardware(),
+             "chosen": chosen, "test": test, "train_seconds": train_seconds, "reused": reused,
+             "hardware": hardware(),
              "smoke": bool(args.max_steps)}  # fmt: skip
     (args.out / "study.json").write_text(json.dumps(study, indent=2))
     print(f"-> {args.out / 'study.json'}")
