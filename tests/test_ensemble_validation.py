@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli, write_synthetic_idx
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import load_idx_folder
-from fmnist.data.splits import stratified_split
+from fmnist.data.splits import saved_holdout, stratified_split
 from fmnist.ensemble import build_ensemble
 from fmnist.ensemble_validation import validate_ensemble
 from fmnist.errors import UsageError
@@ -97,3 +97,9 @@ def test_cli_validation_only_prints_the_scores_and_writes_nothing(runs, tmp_path
     assert_one_line_error(proc, 2, "--validation-only writes nothing")
     proc = run_cli("ensemble", str(a), str(b), env=isolated_env)
     assert_one_line_error(proc, 2, "--out DIR is required")
+
+
+def test_a_saved_config_names_its_holdout_and_old_files_follow_their_seed():
+    assert saved_holdout({"val_size": 5000, "seed": 3}) == (5000, 3)  # written before split_seed existed
+    assert saved_holdout({"val_size": 5000, "seed": 3, "split_seed": 0}) == (5000, 0)
+    assert saved_holdout({"val_size": 0, "seed": 3, "split_seed": -1}) == (0, 3)

@@ -22,19 +22,17 @@ from fmnist.ensemble import Member, average_probabilities, member_probabilities
 
 def _holdout(member: Member) -> tuple[int, int] | str:
     """(val_size, hold-out seed) from a member's config.toml, or why it has none to share."""
-    from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed
+    from fmnist.data.splits import saved_holdout
     from fmnist.runs import CONFIG_FILE
 
     path = Path(member.folder) / CONFIG_FILE
     try:
-        config = tomllib.loads(path.read_text(encoding="utf-8"))
-        val_size, seed = int(config.get("val_size", 0)), int(config.get("seed", 0))
-        split_seed = int(config.get("split_seed", FOLLOW_RUN_SEED))
+        val_size, seed = saved_holdout(tomllib.loads(path.read_text(encoding="utf-8")))
     except (OSError, tomllib.TOMLDecodeError, TypeError, ValueError):
         return f"{member.folder} has no readable {CONFIG_FILE} to say which images it held out"
     if val_size <= 0:
         return f"{member.folder} held out no validation images"
-    return val_size, holdout_seed(seed, split_seed)
+    return val_size, seed
 
 
 def shared_holdout(members: list[Member], train_sha256: str | None) -> tuple[int, int] | str:
@@ -44,7 +42,7 @@ def shared_holdout(members: list[Member], train_sha256: str | None) -> tuple[int
         holdout = _holdout(m)
         if isinstance(holdout, str):
             return holdout
-        trained_on = ((m.meta.get("extra") or {}).get("data") or {}).get("sha256", {}).get("train_images")
+        trained_on = (((m.meta.get("extra") or {}).get("data") or {}).get("sha256") or {}).get("train_images")
         if train_sha256 and trained_on and trained_on != train_sha256:
             return f"{m.folder} was trained on other training images than these"
         holdouts.append(holdout)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from fmnist.constants import NUM_CLASSES
@@ -14,6 +17,13 @@ FOLLOW_RUN_SEED = -1
 def holdout_seed(seed: int, split_seed: int = FOLLOW_RUN_SEED) -> int:
     """The seed that draws a run's validation hold-out: its split_seed when set, else its seed."""
     return seed if split_seed == FOLLOW_RUN_SEED else split_seed
+
+
+def saved_holdout(config: Mapping[str, Any]) -> tuple[int, int]:
+    """(val_size, hold-out seed) of a run from its saved config values (config.toml); keys it lacks take
+    their defaults, as in files from before split_seed existed."""
+    val_size, seed = int(config.get("val_size", 0) or 0), int(config.get("seed", 0) or 0)
+    return val_size, holdout_seed(seed, int(config.get("split_seed", FOLLOW_RUN_SEED)))
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

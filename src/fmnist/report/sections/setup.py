@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmnist.constants import CLASS_NAMES, NUM_CLASSES
+from fmnist.data.splits import saved_holdout, stratified_split
 from fmnist.report import figures
 from fmnist.report.context import ReportContext
 from fmnist.report.document import Details, Image, Note, Section, Table, Takeaway, Text
@@ -46,12 +47,9 @@ def data_section(ctx: ReportContext) -> Section:
     test = np.bincount(dataset.test_labels, minlength=NUM_CLASSES)
     config = ctx.runs[0].config
     val = np.zeros(NUM_CLASSES, dtype=int)
-    val_size, seed = int(config.get("val_size", 0) or 0), int(config.get("seed", 0) or 0)
+    val_size, seed = saved_holdout(config)
     if 0 < val_size < len(dataset.train_labels):
-        from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed, stratified_split
-
-        split_seed = int(config.get("split_seed", FOLLOW_RUN_SEED))
-        _, val_idx = stratified_split(dataset.train_labels, val_size, holdout_seed(seed, split_seed))
+        _, val_idx = stratified_split(dataset.train_labels, val_size, seed)
         val = np.bincount(dataset.train_labels[val_idx], minlength=NUM_CLASSES)
     rows = [[str(c), CLASS_NAMES[c], count(int(train[c])), count(int(val[c])), count(int(test[c]))]
             for c in range(NUM_CLASSES)]  # fmt: skip
