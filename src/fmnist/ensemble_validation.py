@@ -17,14 +17,15 @@ import numpy as np
 import tomllib
 import torch
 
-from fmnist.ensemble import Member, average_probabilities, member_probabilities
+from fmnist.data.splits import saved_holdout, stratified_split
+from fmnist.device import resolve_precision
+from fmnist.ensemble import Member, average_probabilities, member_probabilities, member_weights, members_of
+from fmnist.errors import UsageError
+from fmnist.runs import CONFIG_FILE
 
 
 def _holdout(member: Member) -> tuple[int, int] | str:
     """(val_size, hold-out seed) from a member's config.toml, or why it has none to share."""
-    from fmnist.data.splits import saved_holdout
-    from fmnist.runs import CONFIG_FILE
-
     path = Path(member.folder) / CONFIG_FILE
     try:
         val_size, seed = saved_holdout(tomllib.loads(path.read_text(encoding="utf-8")))
@@ -66,8 +67,6 @@ def score_validation(
     "gain_over_best_member"}, or {"shared": False, "reason": "..."} when the hold-outs differ.
     Each member runs with its own normalisation and TTA, as on the test set.
     """
-    from fmnist.data.splits import stratified_split
-
     train_sha = (dataset.provenance.to_dict().get("sha256") or {}).get("train_images")
     holdout = shared_holdout(members, train_sha)
     if isinstance(holdout, str):
@@ -102,15 +101,11 @@ def validate_ensemble(
     device: str = "cpu",
     step: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Score an ensemble of `run_dirs` on their shared validation split only: the test set is not read.
+    """Score an ensemble of `run_dirs` on their shared validation split only: nothing is scored on the test set.
 
     What `score_validation` returns, plus "run_dirs" and "weights". A UsageError says why when
     the members held out different images, since then there is nothing to report.
     """
-    from fmnist.device import resolve_precision
-    from fmnist.ensemble import member_weights, members_of
-    from fmnist.errors import UsageError
-
     members = members_of(run_dirs, device)
     weights = member_weights(members, weighted)
     scores = score_validation(members, weights, dataset, resolve_precision(precision, torch.device(device)), step)
