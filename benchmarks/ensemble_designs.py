@@ -103,8 +103,7 @@ def main() -> None:
 
     study = {"split_seed": SPLIT_SEED, "designs": DESIGNS, "members": MEMBERS, "validation": validation,
              "chosen": chosen, "test": test, "train_seconds": train_seconds, "reused": reused,
-             "hardware": hardware(),
-             "smoke": bool(args.max_steps)}  # fmt: skip
+             "hardware": hardware(), "smoke": bool(args.max_steps)}  # fmt: skip
     (args.out / "study.json").write_text(json.dumps(study, indent=2))
     print(f"-> {args.out / 'study.json'}")
 
