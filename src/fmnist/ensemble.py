@@ -260,6 +260,15 @@ def member_probabilities(members: list[Member], images: np.ndarray, precision: s
     return torch.stack(out)
 
 
+def score_members(
+    member_probs: torch.Tensor, weights: list[float], labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[float], int]:
+    """(weighted mean probabilities (N, C), each member's top-1 (M, N), each member's accuracy, the best's index)."""
+    predicted = member_probs.argmax(2)
+    accuracy = [(p == labels).double().mean().item() for p in predicted]
+    return average_probabilities(member_probs, weights), predicted, accuracy, int(np.argmax(accuracy))
+
+
 def _pairwise_disagreement(predicted: torch.Tensor) -> list[dict[str, Any]]:
     m = predicted.shape[0]
     return [
@@ -303,12 +312,9 @@ def build_ensemble(
     precision = resolve_precision(precision, torch.device(device))
     labels = torch.from_numpy(dataset.test_labels.astype(np.int64))
     member_probs = member_probabilities(members, dataset.test_images, precision, step)
-    probs = average_probabilities(member_probs, weights)
+    probs, member_predicted, member_accuracy, best = score_members(member_probs, weights, labels)
     class_names = tuple(members[0].meta["class_names"])
     evaluation = evaluate_logits(torch.log(probs.clamp_min(_TINY)), labels, class_names)
-    member_predicted = member_probs.argmax(2)
-    member_accuracy = [(p == labels).double().mean().item() for p in member_predicted]
-    best = int(np.argmax(member_accuracy))
     ensemble_right, best_right = probs.argmax(1) == labels, member_predicted[best] == labels
     cal = calibration(probs, labels, DEFAULT_BINS)
     validation = score_validation(members, weights, dataset, precision, step)

@@ -19,7 +19,7 @@ import torch
 
 from fmnist.data.splits import saved_holdout, stratified_split
 from fmnist.device import resolve_precision
-from fmnist.ensemble import Member, average_probabilities, member_probabilities, member_weights, members_of
+from fmnist.ensemble import Member, member_probabilities, member_weights, members_of, score_members
 from fmnist.errors import UsageError
 from fmnist.runs import CONFIG_FILE
 
@@ -78,9 +78,8 @@ def score_validation(
     labels = torch.from_numpy(dataset.train_labels[val_idx].astype(np.int64))
     member_probs = member_probabilities(members, dataset.train_images[val_idx], precision,
                                         lambda label: step(f"validation: {label}"))  # fmt: skip
-    member_accuracy = [(p.argmax(1) == labels).double().mean().item() for p in member_probs]
-    accuracy = (average_probabilities(member_probs, weights).argmax(1) == labels).double().mean().item()
-    best = int(np.argmax(member_accuracy))
+    probs, _, member_accuracy, best = score_members(member_probs, weights, labels)
+    accuracy = (probs.argmax(1) == labels).double().mean().item()
     return {
         "shared": True,
         "val_size": val_size,
