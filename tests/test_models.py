@@ -178,3 +178,49 @@ def test_register_model_adds_a_name_and_refuses_duplicates():
     assert get_recipe("test_tiny_linear") == {"epochs": 1}
     with pytest.raises(ValueError, match="already registered"):
         register_model("test_tiny_linear")(tiny)
+
+
+# Modules whose backward has no deterministic CUDA kernel: under fmnist's deterministic training
+# each one stops the first GPU step with a RuntimeError (torch.use_deterministic_algorithms' list).
+_NO_DETERMINISTIC_CUDA_BACKWARD = (
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d, nn.AvgPool3d, nn.MaxPool3d,
+    nn.FractionalMaxPool2d, nn.FractionalMaxPool3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
+    nn.ReplicationPad3d, nn.Upsample, nn.EmbeddingBag,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_model_holds_a_layer_that_cuda_cannot_train_deterministically(name: str):
+    offending = [n for n, m in create_model(name).named_modules() if isinstance(m, _NO_DETERMINISTIC_CUDA_BACKWARD)]
+    assert offending == [], f"{name}: {offending}"
+
+
+def test_global_avg_pool_matches_adaptive_avg_pool_forward_and_backward():
+    from fmnist.models.base import GlobalAvgPool
+
+    x = torch.randn(3, 5, 7, 7, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, ref = GlobalAvgPool()(x), nn.AdaptiveAvgPool2d(1)(x_ref)
+    assert out.shape == ref.shape == (3, 5, 1, 1)
+    torch.testing.assert_close(out, ref)
+    weights = torch.randn(3, 5, 1, 1)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ALL)
+def test_every_network_takes_a_deterministic_bf16_training_step_on_cuda(name: str):
+    from fmnist.device import autocast_context, enable_determinism
+
+    device = torch.device("cuda")
+    enable_determinism(device)
+    torch.manual_seed(0)
+    model = create_model(name).place(device)
+    x = torch.randn(8, 1, 28, 28, device=device)
+    with autocast_context(device, "bf16"):
+        loss = nn.functional.cross_entropy(model(x), torch.arange(8, device=device) % 10)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

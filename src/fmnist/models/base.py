@@ -10,10 +10,24 @@ from torch import nn
 
 from fmnist.models.probe import leaves, probe
 
+
+
+class GlobalAvgPool(nn.Module):
+    """(N,C,H,W) -> (N,C,1,1): the mean over every position, as AdaptiveAvgPool2d(1) computes it.
+
+    Written as a mean because CUDA has no deterministic backward for adaptive pooling: under
+    fmnist's deterministic training (fmnist.device.enable_determinism) AdaptiveAvgPool2d stops
+    the first GPU step with an error, while a mean's gradient is an exact broadcast.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 # Layers whose output is a spatial map but not one worth explaining: pooling throws away the
 # position Grad-CAM wants, dropout and identity only repeat their input.
-_NOT_CAM_LAYERS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d,
-                   nn.Identity, nn.Flatten)  # fmt: skip
+_NOT_CAM_LAYERS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, GlobalAvgPool, nn.Dropout,
+                   nn.Dropout2d, nn.Identity, nn.Flatten)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fmnist.constants import NUM_CLASSES
-from fmnist.models.base import Classifier
+from fmnist.models.base import Classifier, GlobalAvgPool
 from fmnist.models.registry import register_model
 from fmnist.models.resnet import he_init
 
@@ -169,7 +169,7 @@ def efficientnet_b0(
         layers[f"stage{number}"] = nn.Sequential(*blocks)
     head = round_channels(_HEAD_WIDTH, width_mult)
     layers["head"] = conv_bn_act(c_in, head)  # (N,1280,7,7) at stride 4: Grad-CAM's layer
-    layers["pool"] = nn.AdaptiveAvgPool2d(1)
+    layers["pool"] = GlobalAvgPool()
     layers["flatten"] = nn.Flatten()  # (N,1280)
     if dropout > 0:
         layers["dropout"] = nn.Dropout(dropout)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fmnist.constants import NUM_CLASSES
-from fmnist.models.base import Classifier
+from fmnist.models.base import Classifier, GlobalAvgPool
 from fmnist.models.registry import register_model
 
 
@@ -67,7 +67,7 @@ def resnet_small(
             stride = 2 if stage > 0 and block == 0 else 1  # 28 -> 14 -> 7 -> 4
             layers.append(BasicBlock(c_in, width, stride))
             c_in = width
-    features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())  # (N, widths[-1])
+    features = nn.Sequential(*layers, GlobalAvgPool(), nn.Flatten())  # (N, widths[-1])
     return Classifier(features, nn.Linear(c_in, num_classes), c_in, channels_last=True)
 
 
@@ -90,7 +90,7 @@ def resnet18(num_classes: int = NUM_CLASSES) -> Classifier:
         ("layer2", _stage(64, 128, 2, 2)),  # (N,128,14,14)
         ("layer3", _stage(128, 256, 2, 2)),  # (N,256,7,7)
         ("layer4", _stage(256, 512, 2, 2)),  # (N,512,4,4)
-        ("pool", nn.AdaptiveAvgPool2d(1)),
+        ("pool", GlobalAvgPool()),
         ("flatten", nn.Flatten()),  # (N,512)
     ]))  # fmt: skip
     return Classifier(he_init(features), nn.Linear(512, num_classes), 512, channels_last=True)

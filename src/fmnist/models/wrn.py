@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fmnist.constants import NUM_CLASSES
-from fmnist.models.base import Classifier
+from fmnist.models.base import Classifier, GlobalAvgPool
 from fmnist.models.registry import register_model
 from fmnist.models.resnet import he_init
 
@@ -65,7 +65,7 @@ def wide_resnet(depth: int, widen_factor: int, dropout: float, num_classes: int)
         # Pre-activation blocks end on a convolution: the last BN-ReLU normalises the sum.
         ("norm", nn.BatchNorm2d(widths[2])),
         ("act", nn.ReLU(inplace=True)),  # (N,64k,7,7): Grad-CAM's layer
-        ("pool", nn.AdaptiveAvgPool2d(1)),
+        ("pool", GlobalAvgPool()),
         ("flatten", nn.Flatten()),  # (N,64k)
     ]))  # fmt: skip
     return Classifier(he_init(features), nn.Linear(widths[2], num_classes), widths[2], channels_last=True)
