@@ -9,22 +9,29 @@
 #
 # then, through the device tool, with carry [".device"] and a timeout under 10 minutes:
 #
+#   bash benchmarks/gpu_runbook.sh check      # the CUDA tests: every network's deterministic bf16 step
 #   bash benchmarks/gpu_runbook.sh gpu-best   # the gpu-best recipe, one seed (the >= 96% target)
 #   bash benchmarks/gpu_runbook.sh seed004    # seed 004's benchmark table: every row and its ensemble
+#   bash benchmarks/gpu_runbook.sh all        # check, then gpu-best and seed004 side by side
 #
-# Results land in $OUT (the device tool brings that folder back): logs, run directories and, for
-# gpu-best, recipes_measured.json with the new row to commit. SMOKE=1 checks the plumbing on any
-# machine (two steps a run, 100 validation images; on the real data the test set still takes
-# minutes on a CPU for the big nets).
+# Logs land in $OUT (the device tool brings that folder back, a few files only), with, for
+# gpu-best, recipes_measured.json holding the new row to commit. Run directories go to $RUNS and
+# come back packed as $OUT/runs.tgz (checkpoints left out), also when a stage ran out of time:
+# each stage stops after STAGE_S seconds (default 480) with the epochs it finished on disk.
+# SMOKE=1 checks the plumbing on any machine (two steps a run, 100 validation images; on the real
+# data the test set still takes minutes on a CPU for the big nets).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-}"
-if [ "$stage" != gpu-best ] && [ "$stage" != seed004 ]; then
-  echo "usage: benchmarks/gpu_runbook.sh gpu-best|seed004 (not '$stage')" >&2
-  exit 2
-fi
+case "$stage" in
+  check | gpu-best | seed004 | all) ;;
+  *) echo "usage: benchmarks/gpu_runbook.sh check|gpu-best|seed004|all (not '$stage')" >&2; exit 2 ;;
+esac
 out="${OUT:-runs/gpu-runbook}"
-mkdir -p "$out"
+runs="${RUNS:-/tmp/gpu-runbook-runs}"
+stage_s="${STAGE_S:-480}"
+mkdir -p "$out" "$runs"
+export PYTHONUNBUFFERED=1
 if compgen -G ".device/wheels/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/fmnist-wheels .device/wheels/*.whl
   export PYTHONPATH="/tmp/fmnist-wheels${PYTHONPATH:+:$PYTHONPATH}"
@@ -35,14 +42,31 @@ smoke=()
 if [ "${SMOKE:-0}" = 1 ]; then smoke=(--max-steps 2 --val-size 100); fi
 
 python3 -c 'import torch; print("torch", torch.__version__, "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU: runs on the CPU")'
+check() {
+  python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_models.py tests/test_augment.py -k cuda \
+    2>&1 | tee "$out/check.log"
+}
+gpu_best() {
+  timeout "$stage_s" python3 benchmarks/frontier.py --recipes gpu-best --seeds 1 --write "${smoke[@]}" \
+    --out "$runs/frontier" >"$out/gpu-best.log" 2>&1 || echo "gpu-best stopped: exit $?" >>"$out/gpu-best.log"
+  cp src/fmnist/recipes_measured.json "$out/"
+}
+seed004() {
+  timeout "$stage_s" python3 -m fmnist compare --config configs/seed004-benchmark.toml "${smoke[@]}" \
+    --out "$runs/seed004-benchmark" >"$out/seed004-benchmark.log" 2>&1 \
+    || echo "seed004 stopped: exit $?" >>"$out/seed004-benchmark.log"
+}
+pack() {
+  tar czf "$out/runs.tgz" --exclude='*.safetensors' -C "$runs" .
+  tail -n 5 "$out"/*.log
+}
 case "$stage" in
-  gpu-best)
-    python3 benchmarks/frontier.py --recipes gpu-best --seeds 1 --write "${smoke[@]}" --out "$out/frontier" \
-      2>&1 | tee "$out/gpu-best.log"
-    cp src/fmnist/recipes_measured.json "$out/"
-    ;;
-  seed004)
-    python3 -m fmnist compare --config configs/seed004-benchmark.toml "${smoke[@]}" --out "$out/seed004-benchmark" \
-      2>&1 | tee "$out/seed004-benchmark.log"
+  check) check ;;
+  gpu-best) gpu_best; pack ;;
+  seed004) seed004; pack ;;
+  all)
+    check || { echo "the CUDA check failed: nothing trained" >&2; exit 1; }
+    gpu_best & seed004 & wait
+    pack
     ;;
 esac
