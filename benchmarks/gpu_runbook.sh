@@ -43,7 +43,7 @@ if [ "${SMOKE:-0}" = 1 ]; then smoke=(--max-steps 2 --val-size 100); fi
 
 python3 -c 'import torch; print("torch", torch.__version__, "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU: runs on the CPU")'
 check() {
-  python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_models.py tests/test_augment.py -k cuda \
+  python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_models.py tests/test_augment.py -k "cuda or gpu" \
     2>&1 | tee "$out/check.log"
 }
 gpu_best() {

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ def test_design_steps_prints_one_row_per_change_relative_to_the_plain_net():
     assert any("bf16" in label for label, _, _ in rows) or "no native bf16" in proc.stdout
 
 
-def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_and_records_nothing(tiny_data_dir: Path, tmp_path: Path):
+def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_packs_its_runs_and_records_nothing(tiny_data_dir: Path, tmp_path: Path):
     script = ROOT / "benchmarks" / "gpu_runbook.sh"
     # The runbook calls `python3`, as the GPU machine's image names its interpreter: here, this one.
     bin_dir = tmp_path / "bin"
@@ -31,16 +32,27 @@ def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_and_records_nothing(
     (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python3").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SMOKE": "1",
-           "FMNIST_DATA": str(tiny_data_dir), "OUT": str(tmp_path / "out")}  # fmt: skip
+           "FMNIST_DATA": str(tiny_data_dir), "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs")}  # fmt: skip
     recorded = (ROOT / "src" / "fmnist" / "recipes_measured.json").read_text()
     proc = subprocess.run(["bash", str(script), "gpu-best"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert (tmp_path / "out" / "frontier" / "gpu-best" / "seed-0" / "results.json").is_file()
+    assert (tmp_path / "runs" / "frontier" / "gpu-best" / "seed-0" / "results.json").is_file()
     assert "gpu-best seed 0:" in (tmp_path / "out" / "gpu-best.log").read_text()
+    # The run directories come back as one archive, without their checkpoints.
+    with tarfile.open(tmp_path / "out" / "runs.tgz") as packed:
+        names = packed.getnames()
+    assert "./frontier/gpu-best/seed-0/results.json" in names
+    assert not [n for n in names if n.endswith(".safetensors")]
     # Smoke figures are never recorded: the copy brought back is the file as committed.
     assert (tmp_path / "out" / "recipes_measured.json").read_text() == recorded
+    # A stage past its time cap stops, says so, and still packs what it finished.
+    capped = {**env, "STAGE_S": "1", "OUT": str(tmp_path / "capped"), "RUNS": str(tmp_path / "capped-runs")}
+    proc = subprocess.run(["bash", str(script), "gpu-best"], capture_output=True, text=True, env=capped, timeout=120)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "gpu-best stopped: exit 124" in (tmp_path / "capped" / "gpu-best.log").read_text()
+    assert (tmp_path / "capped" / "runs.tgz").is_file()
     bad = subprocess.run(["bash", str(script), "gpu-worst"], capture_output=True, text=True, env=env, timeout=60)
-    assert bad.returncode == 2 and "usage: benchmarks/gpu_runbook.sh gpu-best|seed004" in bad.stderr
+    assert bad.returncode == 2 and "usage: benchmarks/gpu_runbook.sh check|gpu-best|seed004|all" in bad.stderr
 
 
 def test_ensemble_designs_chooses_on_validation_and_tests_only_the_choice(tiny_data_dir: Path, tmp_path: Path):

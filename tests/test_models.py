@@ -180,8 +180,8 @@ def test_register_model_adds_a_name_and_refuses_duplicates():
         register_model("test_tiny_linear")(tiny)
 
 
-# Modules whose backward has no deterministic CUDA kernel: under fmnist's deterministic training
-# each one stops the first GPU step with a RuntimeError (torch.use_deterministic_algorithms' list).
+# Modules whose backward has no deterministic CUDA kernel: under `--deterministic` each one stops
+# the first GPU step with a RuntimeError (torch.use_deterministic_algorithms' list).
 _NO_DETERMINISTIC_CUDA_BACKWARD = (
     nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d, nn.AvgPool3d, nn.MaxPool3d,
     nn.FractionalMaxPool2d, nn.FractionalMaxPool3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,

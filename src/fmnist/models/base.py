@@ -16,8 +16,8 @@ class GlobalAvgPool(nn.Module):
     """(N,C,H,W) -> (N,C,1,1): the mean over every position, as AdaptiveAvgPool2d(1) computes it.
 
     Written as a mean because CUDA has no deterministic backward for adaptive pooling: under
-    fmnist's deterministic training (fmnist.device.enable_determinism) AdaptiveAvgPool2d stops
-    the first GPU step with an error, while a mean's gradient is an exact broadcast.
+    `--deterministic` (fmnist.device.enable_determinism) AdaptiveAvgPool2d stops the first GPU
+    step with an error, while a mean's gradient is an exact broadcast.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
