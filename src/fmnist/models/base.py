@@ -11,7 +11,6 @@ from torch import nn
 from fmnist.models.probe import leaves, probe
 
 
-
 class GlobalAvgPool(nn.Module):
     """(N,C,H,W) -> (N,C,1,1): the mean over every position, as AdaptiveAvgPool2d(1) computes it.
 
