@@ -46,15 +46,18 @@ check() {
   python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_models.py tests/test_augment.py -k "cuda or gpu" \
     2>&1 | tee "$out/check.log"
 }
+capped() {  # capped NAME COMMAND...: the output to $out/NAME.log; stopped (and logged so) after STAGE_S seconds
+  local name="$1"
+  shift
+  timeout "$stage_s" "$@" >"$out/$name.log" 2>&1 || echo "$name stopped: exit $?" >>"$out/$name.log"
+}
 gpu_best() {
-  timeout "$stage_s" python3 benchmarks/frontier.py --recipes gpu-best --seeds 1 --write "${smoke[@]}" \
-    --out "$runs/frontier" >"$out/gpu-best.log" 2>&1 || echo "gpu-best stopped: exit $?" >>"$out/gpu-best.log"
+  capped gpu-best python3 benchmarks/frontier.py --recipes gpu-best --seeds 1 --write "${smoke[@]}" --out "$runs/frontier"
   cp src/fmnist/recipes_measured.json "$out/"
 }
 seed004() {
-  timeout "$stage_s" python3 -m fmnist compare --config configs/seed004-benchmark.toml "${smoke[@]}" \
-    --out "$runs/seed004-benchmark" >"$out/seed004-benchmark.log" 2>&1 \
-    || echo "seed004 stopped: exit $?" >>"$out/seed004-benchmark.log"
+  capped seed004-benchmark python3 -m fmnist compare --config configs/seed004-benchmark.toml "${smoke[@]}" \
+    --out "$runs/seed004-benchmark"
 }
 pack() {
   tar czf "$out/runs.tgz" --exclude='*.safetensors' -C "$runs" .
