@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from fmnist.device import autocast_context, enable_determinism
 from fmnist.errors import UsageError
 from fmnist.models import count_parameters, create_model, list_models, register_model
-from fmnist.models.base import Classifier
+from fmnist.models.base import Classifier, GlobalAvgPool
 from fmnist.models.registry import check_model_args, get_entry, get_recipe, list_networks
 
 ALL = list_networks()
@@ -196,8 +197,6 @@ def test_no_model_holds_a_layer_that_cuda_cannot_train_deterministically(name: s
 
 
 def test_global_avg_pool_matches_adaptive_avg_pool_forward_and_backward():
-    from fmnist.models.base import GlobalAvgPool
-
     x = torch.randn(3, 5, 7, 7, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
     out, ref = GlobalAvgPool()(x), nn.AdaptiveAvgPool2d(1)(x_ref)
@@ -212,8 +211,6 @@ def test_global_avg_pool_matches_adaptive_avg_pool_forward_and_backward():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ALL)
 def test_every_network_takes_a_deterministic_bf16_training_step_on_cuda(name: str):
-    from fmnist.device import autocast_context, enable_determinism
-
     device = torch.device("cuda")
     enable_determinism(device)
     torch.manual_seed(0)
