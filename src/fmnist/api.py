@@ -106,14 +106,16 @@ def _train_with_progress(config: TrainConfig, run_dir: Path, data: FashionMNIST,
 def compare(models: Sequence[str] | None = None, *, config_file: str | Path | None = None, seeds: int | None = None,
             out: str | Path | None = None, data: FashionMNIST | None = None, data_dir: str | Path | None = None,
             progress: bool | Any = True, report: bool = True, notify=lambda _message: None, ray: str | None = None,
-            ensemble: bool | None = None, **overrides: Any) -> Comparison:  # fmt: skip
+            jobs: int | None = None, ensemble: bool | None = None, **overrides: Any) -> Comparison:  # fmt: skip
     """Train several models (default: the MLP baseline vs fmnist's CNN) and compare them.
 
     `models` names registered models; `config_file` is a compare TOML ([[runs]], [[ensembles]]);
     `overrides` apply to every run (epochs=2, max_steps=20, ...). `ensemble=True` (needs seeds
     >= 2) also averages each model's seeds into an ensemble, a row of its own. `ray`: run each
     run as a Ray task on the cluster at HOST:PORT, or on a Ray started here for the call
-    ("local"); None trains here. Ensembles are built here from the returned run directories.
+    ("local"); None trains here. `jobs`: train that many runs at once here, each in its own
+    process with an equal share of the CPU threads (see fmnist.parallel). Ensembles are built
+    here from the returned run directories.
     """
     from fmnist.comparison import default_plan, plan_from_file, plan_from_models
 
@@ -125,18 +127,21 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
     if ensemble is not None:
         plan.ensemble = ensemble
     return run_plan(plan, Path(out) if out else RUNS_ROOT / f"compare-{_timestamp()}", data=data, data_dir=data_dir,
-                    progress=progress, report=report, overrides=overrides, notify=notify, ray=ray)  # fmt: skip
+                    progress=progress, report=report, overrides=overrides, notify=notify, ray=ray, jobs=jobs)  # fmt: skip
 
 
 def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress: bool | Any = True,
              report: bool = True, overrides: dict[str, Any] | None = None, ablation_base: str | None = None,
-             data_dir: str | Path | None = None, notify=lambda _message: None, ray: str | None = None) -> Comparison:  # fmt: skip
-    """Run a ComparePlan (or, with `ablation_base`, that model's ablation) into `out`; `ray` as in `compare`."""
+             data_dir: str | Path | None = None, notify=lambda _message: None, ray: str | None = None,
+             jobs: int | None = None) -> Comparison:  # fmt: skip
+    """Run a ComparePlan (or, with `ablation_base`, that model's ablation) into `out`; `ray`, `jobs` as in `compare`."""
     from contextlib import nullcontext
 
     from fmnist.comparison import run_compare
+    from fmnist.parallel import ProcessExecutor, check_jobs
     from fmnist.progress import MultiRunProgress
 
+    jobs = check_jobs(jobs, ray)
     planned = plan.resolve(overrides)  # every config built and checked before any data loads
     if ray:  # only here is Ray ever imported: without it nothing of Ray loads
         from fmnist.distributed import require_ray
@@ -148,7 +153,8 @@ def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress
     display = MultiRunProgress(console) if console is not None else None
     hooks: dict[str, Any] = {"make_callbacks": display.callbacks, "on_result": display.announce} if display else {}
     try:
-        with ray_executor(ray, notify) if ray else nullcontext() as executor:
+        local = ProcessExecutor(jobs, notify=notify) if jobs > 1 else None
+        with ray_executor(ray, notify) if ray else nullcontext(local) as executor:
             if ablation_base:
                 from fmnist.ablation import run_ablation
 
@@ -167,15 +173,15 @@ def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress
 
 def ablate(base: str = "cnn_seed004", *, seeds: int = 1, out: str | Path | None = None,
            data: FashionMNIST | None = None, data_dir: str | Path | None = None, progress: bool | Any = True,
-           report: bool = True, notify=lambda _message: None, ray: str | None = None,
+           report: bool = True, notify=lambda _message: None, ray: str | None = None, jobs: int | None = None,
            **overrides: Any) -> Comparison:  # fmt: skip
-    """Train `base` and variants with one part removed; ablation.json has each variant's Δ. `ray` as in `compare`."""
+    """Train `base` and variants with one part removed; ablation.json has each variant's Δ. `ray`, `jobs` as in `compare`."""
     from fmnist.ablation import ablation_plan
 
     plan, _ = ablation_plan(base, seeds)
     out = Path(out) if out else RUNS_ROOT / f"ablate-{base}-{_timestamp()}"
     return run_plan(plan, out, data=data, data_dir=data_dir, progress=progress, report=report, overrides=overrides,
-                    ablation_base=base, notify=notify, ray=ray)  # fmt: skip
+                    ablation_base=base, notify=notify, ray=ray, jobs=jobs)  # fmt: skip
 
 
 def sweep(config_file: str | Path | None = None, *, resume: str | Path | None = None, out: str | Path | None = None,

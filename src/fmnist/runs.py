@@ -181,3 +181,19 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 break  # a line cut short by a crash ends the readable history
     return rows
+
+
+def result_from_dir(run_dir: Path, config: TrainConfig) -> RunResult:
+    """A RunResult rebuilt from a run directory's files (without the model), for progress displays.
+
+    What a run trained in another process (a Ray task, a --jobs worker) hands back to the caller.
+    """
+    from fmnist.evaluate import Evaluation
+
+    s = read_results(run_dir)
+    test = Evaluation(s["test_accuracy"], s["test_loss"], s["confusion"], s["per_class"], s["most_confused"],
+                      sum(map(sum, s["confusion"])))  # fmt: skip
+    history = [EpochRecord(**row) for row in read_history(run_dir)]
+    return RunResult(config, None, history, s["best_epoch"], s["epochs_run"], s["steps"], s["train_seconds"], test,
+                     torch.empty(0), s["params"], s["size_mb"], s["data"], s["device"], s["precision"],
+                     s.get("cpu_isa", ""), s["stopped_early"])  # fmt: skip

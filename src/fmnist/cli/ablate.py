@@ -10,7 +10,7 @@ from rich.table import Table
 from fmnist.cli.app import app, console
 from fmnist.cli.choices import Device, value
 from fmnist.cli.data import DataDirOption, notify
-from fmnist.cli.sweep import RayOption, TensorBoardOption, ray_address
+from fmnist.cli.sweep import JobsOption, RayOption, TensorBoardOption, ray_address
 
 
 @app.command("ablate")
@@ -30,6 +30,7 @@ def ablate_cmd(
     no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md / report.html"),
     tensorboard: bool | None = TensorBoardOption,
     ray: str | None = RayOption,
+    jobs: int | None = JobsOption,
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Ablation study (default: seed 004's CNN): each variant's accuracy and Δ vs the full model."""
@@ -39,7 +40,7 @@ def ablate_cmd(
     from fmnist.report.text import points, published_pct
 
     comparison = api.ablate(base, seeds=seeds, out=out, progress=console, report=False,
-                            data_dir=data_dir, notify=notify, ray=ray_address(ray), epochs=epochs, max_steps=max_steps,
+                            data_dir=data_dir, notify=notify, ray=ray_address(ray), jobs=jobs, epochs=epochs, max_steps=max_steps,
                             val_size=val_size, device=value(device), seed=seed, tensorboard=tensorboard)  # fmt: skip
     ablation = read_json(comparison.path / ABLATION_FILE)
     table = Table("variant", "change", "accuracy", "Δ vs full", "published", "published Δ",

@@ -10,7 +10,7 @@ from rich.table import Table
 from fmnist.cli.app import app, console
 from fmnist.cli.choices import Device, value
 from fmnist.cli.data import DataDirOption, notify
-from fmnist.cli.sweep import RayOption, TensorBoardOption, ray_address
+from fmnist.cli.sweep import JobsOption, RayOption, TensorBoardOption, ray_address
 
 
 @app.command("compare")
@@ -40,13 +40,14 @@ def compare_cmd(
     no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
     tensorboard: bool | None = TensorBoardOption,
     ray: str | None = RayOption,
+    jobs: int | None = JobsOption,
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Train and compare models (default: MLP baseline vs fmnist's CNN), with a report."""
     from fmnist import api
 
     comparison = api.compare(models.split(",") if models else None, config_file=config, seeds=seeds, out=out,
-                             progress=console, report=False, data_dir=data_dir, notify=notify, ray=ray_address(ray),
+                             progress=console, report=False, data_dir=data_dir, notify=notify, ray=ray_address(ray), jobs=jobs,
                              epochs=epochs, max_steps=max_steps, val_size=val_size, device=value(device), seed=seed,
                              split_seed=split_seed, tensorboard=tensorboard, ensemble=ensemble)  # fmt: skip
     print_comparison(comparison, comparison.summary["title"])

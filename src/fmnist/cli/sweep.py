@@ -15,6 +15,9 @@ from fmnist.distributed import ADDRESS_ENV, LOCAL
 RayOption = typer.Option(None, "--ray", metavar="ADDRESS", show_default=False,
                          help=f"Run on Ray: a cluster's head HOST:PORT, or '{LOCAL}' to start a Ray here for this "
                               f"command [default: ${ADDRESS_ENV}, else train here]")  # fmt: skip
+JobsOption = typer.Option(None, "--jobs", "-j", min=1, show_default=False,
+                          help="Train N runs at once here, each in its own process with 1/N of the CPU threads "
+                               "(or sharing the GPU) [default: 1]")  # fmt: skip
 TensorBoardOption = typer.Option(None, "--tensorboard", show_default=False,
                                  help="TensorBoard scalars for every run (tensorboard --logdir FOLDER)")
 TOP_TRIALS = 10  # rows of the closing table; sweep.json and the report have every trial

@@ -12,7 +12,7 @@ import typer
 from fmnist.cli.app import app, console, err_console
 from fmnist.cli.choices import Device, Optimizer, Precision, Scheduler, Tta, value
 from fmnist.cli.data import DataDirOption
-from fmnist.cli.sweep import RayOption, ray_address
+from fmnist.cli.sweep import JobsOption, RayOption, ray_address
 from fmnist.config import TrainConfig
 from fmnist.errors import UsageError
 from fmnist.models.cnn import FASTCNN_RECIPE
@@ -91,6 +91,7 @@ def train_cmd(
     seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat with N seeds (seed, seed+1, ...): mean ± std"),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
     ray: str | None = RayOption,
+    jobs: int | None = JobsOption,
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Train one model into a run directory (config, metrics, checkpoint, results)."""
@@ -98,6 +99,8 @@ def train_cmd(
 
     if ray and seeds == 1:
         raise UsageError("--ray runs the seeds of `--seeds N` (N > 1) as Ray tasks; a single run trains here")
+    if jobs and jobs > 1 and seeds == 1:
+        raise UsageError("--jobs trains the seeds of `--seeds N` (N > 1) side by side; a single run uses every thread")
 
     if resume is not None:
         if any(v is not None for v in (model, out, config)):
@@ -124,7 +127,7 @@ def train_cmd(
         plan = ComparePlan([RunSpec(cfg.model, cfg.to_dict())], seeds=seeds, title=f"{cfg.model} over {seeds} seeds")
         comparison = api.run_plan(plan, out or api.RUNS_ROOT / f"{cfg.model}-seeds-{api._timestamp()}",
                                   progress=console, report=not no_report, data_dir=data_dir,
-                                  ray=ray_address(ray))  # fmt: skip
+                                  notify=_notify, ray=ray_address(ray), jobs=jobs)  # fmt: skip
         from fmnist.cli.compare import print_comparison
 
         print_comparison(comparison, plan.title)

@@ -28,10 +28,8 @@ from fmnist.distributed.ray_runtime import (
     task_error,
 )
 from fmnist.errors import FmnistError
-from fmnist.evaluate import Evaluation
 from fmnist.fsutil import atomic_write_bytes
-from fmnist.results import EpochRecord, RunResult
-from fmnist.runs import LOCK_FILE, RunLock, prepare_run_dir, read_history, read_results, train_into
+from fmnist.runs import LOCK_FILE, RunLock, prepare_run_dir, read_results, result_from_dir, train_into
 
 # A task whose worker dies is run again from the start (its scratch folder died with it);
 # the run is deterministic, so the retry gives the same result.
@@ -63,19 +61,6 @@ def write_home(run_dir: Path, files: dict[str, bytes]) -> None:
                 raise FmnistError(f"a Ray task returned a file outside its run directory: {relative}")
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(target, data)
-
-
-def result_from_dir(run_dir: Path, config: TrainConfig) -> RunResult:
-    """A RunResult rebuilt from a run directory's files (without the model), for progress displays."""
-    import torch
-
-    s = read_results(run_dir)
-    test = Evaluation(s["test_accuracy"], s["test_loss"], s["confusion"], s["per_class"], s["most_confused"],
-                      sum(map(sum, s["confusion"])))  # fmt: skip
-    history = [EpochRecord(**row) for row in read_history(run_dir)]
-    return RunResult(config, None, history, s["best_epoch"], s["epochs_run"], s["steps"], s["train_seconds"], test,
-                     torch.empty(0), s["params"], s["size_mb"], s["data"], s["device"], s["precision"],
-                     s.get("cpu_isa", ""), s["stopped_early"])  # fmt: skip
 
 
 class RayExecutor:
