@@ -9,7 +9,7 @@
 #
 # then, through the device tool, with carry [".device"] and a timeout under 10 minutes:
 #
-#   bash benchmarks/gpu_runbook.sh check      # the CUDA tests: every network's deterministic bf16 step
+#   bash benchmarks/gpu_runbook.sh check      # the CUDA tests: every network's deterministic bf16 step, --jobs
 #   bash benchmarks/gpu_runbook.sh gpu-best   # the gpu-best recipe, one seed (the >= 96% target)
 #   bash benchmarks/gpu_runbook.sh seed004    # seed 004's benchmark table: every row and its ensemble
 #   bash benchmarks/gpu_runbook.sh all        # check, then gpu-best and seed004 side by side
@@ -18,6 +18,7 @@
 # gpu-best, recipes_measured.json holding the new row to commit. Run directories go to $RUNS and
 # come back packed as $OUT/runs.tgz (checkpoints left out), also when a stage ran out of time:
 # each stage stops after STAGE_S seconds (default 480) with the epochs it finished on disk.
+# JOBS (default 3) is seed004's --jobs: its six runs share the GPU, three at a time.
 # SMOKE=1 checks the plumbing on any machine (two steps a run, 100 validation images; on the real
 # data the test set still takes minutes on a CPU for the big nets).
 set -euo pipefail
@@ -30,6 +31,7 @@ esac
 out="${OUT:-runs/gpu-runbook}"
 runs="${RUNS:-/tmp/gpu-runbook-runs}"
 stage_s="${STAGE_S:-480}"
+jobs="${JOBS:-3}"  # seed004's runs trained at once: one small network alone leaves most of a GPU idle
 mkdir -p "$out" "$runs"
 export PYTHONUNBUFFERED=1
 if compgen -G ".device/wheels/*.whl" >/dev/null; then
@@ -43,7 +45,8 @@ if [ "${SMOKE:-0}" = 1 ]; then smoke=(--max-steps 2 --val-size 100); fi
 
 python3 -c 'import torch; print("torch", torch.__version__, "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU: runs on the CPU")'
 check() {
-  python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_models.py tests/test_augment.py -k "cuda or gpu" \
+  python3 -m pytest -q -p no:cacheprovider -o addopts= tests/test_models.py tests/test_augment.py tests/test_parallel.py \
+    -k "cuda or gpu" \
     2>&1 | tee "$out/check.log"
 }
 capped() {  # capped NAME COMMAND...: the output to $out/NAME.log; stopped (and logged so) after STAGE_S seconds
@@ -57,7 +60,7 @@ gpu_best() {
 }
 seed004() {
   capped seed004-benchmark python3 -m fmnist compare --config configs/seed004-benchmark.toml "${smoke[@]}" \
-    --out "$runs/seed004-benchmark"
+    --jobs "$jobs" --out "$runs/seed004-benchmark"
 }
 pack() {
   tar czf "$out/runs.tgz" --exclude='*.safetensors' -C "$runs" .

@@ -75,3 +75,17 @@ def test_ensemble_designs_chooses_on_validation_and_tests_only_the_choice(tiny_d
     assert sorted(study["test"]) == ["seeds", "zoo"] and len(study["reused"]) == 9
     assert all(seconds > 0 for seconds in study["train_seconds"].values())  # read from each run, reused or not
     assert [v["after_the_choice"] for v in study["test"].values()] == [False, True]
+
+
+def test_parallel_jobs_times_both_settings_side_by_side_and_prints_the_speed_up(tiny_data_dir: Path):
+    env = {**os.environ, "FMNIST_DATA": str(tiny_data_dir)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "parallel_jobs.py"), "--models", "mlp",
+                           "--seeds", "2", "--rounds", "2", "--max-steps", "2"],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rounds = re.findall(r"round (\d), --jobs (\d):", proc.stdout)
+    assert rounds == [("1", "1"), ("1", "2"), ("2", "2"), ("2", "1")]  # the order alternates
+    one = re.search(r"^one run at a time\s+\S+\s+\S+\s+\S+%\s+1\.00x$", proc.stdout, re.M)
+    jobs = re.search(r"^--jobs 2\s+(\d+\.\d)\s+\S+\s+\S+%\s+(\d+\.\d\d)x$", proc.stdout, re.M)
+    assert one and jobs, proc.stdout
+    assert float(jobs.group(2)) > 0

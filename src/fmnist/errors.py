@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
 
 class FmnistError(Exception):
     """Base class: a problem the user can fix, reported as one line without a traceback."""

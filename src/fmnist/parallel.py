@@ -26,7 +26,7 @@ from typing import Any
 from fmnist.comparison import MakeCallbacks, OnResult, PlannedRun
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
-from fmnist.errors import FmnistError, UsageError
+from fmnist.errors import FmnistError, UsageError, first_line
 from fmnist.progress import epoch_line
 from fmnist.results import EpochRecord, TrainCallback
 from fmnist.runs import prepare_run_dir, read_results, result_from_dir, train_into
@@ -56,7 +56,6 @@ def check_jobs(jobs: int | None, ray: str | None = None) -> int:
 @dataclass(frozen=True)
 class _Task:
     index: int
-    name: str
     config: TrainConfig
     run_dir: Path
 
@@ -70,11 +69,6 @@ class _EpochEvents(TrainCallback):
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
         self.events.put(("epoch", self.index, record, is_best))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _worker(worker: int, dataset: FashionMNIST, threads: int, tasks: Any, events: Any) -> None:
@@ -91,7 +85,7 @@ def _worker(worker: int, dataset: FashionMNIST, threads: int, tasks: Any, events
             events.put(("error", task.index, str(exc)))
             return
         except BaseException as exc:  # anything else still ends as one line in the parent
-            events.put(("error", task.index, f"{type(exc).__name__}: {_first_line(exc)}"))
+            events.put(("error", task.index, f"{type(exc).__name__}: {first_line(exc)}"))
             return
         events.put(("done", task.index))
 
@@ -110,7 +104,7 @@ class ProcessExecutor:
         context = multiprocessing.get_context("spawn")
         tasks, events = context.Queue(), context.Queue()
         for index, (run, run_dir) in enumerate(zip(planned, run_dirs)):
-            tasks.put(_Task(index, run.run_name, run.config, run_dir))
+            tasks.put(_Task(index, run.config, run_dir))
         workers = [context.Process(target=_worker, args=(w, dataset, self.threads, tasks, events), daemon=True,
                                    name=f"fmnist-job-{w}")  # fmt: skip
                    for w in range(min(self.jobs, len(planned)))]
@@ -131,7 +125,7 @@ class ProcessExecutor:
                     lost = _lost_work(workers, running, planned)
                     quiet_deaths = quiet_deaths + 1 if lost else 0
                     if quiet_deaths > 1:
-                        raise FmnistError(lost)
+                        raise FmnistError(lost) from None
                     continue
                 quiet_deaths = 0
                 kind, index = event[0], event[1]
@@ -149,8 +143,9 @@ class ProcessExecutor:
                     remaining -= 1
         finally:
             _stop(workers)
-            tasks.cancel_join_thread()
-            events.cancel_join_thread()
+            for channel in (tasks, events):  # what is still queued is dropped, not waited for
+                channel.cancel_join_thread()
+                channel.close()
         return results
 
 

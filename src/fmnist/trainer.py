@@ -29,7 +29,7 @@ from fmnist.data.loader import Augmentation, TensorLoader
 from fmnist.data.normalize import blank_value, normalize
 from fmnist.data.splits import stratified_split
 from fmnist.device import autocast_context, cpu_isa, enable_determinism, resolve_device, resolve_precision
-from fmnist.errors import FmnistError, UsageError
+from fmnist.errors import INTERRUPTED, FmnistError, UsageError
 from fmnist.evaluate import evaluate_logits, predict
 from fmnist.models.base import Classifier
 from fmnist.models.registry import count_parameters, create_model, get_entry, model_size_mb
@@ -42,7 +42,7 @@ from fmnist.state import clear_state, has_state, restore_trainer, save_trainer
 class TrainingInterrupted(FmnistError):
     """Stopped on request (Ctrl-C) after saving resumable state."""
 
-    exit_code = 130
+    exit_code = INTERRUPTED
 
 
 @dataclass

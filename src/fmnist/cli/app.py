@@ -10,7 +10,7 @@ import traceback
 import typer
 from rich.console import Console
 
-from fmnist.errors import FmnistError
+from fmnist.errors import INTERRUPTED, FmnistError
 
 app = typer.Typer(
     name="fmnist",
@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> None:
         where = f" ({exc.ctx.command_path})" if exc.ctx else ""
         fail(f"{exc.format_message()}{where}; see --help", 2)
     except ABORT:
-        fail("aborted", 130)
+        fail("aborted", INTERRUPTED)
     except KeyboardInterrupt:
-        fail("interrupted", 130)
+        fail("interrupted", INTERRUPTED)
     except CLICK_EXCEPTION as exc:
         fail(exc.format_message(), exc.exit_code)
     except SystemExit:
@@ -130,4 +130,6 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
         fail(f"internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for a traceback)", 1)
+    if code == INTERRUPTED:  # Typer turns a Ctrl-C inside a command into this code, silently
+        fail("interrupted", INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)

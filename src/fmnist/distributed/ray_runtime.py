@@ -27,7 +27,7 @@ from fmnist.constants import IDX_FILES
 from fmnist.data.dataset import FashionMNIST, Provenance
 from fmnist.data.idx import encode_idx
 from fmnist.distributed import LOCAL, require_ray
-from fmnist.errors import DataError, FmnistError
+from fmnist.errors import DataError, FmnistError, first_line
 
 TEMP_PREFIX = "fmnist-ray-"  # kept short: Ray's socket paths live under it and Unix caps them at 107 bytes
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
@@ -51,11 +51,6 @@ def _quiet(logger_name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def token_available() -> bool:
@@ -135,7 +130,7 @@ class RaySession:
             ray.init(address=self.address, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # ConnectionError, AuthenticationError, ValueError for a bad address
             hint = "" if token_available() else " (no Ray token on this machine: see README, 'Sweeps and clusters')"
-            raise FmnistError(f"cannot join the Ray cluster at {self.address}: {_first_line(exc)}{hint}") from None
+            raise FmnistError(f"cannot join the Ray cluster at {self.address}: {first_line(exc)}{hint}") from None
         self.owned = True  # our driver connection; ray.shutdown() disconnects without stopping the cluster
 
     def close(self) -> None:
@@ -232,5 +227,5 @@ def task_error(exc: BaseException, what: str) -> FmnistError:
     if isinstance(cause, FmnistError):
         return cause
     if cause is not None:
-        return FmnistError(f"{what} failed on Ray: {type(cause).__name__}: {_first_line(cause)}")
-    return FmnistError(f"{what} failed on Ray: {_first_line(exc)}")
+        return FmnistError(f"{what} failed on Ray: {type(cause).__name__}: {first_line(cause)}")
+    return FmnistError(f"{what} failed on Ray: {first_line(exc)}")

@@ -31,7 +31,7 @@ from fmnist.distributed import (
 )
 from fmnist.distributed.sweep_config import SweepSpec, format_metric, plain_value, read_sweep
 from fmnist.distributed.trial import trial_name
-from fmnist.errors import DataError, FmnistError, UsageError
+from fmnist.errors import INTERRUPTED, DataError, FmnistError, UsageError
 from fmnist.fsutil import atomic_write_json, atomic_write_text, read_json
 from fmnist.runs import CONFIG_FILE, RESULTS_FILE, read_history
 
@@ -45,7 +45,7 @@ CHECKPOINTS_KEPT = 2  # per trial: the latest is what a retry needs; one more su
 
 
 class SweepInterrupted(FmnistError):
-    exit_code = 130
+    exit_code = INTERRUPTED
 
 
 class _TuneLog(logging.Handler):
