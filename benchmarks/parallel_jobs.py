@@ -30,8 +30,8 @@ from time_to_accuracy import ISA_LEVELS
 from fmnist.device import cpu_isa, cpu_model
 
 
-def timed_compare(args, jobs: int, out: Path, env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, mean test accuracy) of one `fmnist compare` with `jobs`."""
+def timed_compare(args, jobs: int, out: Path, env: dict[str, str]) -> tuple[float, float, str]:
+    """(wall seconds, mean test accuracy, the runs' ISA and precision) of one `fmnist compare` with `jobs`."""
     command = [sys.executable, "-m", "fmnist", "compare", "--models", args.models, "--seeds", str(args.seeds),
                "--jobs", str(jobs), "--no-report", "--out", str(out)]  # fmt: skip
     if args.max_steps:
@@ -42,7 +42,8 @@ def timed_compare(args, jobs: int, out: Path, env: dict[str, str]) -> tuple[floa
     if proc.returncode != 0:
         sys.exit(f"fmnist compare --jobs {jobs} failed: {proc.stderr.strip().splitlines()[-1:]}")
     runs = json.loads((out / "compare.json").read_text())["runs"]
-    return seconds, statistics.fmean(run["test_accuracy"] for run in runs)
+    first = json.loads((out / runs[0]["run_dir"] / "results.json").read_text())
+    return seconds, statistics.fmean(run["test_accuracy"] for run in runs), f"{first['cpu_isa']}, {first['precision']}"
 
 
 def main() -> int:
@@ -60,15 +61,16 @@ def main() -> int:
     seconds: dict[int, list[float]] = {jobs: [] for jobs in settings}
     accuracy: dict[int, list[float]] = {jobs: [] for jobs in settings}
     runs = len(args.models.split(",")) * args.seeds
-    print(f"{cpu_model()} ({what}; this process sees {cpu_isa()}), {os.cpu_count()} CPUs: "
+    print(f"{cpu_model()} ({cpu_isa()}, {os.cpu_count()} CPUs), the runs as '{what}': "
           f"compare {args.models} x {args.seeds} seeds = {runs} runs")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fmnist-jobs-") as scratch:
         for round_ in range(args.rounds):
             for jobs in settings if round_ % 2 == 0 else settings[::-1]:
-                wall, acc = timed_compare(args, jobs, Path(scratch) / f"r{round_}-j{jobs}", env)
+                wall, acc, trained = timed_compare(args, jobs, Path(scratch) / f"r{round_}-j{jobs}", env)
                 seconds[jobs].append(wall)
                 accuracy[jobs].append(acc)
-                print(f"  round {round_ + 1}, --jobs {jobs}: {wall:7.1f} s, mean test accuracy {100 * acc:.2f}%",
+                print(f"  round {round_ + 1}, --jobs {jobs}: {wall:7.1f} s, mean test accuracy {100 * acc:.2f}% "
+                      f"(trained on {trained})",
                       flush=True)  # fmt: skip
     print(f"{'setting':<28}{'wall s (mean)':>14}{'runs/min':>10}{'accuracy':>10}{'speed-up':>10}")
     base = statistics.fmean(seconds[1])

@@ -223,3 +223,18 @@ def test_jobs_share_one_cuda_gpu(real_dataset, tmp_path):
     for run in summary["runs"]:
         assert read_results(tmp_path / "gpu" / run["run_dir"])["device"].startswith("cuda")
     assert _no_workers_left()
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(real_data_dir, tmp_path):
+    # multiprocessing's spawn would import this script in every worker and train all over again there.
+    script = tmp_path / "study.py"
+    script.write_text(
+        "import fmnist\n"
+        "print('script body ran')\n"
+        f"fmnist.compare(['mlp'], seeds=2, jobs=2, max_steps=3, val_size=500, report=False, progress=False,\n"
+        f"               out={str(tmp_path / 'out')!r}, data_dir={str(real_data_dir)!r})\n"
+    )  # fmt: skip
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("script body ran") == 1
+    assert (tmp_path / "out" / "compare.json").is_file()

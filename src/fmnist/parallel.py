@@ -7,19 +7,24 @@ instead. Each run trains exactly as it would alone with that many threads, so it
 repeat bit for bit on the CPU for the same --jobs on the same machine. Like any change of
 thread count, they can differ in the last digits from a run trained with other threads.
 
-The worker processes are started fresh (spawn, never fork: torch's thread pools do not survive
-a fork) and get the parent's dataset, so every run trains on the same bytes. They ignore Ctrl-C:
-the parent ends them, by process, when the user interrupts, when a run fails, or when a worker
-dies; the epochs each run finished stay in its run directory.
+Each worker is a fresh `python -c` process, never a fork (torch's thread pools do not survive
+one) and never multiprocessing's spawn, which would run the caller's script again in every
+worker. It talks to the parent over two pipes: the dataset once (so every run trains on the
+same bytes), then one run at a time, as the parent hands them out; back come each finished
+epoch and each run's end. A worker that dies closes its pipe, so the parent learns it at once.
+Workers ignore Ctrl-C: the parent ends them, by process id, when the user interrupts, when a
+run fails, or when a worker dies; the epochs each run finished stay in its run directory.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +36,8 @@ from fmnist.progress import epoch_line
 from fmnist.results import EpochRecord, TrainCallback
 from fmnist.runs import prepare_run_dir, read_results, result_from_dir, train_into
 
-POLL_SECONDS = 0.5  # how often the parent looks for a dead worker while no event arrives
 STOP_SECONDS = 10.0  # how long a worker may take to end after SIGTERM before it is killed
+WORKER_COMMAND = "from fmnist.parallel import worker_main; worker_main()"
 
 
 def threads_per_job(jobs: int, threads: int | None = None) -> int:
@@ -63,31 +68,74 @@ class _Task:
 class _EpochEvents(TrainCallback):
     """In a worker: sends each finished epoch to the parent, which prints it."""
 
-    def __init__(self, events: Any, index: int):
-        self.events = events
+    def __init__(self, outbox: Connection, index: int):
+        self.outbox = outbox
         self.index = index
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
-        self.events.put(("epoch", self.index, record, is_best))
+        self.outbox.send(("epoch", self.index, record, is_best))
 
 
-def _worker(worker: int, dataset: FashionMNIST, threads: int, tasks: Any, events: Any) -> None:
-    """A worker process: train tasks from `tasks` until it reads None; report to `events`."""
+def worker_main() -> None:
+    """A worker process (argv: the fds of its two pipes): train runs from the parent until it sends None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
     import torch
 
+    inbox, outbox = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+    dataset, threads = inbox.recv()
     torch.set_num_threads(threads)
-    while (task := tasks.get()) is not None:
-        events.put(("start", task.index, worker))
+    outbox.send(("ready", None))
+    while (task := inbox.recv()) is not None:
         try:
-            train_into(task.config, task.run_dir, dataset, [_EpochEvents(events, task.index)])
+            train_into(task.config, task.run_dir, dataset, [_EpochEvents(outbox, task.index)])
         except FmnistError as exc:
-            events.put(("error", task.index, str(exc)))
+            outbox.send(("error", task.index, str(exc)))
             return
         except BaseException as exc:  # anything else still ends as one line in the parent
-            events.put(("error", task.index, f"{type(exc).__name__}: {first_line(exc)}"))
+            outbox.send(("error", task.index, f"{type(exc).__name__}: {first_line(exc)}"))
             return
-        events.put(("done", task.index))
+        outbox.send(("done", task.index))
+
+
+class _Worker:
+    """The parent's side of one worker: its process and pipes, and the run it trains (if any)."""
+
+    def __init__(self) -> None:
+        from_parent, to_worker = os.pipe()  # (read end, write end)
+        from_worker, to_parent = os.pipe()
+        # The worker imports fmnist from wherever this process does, also a path added at run time.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            self.process = subprocess.Popen([sys.executable, "-c", WORKER_COMMAND, str(from_parent), str(to_parent)],
+                                            pass_fds=(from_parent, to_parent), stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+        finally:
+            os.close(from_parent)  # the worker's ends: held here, they would hide the worker's death
+            os.close(to_parent)
+        self.inbox = Connection(from_worker, writable=False)
+        self.outbox = Connection(to_worker, readable=False)
+        self.task: _Task | None = None
+
+    def send(self, message: Any, planned: list[PlannedRun]) -> None:
+        try:
+            self.outbox.send(message)
+        except OSError:  # a broken pipe: the worker is gone
+            raise FmnistError(_death(self, planned)) from None
+
+    def hand(self, task: _Task | None, planned: list[PlannedRun]) -> None:
+        self.task = task
+        self.send(task, planned)
+
+    def stop(self) -> None:
+        """End the process by its id: SIGTERM, then SIGKILL after STOP_SECONDS; close the pipes."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.inbox.close()
+        self.outbox.close()
 
 
 class ProcessExecutor:
@@ -101,75 +149,51 @@ class ProcessExecutor:
     def __call__(self, planned: list[PlannedRun], out_dir: Path, dataset: FashionMNIST, make_callbacks: MakeCallbacks,
                  on_result: OnResult) -> list[dict[str, Any]]:  # fmt: skip
         run_dirs = [prepare_run_dir(out_dir / run.run_name) for run in planned]  # refuse a bad folder before any work
-        context = multiprocessing.get_context("spawn")
-        tasks, events = context.Queue(), context.Queue()
-        for index, (run, run_dir) in enumerate(zip(planned, run_dirs)):
-            tasks.put(_Task(index, run.config, run_dir))
-        workers = [context.Process(target=_worker, args=(w, dataset, self.threads, tasks, events), daemon=True,
-                                   name=f"fmnist-job-{w}")  # fmt: skip
-                   for w in range(min(self.jobs, len(planned)))]
-        for _ in workers:
-            tasks.put(None)
-        self.notify(f"{len(planned)} run(s), {len(workers)} at a time, {self.threads} CPU thread(s) each")
+        waiting = [_Task(index, run.config, run_dir) for index, (run, run_dir) in enumerate(zip(planned, run_dirs))]
+        waiting.reverse()  # handed out from the end: in plan order
+        count = min(self.jobs, len(planned))
+        self.notify(f"{len(planned)} run(s), {count} at a time, {self.threads} CPU thread(s) each")
         results: list[dict[str, Any]] = [{} for _ in planned]
-        running: dict[int, int] = {}  # worker -> the index of the run it trains
+        workers: list[_Worker] = []
         try:
-            for process in workers:
-                process.start()
-            remaining, quiet_deaths = len(planned), 0
+            for _ in range(count):  # all start (import torch, fmnist) at once, then each gets the data
+                workers.append(_Worker())
+            for worker in workers:
+                worker.send((dataset, self.threads), planned)
+            remaining = len(planned)
             while remaining:
-                try:
-                    event = events.get(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    # A worker's last events can still be in the pipe when it is seen dead: wait one more poll.
-                    lost = _lost_work(workers, running, planned)
-                    quiet_deaths = quiet_deaths + 1 if lost else 0
-                    if quiet_deaths > 1:
-                        raise FmnistError(lost) from None
-                    continue
-                quiet_deaths = 0
-                kind, index = event[0], event[1]
-                run = planned[index]
-                if kind == "start":
-                    running[event[2]] = index
-                elif kind == "epoch":
-                    self.notify(epoch_line(run.run_name, event[2], run.config.epochs, event[3]))
-                elif kind == "error":
-                    raise FmnistError(f"{run.run_name}: {event[2]}")
-                else:  # done
-                    running = {w: i for w, i in running.items() if i != index}
-                    on_result(run.run_name, result_from_dir(run_dirs[index], run.config))
-                    results[index] = read_results(run_dirs[index])
-                    remaining -= 1
+                for inbox in wait([w.inbox for w in workers if not w.inbox.closed]):
+                    worker = next(w for w in workers if w.inbox is inbox)
+                    try:
+                        event = inbox.recv()
+                    except EOFError:
+                        raise FmnistError(_death(worker, planned)) from None
+                    kind, index = event[0], event[1]
+                    if kind == "ready":
+                        worker.hand(waiting.pop() if waiting else None, planned)
+                    elif kind == "epoch":
+                        run = planned[index]
+                        self.notify(epoch_line(run.run_name, event[2], run.config.epochs, event[3]))
+                    elif kind == "error":
+                        raise FmnistError(f"{planned[index].run_name}: {event[2]}")
+                    else:  # done
+                        run = planned[index]
+                        on_result(run.run_name, result_from_dir(run_dirs[index], run.config))
+                        results[index] = read_results(run_dirs[index])
+                        remaining -= 1
+                        worker.hand(waiting.pop() if waiting else None, planned)
+                    if worker.task is None and kind in ("ready", "done"):
+                        worker.inbox.close()  # told to finish: nothing more to hear from it
         finally:
-            _stop(workers)
-            for channel in (tasks, events):  # what is still queued is dropped, not waited for
-                channel.cancel_join_thread()
-                channel.close()
+            for worker in workers:
+                worker.stop()
         return results
 
 
-
-def _lost_work(workers: list, running: dict[int, int], planned: list[PlannedRun]) -> str | None:
-    """Why runs can no longer finish (a worker died in one, or none is left), or None."""
-    for worker, index in running.items():
-        if not workers[worker].is_alive():
-            return (f"{planned[index].run_name}: its worker process died (exit code {workers[worker].exitcode}) before "
-                    "the run finished; its finished epochs are in its run directory")  # fmt: skip
-    if not any(process.is_alive() for process in workers):
-        codes = ", ".join(str(process.exitcode) for process in workers)
-        return f"every worker process ended before the runs finished (exit codes {codes})"
-    return None
-
-
-def _stop(workers: list) -> None:
-    """End every worker still running, by its process: SIGTERM, then SIGKILL after STOP_SECONDS."""
-    for process in workers:
-        if process.is_alive():
-            process.terminate()
-    for process in workers:
-        if process.pid is not None:
-            process.join(STOP_SECONDS)
-            if process.is_alive():
-                process.kill()
-                process.join()
+def _death(worker: _Worker, planned: list[PlannedRun]) -> str:
+    """The one line for a worker whose pipe closed: which run it took with it, and its exit code."""
+    code = worker.process.wait()
+    if worker.task is None:
+        return f"a --jobs worker process ended before it could train (exit code {code}); its messages are above"
+    return (f"{planned[worker.task.index].run_name}: its worker process died (exit code {code}) before the run "
+            "finished; its finished epochs are in its run directory")  # fmt: skip
