@@ -238,3 +238,22 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(real_data
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("script body ran") == 1
     assert (tmp_path / "out" / "compare.json").is_file()
+
+
+def test_workers_end_by_themselves_when_the_parent_is_killed_outright(real_data_dir, tmp_path):
+    # `timeout` sends SIGTERM, which Python does not turn into an exception: no finally runs in the parent.
+    out = tmp_path / "cmp"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fmnist", "compare", "--models", "mlp", "--seeds", "2", "--epochs", "200",
+         "--val-size", "500", "--jobs", "2", "--no-report", "--out", str(out), "--data-dir", str(real_data_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    locks = [out / f"mlp-seed{s}" / LOCK_FILE for s in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all(lock.is_file() and lock.read_text().strip() for lock in locks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(lock.read_text()) for lock in locks]
+    process.terminate()
+    process.wait(30)
+    for pid in workers:
+        assert _gone(pid)

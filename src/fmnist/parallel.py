@@ -13,7 +13,8 @@ worker. It talks to the parent over two pipes: the dataset once (so every run tr
 same bytes), then one run at a time, as the parent hands them out; back come each finished
 epoch and each run's end. A worker that dies closes its pipe, so the parent learns it at once.
 Workers ignore Ctrl-C: the parent ends them, by process id, when the user interrupts, when a
-run fails, or when a worker dies; the epochs each run finished stay in its run directory.
+run fails, or when a worker dies; a parent killed outright leaves workers that notice within a
+second and exit. Either way the epochs each run finished stay in its run directory.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -37,6 +40,7 @@ from fmnist.results import EpochRecord, TrainCallback
 from fmnist.runs import prepare_run_dir, read_results, result_from_dir, train_into
 
 STOP_SECONDS = 10.0  # how long a worker may take to end after SIGTERM before it is killed
+PARENT_CHECK_SECONDS = 1.0  # how soon a worker notices that its parent died without stopping it
 WORKER_COMMAND = "from fmnist.parallel import worker_main; worker_main()"
 
 
@@ -76,9 +80,17 @@ class _EpochEvents(TrainCallback):
         self.outbox.send(("epoch", self.index, record, is_best))
 
 
+def _end_with_parent(parent: int) -> None:
+    """Exit once the parent is gone (killed by SIGKILL or a `timeout`'s SIGTERM, say): nobody waits for this run."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)  # the run's lock goes with the process; its finished epochs stay on disk
+
+
 def worker_main() -> None:
     """A worker process (argv: the fds of its two pipes): train runs from the parent until it sends None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
+    threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
     import torch
 
     inbox, outbox = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
