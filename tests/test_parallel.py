@@ -60,7 +60,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_jobs_give_the_bits_of_the_same_runs_trained_here_with_as_many_threads(real_dataset, tmp_path):
-    """The oracle: the sequential loop, pinned to the workers' one thread. Weights, history and results agree exactly."""
+    """The oracle: the one-at-a-time loop, pinned to the workers' one thread. Weights, history, results: equal."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -127,7 +127,8 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
     if ensemble is not None:
         plan.ensemble = ensemble
     return run_plan(plan, Path(out) if out else RUNS_ROOT / f"compare-{_timestamp()}", data=data, data_dir=data_dir,
-                    progress=progress, report=report, overrides=overrides, notify=notify, ray=ray, jobs=jobs)  # fmt: skip
+                    progress=progress, report=report, overrides=overrides, notify=notify, ray=ray,
+                    jobs=jobs)  # fmt: skip
 
 
 def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress: bool | Any = True,
@@ -175,7 +176,10 @@ def ablate(base: str = "cnn_seed004", *, seeds: int = 1, out: str | Path | None 
            data: FashionMNIST | None = None, data_dir: str | Path | None = None, progress: bool | Any = True,
            report: bool = True, notify=lambda _message: None, ray: str | None = None, jobs: int | None = None,
            **overrides: Any) -> Comparison:  # fmt: skip
-    """Train `base` and variants with one part removed; ablation.json has each variant's Δ. `ray`, `jobs` as in `compare`."""
+    """Train `base` and variants with one part removed; ablation.json has each variant's Δ.
+
+    `ray` and `jobs` as in `compare`.
+    """
     from fmnist.ablation import ablation_plan
 
     plan, _ = ablation_plan(base, seeds)

@@ -58,7 +58,8 @@ def check_jobs(jobs: int | None, ray: str | None = None) -> int:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"jobs must be a whole number >= 1, not {jobs!r}")
     if jobs > 1 and ray:
-        raise UsageError("--jobs runs several runs at once on this machine and --ray places them on a cluster; give one")
+        raise UsageError("--jobs runs several runs at once on this machine and --ray places them on a cluster; "
+                         "give one")
     return jobs
 
 
@@ -118,8 +119,9 @@ class _Worker:
         # The worker imports fmnist from wherever this process does, also a path added at run time.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
-            self.process = subprocess.Popen([sys.executable, "-c", WORKER_COMMAND, str(from_parent), str(to_parent)],
-                                            pass_fds=(from_parent, to_parent), stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+            command = [sys.executable, "-c", WORKER_COMMAND, str(from_parent), str(to_parent)]
+            self.process = subprocess.Popen(command, pass_fds=(from_parent, to_parent), stdin=subprocess.DEVNULL,
+                                            env=env)  # fmt: skip
         finally:
             os.close(from_parent)  # the worker's ends: held here, they would hide the worker's death
             os.close(to_parent)
@@ -204,7 +206,10 @@ class ProcessExecutor:
 
 def _death(worker: _Worker, planned: list[PlannedRun]) -> str:
     """The one line for a worker whose pipe closed: which run it took with it, and its exit code."""
-    code = worker.process.wait()
+    try:
+        code: int | str = worker.process.wait(STOP_SECONDS)
+    except subprocess.TimeoutExpired:  # its pipe closed, yet it runs: stop() ends it
+        code = "none yet"
     if worker.task is None:
         return f"a --jobs worker process ended before it could train (exit code {code}); its messages are above"
     return (f"{planned[worker.task.index].run_name}: its worker process died (exit code {code}) before the run "

@@ -39,8 +39,8 @@ def ablate_cmd(
     from fmnist.fsutil import read_json
     from fmnist.report.text import points, published_pct
 
-    comparison = api.ablate(base, seeds=seeds, out=out, progress=console, report=False,
-                            data_dir=data_dir, notify=notify, ray=ray_address(ray), jobs=jobs, epochs=epochs, max_steps=max_steps,
+    comparison = api.ablate(base, seeds=seeds, out=out, progress=console, report=False, data_dir=data_dir,
+                            notify=notify, ray=ray_address(ray), jobs=jobs, epochs=epochs, max_steps=max_steps,
                             val_size=val_size, device=value(device), seed=seed, tensorboard=tensorboard)  # fmt: skip
     ablation = read_json(comparison.path / ABLATION_FILE)
     table = Table("variant", "change", "accuracy", "Δ vs full", "published", "published Δ",

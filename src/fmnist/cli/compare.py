@@ -47,9 +47,9 @@ def compare_cmd(
     from fmnist import api
 
     comparison = api.compare(models.split(",") if models else None, config_file=config, seeds=seeds, out=out,
-                             progress=console, report=False, data_dir=data_dir, notify=notify, ray=ray_address(ray), jobs=jobs,
-                             epochs=epochs, max_steps=max_steps, val_size=val_size, device=value(device), seed=seed,
-                             split_seed=split_seed, tensorboard=tensorboard, ensemble=ensemble)  # fmt: skip
+                             progress=console, report=False, data_dir=data_dir, notify=notify, ray=ray_address(ray),
+                             jobs=jobs, epochs=epochs, max_steps=max_steps, val_size=val_size, device=value(device),
+                             seed=seed, split_seed=split_seed, tensorboard=tensorboard, ensemble=ensemble)  # fmt: skip
     print_comparison(comparison, comparison.summary["title"])
     if not no_report:
         console.print(f"report: {comparison.report(data_dir=data_dir)}", markup=False, highlight=False)
