@@ -10,7 +10,13 @@ machine: a new measurement replaces only its own machine's). Each run is
 a normal run directory (OUT/RECIPE/seed-N), so `fmnist report` and `fmnist ensemble` take it;
 --ensemble also averages each recipe's seeds and prints the gain over the best member.
 
-    python benchmarks/frontier.py [--recipes fast,cpu-94] [--seeds 3] [--ensemble] [--write] [--out DIR]
+--jobs N trains a recipe's seeds N at a time (`fmnist train --seeds --jobs`: each run in its own
+process, an equal share of the CPU threads or sharing the GPU). Every seed then runs (no
+one-seed rule for long runs), the run folders are OUT/RECIPE-jobs/RECIPE-seedN, and a run's
+seconds are its own wall time from start to results while it shared the machine, so they are
+longer than a run alone; the recorded command says --jobs.
+
+    python benchmarks/frontier.py [--recipes fast,cpu-94] [--seeds 3] [--jobs 1] [--ensemble] [--write] [--out DIR]
     python benchmarks/frontier.py --max-steps 5          # smoke mode: checks the harness only
     python benchmarks/frontier.py --plot-recorded        # redraw frontier.png from what --write recorded
 """
@@ -21,21 +27,26 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from fmnist.api import load_data, train
+from fmnist.api import load_data, make_config, run_plan, train
+from fmnist.comparison import ComparePlan, RunSpec
 from fmnist.device import cpu_isa, cpu_model
 from fmnist.ensemble import build_ensemble
+from fmnist.parallel import threads_per_job
 from fmnist.recipes import MEASURED_FILE, RECIPES, accuracy_label, measured, record_measurement
 
 
-def hardware() -> str:
+def hardware(jobs: int = 1) -> str:
     if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+        return torch.cuda.get_device_name(0) + (f" ({jobs} runs at once)" if jobs > 1 else "")
+    if jobs > 1:
+        return f"{cpu_model()} ({cpu_isa()}, {jobs} runs at once, {threads_per_job(jobs)} thread(s) each)"
     return f"{cpu_model()} ({cpu_isa()}, {torch.get_num_threads()} threads)"
 
 
@@ -52,12 +63,34 @@ def measure(name: str, seeds: int, long_run_s: float, data, max_steps: int | Non
         print(f"  {name} seed {seed}: {100 * run.test_accuracy:.2f}% in {seconds[-1]:.0f} s", flush=True)
         if seconds[-1] > long_run_s:  # one seed is all such a recipe gets here
             break
+    return row(name, accuracies, seconds, run_dirs, f"--seeds {seeds}", max_steps)
+
+
+def measure_side_by_side(name: str, seeds: int, jobs: int, data, max_steps: int | None, val_size: int | None,
+                         out: Path) -> dict:  # fmt: skip
+    """measure(), with the seeds trained `jobs` at a time in worker processes."""
+    folder = out / f"{name}-jobs"
+    shutil.rmtree(folder, ignore_errors=True)  # this script's own output: replaced, as measure() overwrites
+    config = make_config(recipe=name, max_steps=max_steps, val_size=val_size)
+    plan = ComparePlan([RunSpec(name, config.to_dict())], seeds=seeds, title=f"{name} over {seeds} seeds")
+    runs = run_plan(plan, folder, data=data, progress=False, report=False, jobs=jobs).summary["runs"]
+    run_dirs = [folder / r["run_dir"] for r in runs]
+    # From config.toml (written as a run starts) to results.json (its last file): the run's own wall time.
+    seconds = [(d / "results.json").stat().st_mtime - (d / "config.toml").stat().st_mtime for d in run_dirs]
+    for r, s in zip(runs, seconds):
+        print(f"  {name} seed {r['seed']}: {100 * r['test_accuracy']:.2f}% in {s:.0f} s (sharing)", flush=True)
+    return row(name, [r["test_accuracy"] for r in runs], seconds, run_dirs, f"--seeds {seeds} --jobs {jobs}",
+               max_steps, jobs)  # fmt: skip
+
+
+def row(name: str, accuracies: list[float], seconds: list[float], run_dirs: list[Path], options: str,
+        max_steps: int | None, jobs: int = 1) -> dict:  # fmt: skip
     return {
         "model": RECIPES[name].model, "runs": len(accuracies), "accuracy": accuracies,
         "accuracy_mean": statistics.fmean(accuracies),
         "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-        "seconds_mean": statistics.fmean(seconds), "hardware": hardware(),
-        "command": f"python benchmarks/frontier.py --recipes {name} --seeds {seeds}",
+        "seconds_mean": statistics.fmean(seconds), "hardware": hardware(jobs),
+        "command": f"python benchmarks/frontier.py --recipes {name} {options}",
         "smoke": bool(max_steps), "run_dirs": [str(d) for d in run_dirs],
     }  # fmt: skip
 
@@ -138,6 +171,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", default=",".join(r for r, v in RECIPES.items() if v.device == "cpu"))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once (see the docstring)")
     parser.add_argument("--long-run", type=float, default=30.0, help="minutes; longer runs get one seed")
     parser.add_argument("--max-steps", type=int, help="smoke mode: stop each run after N steps")
     parser.add_argument("--val-size", type=int, help="validation images [default: each recipe's]")
@@ -163,7 +197,12 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown recipe {unknown[0]!r}; available: {', '.join(RECIPES)}")
     data = load_data(args.data_dir)
-    rows = {n: measure(n, args.seeds, 60 * args.long_run, data, args.max_steps, args.val_size, args.out) for n in names}
+    if args.jobs > 1:
+        rows = {n: measure_side_by_side(n, args.seeds, args.jobs, data, args.max_steps, args.val_size, args.out)
+                for n in names}  # fmt: skip
+    else:
+        rows = {n: measure(n, args.seeds, 60 * args.long_run, data, args.max_steps, args.val_size, args.out)
+                for n in names}  # fmt: skip
     if args.ensemble:
         for name, row in rows.items():
             row["ensemble"] = ensemble_of_seeds(name, row, data, args.out)
@@ -177,7 +216,7 @@ def main() -> int:
             print(f"{name}: ensemble of {e['members']} seeds {100 * e['accuracy']:.2f}% "
                   f"({100 * e['gain_over_best_member']:+.2f} points over the best member)")  # fmt: skip
     print(f"Pareto front: {' -> '.join(pareto(rows))}")
-    plot({hardware(): rows}, args.out / "frontier.png")
+    plot({hardware(args.jobs): rows}, args.out / "frontier.png")
     (args.out / "frontier.json").write_text(json.dumps(rows, indent=2))
     print(f"wrote {args.out / 'frontier.png'} and {args.out / 'frontier.json'}")
     if args.write and not args.max_steps:

@@ -96,6 +96,22 @@ def test_frontier_harness_in_smoke_mode(tiny_data_dir: Path, tmp_path: Path, iso
     assert rows["fast"]["ensemble"]["members"] == 2 and "fast: ensemble of 2 seeds" in proc.stdout
 
 
+def test_frontier_trains_the_seeds_side_by_side_with_jobs(tiny_data_dir: Path, tmp_path: Path, isolated_env):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--recipes", "fast",
+                           "--seeds", "2", "--jobs", "2", "--max-steps", "2", "--val-size", "100",
+                           "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "f")], capture_output=True,
+                          text=True, env=isolated_env, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads((tmp_path / "f" / "frontier.json").read_text())["fast"]
+    assert row["runs"] == 2 and row["command"].endswith("--seeds 2 --jobs 2")
+    assert "2 runs at once" in row["hardware"]
+    for seed in (0, 1):
+        results = json.loads((tmp_path / "f" / "fast-jobs" / f"fast-seed{seed}" / "results.json").read_text())
+        assert results["seed"] == seed and results["test_accuracy"] == row["accuracy"][seed]
+    assert row["seconds_mean"] > 0
+    assert "(sharing)" in proc.stdout
+
+
 def test_frontier_redraws_the_recorded_figures_without_training(tmp_path: Path):
     recorded = [name for name, rows in measured().items() if any(not row.get("smoke") for row in rows)]
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--plot-recorded",
