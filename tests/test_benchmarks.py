@@ -32,16 +32,18 @@ def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_packs_its_runs_and_r
     (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python3").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SMOKE": "1",
-           "FMNIST_DATA": str(tiny_data_dir), "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs")}  # fmt: skip
+           "FMNIST_DATA": str(tiny_data_dir), "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs"),
+           "GPU_BEST_SEEDS": "2", "JOBS": "2"}  # fmt: skip
     recorded = (ROOT / "src" / "fmnist" / "recipes_measured.json").read_text()
     proc = subprocess.run(["bash", str(script), "gpu-best"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert (tmp_path / "runs" / "frontier" / "gpu-best" / "seed-0" / "results.json").is_file()
-    assert "gpu-best seed 0:" in (tmp_path / "out" / "gpu-best.log").read_text()
+    for seed in (0, 1):  # the seeds trained side by side (--jobs), each a run directory
+        assert (tmp_path / "runs" / "frontier" / "gpu-best-jobs" / f"gpu-best-seed{seed}" / "results.json").is_file()
+        assert f"gpu-best seed {seed}:" in (tmp_path / "out" / "gpu-best.log").read_text()
     # The run directories come back as one archive, without their checkpoints.
     with tarfile.open(tmp_path / "out" / "runs.tgz") as packed:
         names = packed.getnames()
-    assert "./frontier/gpu-best/seed-0/results.json" in names
+    assert "./frontier/gpu-best-jobs/gpu-best-seed1/results.json" in names
     assert not [n for n in names if n.endswith(".safetensors")]
     # Smoke figures are never recorded: the copy brought back is the file as committed.
     assert (tmp_path / "out" / "recipes_measured.json").read_text() == recorded
