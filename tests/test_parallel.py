@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -38,11 +37,9 @@ def _plan(seeds: int = 2) -> ComparePlan:
     return ComparePlan([RunSpec("fastcnn", {"model": "fastcnn"}), RunSpec("mlp", {"model": "mlp"})], seeds=seeds)
 
 
-def _no_workers_left() -> bool:
-    deadline = time.monotonic() + 10
-    while multiprocessing.active_children() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not multiprocessing.active_children()
+def _all_ended(executor: ProcessExecutor) -> bool:
+    """Whether the executor started workers and every one of them has ended."""
+    return bool(executor.pids) and all(_gone(pid) for pid in executor.pids)
 
 
 def _gone(pid: int) -> bool:
@@ -68,8 +65,8 @@ def test_jobs_give_the_bits_of_the_same_runs_trained_here_with_as_many_threads(r
     finally:
         torch.set_num_threads(threads)
     heard: list[str] = []
-    side_by_side = run_compare(_plan(), tmp_path / "jobs", real_dataset, overrides=TINY,
-                               executor=ProcessExecutor(2, threads_per_run=1, notify=heard.append),
+    executor = ProcessExecutor(2, threads_per_run=1, notify=heard.append)
+    side_by_side = run_compare(_plan(), tmp_path / "jobs", real_dataset, overrides=TINY, executor=executor,
                                on_result=lambda name, result: heard.append(f"result {name}"))  # fmt: skip
     names = ["fastcnn-seed0", "fastcnn-seed1", "mlp-seed0", "mlp-seed1"]
     assert [r["run_dir"] for r in here["runs"]] == [r["run_dir"] for r in side_by_side["runs"]] == names
@@ -88,31 +85,46 @@ def test_jobs_give_the_bits_of_the_same_runs_trained_here_with_as_many_threads(r
     assert sorted(h for h in heard if h.startswith("result ")) == [f"result {n}" for n in names]
     epoch_lines = [h for h in heard if " loss " in h and " val " in h]  # one per finished epoch, by run name
     assert sorted(line.split()[0] for line in epoch_lines) == sorted(names)
-    assert _no_workers_left()
+    assert len(executor.pids) == 2 and _all_ended(executor)
 
 
 def test_a_failing_run_stops_every_worker_with_one_line_naming_it(tmp_path):
     # 30 training images cannot give up 500 for validation: the worker's own FmnistError comes back.
     images, labels = np.zeros((30, 28, 28), np.uint8), np.arange(30, dtype=np.uint8) % 10
     too_small = FashionMNIST(images, labels, images[:10], labels[:10], Provenance("synthetic", "memory", "unknown"))
+    executor = ProcessExecutor(2, threads_per_run=1)
     with pytest.raises(FmnistError) as info:
-        run_compare(_plan(), tmp_path / "c", too_small, overrides=TINY, executor=ProcessExecutor(2, threads_per_run=1))
+        run_compare(_plan(), tmp_path / "c", too_small, overrides=TINY, executor=executor)
     message = str(info.value)
     assert "\n" not in message
     assert message.split(":")[0] in {"fastcnn-seed0", "fastcnn-seed1", "mlp-seed0", "mlp-seed1"}
     assert "500" in message
-    assert _no_workers_left()
+    assert _all_ended(executor)
+
+
+def test_a_run_that_fails_while_another_trains_stops_that_one_too(real_dataset, tmp_path):
+    """The long run is mid-epoch (it reads no pipe then): only the parent ending its worker stops it in time."""
+    plan = ComparePlan([RunSpec("long", {"model": "fastcnn", "val_size": 500}),
+                        RunSpec("bad", {"model": "mlp", "val_size": 60_000})])  # fmt: skip
+    executor = ProcessExecutor(2, threads_per_run=1)
+    started = time.monotonic()
+    with pytest.raises(FmnistError, match="^bad: "):
+        run_compare(plan, tmp_path / "c", real_dataset, executor=executor)
+    assert _all_ended(executor)
+    assert time.monotonic() - started < 60  # long before the long run's 4 epochs could end
+    assert not (tmp_path / "c" / "long" / "results.json").exists()
 
 
 def test_a_worker_killed_mid_run_is_reported_and_nothing_is_left_running(real_dataset, tmp_path):
     out = tmp_path / "c"
     plan = ComparePlan([RunSpec("fastcnn", {"model": "fastcnn"})], seeds=1)
     outcome: dict[str, BaseException] = {}
+    executor = ProcessExecutor(2, threads_per_run=1)
 
     def run() -> None:
         try:
             run_compare(plan, out, real_dataset, overrides={"max_steps": 100_000, "val_size": 500},
-                        executor=ProcessExecutor(2, threads_per_run=1))  # fmt: skip
+                        executor=executor)  # fmt: skip
         except BaseException as exc:  # noqa: BLE001  (the test reads what the executor raised)
             outcome["error"] = exc
 
@@ -131,7 +143,7 @@ def test_a_worker_killed_mid_run_is_reported_and_nothing_is_left_running(real_da
     error = outcome["error"]
     assert isinstance(error, FmnistError)
     assert str(error).startswith("fastcnn: its worker process died (exit code -9)")
-    assert _no_workers_left()
+    assert executor.pids == [pid] and _all_ended(executor)  # one run: one worker
 
 
 def test_check_jobs_refuses_nonsense_and_ray_together():
@@ -218,11 +230,12 @@ def test_ctrl_c_ends_the_workers_and_keeps_their_finished_epochs(real_data_dir, 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_runbook.sh check runs it)")
 def test_jobs_share_one_cuda_gpu(real_dataset, tmp_path):
     overrides = {**TINY, "device": "cuda"}
-    summary = run_compare(_plan(), tmp_path / "gpu", real_dataset, overrides=overrides, executor=ProcessExecutor(2))
+    executor = ProcessExecutor(2)
+    summary = run_compare(_plan(), tmp_path / "gpu", real_dataset, overrides=overrides, executor=executor)
     assert len(summary["runs"]) == 4
     for run in summary["runs"]:
         assert read_results(tmp_path / "gpu" / run["run_dir"])["device"].startswith("cuda")
-    assert _no_workers_left()
+    assert _all_ended(executor)
 
 
 def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(real_data_dir, tmp_path):

@@ -159,6 +159,7 @@ class ProcessExecutor:
         self.jobs = check_jobs(jobs)
         self.threads = threads_per_run or threads_per_job(jobs)
         self.notify = notify
+        self.pids: list[int] = []  # the worker processes of the last call, for whoever checks they ended
 
     def __call__(self, planned: list[PlannedRun], out_dir: Path, dataset: FashionMNIST, make_callbacks: MakeCallbacks,
                  on_result: OnResult) -> list[dict[str, Any]]:  # fmt: skip
@@ -172,6 +173,7 @@ class ProcessExecutor:
         try:
             for _ in range(count):  # all start (import torch, fmnist) at once, then each gets the data
                 workers.append(_Worker())
+            self.pids = [worker.process.pid for worker in workers]
             for worker in workers:
                 worker.send((dataset, self.threads), planned)
             remaining = len(planned)
