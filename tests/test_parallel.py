@@ -56,6 +56,26 @@ def _gone(pid: int) -> bool:
     return False
 
 
+def _wait_until(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _worker_pids(run_dirs: list[Path]) -> list[int]:
+    """The pids a worker writes into each run's lock, once every run has started (it holds the lock while it trains)."""
+    locks = [run_dir / LOCK_FILE for run_dir in run_dirs]
+    _wait_until(lambda: all(lock.is_file() and lock.read_text().strip() for lock in locks))
+    return [int(lock.read_text()) for lock in locks]
+
+
+def _long_cli_compare(out: Path, data_dir: Path, **popen) -> subprocess.Popen:
+    """`fmnist compare --jobs 2` of two MLP runs long enough (200 epochs) to be stopped midway."""
+    return subprocess.Popen([sys.executable, "-m", "fmnist", "compare", "--models", "mlp", "--seeds", "2", "--epochs",
+                             "200", "--val-size", "500", "--jobs", "2", "--no-report", "--out", str(out),
+                             "--data-dir", str(data_dir)], **popen)  # fmt: skip
+
+
 def test_jobs_give_the_bits_of_the_same_runs_trained_here_with_as_many_threads(real_dataset, tmp_path):
     """The oracle: the one-at-a-time loop, pinned to the workers' one thread. Weights, history, results: equal."""
     threads = torch.get_num_threads()
@@ -130,13 +150,8 @@ def test_a_worker_killed_mid_run_is_reported_and_nothing_is_left_running(real_da
 
     thread = threading.Thread(target=run)
     thread.start()
-    lock = out / "fastcnn" / LOCK_FILE
-    deadline = time.monotonic() + 60
-    while not (lock.is_file() and lock.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    pid = int(lock.read_text())  # the worker holds the run's lock while it trains
+    [pid] = _worker_pids([out / "fastcnn"])
     assert pid != os.getpid()
-    time.sleep(1.0)  # past the "start" event
     os.kill(pid, signal.SIGKILL)
     thread.join(60)
     assert not thread.is_alive()
@@ -206,16 +221,10 @@ def test_cli_refuses_bad_jobs_in_one_line(args, message, tmp_path):
 
 def test_ctrl_c_ends_the_workers_and_keeps_their_finished_epochs(real_data_dir, tmp_path):
     out = tmp_path / "cmp"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fmnist", "compare", "--models", "mlp", "--seeds", "2", "--epochs", "200",
-         "--val-size", "500", "--jobs", "2", "--no-report", "--out", str(out), "--data-dir", str(real_data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    process = _long_cli_compare(out, real_data_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = _worker_pids([out / f"mlp-seed{s}" for s in (0, 1)])
     metrics = [out / f"mlp-seed{s}" / "metrics.jsonl" for s in (0, 1)]
-    deadline = time.monotonic() + 120
-    while not all(m.is_file() and m.read_text().strip() for m in metrics) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    workers = [int((out / f"mlp-seed{s}" / LOCK_FILE).read_text()) for s in (0, 1)]
+    _wait_until(lambda: all(m.is_file() and m.read_text().strip() for m in metrics))
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -256,16 +265,8 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(real_data
 def test_workers_end_by_themselves_when_the_parent_is_killed_outright(real_data_dir, tmp_path):
     # `timeout` sends SIGTERM, which Python does not turn into an exception: no finally runs in the parent.
     out = tmp_path / "cmp"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fmnist", "compare", "--models", "mlp", "--seeds", "2", "--epochs", "200",
-         "--val-size", "500", "--jobs", "2", "--no-report", "--out", str(out), "--data-dir", str(real_data_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    locks = [out / f"mlp-seed{s}" / LOCK_FILE for s in (0, 1)]
-    deadline = time.monotonic() + 120
-    while not all(lock.is_file() and lock.read_text().strip() for lock in locks) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    workers = [int(lock.read_text()) for lock in locks]
+    process = _long_cli_compare(out, real_data_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = _worker_pids([out / f"mlp-seed{s}" for s in (0, 1)])
     process.terminate()
     process.wait(30)
     for pid in workers:
