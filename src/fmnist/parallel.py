@@ -136,8 +136,11 @@ class _Worker:
             raise FmnistError(_death(self, planned)) from None
 
     def hand(self, task: _Task | None, planned: list[PlannedRun]) -> None:
+        """Give the worker its next run, or None: then it finishes, and there is nothing more to hear from it."""
         self.task = task
         self.send(task, planned)
+        if task is None:
+            self.inbox.close()
 
     def stop(self) -> None:
         """End the process by its id: SIGTERM, then SIGKILL after STOP_SECONDS; close the pipes."""
@@ -198,8 +201,6 @@ class ProcessExecutor:
                         results[index] = read_results(run_dirs[index])
                         remaining -= 1
                         worker.hand(waiting.pop() if waiting else None, planned)
-                    if worker.task is None and kind in ("ready", "done"):
-                        worker.inbox.close()  # told to finish: nothing more to hear from it
         finally:
             for worker in workers:
                 worker.stop()
