@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
+from fmnist.analysis.metrics import accuracy
 from fmnist.api import load_data
-from fmnist.checkpoint import tta_settings
 from fmnist.device import PRECISIONS
-from fmnist.ensemble import average_probabilities, load_members, member_probabilities
 from fmnist.errors import FmnistError
-from fmnist.metrics import accuracy
-from fmnist.tta import TTA_LEVELS
+from fmnist.inference.checkpoint import tta_settings
+from fmnist.inference.ensemble import average_probabilities, load_members, member_probabilities
+from fmnist.inference.tta import TTA_LEVELS
 
 
 def main(argv: list[str] | None = None) -> int:

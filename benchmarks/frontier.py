@@ -1,11 +1,11 @@
 """The accuracy frontier: each named recipe trained over seeds, accuracy against time.
 
-For every recipe (fmnist.recipes) it runs `fmnist train --recipe NAME` exactly as a user
+For every recipe (fmnist.training.recipes) it runs `fmnist train --recipe NAME` exactly as a user
 would (the recipe's fixed epochs, best epoch on the validation split, the test set touched
 once), over --seeds seeds (one seed when a run would take over --long-run minutes), and
 prints one table: recipe, model, test accuracy mean ± std, seconds per run, hardware. It draws
 accuracy against time (mean ± std, the Pareto front joined) to frontier.png and, with
---write, records the figures in fmnist/recipes_measured.json for `fmnist recipes` (one entry per
+--write, records the figures in fmnist/training/recipes_measured.json for `fmnist recipes` (one entry per
 machine: a new measurement replaces only its own machine's). Each run is
 a normal run directory (OUT/RECIPE/seed-N), so `fmnist report` and `fmnist ensemble` take it;
 --ensemble also averages each recipe's seeds and prints the gain over the best member.
@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 
 from fmnist.api import load_data, make_config, run_plan, train
-from fmnist.comparison import ComparePlan, RunSpec
 from fmnist.device import cpu_isa, cpu_model
-from fmnist.ensemble import build_ensemble
-from fmnist.parallel import threads_per_job
-from fmnist.recipes import MEASURED_FILE, RECIPES, accuracy_label, measured, record_measurement
+from fmnist.experiments.compare import ComparePlan, RunSpec
+from fmnist.experiments.jobs import threads_per_job
+from fmnist.inference.ensemble import build_ensemble
+from fmnist.training.recipes import MEASURED_FILE, RECIPES, accuracy_label, measured, record_measurement
 
 
 def hardware(jobs: int = 1) -> str:

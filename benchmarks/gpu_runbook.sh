@@ -60,7 +60,7 @@ capped() {  # capped NAME COMMAND...: the output to $out/NAME.log; stopped (and 
 gpu_best() {
   capped gpu-best python3 benchmarks/frontier.py --recipes gpu-best --seeds "$gpu_best_seeds" --jobs "$jobs" --write \
     "${smoke[@]}" --out "$runs/frontier"
-  cp src/fmnist/recipes_measured.json "$out/"
+  cp src/fmnist/training/recipes_measured.json "$out/"
 }
 seed004() {
   capped seed004-benchmark python3 -m fmnist compare --config configs/seed004-benchmark.toml "${smoke[@]}" \

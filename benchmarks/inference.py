@@ -7,7 +7,7 @@ bf16 autocast (only where the CPU has AMX, which is what `fmnist` picks there), 
 fp32 and ONNX Runtime int8 (static QDQ, as `fmnist export --int8` makes it), and the ratios.
 
 What is timed is the graph as deployed: the model placed in its own memory layout and wrapped
-in its recipe's test-time augmentation (fmnist.tta; --tta overrides the level), so with "flip"
+in its recipe's test-time augmentation (fmnist.inference.tta; --tta overrides the level), so with "flip"
 (fastcnn's recipe) every image is run twice, with "flip-shift" six times, in PyTorch and in the
 ONNX graph alike.
 
@@ -28,7 +28,7 @@ import torch
 
 from fmnist.constants import FMNIST_MEAN, FMNIST_STD
 from fmnist.data.normalize import blank_value, normalize
-from fmnist.tta import TTA_LEVELS, tta_level
+from fmnist.inference.tta import TTA_LEVELS, tta_level
 
 
 def timed(fn, batch: int, min_seconds: float, repeats: int) -> float:
@@ -49,7 +49,7 @@ def timed(fn, batch: int, min_seconds: float, repeats: int) -> float:
 
 
 def torch_runner(model, x: torch.Tensor, precision: str, tta: str):
-    from fmnist.evaluate import predict
+    from fmnist.inference.evaluate import predict
 
     blank = blank_value(FMNIST_MEAN, FMNIST_STD)
     return lambda: predict(model, x, batch_size=len(x), precision=precision, tta=tta, blank=blank)
@@ -65,7 +65,7 @@ def build(name: str, train_steps: int, dataset, tta: str | None):
     tta = tta or tta_level(get_recipe(name))
     if train_steps and dataset is not None:
         from fmnist.config import build_config
-        from fmnist.trainer import fit
+        from fmnist.training.trainer import fit
 
         cfg = build_config(name, cli_values={"epochs": 1, "max_steps": train_steps, "val_size": 0, "precision": "fp32"})
         model = fit(cfg, dataset).model.eval()
@@ -89,8 +89,8 @@ def main() -> None:
     min_seconds, repeats = (0.3, 1) if args.quick else (1.5, 3)
 
     from fmnist.device import fast_bf16
-    from fmnist.evaluate import predict
-    from fmnist.export import onnx_bytes, onnx_session, quantize_int8, quiet_exporter
+    from fmnist.inference.evaluate import predict
+    from fmnist.inference.export import onnx_bytes, onnx_session, quantize_int8, quiet_exporter
 
     torch.set_num_threads(args.threads)
     dataset = None

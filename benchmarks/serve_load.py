@@ -44,8 +44,8 @@ TARGET_HEALTH_P99_MS = 100.0
 
 def untrained_run(folder: Path, model: str) -> Path:
     """A run directory holding `model` with random weights (throughput needs no training)."""
-    from fmnist.checkpoint import CheckpointMeta, save_checkpoint
     from fmnist.constants import FMNIST_MEAN, FMNIST_STD
+    from fmnist.inference.checkpoint import CheckpointMeta, save_checkpoint
     from fmnist.models.registry import count_parameters, create_model, get_recipe
 
     net = create_model(model)

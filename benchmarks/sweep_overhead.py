@@ -25,8 +25,8 @@ from pathlib import Path
 from fmnist import api
 from fmnist.config import build_config
 from fmnist.device import cpu_model
-from fmnist.distributed.ray_runtime import RaySession
-from fmnist.runs import prepare_run_dir, train_into
+from fmnist.experiments.ray_runtime import RaySession
+from fmnist.training.rundirs import prepare_run_dir, train_into
 
 LRS = [1e-3 * 1.5**k for k in range(16)]  # learning rates of the runs, all sensible for the MLP
 

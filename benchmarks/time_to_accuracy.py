@@ -34,7 +34,7 @@ from fmnist.data.loader import TensorLoader
 from fmnist.data.sources import resolve_dataset
 from fmnist.device import autocast_context, resolve_precision
 from fmnist.models import create_model
-from fmnist.trainer import fit
+from fmnist.training.trainer import fit
 
 TARGET = 0.93
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from fmnist.ablation import PUBLISHED, Variant, ablation_plan, ablation_variants, run_ablation, summarize_ablation
+from fmnist.experiments.ablate import (
+    PUBLISHED,
+    Variant,
+    ablation_plan,
+    ablation_variants,
+    run_ablation,
+    summarize_ablation,
+)
 from fmnist.models import create_model
 
 

@@ -34,7 +34,7 @@ def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_packs_its_runs_and_r
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SMOKE": "1",
            "FMNIST_DATA": str(tiny_data_dir), "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs"),
            "GPU_BEST_SEEDS": "2", "JOBS": "2"}  # fmt: skip
-    recorded = (ROOT / "src" / "fmnist" / "recipes_measured.json").read_text()
+    recorded = (ROOT / "src" / "fmnist" / "training" / "recipes_measured.json").read_text()
     proc = subprocess.run(["bash", str(script), "gpu-best"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     for seed in (0, 1):  # the seeds trained side by side (--jobs), each a run directory

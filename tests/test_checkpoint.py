@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointMeta, load_checkpoint, save_checkpoint, tta_settings
 from fmnist.errors import CheckpointError
+from fmnist.inference.checkpoint import (
+    META_FILE,
+    WEIGHTS_FILE,
+    CheckpointMeta,
+    load_checkpoint,
+    save_checkpoint,
+    tta_settings,
+)
 from fmnist.models import create_model
 
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fmnist.baselines import fit_baseline
-from fmnist.checkpoint import load_checkpoint
-from fmnist.comparison import plan_from_models, run_compare
 from fmnist.config import build_config
 from fmnist.data.normalize import normalize
 from fmnist.errors import UsageError
+from fmnist.experiments.compare import plan_from_models, run_compare
+from fmnist.inference.checkpoint import load_checkpoint
 from fmnist.models import create_model
 from fmnist.models.registry import check_model_args, get_entry
-from fmnist.runs import RunDirWriter, prepare_run_dir, read_history
-from fmnist.trainer import fit
+from fmnist.training.baselines import fit_baseline
+from fmnist.training.rundirs import RunDirWriter, prepare_run_dir, read_history
+from fmnist.training.trainer import fit
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fmnist"
 CLASSICAL_MODELS = ("logreg", "linear_svc", "rbf_svc", "random_forest")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from fmnist.progress import PLAIN_WIDTH
+from fmnist.training.progress import PLAIN_WIDTH
 
 EPOCH_LINE = re.compile(r"^(\S+)\s+(\d+)/(\d+)\s+loss ")
 COMMANDS = ["", "data", "data info", "data samples", "data fetch", "models", "train", "evaluate", "compare", "report",

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from fmnist.comparison import plan_from_file
-from fmnist.ensemble import read_predictions
 from fmnist.errors import UsageError
+from fmnist.experiments.compare import plan_from_file
+from fmnist.inference.ensemble import read_predictions
 
 SMOKE = ("--epochs", "1", "--max-steps", "3", "--val-size", "500")
 
@@ -137,7 +137,7 @@ def test_unknown_ensemble_members_fail_at_plan_time(tmp_path):
 
 def test_explicit_ensembles_across_runs(tiny_dataset, tmp_path):
     """[[ensembles]] of two different models, per seed, on the synthetic data (no real data needed)."""
-    from fmnist.comparison import run_compare
+    from fmnist.experiments.compare import run_compare
 
     plan = plan_from_file(_config(tmp_path, '[[ensembles]]\nname = "ab"\nmembers = ["a", "b"]\n'))
     plan.seeds = 2

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from conftest import write_synthetic_idx
-from fmnist.checkpoint import META_FILE, CheckpointMeta, load_checkpoint, save_checkpoint
 from fmnist.data.dataset import load_idx_folder
-from fmnist.ensemble import (
+from fmnist.errors import CheckpointError, UsageError
+from fmnist.inference.checkpoint import META_FILE, CheckpointMeta, load_checkpoint, save_checkpoint
+from fmnist.inference.ensemble import (
     MANIFEST_FILE,
     EnsembleModel,
     Member,
@@ -25,9 +26,8 @@ from fmnist.ensemble import (
     load_ensemble,
     read_predictions,
 )
-from fmnist.errors import CheckpointError, UsageError
-from fmnist.export import export_run
-from fmnist.predict import Predictor
+from fmnist.inference.export import export_run
+from fmnist.inference.predict import Predictor
 from test_predict import train_run
 
 pytest.importorskip("onnxruntime")

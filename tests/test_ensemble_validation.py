@@ -12,10 +12,10 @@ from conftest import run_cli, write_synthetic_idx
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import load_idx_folder
 from fmnist.data.splits import saved_holdout, stratified_split
-from fmnist.ensemble import build_ensemble
-from fmnist.ensemble_validation import validate_ensemble
 from fmnist.errors import UsageError
-from fmnist.predict import Predictor
+from fmnist.inference.ensemble import build_ensemble
+from fmnist.inference.ensemble_validation import validate_ensemble
+from fmnist.inference.predict import Predictor
 from fmnist.report.document import render_markdown
 from fmnist.report.options import ReportOptions
 from fmnist.report.sections.ensemble import ensemble_document

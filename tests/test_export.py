@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fmnist.checkpoint import load_checkpoint, tta_settings
 from fmnist.data.dataset import load_idx_folder
 from fmnist.data.normalize import blank_value, normalize
 from fmnist.errors import FmnistError
-from fmnist.evaluate import predict
-from fmnist.export import ExportPlan, onnx_bytes, onnx_for_run, onnx_metadata
+from fmnist.inference.checkpoint import load_checkpoint, tta_settings
+from fmnist.inference.evaluate import predict
+from fmnist.inference.export import ExportPlan, onnx_bytes, onnx_for_run, onnx_metadata
+from fmnist.inference.tta import TTA_LEVELS
 from fmnist.models import create_model
-from fmnist.tta import TTA_LEVELS
 from test_predict import cached_real_run, tiny_run_dir
 
 ort = pytest.importorskip("onnxruntime")
@@ -50,7 +50,7 @@ def test_onnx_export_roundtrip_metadata_and_dynamic_batch(tiny, exported):
     info = onnx_metadata(path.read_bytes())
     assert json.loads(info["fmnist.class_names"]) == meta["class_names"]
     assert json.loads(info["fmnist.normalization"]) == meta["normalization"]
-    assert info["fmnist.tta"] == meta["tta"] == report["tta"] != "none"
+    assert info["fmnist.inference.tta"] == meta["tta"] == report["tta"] != "none"
     assert info["fmnist.weights_sha256"] == meta["weights_sha256"]
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -70,7 +70,7 @@ def test_every_tta_level_is_inside_the_onnx_graph(level: str):
     meta = {"model": "fastcnn", "model_args": model.model_args, "class_names": [str(i) for i in range(10)],
             "normalization": {"mean": 0.3, "std": 0.4}, "tta": level}  # fmt: skip
     session = ort.InferenceSession(onnx_bytes(model, meta), providers=["CPUExecutionProvider"])
-    assert onnx_metadata(onnx_bytes(model, meta))["fmnist.tta"] == level
+    assert onnx_metadata(onnx_bytes(model, meta))["fmnist.inference.tta"] == level
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8))
     x = normalize(images, 0.3, 0.4)
     for batch in (x[:1], x):
@@ -104,7 +104,7 @@ def test_torchscript_export_carries_metadata(tiny, isolated_env, tmp_path: Path)
     info = json.loads(extra["fmnist.json"])
     model, meta = load_checkpoint(run_dir)
     assert json.loads(info["fmnist.class_names"]) == meta["class_names"]
-    assert info["fmnist.tta"] == meta["tta"] != "none"
+    assert info["fmnist.inference.tta"] == meta["tta"] != "none"
     x = torch.randn(5, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(module(x), predict(model, x, precision="fp32", **tta_settings(meta)))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from fmnist import metrics
+from fmnist.analysis import metrics
 
 
 @pytest.fixture

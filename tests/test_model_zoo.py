@@ -174,7 +174,7 @@ def test_onnx_export_answers_like_pytorch(name: str, args: dict):
     shallower forms of the same code: every kind of block and layer is in the graph."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from fmnist.export import onnx_bytes, onnx_session
+    from fmnist.inference.export import onnx_bytes, onnx_session
 
     torch.manual_seed(0)
     model = _trained_batch_norm(create_model(name, **args))

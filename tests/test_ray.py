@@ -18,10 +18,10 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
 
 from fmnist import api  # noqa: E402
-from fmnist.distributed import SWEEP_FILE, TRIALS_DIR  # noqa: E402
-from fmnist.distributed.ray_runtime import RaySession, receive_dataset, ship_dataset, task_error  # noqa: E402
 from fmnist.errors import DataError  # noqa: E402
-from fmnist.runs import LOCK_FILE, METRICS_FILE, RESULTS_FILE  # noqa: E402
+from fmnist.experiments.ray_runtime import RaySession, receive_dataset, ship_dataset, task_error  # noqa: E402
+from fmnist.experiments.sweep_config import SWEEP_FILE, TRIALS_DIR  # noqa: E402
+from fmnist.training.rundirs import LOCK_FILE, METRICS_FILE, RESULTS_FILE  # noqa: E402
 
 TIMINGS = {"seconds", "images_per_second", "train_seconds", "train_seconds_mean"}
 
@@ -90,7 +90,7 @@ def test_compare_over_ray_equals_local_compare(local_ray, tiny_dataset, tmp_path
 
 @ray.remote
 def _received_digests(shipped):
-    from fmnist.distributed.ray_runtime import dataset_digests
+    from fmnist.experiments.ray_runtime import dataset_digests
 
     return dataset_digests(receive_dataset(shipped))
 

@@ -12,8 +12,8 @@ import pytest
 from conftest import run_cli
 from fmnist.api import make_config
 from fmnist.errors import UsageError
-from fmnist.recipes import RECIPES, accuracy_label, measured, record_measurement
-from fmnist.trainer import fit
+from fmnist.training.recipes import RECIPES, accuracy_label, measured, record_measurement
+from fmnist.training.trainer import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_a_new_measurement_replaces_its_machines_figures_and_joins_the_others():
 
 
 def test_measured_reads_every_machine_and_ignores_malformed_entries(tmp_path: Path, monkeypatch):
-    import fmnist.recipes as recipes
+    import fmnist.training.recipes as recipes
 
     path = tmp_path / "measured.json"
     monkeypatch.setattr(recipes, "MEASURED_FILE", path)

@@ -26,23 +26,23 @@ from fmnist.analysis.curves import detect_overfitting
 from fmnist.analysis.embeddings import class_separation, embed_2d
 from fmnist.analysis.layers import layer_summary
 from fmnist.analysis.map_worker import start_maps
+from fmnist.analysis.metrics import expected_calibration_error
 from fmnist.analysis.mistakes import most_confident_mistakes, one_per_class, random_examples
-from fmnist.comparison import ComparePlan, RunSpec, run_compare
 from fmnist.config import build_config
 from fmnist.constants import CLASS_NAMES
 from fmnist.data.dataset import load_idx_folder
 from fmnist.data.idx import write_idx
 from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError, UsageError
+from fmnist.experiments.compare import ComparePlan, RunSpec, run_compare
 from fmnist.fsutil import atomic_write_text
-from fmnist.metrics import expected_calibration_error
 from fmnist.models import count_parameters, create_model
 from fmnist.report import figures, figures_images, write_report
 from fmnist.report.sections import explain
 from fmnist.report.sections.comparison import class_winners
 from fmnist.report.sections.results import group_share
-from fmnist.runs import RunDirWriter, prepare_run_dir
-from fmnist.trainer import fit
+from fmnist.training.rundirs import RunDirWriter, prepare_run_dir
+from fmnist.training.trainer import fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ["1. Data", "2. Models", "3. Training curves", "4. Test results", "5. Per-class results",
@@ -498,11 +498,11 @@ def test_atomic_writes_and_reports_honour_the_umask(umask: int, lenet_run: Path,
 
 
 def test_writing_a_report_never_loads_the_training_code(lenet_run: Path):
-    """The report reads run files; fmnist.trainer (and the scikit-learn fitting code) stay unloaded."""
+    """The report reads run files; fmnist.training.trainer (and the scikit-learn fitting code) stay unloaded."""
     code = (
         "import sys; from fmnist.report import write_report; "
         f"write_report({str(lenet_run)!r}, embedding='none', gradcam=False); "
-        "print(sorted(m for m in sys.modules if m in ('fmnist.trainer', 'fmnist.baselines')))"
+        "print(sorted(m for m in sys.modules if m in ('fmnist.training.trainer', 'fmnist.training.baselines')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -91,7 +91,7 @@ def test_kill_during_a_write_then_resume(reference, target):
     proc = train(run_dir, data, {**env, "FMNIST_FAULT_KILL_WRITE": target})
     assert proc.returncode == -signal.SIGKILL
     # The kill came mid-write: a temp file may remain, but what the run will read is whole.
-    from fmnist.state import has_state, load_state
+    from fmnist.training.state import has_state, load_state
 
     if has_state(run_dir):
         load_state(run_dir)  # raises on a torn state.json or a tensor file that does not match it

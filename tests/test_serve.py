@@ -19,7 +19,7 @@ import pytest
 
 from conftest import run_cli
 from fmnist.data.photos import decode_image, to_dataset_form
-from fmnist.predict import Predictor
+from fmnist.inference.predict import Predictor
 from fmnist.serve.limits import MAX_BATCH, PIXEL_BUDGET
 from test_predict import item_image, png_bytes, tiny_run_dir
 

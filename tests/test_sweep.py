@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.distributed import BEST_FILE, SWEEP_FILE, TRIALS_DIR
-from fmnist.distributed.sweep_config import parse_sweep
 from fmnist.errors import UsageError
+from fmnist.experiments.sweep_config import BEST_FILE, SWEEP_FILE, TRIALS_DIR, parse_sweep
 
 BASE = 'model = "mlp_seed002"\nval_size = 100\nbatch_size = 50\n'
 SEARCH = '[search]\nlr = { loguniform = [1e-3, 1e-1] }\nweight_decay = { choice = [0.0, 0.05] }\n'
@@ -89,7 +88,7 @@ weight_decay = { choice = [0.0, 0.05] }
 
 
 def test_the_documented_example_is_the_contract(tmp_path):
-    from fmnist.distributed.sweep_config import read_sweep
+    from fmnist.experiments.sweep_config import read_sweep
 
     path = tmp_path / "issue.toml"
     path.write_text(ISSUE_EXAMPLE)
@@ -193,9 +192,9 @@ def test_sweep_with_asha_on_local_ray_through_the_cli(tmp_path, tiny_data_dir, t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from fmnist import api
-    from fmnist.progress import PLAIN_WIDTH
     from fmnist.report.builder import write_report
-    from fmnist.tensorboard import SCALARS
+    from fmnist.training.progress import PLAIN_WIDTH
+    from fmnist.training.tensorboard import SCALARS
 
     # Two samples of a 2-value grid: 4 trials, two of which learn far too slowly for ASHA to keep.
     # One trial at a time, so each slow one meets the rung after a fast one has set its bar.

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist.checkpoint import load_checkpoint
 from fmnist.config import build_config
 from fmnist.device import native_bf16, resolve_precision
-from fmnist.results import TrainCallback
-from fmnist.runs import RunDirWriter, prepare_run_dir, read_history
-from fmnist.trainer import fit
+from fmnist.inference.checkpoint import load_checkpoint
+from fmnist.training.results import TrainCallback
+from fmnist.training.rundirs import RunDirWriter, prepare_run_dir, read_history
+from fmnist.training.trainer import fit
 
 
 def tiny_config(model="mlp", **values):
@@ -119,7 +119,7 @@ def test_weight_average_matches_a_hand_computed_ema():
     avg <- d_t * avg + (1 - d_t) * live with d_t = min(DECAY, (1 + t) / (10 + t))."""
     from torch import nn
 
-    from fmnist.optim import WeightAverage
+    from fmnist.training.optim import WeightAverage
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))

@@ -2,9 +2,9 @@
 
     import fmnist
     data = fmnist.load_data()
-    run = fmnist.trainer(model="fastcnn", epochs=2)          # -> Run (shows itself in Jupyter)
+    run = fmnist.training.trainer(model="fastcnn", epochs=2)          # -> Run (shows itself in Jupyter)
     run.predict(data.test_images[:5])                      # class probabilities (5, 10)
-    cmp = fmnist.comparison(["mlp_wide", "fastcnn"])          # -> Comparison
+    cmp = fmnist.experiments.compare(["mlp_wide", "fastcnn"])          # -> Comparison
     fmnist.load_run("runs/fastcnn-...").report()
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from fmnist.config import TrainConfig, build_config, load_config_file, read_toml
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import UsageError
-from fmnist.results import StopSignal, TrainCallback
+from fmnist.training.results import StopSignal, TrainCallback
 
 RUNS_ROOT = Path("runs")
 
@@ -62,7 +62,7 @@ def train(model: str | None = None, *, recipe: str | None = None, out: str | Pat
     `options` are any `fmnist train` settings by their config name (epochs=3, lr=1e-3,
     model_args={"hidden": [256]}). Unset ones come from the model's recipe.
     """
-    from fmnist.runs import prepare_run_dir
+    from fmnist.training.rundirs import prepare_run_dir
 
     config = config or make_config(model, recipe=recipe, config_file=config_file, **options)
     run_dir = prepare_run_dir(Path(out) if out else RUNS_ROOT / f"{config.model}-{_timestamp()}", overwrite=overwrite)
@@ -73,7 +73,7 @@ def train(model: str | None = None, *, recipe: str | None = None, out: str | Pat
 def resume(run_dir: str | Path, *, data: FashionMNIST | None = None, progress: bool | Any = True,
            report: bool = False, stop: StopSignal | None = None, callbacks: Sequence[TrainCallback] = ()) -> Run:  # fmt: skip
     """Continue an interrupted run exactly where it stopped (same config, same data)."""
-    from fmnist.runs import CONFIG_FILE, RESULTS_FILE
+    from fmnist.training.rundirs import CONFIG_FILE, RESULTS_FILE
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -87,8 +87,8 @@ def resume(run_dir: str | Path, *, data: FashionMNIST | None = None, progress: b
 
 def _train_with_progress(config: TrainConfig, run_dir: Path, data: FashionMNIST, progress: bool | Any, report: bool,
                          callbacks: Sequence[TrainCallback], stop: StopSignal | None, resume: bool) -> Run:  # fmt: skip
-    from fmnist.progress import RichProgress
-    from fmnist.runs import train_into
+    from fmnist.training.progress import RichProgress
+    from fmnist.training.rundirs import train_into
 
     console = _progress(progress)
     bar = RichProgress(console) if console is not None else None
@@ -114,10 +114,10 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
     >= 2) also averages each model's seeds into an ensemble, a row of its own. `ray`: run each
     run as a Ray task on the cluster at HOST:PORT, or on a Ray started here for the call
     ("local"); None trains here. `jobs`: train that many runs at once here, each in its own
-    process with an equal share of the CPU threads (see fmnist.parallel). Ensembles are built
+    process with an equal share of the CPU threads (see fmnist.experiments.jobs). Ensembles are built
     here from the returned run directories.
     """
-    from fmnist.comparison import default_plan, plan_from_file, plan_from_models
+    from fmnist.experiments.compare import default_plan, plan_from_file, plan_from_models
 
     if models and config_file:
         raise UsageError("give either models or a config file, not both")
@@ -138,15 +138,15 @@ def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress
     """Run a ComparePlan (or, with `ablation_base`, that model's ablation) into `out`; `ray`, `jobs` as in `compare`."""
     from contextlib import nullcontext
 
-    from fmnist.comparison import run_compare
-    from fmnist.parallel import ProcessExecutor, check_jobs
-    from fmnist.progress import MultiRunProgress
+    from fmnist.experiments.compare import run_compare
+    from fmnist.experiments.jobs import ProcessExecutor, check_jobs
+    from fmnist.training.progress import MultiRunProgress
 
     jobs = check_jobs(jobs, ray)
     planned = plan.resolve(overrides)  # every config built and checked before any data loads
     if ray:  # only here is Ray ever imported: without it nothing of Ray loads
-        from fmnist.distributed import require_ray
-        from fmnist.distributed.executor import ray_executor
+        from fmnist.experiments.ray_runtime import require_ray
+        from fmnist.experiments.ray_tasks import ray_executor
 
         require_ray()
     data = data or load_data(data_dir, notify=notify)
@@ -157,7 +157,7 @@ def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress
         local = ProcessExecutor(jobs, notify=notify) if jobs > 1 else None
         with ray_executor(ray, notify) if ray else nullcontext(local) as executor:
             if ablation_base:
-                from fmnist.ablation import run_ablation
+                from fmnist.experiments.ablate import run_ablation
 
                 run_ablation(ablation_base, out, data, seeds=plan.seeds, overrides=overrides, executor=executor,
                              **hooks)  # fmt: skip
@@ -180,7 +180,7 @@ def ablate(base: str = "cnn_seed004", *, seeds: int = 1, out: str | Path | None 
 
     `ray` and `jobs` as in `compare`.
     """
-    from fmnist.ablation import ablation_plan
+    from fmnist.experiments.ablate import ablation_plan
 
     plan, _ = ablation_plan(base, seeds)
     out = Path(out) if out else RUNS_ROOT / f"ablate-{base}-{_timestamp()}"
@@ -192,13 +192,13 @@ def sweep(config_file: str | Path | None = None, *, resume: str | Path | None = 
           ray: str | None = None, data: FashionMNIST | None = None, data_dir: str | Path | None = None,
           progress: bool | Any = True, report: bool = True, notify=lambda _message: None,
           **overrides: Any) -> dict[str, Any]:  # fmt: skip
-    """A hyperparameter sweep on Ray Tune (see fmnist.distributed.sweep); returns what sweep.json holds.
+    """A hyperparameter sweep on Ray Tune (see fmnist.experiments.sweep); returns what sweep.json holds.
 
     `config_file`: training keys + [sweep] + [search] (configs/sweep-example.toml); or `resume`
     an interrupted SWEEP_DIR. `ray`: a cluster's HOST:PORT, default a Ray started here ("local").
     `overrides` apply to every trial (max_steps=20, tensorboard=True, ...).
     """
-    from fmnist.distributed.sweep import run_sweep
+    from fmnist.experiments.sweep import run_sweep
 
     return run_sweep(config_file, resume=resume, out=out, ray=ray, data=data, data_dir=data_dir,
                      console=_progress(progress), report=report, notify=notify, overrides=overrides)  # fmt: skip

@@ -18,7 +18,7 @@ from fmnist.constants import FMNIST_MEAN, FMNIST_STD, NUM_CLASSES
 from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed
 from fmnist.device import DEVICES, PRECISIONS
 from fmnist.errors import UsageError
-from fmnist.tta import TTA_LEVELS
+from fmnist.inference.tta import TTA_LEVELS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "onecycle", "cosine")
@@ -48,7 +48,7 @@ class TrainConfig:
     mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha); 0 = off
     cutmix: float = 0.0  # alpha of cutmix's Beta(alpha, alpha); 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
-    tta: str = "none"  # test-time augmentation at evaluation: none, flip, flip-shift (fmnist.tta)
+    tta: str = "none"  # test-time augmentation at evaluation: none, flip, flip-shift (fmnist.inference.tta)
     normalize: bool = True
     mean: float = FMNIST_MEAN
     std: float = FMNIST_STD
@@ -62,7 +62,7 @@ class TrainConfig:
     max_steps: int = 0  # smoke mode: stop after this many optimizer steps; 0 = no limit
     eval_batch_size: int = 1024
     data_dir: str = ""
-    tensorboard: bool = False  # TensorBoard scalars per epoch in RUN_DIR/tensorboard (fmnist.tensorboard)
+    tensorboard: bool = False  # TensorBoard scalars per epoch in RUN_DIR/tensorboard (fmnist.training.tensorboard)
 
     def validate(self) -> TrainConfig:
         from fmnist.models.registry import check_model_args
@@ -224,7 +224,7 @@ def build_config(
 ) -> TrainConfig:
     """Defaults -> the model's own recipe -> a named recipe -> file -> CLI flags, then validated."""
     from fmnist.models.registry import get_recipe
-    from fmnist.recipes import get_recipe as get_named_recipe
+    from fmnist.training.recipes import get_recipe as get_named_recipe
 
     file_values = dict(file_values or {})
     cli_values = {k: v for k, v in (cli_values or {}).items() if v is not None}

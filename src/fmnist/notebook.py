@@ -57,7 +57,7 @@ class Run:
     """A finished run directory: its numbers, its model, and what you can do with them."""
 
     def __init__(self, path: str | Path):
-        from fmnist.runs import read_results
+        from fmnist.training.rundirs import read_results
 
         self.path = Path(path)
         self.results: dict[str, Any] = read_results(self.path)
@@ -72,20 +72,20 @@ class Run:
 
     @cached_property
     def history(self) -> list[dict[str, Any]]:
-        from fmnist.runs import read_history
+        from fmnist.training.rundirs import read_history
 
         return read_history(self.path)
 
     @cached_property
     def config(self):
         from fmnist.config import load_config_file
-        from fmnist.runs import CONFIG_FILE
+        from fmnist.training.rundirs import CONFIG_FILE
 
         return load_config_file(self.path / CONFIG_FILE)
 
     @cached_property
     def _predictor(self):
-        from fmnist.predict import Predictor
+        from fmnist.inference.predict import Predictor
 
         if not self.results.get("checkpoint", True):
             raise FmnistError(f"{self.path}: {self.name} keeps results only; it has no model to predict with")
@@ -97,8 +97,8 @@ class Run:
         return self._predictor.probabilities(images[None] if images.ndim == 2 else images)
 
     def evaluate(self, data_dir: str | Path | None = None):
-        """Score the checkpoint on the test split again: an `fmnist.evaluate.Evaluation`."""
-        from fmnist.evaluate import evaluate_run
+        """Score the checkpoint on the test split again: an `fmnist.inference.evaluate.Evaluation`."""
+        from fmnist.inference.evaluate import evaluate_run
 
         evaluation, _ = evaluate_run(self.path, str(data_dir) if data_dir else None)
         return evaluation
@@ -127,7 +127,7 @@ class Comparison:
     """A finished `compare` (or `ablate`) directory: each model's mean ± std and its runs."""
 
     def __init__(self, path: str | Path):
-        from fmnist.comparison import read_compare
+        from fmnist.experiments.compare import read_compare
 
         self.path = Path(path)
         self.summary: dict[str, Any] = read_compare(self.path)
@@ -151,7 +151,7 @@ class Comparison:
         return write_report(self.path, **options)
 
     def _repr_html_(self) -> str:
-        from fmnist.comparison import ensemble_row_text
+        from fmnist.experiments.compare import ensemble_row_text
 
         rows = []
         for m in self.models:

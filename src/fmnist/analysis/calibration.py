@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fmnist import metrics
+from fmnist.analysis import metrics
 
 # Equal-width confidence bins of the ECE and the reliability diagram, wherever they are computed.
 DEFAULT_BINS = 15

@@ -35,7 +35,7 @@ def ablate_cmd(
 ) -> None:
     """Ablation study (default: seed 004's CNN): each variant's accuracy and Δ vs the full model."""
     from fmnist import api
-    from fmnist.ablation import ABLATION_FILE
+    from fmnist.experiments.ablate import ABLATION_FILE
     from fmnist.fsutil import read_json
     from fmnist.report.text import points, published_pct
 

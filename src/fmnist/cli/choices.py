@@ -6,7 +6,7 @@ from enum import Enum
 
 from fmnist.config import OPTIMIZERS, SCHEDULERS
 from fmnist.device import DEVICES, PRECISIONS
-from fmnist.tta import TTA_LEVELS
+from fmnist.inference.tta import TTA_LEVELS
 
 
 def choice(name: str, values: tuple[str, ...]) -> type[Enum]:

@@ -57,7 +57,7 @@ def compare_cmd(
 
 def print_comparison(comparison, title: str) -> None:
     """The comparison table and where the results are."""
-    from fmnist.comparison import ensemble_row_text
+    from fmnist.experiments.compare import ensemble_row_text
 
     table = Table("model", "params", "size MB", "test accuracy", "best ep", "train s", title=title)
     for m in comparison.models:

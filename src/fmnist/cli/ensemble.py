@@ -27,8 +27,8 @@ def ensemble_cmd(
 ) -> None:
     """Average runs' probabilities into an ensemble; predict, export and serve accept it."""
     from fmnist.data.sources import resolve_dataset
-    from fmnist.ensemble import build_ensemble
     from fmnist.errors import UsageError
+    from fmnist.inference.ensemble import build_ensemble
 
     if validation_only and out is not None:
         raise UsageError("--validation-only writes nothing; drop --out")
@@ -40,7 +40,7 @@ def ensemble_cmd(
         err_console.print(label, markup=False)
 
     if validation_only:
-        from fmnist.ensemble_validation import validate_ensemble
+        from fmnist.inference.ensemble_validation import validate_ensemble
 
         scores = validate_ensemble(run_dirs, dataset=dataset, weighted=weighted, precision=value(precision), step=say)
         table = Table("member", "validation accuracy", "weight", title="Ensemble members (validation)")

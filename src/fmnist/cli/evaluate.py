@@ -18,8 +18,8 @@ def evaluate_cmd(
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Test accuracy, loss, per-class precision/recall/F1 and the most-confused pairs."""
-    from fmnist.evaluate import evaluate_run
     from fmnist.fsutil import atomic_write_json
+    from fmnist.inference.evaluate import evaluate_run
 
     evaluation, info = evaluate_run(run_dir, str(data_dir) if data_dir else None, notify=notify)
     console.print(f"{info['model']}: test accuracy {100 * evaluation.accuracy:.2f}%  loss {evaluation.loss:.4f}  "

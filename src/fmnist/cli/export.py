@@ -28,7 +28,7 @@ def export_cmd(
     data_dir: Path | None = DataDirOption,
 ) -> None:
     """Export to ONNX or TorchScript; checked against PyTorch on test images before writing."""
-    from fmnist.export import ExportPlan
+    from fmnist.inference.export import ExportPlan
 
     plan = ExportPlan(run_dir, value(fmt), int8=int8, out=out, data_dir=str(data_dir) if data_dir else None,
                       notify=notify)  # fmt: skip

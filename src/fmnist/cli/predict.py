@@ -29,7 +29,7 @@ def predict_cmd(
     import numpy as np
 
     from fmnist.data.photos import ImageError, collect_image_paths, load_image
-    from fmnist.predict import Predictor, top_classes
+    from fmnist.inference.predict import Predictor, top_classes
 
     predictor = Predictor(run_dir, backend=value(backend), precision=value(precision))
     paths, problems = collect_image_paths(images)

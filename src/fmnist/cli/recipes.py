@@ -14,7 +14,7 @@ TABLE_MIN_WIDTH = 110
 @app.command("recipes")
 def recipes_cmd() -> None:
     """List the named recipes with their measured accuracy, time and hardware."""
-    from fmnist.recipes import RECIPES, accuracy_label, measured
+    from fmnist.training.recipes import RECIPES, accuracy_label, measured
 
     figures = measured()
 

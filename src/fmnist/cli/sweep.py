@@ -10,7 +10,7 @@ from rich.table import Table
 
 from fmnist.cli.app import app, console, err_console
 from fmnist.cli.data import DataDirOption
-from fmnist.distributed import ADDRESS_ENV, LOCAL
+from fmnist.experiments.ray_runtime import ADDRESS_ENV, LOCAL
 
 RayOption = typer.Option(None, "--ray", metavar="ADDRESS", show_default=False,
                          help=f"Run on Ray: a cluster's head HOST:PORT, or '{LOCAL}' to start a Ray here for this "
@@ -54,7 +54,7 @@ def sweep_cmd(
 
     summary = api.sweep(config, resume=resume, out=out, ray=ray_address(ray), data_dir=data_dir, progress=console,
                         report=not no_report, notify=_notify, max_steps=max_steps, tensorboard=tensorboard)  # fmt: skip
-    from fmnist.distributed.sweep_config import format_metric
+    from fmnist.experiments.sweep_config import format_metric
 
     metric = summary["metric"]
     keys = list(summary["search"])

@@ -16,7 +16,7 @@ from fmnist.cli.sweep import JobsOption, RayOption, ray_address
 from fmnist.config import TrainConfig
 from fmnist.errors import UsageError
 from fmnist.models.cnn import FASTCNN_RECIPE
-from fmnist.results import RunInfo, TrainCallback
+from fmnist.training.results import RunInfo, TrainCallback
 
 
 def recipe_default(key: str) -> str:
@@ -122,7 +122,7 @@ def train_cmd(
         options["model_args"] = {**file_args, **extra_args}
     cfg = api.make_config(model, recipe=recipe, config_file=config, **options)
     if seeds > 1:
-        from fmnist.comparison import ComparePlan, RunSpec
+        from fmnist.experiments.compare import ComparePlan, RunSpec
 
         plan = ComparePlan([RunSpec(cfg.model, cfg.to_dict())], seeds=seeds, title=f"{cfg.model} over {seeds} seeds")
         comparison = api.run_plan(plan, out or api.RUNS_ROOT / f"{cfg.model}-seeds-{api._timestamp()}",
@@ -152,7 +152,7 @@ def _notify(message: str) -> None:
 
 def _with_ctrl_c(train) -> None:
     """Run `train(stop)`: the first Ctrl-C finishes the step, saves and exits 130; a second stops at once."""
-    from fmnist.results import StopSignal
+    from fmnist.training.results import StopSignal
 
     stop = StopSignal()
 

@@ -1,4 +1,4 @@
-"""scikit-learn baselines, registered by name beside the networks (fitted by fmnist.baselines).
+"""scikit-learn baselines, registered by name beside the networks (fitted by fmnist.training.baselines).
 
 Each is an estimator factory whose signature is the model's arguments; `train_size` is read
 by the fitting code (how many training images to fit on; 0 = all), not by the estimator.

@@ -4,7 +4,7 @@ Two kinds of entry share one namespace, so configs, `fmnist compare` and reports
 alike:
 - networks: a builder `fn(**args, num_classes=10) -> Classifier`, trained by gradient descent;
 - baselines: a `BaselineSpec` (scikit-learn estimator factory and what the estimator is),
-  fitted by fmnist.baselines. A linear baseline also has a network form (a Linear layer on
+  fitted by fmnist.training.baselines. A linear baseline also has a network form (a Linear layer on
   the pixels) that holds its coefficients, so its run has an ordinary checkpoint.
 """
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from fmnist import __version__
 from fmnist.analysis.embeddings import resolve_method
-from fmnist.distributed import SWEEP_FILE
-from fmnist.ensemble import is_ensemble_dir
 from fmnist.errors import UsageError
+from fmnist.experiments.sweep_config import SWEEP_FILE
 from fmnist.fsutil import atomic_write_text
+from fmnist.inference.ensemble import is_ensemble_dir
 from fmnist.report.context import ReportContext
 from fmnist.report.document import Bullets, Document, Heading, Section, Text, render_markdown
 from fmnist.report.html import render_html

@@ -16,13 +16,13 @@ import torch
 
 from fmnist.analysis.embeddings import METHOD_NAMES
 from fmnist.analysis.map_worker import Map2D, MapsJob, start_maps
-from fmnist.comparison import COMPARE_FILE, read_compare
 from fmnist.config import read_toml
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError
+from fmnist.experiments.compare import COMPARE_FILE, read_compare
 from fmnist.report.options import ReportOptions
-from fmnist.runs import CONFIG_FILE, RESULTS_FILE, read_history, read_results
+from fmnist.training.rundirs import CONFIG_FILE, RESULTS_FILE, read_history, read_results
 
 FIGURES_DIR = "figures"
 ABLATION_FILE = "ablation.json"
@@ -147,7 +147,7 @@ class EnsembleEntry:
 
 def load_ensembles(folder: Path, compare: dict[str, Any] | None) -> list[EnsembleEntry]:
     """A compare's ensembles, or the one ensemble when `folder` is an ensemble directory."""
-    from fmnist.ensemble import is_ensemble_dir
+    from fmnist.inference.ensemble import is_ensemble_dir
 
     folder = Path(folder)
     if compare is None:
@@ -237,7 +237,7 @@ class ReportContext:
 
     def predictions(self, run: Run):
         """RunPredictions for `run`, or None with the reason in prediction_problems[run.name]."""
-        from fmnist.analysis.predictions import predict_run
+        from fmnist.inference.predictions import predict_run
 
         if run.name in self._predictions:
             return self._predictions[run.name]
@@ -264,7 +264,7 @@ class ReportContext:
         """Accuracy and loss of `run`'s network with its starting weights, or None (no network or
         no predictions). Scored on a class-stratified BASELINE_IMAGES: an untrained network sits
         near 10% whatever the sample, and this measures it to about a point at a fraction of the cost."""
-        from fmnist.analysis.predictions import random_baseline
+        from fmnist.inference.predictions import random_baseline
 
         preds = self.predictions(run)
         if run.classical or preds is None:
@@ -283,7 +283,7 @@ class ReportContext:
         The sections' figures are Python on one core; t-SNE, in its own interpreter, uses the
         other. Started after the last torch call, the maps never compete with torch's threads.
         """
-        from fmnist.analysis.predictions import extract_features
+        from fmnist.inference.predictions import extract_features
 
         jobs, names = [], []
         for run in self.detail_runs:

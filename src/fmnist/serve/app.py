@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from fmnist import __version__
-from fmnist.predict import Predictor, softmax, top_classes
+from fmnist.inference.predict import Predictor, softmax, top_classes
 from fmnist.serve import assets, schemas
 from fmnist.serve.batching import DecodePool, InferenceQueue, ServerBusy
 from fmnist.serve.inputs import ApiError, parse_images

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from fmnist import metrics
+from fmnist.analysis import metrics
 from fmnist.constants import CLASS_NAMES
 from fmnist.models.baselines import PAPER_BENCHMARK
 from fmnist.report import figures

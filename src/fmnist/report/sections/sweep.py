@@ -18,8 +18,7 @@ from matplotlib.colors import to_hex
 from matplotlib.ticker import PercentFormatter
 
 from fmnist import __version__
-from fmnist.distributed import BEST_FILE, SWEEP_FILE
-from fmnist.distributed.sweep_config import format_metric
+from fmnist.experiments.sweep_config import BEST_FILE, SWEEP_FILE, format_metric
 from fmnist.fsutil import atomic_write_text, read_json
 from fmnist.report import figures  # first: it selects matplotlib's headless backend
 from fmnist.report.document import Document, Image, Note, Section, Table, Takeaway, Text, render_markdown

@@ -1,7 +1,7 @@
 """`fmnist sweep`: a hyperparameter search on Ray Tune whose trials are ordinary fmnist runs.
 
-The driver checks the config (fmnist.distributed.sweep_config), loads and checks the data,
-starts or joins Ray, ships the data once, and lets Tune run `fmnist.distributed.trial.run_trial`
+The driver checks the config (fmnist.experiments.sweep_config), loads and checks the data,
+starts or joins Ray, ships the data once, and lets Tune run `fmnist.experiments.sweep_trial.run_trial`
 for each sampled config, with ASHA stopping weak trials early. Trials write their run
 directories straight into the sweep folder; Tune keeps its experiment state and each trial's
 epoch checkpoints under SWEEP_DIR/ray. At the end (or on Ctrl-C) the driver writes sweep.json
@@ -20,20 +20,22 @@ from typing import Any
 
 from fmnist import __version__
 from fmnist.data.dataset import FashionMNIST
-from fmnist.distributed import (
+from fmnist.errors import INTERRUPTED, DataError, FmnistError, UsageError
+from fmnist.experiments.ray_runtime import LOCAL, require_ray
+from fmnist.experiments.sweep_config import (
     BEST_FILE,
-    LOCAL,
     SPEC_FILE,
     SWEEP_FILE,
     TRIALS_DIR,
     TUNE_DIR,
-    require_ray,
+    SweepSpec,
+    format_metric,
+    plain_value,
+    read_sweep,
 )
-from fmnist.distributed.sweep_config import SweepSpec, format_metric, plain_value, read_sweep
-from fmnist.distributed.trial import trial_name
-from fmnist.errors import INTERRUPTED, DataError, FmnistError, UsageError
+from fmnist.experiments.sweep_trial import trial_name
 from fmnist.fsutil import atomic_write_json, atomic_write_text, read_json
-from fmnist.runs import CONFIG_FILE, RESULTS_FILE, read_history
+from fmnist.training.rundirs import CONFIG_FILE, RESULTS_FILE, read_history
 
 # Tune's CSV and TensorBoard result logs would repeat what every run directory holds (and show
 # up twice in `tensorboard --logdir SWEEP_DIR`); fmnist's progress display replaces its console output.
@@ -109,8 +111,8 @@ def _tuner(spec: SweepSpec, sweep_dir: Path, trainable: Any, resume: bool) -> An
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from fmnist.distributed.progress import SweepEvents
-    from fmnist.distributed.trial import trial_dirname
+    from fmnist.experiments.sweep_progress import SweepEvents
+    from fmnist.experiments.sweep_trial import trial_dirname
 
     if resume:
         return tune.Tuner.restore(str(sweep_dir / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True)
@@ -149,7 +151,7 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
     else:
         spec = read_sweep(Path(config_file), overrides)  # every check, before Ray or the data
     require_ray()
-    from fmnist.distributed.ray_runtime import RaySession, dataset_digests, ship_dataset
+    from fmnist.experiments.ray_runtime import RaySession, dataset_digests, ship_dataset
 
     dataset = data or load_data(data_dir or spec.base_config.data_dir or None, notify=notify)
     digests = dataset_digests(dataset)
@@ -168,8 +170,8 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
     if resume is None:
         write_sweep_json(sweep_dir, spec, [], {}, meta)  # from the start: it records the data a resume must match
 
-    from fmnist.distributed.progress import SweepDisplay, listening
-    from fmnist.distributed.trial import run_trial
+    from fmnist.experiments.sweep_progress import SweepDisplay, listening
+    from fmnist.experiments.sweep_trial import run_trial
 
     with RaySession(ray or LOCAL, notify=notify), _env(TUNE_ENV):
         from ray import tune
@@ -201,7 +203,7 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
 
 
 def _trial_entry(spec: SweepSpec, sweep_dir: Path, trial: Any, outcome: dict[str, str]) -> dict[str, Any]:
-    from fmnist.distributed.progress import failure_reason
+    from fmnist.experiments.sweep_progress import failure_reason
 
     name, metric = trial_name(trial.trial_id), spec.settings.metric
     run_dir = sweep_dir / TRIALS_DIR / name

@@ -2,8 +2,8 @@
 
 `Predictor` hides the backend: PyTorch eager (the checkpoint itself) or ONNX Runtime (the run's
 exported model.onnx when it matches the checkpoint, else an export made in memory). Both apply
-the run's normalisation (fmnist.data.normalize) and test-time augmentation (fmnist.tta), so
-they answer alike. An ensemble directory (fmnist.ensemble) loads the same way.
+the run's normalisation (fmnist.data.normalize) and test-time augmentation (fmnist.inference.tta), so
+they answer alike. An ensemble directory (fmnist.inference.ensemble) loads the same way.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmnist.checkpoint import normalization, tta_settings
 from fmnist.constants import IMAGE_SIZE
 from fmnist.data.normalize import normalize
 from fmnist.device import resolve_precision
 from fmnist.errors import UsageError
+from fmnist.inference.checkpoint import normalization, tta_settings
 
 BACKENDS = ("torch", "onnx")
 
@@ -40,7 +40,7 @@ class Predictor:
     """A loaded run or ensemble ready for inference. Not thread-safe: give each thread its own, or serialise calls."""
 
     def __init__(self, run_dir: Path, backend: str = "torch", threads: int | None = None, precision: str = "auto"):
-        from fmnist.ensemble import load_inference_model
+        from fmnist.inference.ensemble import load_inference_model
 
         if backend not in BACKENDS:
             raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -55,7 +55,7 @@ class Predictor:
         self.onnx_source = ""
         self._session = None
         if backend == "onnx":
-            from fmnist.export import onnx_for_run, onnx_session
+            from fmnist.inference.export import onnx_for_run, onnx_session
 
             blob, self.onnx_source = onnx_for_run(self.run_dir, self.model, self.meta)
             self._session = onnx_session(blob, threads=threads)
@@ -85,7 +85,7 @@ class Predictor:
                 for i in range(0, len(images), batch_size)
             ]
             return np.concatenate(parts).astype(np.float32, copy=False)
-        from fmnist.evaluate import predict
+        from fmnist.inference.evaluate import predict
 
         x = normalize(images, self.mean, self.std)
         return predict(self.model, x, batch_size=batch_size, precision=self.precision, **tta_settings(self.meta)).numpy()
@@ -95,7 +95,7 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """What /model and `predict --json` report about the loaded run (never a server path)."""
-        from fmnist.ensemble import tta_summary
+        from fmnist.inference.ensemble import tta_summary
 
         extra = self.meta.get("extra", {}) or {}
         return {

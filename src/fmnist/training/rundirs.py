@@ -5,7 +5,7 @@
       environment.json   versions of Python, torch, numpy, fmnist; device; precision; host CPU
       metrics.jsonl      one JSON object per finished epoch
       model.safetensors  best-by-validation weights
-      model.json         how to rebuild the model (see fmnist.checkpoint)
+      model.json         how to rebuild the model (see fmnist.inference.checkpoint)
       results.json       summary: model, params, test accuracy/loss, best epoch, timings, data
 """
 
@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from fmnist import __version__
-from fmnist.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
 from fmnist.config import TrainConfig
 from fmnist.device import cpu_isa, cpu_model, hardware_isa
 from fmnist.errors import FmnistError, RunLockedError, UsageError
 from fmnist.fsutil import append_line, atomic_write_json, atomic_write_text, read_json
-from fmnist.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
+from fmnist.inference.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
+from fmnist.training.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
@@ -150,11 +150,11 @@ class RunDirWriter(TrainCallback):
 def train_into(config: TrainConfig, run_dir: Path, dataset: Any, callbacks: list[TrainCallback] | tuple = (), *,
                resume: bool = False, stop: StopSignal | None = None) -> RunResult:  # fmt: skip
     """Train `config` into the prepared `run_dir` (locked meanwhile): the run path every command shares."""
-    from fmnist.trainer import fit
+    from fmnist.training.trainer import fit
 
     callbacks = [*callbacks, RunDirWriter(run_dir)]
     if config.tensorboard:
-        from fmnist.tensorboard import TensorBoardWriter
+        from fmnist.training.tensorboard import TensorBoardWriter
 
         callbacks.append(TensorBoardWriter(run_dir))
     with RunLock(run_dir):
@@ -188,7 +188,7 @@ def result_from_dir(run_dir: Path, config: TrainConfig) -> RunResult:
 
     What a run trained in another process (a Ray task, a --jobs worker) hands back to the caller.
     """
-    from fmnist.evaluate import Evaluation
+    from fmnist.inference.evaluate import Evaluation
 
     s = read_results(run_dir)
     test = Evaluation(s["test_accuracy"], s["test_loss"], s["confusion"], s["per_class"], s["most_confused"],

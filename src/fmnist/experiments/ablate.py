@@ -6,7 +6,7 @@ convolution off, the fully connected layer halved, ...) plus "no input normalisa
 `cnn_seed004` they are exactly seed 004's ablation (full, no dropout, single conv, FC 128->64,
 no normalisation), trained with that study's set-up, and its published table is shown beside.
 
-Built on fmnist.comparison: an ablation directory is a compare directory plus ablation.json.
+Built on fmnist.experiments.compare: an ablation directory is a compare directory plus ablation.json.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fmnist.comparison import ComparePlan, Executor, RunSpec, run_compare
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
+from fmnist.experiments.compare import ComparePlan, Executor, RunSpec, run_compare
 from fmnist.fsutil import atomic_write_json
 from fmnist.models.registry import get_entry, get_recipe
-from fmnist.results import RunResult, TrainCallback
+from fmnist.training.results import RunResult, TrainCallback
 
 ABLATION_FILE = "ablation.json"
 REFERENCE = "full"

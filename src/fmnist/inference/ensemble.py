@@ -12,7 +12,7 @@ An ensemble directory holds
 contract as a single model's ONNX file). Inside, each member gets the input re-normalised to
 its own mean/std and runs with its own test-time augmentation; the module returns the log of
 the weighted mean probability, so softmax gives the mean back and argmax is the ensemble's
-answer. `fmnist.predict.Predictor` and `fmnist.export` take an ensemble directory wherever
+answer. `fmnist.inference.predict.Predictor` and `fmnist.inference.export` take an ensemble directory wherever
 they take a run directory. Grad-CAM has no single network to explain, so ensembles have none.
 """
 
@@ -32,9 +32,9 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from fmnist import __version__
-from fmnist.checkpoint import checkpoint_folder, load_checkpoint, normalization, tta_settings, with_tta
 from fmnist.errors import CheckpointError, UsageError
 from fmnist.fsutil import read_json
+from fmnist.inference.checkpoint import checkpoint_folder, load_checkpoint, normalization, tta_settings, with_tta
 from fmnist.models.base import Classifier
 
 MANIFEST_FILE = "ensemble.json"
@@ -125,7 +125,7 @@ def member_weights(members: list[Member], weighted: bool) -> list[float]:
     """Equal weights, or each member's best validation accuracy, normalised to sum to 1."""
     if not weighted:
         return [1.0 / len(members)] * len(members)
-    from fmnist.runs import read_results
+    from fmnist.training.rundirs import read_results
 
     raw = []
     for m in members:
@@ -200,7 +200,7 @@ def load_ensemble(path: Path, device: str | torch.device = "cpu") -> tuple[Ensem
     described = [{"model": m.meta["model"], "tta": m.meta["tta"], "weight": e["weight"]} for m, e in pairs]
     # What identifies the graph: each member's weights, TTA and normalisation, and the weight given it.
     identity = [[m.meta["weights_sha256"], m.meta["tta"], normalization(m.meta), e["weight"]] for m, e in pairs]
-    from fmnist.runs import RESULTS_FILE
+    from fmnist.training.rundirs import RESULTS_FILE
 
     results_path = folder / RESULTS_FILE
     results = read_json(results_path) if results_path.is_file() else {}
@@ -246,7 +246,7 @@ def member_probabilities(members: list[Member], images: np.ndarray, precision: s
     `tta` scores every member at that level instead of its own (benchmarks/ensemble_tta.py).
     """
     from fmnist.data.normalize import normalize
-    from fmnist.evaluate import predict
+    from fmnist.inference.evaluate import predict
 
     out = []
     for i, m in enumerate(members, 1):
@@ -297,10 +297,10 @@ def build_ensemble(
     """
     from fmnist.analysis.calibration import DEFAULT_BINS, calibration
     from fmnist.device import resolve_precision
-    from fmnist.ensemble_validation import score_validation
-    from fmnist.evaluate import evaluate_logits
     from fmnist.fsutil import atomic_write_bytes, atomic_write_json
-    from fmnist.runs import RESULTS_FILE, prepare_run_dir
+    from fmnist.inference.ensemble_validation import score_validation
+    from fmnist.inference.evaluate import evaluate_logits
+    from fmnist.training.rundirs import RESULTS_FILE, prepare_run_dir
 
     members = members_of(run_dirs, device)
     out_dir = Path(out_dir)
@@ -337,7 +337,7 @@ def build_ensemble(
         "fixed": int((ensemble_right & ~best_right).sum()),  # the best member wrong, the ensemble right
         "introduced": int((~ensemble_right & best_right).sum()),
         "pairwise_disagreement": _pairwise_disagreement(member_predicted),
-        "validation": validation,  # the same members on their shared validation split (fmnist.ensemble_validation)
+        "validation": validation,  # the same members on their shared validation split (fmnist.inference.ensemble_validation)
         "device": device,
         "precision": precision,
         "data": dataset.provenance.to_dict(),

@@ -17,15 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fmnist.checkpoint import META_FILE
-from fmnist.distributed import TRIALS_DIR
-from fmnist.distributed.ray_runtime import ShippedDataset, pin_threads, receive_dataset
-from fmnist.distributed.sweep_config import SweepSpec
 from fmnist.errors import FmnistError
+from fmnist.experiments.ray_runtime import ShippedDataset, pin_threads, receive_dataset
+from fmnist.experiments.sweep_config import TRIALS_DIR, SweepSpec
 from fmnist.fsutil import atomic_write_json, read_json
-from fmnist.results import EpochRecord, RunInfo, TrainCallback
-from fmnist.runs import RESULTS_FILE, prepare_run_dir, train_into
-from fmnist.state import STATE_META, clear_state
+from fmnist.inference.checkpoint import META_FILE
+from fmnist.training.results import EpochRecord, RunInfo, TrainCallback
+from fmnist.training.rundirs import RESULTS_FILE, prepare_run_dir, train_into
+from fmnist.training.state import STATE_META, clear_state
 
 CHECKPOINT_INFO = "fmnist-trial.json"  # in each Tune checkpoint: which epoch's state it holds
 WEIGHTS_FILE = "model.safetensors"

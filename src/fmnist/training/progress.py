@@ -12,7 +12,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fmnist.results import EpochRecord, RunInfo, RunResult, TrainCallback
+from fmnist.training.results import EpochRecord, RunInfo, RunResult, TrainCallback
 
 # Redrawing more often than this costs more than it tells on a 2-core CPU.
 REFRESH_SECONDS = 0.25

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,30 @@ import numpy as np
 from fmnist.constants import IDX_FILES
 from fmnist.data.dataset import FashionMNIST, Provenance
 from fmnist.data.idx import encode_idx
-from fmnist.distributed import LOCAL, require_ray
 from fmnist.errors import DataError, FmnistError, first_line
+
+INSTALL_HINT = "pip install 'fmnist[ray]'"
+LOCAL = "local"  # --ray local: start a Ray on this machine for the duration of the command
+ADDRESS_ENV = "RAY_ADDRESS"
+
+
+class RayMissingError(FmnistError):
+    """Ray (the `ray` extra) is not installed."""
+
+
+def require_ray() -> ModuleType:
+    """The `ray` module, or a one-line error naming the install command.
+
+    Ray is an optional extra. Nothing in fmnist imports it at module level, so `fmnist` without
+    `--ray` or `sweep` never loads it; this is the one place that does.
+    """
+    try:
+        import ray
+        import ray.tune  # noqa: F401  (the extra is ray[tune]; plain ray lacks Tune's dependencies)
+    except ImportError:
+        raise RayMissingError(f"this needs Ray, an optional extra of fmnist: {INSTALL_HINT}") from None
+    return ray
+
 
 TEMP_PREFIX = "fmnist-ray-"  # kept short: Ray's socket paths live under it and Unix caps them at 107 bytes
 AUTH_MODE_ENV = "RAY_AUTH_MODE"

@@ -38,6 +38,19 @@ import tomli_w
 from fmnist.config import FIELD_TYPES, TrainConfig, build_config, read_toml
 from fmnist.errors import UsageError
 
+# A sweep directory:
+#   sweep.toml        the sweep config as given (what --resume reads)
+#   sweep.json        every trial: config, metrics per epoch, why it stopped; the best trial
+#   best.toml         the best trial's full config, for `fmnist train --config best.toml`
+#   trials/trial-NNN/ one ordinary fmnist run directory per trial (resumable)
+#   ray/              Ray Tune's experiment state and each trial's epoch checkpoints
+#   report.md, report.html, figures/
+SWEEP_FILE = "sweep.json"
+SPEC_FILE = "sweep.toml"
+BEST_FILE = "best.toml"
+TRIALS_DIR = "trials"
+TUNE_DIR = "ray"
+
 METRICS = {"val_accuracy": "max", "val_loss": "min", "train_accuracy": "max", "train_loss": "min"}
 SCHEDULERS = ("asha", "none")
 SEARCH_KINDS = ("choice", "uniform", "loguniform", "randint", "grid")

@@ -31,17 +31,17 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from fmnist.comparison import MakeCallbacks, OnResult, PlannedRun
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import FmnistError, UsageError, first_line
-from fmnist.progress import epoch_line
-from fmnist.results import EpochRecord, TrainCallback
-from fmnist.runs import prepare_run_dir, read_results, result_from_dir, train_into
+from fmnist.experiments.compare import MakeCallbacks, OnResult, PlannedRun
+from fmnist.training.progress import epoch_line
+from fmnist.training.results import EpochRecord, TrainCallback
+from fmnist.training.rundirs import prepare_run_dir, read_results, result_from_dir, train_into
 
 STOP_SECONDS = 10.0  # how long a worker may take to end after SIGTERM before it is killed
 PARENT_CHECK_SECONDS = 1.0  # how soon a worker notices that its parent died without stopping it
-WORKER_COMMAND = "from fmnist.parallel import worker_main; worker_main()"
+WORKER_COMMAND = "from fmnist.experiments.jobs import worker_main; worker_main()"
 
 
 def threads_per_job(jobs: int, threads: int | None = None) -> int:

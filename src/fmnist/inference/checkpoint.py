@@ -24,7 +24,7 @@ from fmnist.constants import CLASS_NAMES
 from fmnist.data.normalize import blank_value
 from fmnist.errors import CheckpointError, FmnistError, UsageError
 from fmnist.fsutil import atomic_write_bytes, atomic_write_json
-from fmnist.tta import TTA_LEVELS, TestTimeAugmentation, tta_level
+from fmnist.inference.tta import TTA_LEVELS, TestTimeAugmentation, tta_level
 
 FORMAT = "fmnist-checkpoint"
 FORMAT_VERSION = 1
@@ -39,7 +39,7 @@ class CheckpointMeta:
     mean: float
     std: float
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
-    tta: str = "none"  # test-time augmentation level (fmnist.tta)
+    tta: str = "none"  # test-time augmentation level (fmnist.inference.tta)
     params: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. test accuracy, data provenance
 
@@ -129,12 +129,12 @@ def normalization(meta: dict[str, Any]) -> tuple[float, float]:
 
 
 def tta_settings(meta: dict[str, Any]) -> dict[str, Any]:
-    """`fmnist.evaluate.predict`'s `tta` and `blank` arguments for what a checkpoint records."""
+    """`fmnist.inference.evaluate.predict`'s `tta` and `blank` arguments for what a checkpoint records."""
     return {"tta": tta_level(meta), "blank": blank_value(*normalization(meta))}
 
 
 def with_tta(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
-    """The model as its checkpoint says to run it: averaged over its TTA views (fmnist.tta)."""
+    """The model as its checkpoint says to run it: averaged over its TTA views (fmnist.inference.tta)."""
     settings = tta_settings(meta)
     return TestTimeAugmentation(model, settings["tta"], settings["blank"]).eval()
 

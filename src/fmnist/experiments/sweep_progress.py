@@ -21,10 +21,10 @@ from ray.tune.experiment import Trial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from fmnist.distributed.ray_runtime import task_error
-from fmnist.distributed.sweep_config import METRICS, SweepSpec, format_metric
-from fmnist.distributed.trial import trial_name
-from fmnist.progress import PLAIN_WIDTH, REFRESH_SECONDS, is_live
+from fmnist.experiments.ray_runtime import task_error
+from fmnist.experiments.sweep_config import METRICS, SweepSpec, format_metric
+from fmnist.experiments.sweep_trial import trial_name
+from fmnist.training.progress import PLAIN_WIDTH, REFRESH_SECONDS, is_live
 
 
 def format_values(values: dict[str, Any]) -> str:

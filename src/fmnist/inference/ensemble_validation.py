@@ -19,9 +19,9 @@ import torch
 
 from fmnist.data.splits import saved_holdout, stratified_split
 from fmnist.device import resolve_precision
-from fmnist.ensemble import Member, member_probabilities, member_weights, members_of, score_members
 from fmnist.errors import UsageError
-from fmnist.runs import CONFIG_FILE
+from fmnist.inference.ensemble import Member, member_probabilities, member_weights, members_of, score_members
+from fmnist.training.rundirs import CONFIG_FILE
 
 
 def _holdout(member: Member) -> tuple[int, int] | str:

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmnist import metrics
-from fmnist.checkpoint import load_checkpoint
+from fmnist.analysis import metrics
 from fmnist.data.normalize import blank_value, normalize
-from fmnist.evaluate import predict, predict_checkpoint
-from fmnist.tta import tta_level
+from fmnist.inference.checkpoint import load_checkpoint
+from fmnist.inference.evaluate import predict, predict_checkpoint
+from fmnist.inference.tta import tta_level
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fmnist.results import EpochRecord, RunInfo, RunResult, TrainCallback
+from fmnist.training.results import EpochRecord, RunInfo, RunResult, TrainCallback
 
 TENSORBOARD_DIR = "tensorboard"
 # Tag -> EpochRecord field. "loss/..." and "accuracy/..." group train and validation in one card.

@@ -15,21 +15,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fmnist.comparison import MakeCallbacks, OnResult, PlannedRun
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
-from fmnist.distributed import require_ray
-from fmnist.distributed.ray_runtime import (
+from fmnist.errors import FmnistError
+from fmnist.experiments.compare import MakeCallbacks, OnResult, PlannedRun
+from fmnist.experiments.ray_runtime import (
     RaySession,
     ShippedDataset,
     pin_threads,
     receive_dataset,
+    require_ray,
     ship_dataset,
     task_error,
 )
-from fmnist.errors import FmnistError
 from fmnist.fsutil import atomic_write_bytes
-from fmnist.runs import LOCK_FILE, RunLock, prepare_run_dir, read_results, result_from_dir, train_into
+from fmnist.training.rundirs import LOCK_FILE, RunLock, prepare_run_dir, read_results, result_from_dir, train_into
 
 # A task whose worker dies is run again from the start (its scratch folder died with it);
 # the run is deterministic, so the retry gives the same result.

@@ -1,6 +1,6 @@
 """Fitting scikit-learn baselines (logistic regression, linear and RBF SVC, random forest).
 
-`fit_baseline(config, dataset, callbacks)` is what `fmnist.trainer.fit` calls for a baseline:
+`fit_baseline(config, dataset, callbacks)` is what `fmnist.training.trainer.fit` calls for a baseline:
 same validation split, same test evaluation, same callbacks and `RunResult` as a network,
 so `fmnist compare` and the report place these models beside the networks.
 
@@ -19,18 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmnist import metrics
+from fmnist.analysis import metrics
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.normalize import normalize
 from fmnist.data.splits import stratified_split, stratified_subsample
 from fmnist.device import cpu_isa
 from fmnist.errors import UsageError
-from fmnist.evaluate import evaluate_logits
+from fmnist.inference.evaluate import evaluate_logits
 from fmnist.models.base import Classifier
 from fmnist.models.registry import BaselineSpec, create_model, get_entry
-from fmnist.results import EpochRecord, RunInfo, RunResult, TrainCallback
 from fmnist.seeding import seed_everything
+from fmnist.training.results import EpochRecord, RunInfo, RunResult, TrainCallback
 
 # Scoring an SVC costs as much as fitting it: training metrics use at most this many images.
 TRAIN_EVAL = 5000

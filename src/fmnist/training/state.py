@@ -161,8 +161,8 @@ def save_trainer(trainer: Any) -> None:
 
 def restore_trainer(trainer: Any) -> None:
     """Load `trainer.state_dir`'s state into `trainer`; the config and data must be the saved ones."""
-    from fmnist.results import EpochRecord
-    from fmnist.trainer import BestKey, EpochSums
+    from fmnist.training.results import EpochRecord
+    from fmnist.training.trainer import BestKey, EpochSums
 
     folder = trainer.state_dir
     tensors, meta = load_state(folder)

@@ -2,9 +2,9 @@
 
     runs/compare-<timestamp>/
       compare.json      what was run and each run's summary
-      <name>/ or <name>-seed<k>/   one run directory each (see fmnist.runs)
+      <name>/ or <name>-seed<k>/   one run directory each (see fmnist.training.rundirs)
       ensembles/<name>/            with --ensemble or [[ensembles]]: one ensemble directory each
-                                   (see fmnist.ensemble), built here from the run directories
+                                   (see fmnist.inference.ensemble), built here from the run directories
       report.md, figures/          written by fmnist.report
 """
 
@@ -22,8 +22,8 @@ from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import FmnistError, UsageError
 from fmnist.fsutil import atomic_write_json, read_json
 from fmnist.models.registry import get_entry
-from fmnist.results import RunResult, TrainCallback
-from fmnist.runs import RunLock, prepare_run_dir, train_into
+from fmnist.training.results import RunResult, TrainCallback
+from fmnist.training.rundirs import RunLock, prepare_run_dir, train_into
 
 COMPARE_FILE = "compare.json"
 ENSEMBLES_DIR = "ensembles"
@@ -219,7 +219,7 @@ def summarize(name: str, results: list[dict[str, Any]]) -> dict[str, Any]:
 MakeCallbacks = Callable[[str, TrainConfig], list[TrainCallback]]
 OnResult = Callable[[str, RunResult], None]
 # Trains planned runs into their folders under the compare directory; returns each run's
-# results.json, in plan order. The default trains here, one after another; fmnist.distributed
+# results.json, in plan order. The default trains here, one after another; fmnist.experiments.ray_runtime
 # has one that runs them as Ray tasks.
 Executor = Callable[[list[PlannedRun], Path, FashionMNIST, MakeCallbacks, OnResult], list[dict[str, Any]]]
 
@@ -271,7 +271,7 @@ def build_planned_ensemble(planned: PlannedEnsemble, out_dir: Path, dataset: Fas
     the row instead: the runs it would average are already trained and must still be summarised.
     """
     from fmnist.device import resolve_device
-    from fmnist.ensemble import build_ensemble
+    from fmnist.inference.ensemble import build_ensemble
 
     members = [{"name": run.spec_name, "run_dir": run.run_name, "seed": run.config.seed, "model": run.config.model}
                for run in planned.members]  # fmt: skip

@@ -1,7 +1,7 @@
 """Export a run or an ensemble to ONNX or TorchScript, checked against PyTorch before writing.
 
 The exported graph takes normalised float32 (N,1,28,28) with a dynamic batch size and returns
-logits (N,10). The run's test-time augmentation (fmnist.tta, every level) is part of the graph,
+logits (N,10). The run's test-time augmentation (fmnist.inference.tta, every level) is part of the graph,
 as is an ensemble's averaging, so an exported model answers exactly as `fmnist evaluate` does.
 Class names, normalisation and the checkpoint's sha256 travel inside the file (ONNX
 metadata_props; TorchScript extra file `fmnist.json`).
@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from fmnist import __version__
-from fmnist.checkpoint import normalization, tta_settings, with_tta
 from fmnist.constants import IMAGE_SIZE
 from fmnist.data.normalize import normalize
 from fmnist.errors import FmnistError, UsageError
 from fmnist.fsutil import atomic_write_bytes
+from fmnist.inference.checkpoint import normalization, tta_settings, with_tta
 
 FORMATS = ("onnx", "torchscript")
 ONNX_FILE = "model.onnx"
@@ -47,7 +47,7 @@ CALIBRATION_IMAGES = 1024
 
 def file_metadata(meta: dict[str, Any], quantization: str = "none") -> dict[str, str]:
     """The facts a consumer needs to use the file without fmnist, as strings."""
-    from fmnist.ensemble import tta_summary
+    from fmnist.inference.ensemble import tta_summary
 
     extra = meta.get("extra", {}) or {}
     return {
@@ -59,7 +59,7 @@ def file_metadata(meta: dict[str, Any], quantization: str = "none") -> dict[str,
         "fmnist.normalization": json.dumps(meta["normalization"]),
         "fmnist.input": "float32 (N,1,28,28) = (pixel/255 - mean) / std; light item on black, 28x28 like Fashion-MNIST",
         "fmnist.output": "float32 (N,classes) logits; softmax gives probabilities",
-        "fmnist.tta": tta_summary(meta),  # in the graph
+        "fmnist.inference.tta": tta_summary(meta),  # in the graph
         "fmnist.weights_sha256": meta.get("weights_sha256", ""),
         "fmnist.test_accuracy": json.dumps(extra.get("test_accuracy")),
         "fmnist.quantization": quantization,
@@ -257,7 +257,7 @@ class ExportPlan:
 
     def __init__(self, run_dir: Path, fmt: str, *, int8: bool = False, out: Path | None = None,
                  data_dir: str | None = None, notify: Callable[[str], None] = lambda _: None):  # fmt: skip
-        from fmnist.ensemble import load_inference_model
+        from fmnist.inference.ensemble import load_inference_model
 
         if fmt not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -296,7 +296,7 @@ class ExportPlan:
         self.n = min(CHECK_IMAGES, len(self.test_x))
 
     def _reference(self) -> None:
-        from fmnist.evaluate import predict
+        from fmnist.inference.evaluate import predict
 
         # fp32 on purpose: `predict` would pick bf16 on AMX CPUs, and the check is against float32.
         x = torch.from_numpy(self.test_x[: self.n])
@@ -324,7 +324,7 @@ class ExportPlan:
                 f"{fmt} export disagrees with PyTorch on {n} test images (max |logit diff| {max_diff:.2e}, "
                 f"top-1 agreement {100 * agreement:.2f}%); not written"
             )
-        from fmnist.ensemble import tta_summary
+        from fmnist.inference.ensemble import tta_summary
 
         self.report = {
             "format": fmt, "file": str(self.out), "model": self.meta["model"], "check_images": n,

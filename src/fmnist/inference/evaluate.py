@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmnist import metrics
+from fmnist.analysis import metrics
 from fmnist.constants import CLASS_NAMES
 from fmnist.data.normalize import blank_value, normalize
 from fmnist.device import autocast_context, resolve_precision
+from fmnist.inference.tta import TestTimeAugmentation, tta_level
 from fmnist.models.base import Classifier
-from fmnist.tta import TestTimeAugmentation, tta_level
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -39,7 +39,7 @@ def predict(
 
     `precision` "auto" uses bf16 autocast where the hardware computes it natively (as
     training does), so `fmnist evaluate` reproduces the accuracy recorded at training time on
-    the same machine. `tta` averages the logits over views of each image (fmnist.tta);
+    the same machine. `tta` averages the logits over views of each image (fmnist.inference.tta);
     `blank` is a black pixel's normalised value, which shifted views fill in.
     """
     was_training = model.training
@@ -110,8 +110,8 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, class_names=CLAS
 
 def evaluate_run(run_dir: Path, data_dir: str | None = None, notify=lambda _: None) -> tuple[Evaluation, dict]:
     """Load a run's checkpoint and score it on the test split of the dataset it names."""
-    from fmnist.checkpoint import load_checkpoint
     from fmnist.data.sources import resolve_dataset
+    from fmnist.inference.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(run_dir)
     dataset = resolve_dataset(data_dir, notify=notify)

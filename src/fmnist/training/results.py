@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from fmnist.config import TrainConfig
-from fmnist.evaluate import Evaluation
+from fmnist.inference.evaluate import Evaluation
 from fmnist.models.base import Classifier
 
 

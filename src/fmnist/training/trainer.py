@@ -1,6 +1,6 @@
 """Training: `fit(config) -> RunResult` for every registered model. No printing; callbacks report progress.
 
-Networks train in a `Trainer`; scikit-learn baselines are fitted by fmnist.baselines. Both
+Networks train in a `Trainer`; scikit-learn baselines are fitted by fmnist.training.baselines. Both
 give callbacks a `RunInfo` at the start, an `EpochRecord` per epoch and a `RunResult` at
 the end, so nothing downstream asks which kind of model it has.
 
@@ -30,13 +30,13 @@ from fmnist.data.normalize import blank_value, normalize
 from fmnist.data.splits import stratified_split
 from fmnist.device import autocast_context, cpu_isa, enable_determinism, resolve_device, resolve_precision
 from fmnist.errors import INTERRUPTED, FmnistError, UsageError
-from fmnist.evaluate import evaluate_logits, predict
+from fmnist.inference.evaluate import evaluate_logits, predict
 from fmnist.models.base import Classifier
 from fmnist.models.registry import count_parameters, create_model, get_entry, model_size_mb
-from fmnist.optim import WeightAverage, make_optimizer, make_schedule
-from fmnist.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
 from fmnist.seeding import seed_everything
-from fmnist.state import clear_state, has_state, restore_trainer, save_trainer
+from fmnist.training.optim import WeightAverage, make_optimizer, make_schedule
+from fmnist.training.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
+from fmnist.training.state import clear_state, has_state, restore_trainer, save_trainer
 
 
 class TrainingInterrupted(FmnistError):
@@ -276,7 +276,7 @@ def fit(config: TrainConfig, dataset: FashionMNIST | None = None, callbacks: Seq
 
         dataset = resolve_dataset(config.data_dir or None)
     if get_entry(config.model).is_baseline:
-        from fmnist.baselines import fit_baseline
+        from fmnist.training.baselines import fit_baseline
 
         return fit_baseline(config, dataset, callbacks)
     trainer = Trainer(config, dataset, callbacks, state_dir=state_dir, stop=stop)

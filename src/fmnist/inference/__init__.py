@@ -1,0 +1,2 @@
+"""Using a trained model: checkpoints, evaluation, prediction, test-time augmentation, export,
+and ensembles."""
