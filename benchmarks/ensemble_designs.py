@@ -8,7 +8,7 @@ Two designs, fixed here before any of their figures existed:
            cnn_seed004, each about as costly as cpu-94 or up to twice that
 
 Every run holds out the same validation images (split seed 0), so each design's members and
-their average are scored on images none of them trained on (fmnist.inference.ensemble_validation). The
+their average are scored on images none of them trained on (fmnist.inference.ensemble_build). The
 design with the larger validation gain over its best member is chosen, and only then is its
 ensemble scored on the test set. --test-all also scores the other design afterwards, for the
 record; it cannot change the choice. A finished run directory in OUT is reused, not retrained.
@@ -27,10 +27,9 @@ from pathlib import Path
 from frontier import hardware  # benchmarks/frontier.py: the machine, named as the recipes record it
 
 from fmnist.api import load_data, train
-from fmnist.inference.ensemble import build_ensemble
-from fmnist.inference.ensemble_validation import validate_ensemble
+from fmnist.inference.ensemble_build import build_ensemble, validate_ensemble
+from fmnist.inference.rundir import RESULTS_FILE, read_results
 from fmnist.training.recipes import RECIPES
-from fmnist.training.rundirs import RESULTS_FILE, read_results
 
 SPLIT_SEED = 0
 SCHEDULE = {k: v for k, v in RECIPES["cpu-94"].settings.items() if k != "model_args"}

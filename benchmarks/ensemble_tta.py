@@ -20,11 +20,11 @@ import torch
 
 from fmnist.analysis.metrics import accuracy
 from fmnist.api import load_data
+from fmnist.constants import TTA_LEVELS
 from fmnist.device import PRECISIONS
 from fmnist.errors import FmnistError
 from fmnist.inference.checkpoint import tta_settings
-from fmnist.inference.ensemble import average_probabilities, load_members, member_probabilities
-from fmnist.inference.tta import TTA_LEVELS
+from fmnist.inference.ensemble_model import average_probabilities, load_members, member_probabilities
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,9 +26,9 @@ import time
 import numpy as np
 import torch
 
-from fmnist.constants import FMNIST_MEAN, FMNIST_STD
+from fmnist.constants import FMNIST_MEAN, FMNIST_STD, TTA_LEVELS
 from fmnist.data.normalize import blank_value, normalize
-from fmnist.inference.tta import TTA_LEVELS, tta_level
+from fmnist.inference.tta import tta_level
 
 
 def timed(fn, batch: int, min_seconds: float, repeats: int) -> float:
@@ -60,11 +60,12 @@ def ort_runner(session, x: np.ndarray):
 
 
 def build(name: str, train_steps: int, dataset, tta: str | None):
-    from fmnist.models.registry import count_parameters, create_model, get_recipe
+    from fmnist.models.registry import count_parameters, create_model
+    from fmnist.training.recipes import model_settings
 
-    tta = tta or tta_level(get_recipe(name))
+    tta = tta or tta_level(model_settings(name))
     if train_steps and dataset is not None:
-        from fmnist.config import build_config
+        from fmnist.training.recipes import build_config
         from fmnist.training.trainer import fit
 
         cfg = build_config(name, cli_values={"epochs": 1, "max_steps": train_steps, "val_size": 0, "precision": "fp32"})

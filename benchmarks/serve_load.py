@@ -46,11 +46,12 @@ def untrained_run(folder: Path, model: str) -> Path:
     """A run directory holding `model` with random weights (throughput needs no training)."""
     from fmnist.constants import FMNIST_MEAN, FMNIST_STD
     from fmnist.inference.checkpoint import CheckpointMeta, save_checkpoint
-    from fmnist.models.registry import count_parameters, create_model, get_recipe
+    from fmnist.models.registry import count_parameters, create_model
+    from fmnist.training.recipes import model_settings
 
     net = create_model(model)
     meta = CheckpointMeta(model=model, model_args=dict(net.model_args), mean=FMNIST_MEAN, std=FMNIST_STD,
-                          tta=get_recipe(model).get("tta", "none"), params=count_parameters(net))  # fmt: skip
+                          tta=model_settings(model).get("tta", "none"), params=count_parameters(net))  # fmt: skip
     save_checkpoint(folder, net, meta)
     return folder
 

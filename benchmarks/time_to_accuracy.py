@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from fmnist.config import build_config
 from fmnist.data.loader import TensorLoader
 from fmnist.data.sources import resolve_dataset
 from fmnist.device import autocast_context, resolve_precision
 from fmnist.models import create_model
+from fmnist.training.recipes import build_config
 from fmnist.training.trainer import fit
 
 TARGET = 0.93

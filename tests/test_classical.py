@@ -10,15 +10,16 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fmnist.config import build_config
 from fmnist.data.normalize import normalize
 from fmnist.errors import UsageError
 from fmnist.experiments.compare import plan_from_models, run_compare
 from fmnist.inference.checkpoint import load_checkpoint
+from fmnist.inference.rundir import prepare_run_dir, read_history
 from fmnist.models import create_model
 from fmnist.models.registry import check_model_args, get_entry
 from fmnist.training.baselines import fit_baseline
-from fmnist.training.rundirs import RunDirWriter, prepare_run_dir, read_history
+from fmnist.training.recipes import build_config
+from fmnist.training.rundirs import RunDirWriter
 from fmnist.training.trainer import fit
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fmnist"

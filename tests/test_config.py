@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.config import TrainConfig, build_config, load_config_file
+from fmnist.config import TrainConfig, load_config_file
 from fmnist.errors import UsageError
+from fmnist.training.recipes import build_config
 
 
 def test_layers_defaults_recipe_file_flags():

@@ -17,12 +17,12 @@ from conftest import write_synthetic_idx
 from fmnist.data.dataset import load_idx_folder
 from fmnist.errors import CheckpointError, UsageError
 from fmnist.inference.checkpoint import META_FILE, CheckpointMeta, load_checkpoint, save_checkpoint
-from fmnist.inference.ensemble import (
+from fmnist.inference.ensemble_build import build_ensemble
+from fmnist.inference.ensemble_model import (
     MANIFEST_FILE,
     EnsembleModel,
     Member,
     average_probabilities,
-    build_ensemble,
     load_ensemble,
     read_predictions,
 )

@@ -13,8 +13,7 @@ from fmnist.config import TrainConfig
 from fmnist.data.dataset import load_idx_folder
 from fmnist.data.splits import saved_holdout, stratified_split
 from fmnist.errors import UsageError
-from fmnist.inference.ensemble import build_ensemble
-from fmnist.inference.ensemble_validation import validate_ensemble
+from fmnist.inference.ensemble_build import build_ensemble, validate_ensemble
 from fmnist.inference.predict import Predictor
 from fmnist.report.document import render_markdown
 from fmnist.report.options import ReportOptions

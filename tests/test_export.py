@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from conftest import run_cli
+from fmnist.constants import TTA_LEVELS
 from fmnist.data.dataset import load_idx_folder
 from fmnist.data.normalize import blank_value, normalize
 from fmnist.errors import FmnistError
 from fmnist.inference.checkpoint import load_checkpoint, tta_settings
 from fmnist.inference.evaluate import predict
 from fmnist.inference.export import ExportPlan, onnx_bytes, onnx_for_run, onnx_metadata
-from fmnist.inference.tta import TTA_LEVELS
 from fmnist.models import create_model
 from test_predict import cached_real_run, tiny_run_dir
 

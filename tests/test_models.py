@@ -10,7 +10,7 @@ from fmnist.device import autocast_context, enable_determinism
 from fmnist.errors import UsageError
 from fmnist.models import count_parameters, create_model, list_models, register_model
 from fmnist.models.base import Classifier, GlobalAvgPool
-from fmnist.models.registry import check_model_args, get_entry, get_recipe, list_networks
+from fmnist.models.registry import check_model_args, get_entry, list_networks
 
 ALL = list_networks()
 # The largest nets' forward/backward passes take tens of seconds on 2 cores; test_model_zoo.py
@@ -169,14 +169,14 @@ def test_registry_errors_are_one_line_usage_errors():
 
 
 def test_register_model_adds_a_name_and_refuses_duplicates():
-    @register_model("test_tiny_linear", family="mlp", recipe={"epochs": 1})
+    @register_model("test_tiny_linear", family="mlp")
     def tiny(num_classes: int = 10):
         from fmnist.models.base import Classifier
 
         return Classifier(nn.Flatten(), nn.Linear(784, num_classes), 784)
 
     assert "test_tiny_linear" in list_models()
-    assert get_recipe("test_tiny_linear") == {"epochs": 1}
+    assert create_model("test_tiny_linear").identity.name == "test_tiny_linear"
     with pytest.raises(ValueError, match="already registered"):
         register_model("test_tiny_linear")(tiny)
 

@@ -14,15 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run_cli, write_synthetic_idx
-from fmnist.config import build_config
 from fmnist.data import photos as pp
 from fmnist.data.dataset import load_idx_folder
 from fmnist.data.photos import BlankImageError, ImageError, decode_image, load_image, to_dataset_form
 from fmnist.inference.checkpoint import load_checkpoint, tta_settings
 from fmnist.inference.evaluate import predict
 from fmnist.inference.predict import Predictor, softmax
+from fmnist.inference.rundir import prepare_run_dir
 from fmnist.models import create_model
-from fmnist.training.rundirs import RunDirWriter, prepare_run_dir
+from fmnist.training.recipes import build_config
+from fmnist.training.rundirs import RunDirWriter
 from fmnist.training.trainer import fit
 
 Image = pytest.importorskip("PIL.Image")

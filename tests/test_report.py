@@ -28,7 +28,6 @@ from fmnist.analysis.layers import layer_summary
 from fmnist.analysis.map_worker import start_maps
 from fmnist.analysis.metrics import expected_calibration_error
 from fmnist.analysis.mistakes import most_confident_mistakes, one_per_class, random_examples
-from fmnist.config import build_config
 from fmnist.constants import CLASS_NAMES
 from fmnist.data.dataset import load_idx_folder
 from fmnist.data.idx import write_idx
@@ -36,12 +35,14 @@ from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError, UsageError
 from fmnist.experiments.compare import ComparePlan, RunSpec, run_compare
 from fmnist.fsutil import atomic_write_text
+from fmnist.inference.rundir import prepare_run_dir
 from fmnist.models import count_parameters, create_model
 from fmnist.report import figures, figures_images, write_report
 from fmnist.report.sections import explain
 from fmnist.report.sections.comparison import class_winners
 from fmnist.report.sections.results import group_share
-from fmnist.training.rundirs import RunDirWriter, prepare_run_dir
+from fmnist.training.recipes import build_config
+from fmnist.training.rundirs import RunDirWriter
 from fmnist.training.trainer import fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

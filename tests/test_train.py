@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist.config import build_config
 from fmnist.device import native_bf16, resolve_precision
 from fmnist.inference.checkpoint import load_checkpoint
+from fmnist.inference.rundir import prepare_run_dir, read_history
+from fmnist.training.recipes import build_config
 from fmnist.training.results import TrainCallback
-from fmnist.training.rundirs import RunDirWriter, prepare_run_dir, read_history
+from fmnist.training.rundirs import RunDirWriter
 from fmnist.training.trainer import fit
 
 

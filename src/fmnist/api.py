@@ -2,29 +2,24 @@
 
     import fmnist
     data = fmnist.load_data()
-    run = fmnist.training.trainer(model="fastcnn", epochs=2)          # -> Run (shows itself in Jupyter)
+    run = fmnist.train(model="fastcnn", epochs=2)          # -> Run (shows itself in Jupyter)
     run.predict(data.test_images[:5])                      # class probabilities (5, 10)
-    cmp = fmnist.experiments.compare(["mlp_wide", "fastcnn"])          # -> Comparison
+    cmp = fmnist.compare(["mlp_wide", "fastcnn"])          # -> Comparison
     fmnist.load_run("runs/fastcnn-...").report()
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fmnist.config import TrainConfig, build_config, load_config_file, read_toml
+from fmnist.config import TrainConfig, load_config_file, read_toml
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import UsageError
+from fmnist.inference.rundir import new_run_dir
+from fmnist.training.recipes import build_config
 from fmnist.training.results import StopSignal, TrainCallback
-
-RUNS_ROOT = Path("runs")
-
-
-def _timestamp() -> str:
-    return datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def load_data(data_dir: str | Path | None = None, notify=lambda _message: None) -> FashionMNIST:
@@ -62,10 +57,8 @@ def train(model: str | None = None, *, recipe: str | None = None, out: str | Pat
     `options` are any `fmnist train` settings by their config name (epochs=3, lr=1e-3,
     model_args={"hidden": [256]}). Unset ones come from the model's recipe.
     """
-    from fmnist.training.rundirs import prepare_run_dir
-
     config = config or make_config(model, recipe=recipe, config_file=config_file, **options)
-    run_dir = prepare_run_dir(Path(out) if out else RUNS_ROOT / f"{config.model}-{_timestamp()}", overwrite=overwrite)
+    run_dir = new_run_dir(out, config.model, overwrite=overwrite)
     data = data or load_data(config.data_dir or None)
     return _train_with_progress(config, run_dir, data, progress, report, callbacks, stop, resume=False)
 
@@ -73,7 +66,7 @@ def train(model: str | None = None, *, recipe: str | None = None, out: str | Pat
 def resume(run_dir: str | Path, *, data: FashionMNIST | None = None, progress: bool | Any = True,
            report: bool = False, stop: StopSignal | None = None, callbacks: Sequence[TrainCallback] = ()) -> Run:  # fmt: skip
     """Continue an interrupted run exactly where it stopped (same config, same data)."""
-    from fmnist.training.rundirs import CONFIG_FILE, RESULTS_FILE
+    from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -126,16 +119,19 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
         plan.seeds = seeds
     if ensemble is not None:
         plan.ensemble = ensemble
-    return run_plan(plan, Path(out) if out else RUNS_ROOT / f"compare-{_timestamp()}", data=data, data_dir=data_dir,
+    return run_plan(plan, out, "compare", data=data, data_dir=data_dir,
                     progress=progress, report=report, overrides=overrides, notify=notify, ray=ray,
                     jobs=jobs)  # fmt: skip
 
 
-def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress: bool | Any = True,
+def run_plan(plan: Any, out: str | Path | None, name: str = "compare", *, data: FashionMNIST | None = None, progress: bool | Any = True,
              report: bool = True, overrides: dict[str, Any] | None = None, ablation_base: str | None = None,
              data_dir: str | Path | None = None, notify=lambda _message: None, ray: str | None = None,
              jobs: int | None = None) -> Comparison:  # fmt: skip
-    """Run a ComparePlan (or, with `ablation_base`, that model's ablation) into `out`; `ray`, `jobs` as in `compare`."""
+    """Run a ComparePlan (or, with `ablation_base`, that model's ablation) into `out`; `ray`, `jobs` as in `compare`.
+
+    Without `out` the results go to runs/NAME-TIMESTAMP.
+    """
     from contextlib import nullcontext
 
     from fmnist.experiments.compare import run_compare
@@ -149,6 +145,7 @@ def run_plan(plan: Any, out: Path, *, data: FashionMNIST | None = None, progress
         from fmnist.experiments.ray_tasks import ray_executor
 
         require_ray()
+    out = new_run_dir(out, name)  # after the plan is checked: a bad plan leaves no empty folder
     data = data or load_data(data_dir, notify=notify)
     console = _progress(progress)
     display = MultiRunProgress(console) if console is not None else None
@@ -183,8 +180,7 @@ def ablate(base: str = "cnn_seed004", *, seeds: int = 1, out: str | Path | None 
     from fmnist.experiments.ablate import ablation_plan
 
     plan, _ = ablation_plan(base, seeds)
-    out = Path(out) if out else RUNS_ROOT / f"ablate-{base}-{_timestamp()}"
-    return run_plan(plan, out, data=data, data_dir=data_dir, progress=progress, report=report, overrides=overrides,
+    return run_plan(plan, out, f"ablate-{base}", data=data, data_dir=data_dir, progress=progress, report=report, overrides=overrides,
                     ablation_base=base, notify=notify, ray=ray, jobs=jobs)  # fmt: skip
 
 
@@ -200,8 +196,13 @@ def sweep(config_file: str | Path | None = None, *, resume: str | Path | None = 
     """
     from fmnist.experiments.sweep import run_sweep
 
-    return run_sweep(config_file, resume=resume, out=out, ray=ray, data=data, data_dir=data_dir,
-                     console=_progress(progress), report=report, notify=notify, overrides=overrides)  # fmt: skip
+    summary = run_sweep(config_file, resume=resume, out=out, ray=ray, data=data, data_dir=data_dir,
+                        console=_progress(progress), notify=notify, overrides=overrides)  # fmt: skip
+    if report:
+        from fmnist.report.sections.sweep import write_sweep_report
+
+        summary["report"] = str(write_sweep_report(Path(summary["folder"])))
+    return summary
 
 
 def load_run(path: str | Path) -> Run:

@@ -14,11 +14,10 @@ from typing import Any, get_origin, get_type_hints
 import tomli_w
 import tomllib
 
-from fmnist.constants import FMNIST_MEAN, FMNIST_STD, NUM_CLASSES
+from fmnist.constants import FMNIST_MEAN, FMNIST_STD, NUM_CLASSES, TTA_LEVELS
 from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed
 from fmnist.device import DEVICES, PRECISIONS
 from fmnist.errors import UsageError
-from fmnist.inference.tta import TTA_LEVELS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "plateau", "onecycle", "cosine")
@@ -29,40 +28,60 @@ LEGACY_KEYS = {
 }
 
 
+def setting(default: Any, help: str, *, flags: tuple[str, ...] = (), choices: tuple[str, ...] = (),
+            negatable: bool = True) -> Any:  # fmt: skip
+    """A training setting declared once: its default and help text here; its TOML key is the
+    field's name and its `fmnist train` / `fmnist compare` option is derived from both
+    (fmnist.cli.options). `flags` overrides the option's spelling; `choices` lists the values a
+    text setting takes; `negatable=False` makes a boolean a plain switch (no --no-NAME)."""
+    meta = {"help": help, "flags": flags, "choices": choices, "negatable": negatable}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
+    # Not options of their own: --model and --model-arg are spelled by the commands; mean and
+    # std follow from --normalize (and a recipe such as seed004's); data_dir is --data-dir.
     model: str = "fastcnn"
     model_args: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only (Nesterov)
-    scheduler: str = "none"
-    warmup_fraction: float = 0.25  # onecycle only: share of steps spent raising the LR
-    label_smoothing: float = 0.0
-    flip: bool = False
-    crop_pad: int = 0  # pad by N background pixels and crop back: a random shift of up to N pixels
-    erase: float = 0.0
-    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha); 0 = off
-    cutmix: float = 0.0  # alpha of cutmix's Beta(alpha, alpha); 0 = off
-    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
-    tta: str = "none"  # test-time augmentation at evaluation: none, flip, flip-shift (fmnist.inference.tta)
-    normalize: bool = True
+    epochs: int = setting(10, "Passes over the training split.")
+    batch_size: int = setting(128, "Images per step.")
+    optimizer: str = setting("adam", "sgd is SGD with Nesterov momentum.", choices=OPTIMIZERS)
+    lr: float = setting(1e-3, "Learning rate (the peak for onecycle).")
+    weight_decay: float = setting(0.0, "Decoupled for adamw.")
+    momentum: float = setting(0.9, "SGD momentum (Nesterov); sgd only.")
+    scheduler: str = setting("none", "Learning-rate schedule.", choices=SCHEDULERS)
+    warmup_fraction: float = setting(0.25, "Share of the steps spent raising the learning rate; onecycle only.")
+    label_smoothing: float = setting(0.0, "Target smoothing.")
+    flip: bool = setting(False, "Random horizontal flips.")
+    # pad by N background pixels and crop back: a random shift of up to N pixels
+    crop_pad: int = setting(0, "Pad by N pixels and crop back: a random shift of up to N pixels.",
+                            flags=("--crop-pad", "--translate"))  # fmt: skip
+    erase: float = setting(0.0, "Random-erasing probability.")
+    mixup: float = setting(0.0, "Mixup alpha (0 = off).")  # alpha of Beta(alpha, alpha)
+    cutmix: float = setting(0.0, "CutMix alpha (0 = off).")  # alpha of Beta(alpha, alpha)
+    ema: float = setting(0.0, "Weight EMA decay, e.g. 0.999 (0 = off).")
+    tta: str = setting("none", "Test-time augmentation.", choices=TTA_LEVELS)  # fmnist.inference.tta
+    normalize: bool = setting(True, "Standardise inputs.")
     mean: float = FMNIST_MEAN
     std: float = FMNIST_STD
-    val_size: int = 5000
-    split_seed: int = FOLLOW_RUN_SEED  # draws the validation hold-out; -1 = the run's seed (fmnist.data.splits)
-    early_stopping: int = 0  # patience in epochs without a better validation accuracy; 0 = off
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # bf16 autocast where the hardware computes bf16 natively (fmnist.device)
-    deterministic: bool = False  # force deterministic GPU kernels (slower); CPU runs are already
-    max_steps: int = 0  # smoke mode: stop after this many optimizer steps; 0 = no limit
+    val_size: int = setting(5000, "Validation images held out.")
+    # draws the validation hold-out; -1 = the run's seed (fmnist.data.splits)
+    split_seed: int = setting(FOLLOW_RUN_SEED, "Seed of the validation hold-out; one value for runs an ensemble "
+                              "will compare (-1 = --seed).")  # fmt: skip
+    early_stopping: int = setting(0, "Patience in epochs (0 = off).")
+    seed: int = setting(0, "Seed of every random draw.")
+    device: str = setting("auto", "Where to train.", choices=DEVICES)
+    # bf16 autocast where the hardware computes bf16 natively (fmnist.device)
+    precision: str = setting("auto", "auto: bf16 where the CPU has it natively.", choices=PRECISIONS)
+    # CPU runs are deterministic already
+    deterministic: bool = setting(False, "Deterministic GPU kernels (slower).", negatable=False)
+    max_steps: int = setting(0, "Smoke mode: stop after N steps (0 = off).")
     eval_batch_size: int = 1024
     data_dir: str = ""
-    tensorboard: bool = False  # TensorBoard scalars per epoch in RUN_DIR/tensorboard (fmnist.training.tensorboard)
+    tensorboard: bool = setting(False, "TensorBoard scalars in RUN_DIR/tensorboard.", negatable=False)
 
     def validate(self) -> TrainConfig:
         from fmnist.models.registry import check_model_args
@@ -130,6 +149,11 @@ class TrainConfig:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
+
+
+def settings() -> list[dataclasses.Field]:
+    """The fields declared with `setting`: what the commands offer as options."""
+    return [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
 
 
 FIELD_TYPES: dict[str, Any] = {
@@ -213,42 +237,6 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML ({exc})") from None
-
-
-def build_config(
-    model: str | None = None,
-    *,
-    file_values: dict[str, Any] | None = None,
-    cli_values: dict[str, Any] | None = None,
-    recipe: str | None = None,
-) -> TrainConfig:
-    """Defaults -> the model's own recipe -> a named recipe -> file -> CLI flags, then validated."""
-    from fmnist.models.registry import get_recipe
-    from fmnist.training.recipes import get_recipe as get_named_recipe
-
-    file_values = dict(file_values or {})
-    cli_values = {k: v for k, v in (cli_values or {}).items() if v is not None}
-    named = get_named_recipe(recipe) if recipe else None
-    asked = cli_values.get("model") or file_values.get("model") or model
-    if named and asked and asked != named.model:
-        raise UsageError(f"recipe {named.name!r} trains {named.model}, not {asked}; drop --model or the recipe")
-    name = asked or (named.model if named else TrainConfig.model)
-    if not isinstance(name, str):
-        raise UsageError(f"model must be a name, not {name!r}")
-    config = TrainConfig(model=name)
-    apply_overrides(config, get_recipe(name), "recipe")
-    if named:
-        apply_overrides(config, named.settings, f"recipe {named.name}")
-    apply_overrides(config, file_values, "config")
-    apply_overrides(config, cli_values, "option")
-    config.model = name
-    user_keys = file_values.keys() | cli_values.keys()
-    tta_keys = {"tta"} | {old for old, (new, _) in LEGACY_KEYS.items() if new == "tta"}
-    if "flip" in user_keys and not config.flip and not user_keys & tta_keys:
-        # Mirrored views hurt a net never trained on them (`--recipe fast --no-flip` scored 85.85%
-        # with the mirror average), so a default mirror TTA goes with the flips unless asked for.
-        config.tta = "none"
-    return config.validate()
 
 
 def load_config_file(path: Path) -> TrainConfig:

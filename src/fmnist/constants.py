@@ -51,3 +51,6 @@ KAGGLE_SPLIT_RAW_SHA256: dict[str, str] = {
     "test_images": "8cb3820bf77b17a036fb1f92fa865a8901da9f523ad6b7533c2863e04d580dfc",
     "test_labels": "0f1243b70020ee2fe519680515670dd3f1e8b079e93dae1cbea3d67971f072d1",
 }
+
+# Test-time augmentation levels (fmnist.inference.tta): the mirror average, then mirror + 1-pixel shifts.
+TTA_LEVELS = ("none", "flip", "flip-shift")

@@ -57,7 +57,7 @@ class Run:
     """A finished run directory: its numbers, its model, and what you can do with them."""
 
     def __init__(self, path: str | Path):
-        from fmnist.training.rundirs import read_results
+        from fmnist.inference.rundir import read_results
 
         self.path = Path(path)
         self.results: dict[str, Any] = read_results(self.path)
@@ -72,14 +72,14 @@ class Run:
 
     @cached_property
     def history(self) -> list[dict[str, Any]]:
-        from fmnist.training.rundirs import read_history
+        from fmnist.inference.rundir import read_history
 
         return read_history(self.path)
 
     @cached_property
     def config(self):
         from fmnist.config import load_config_file
-        from fmnist.training.rundirs import CONFIG_FILE
+        from fmnist.inference.rundir import CONFIG_FILE
 
         return load_config_file(self.path / CONFIG_FILE)
 

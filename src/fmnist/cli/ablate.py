@@ -7,13 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fmnist.cli.app import app, console
-from fmnist.cli.choices import Device, value
-from fmnist.cli.data import DataDirOption, notify
-from fmnist.cli.sweep import JobsOption, RayOption, TensorBoardOption, ray_address
+from fmnist.cli.options import DataDirOption, Device, JobsOption, RayOption, TensorBoardOption, ray_address, value
+from fmnist.cli.output import console, notify
 
 
-@app.command("ablate")
 def ablate_cmd(
     base: str = typer.Option("cnn_seed004", "--base", help="Model whose parts to remove one at a time"),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat each variant with N seeds (mean ± std)"),

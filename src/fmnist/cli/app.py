@@ -1,4 +1,8 @@
-"""The `fmnist` command: Typer app, shared console, and one-line error handling."""
+"""The `fmnist` command: the Typer app, its commands (one module each), and one-line errors.
+
+The command modules know nothing of the app: this module imports them and registers their
+functions, so no command imports the app back.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,23 @@ import sys
 import traceback
 
 import typer
-from rich.console import Console
 
+from fmnist.cli import (
+    ablate,
+    compare,
+    data,
+    ensemble,
+    evaluate,
+    export,
+    models,
+    predict,
+    recipes,
+    report,
+    serve,
+    sweep,
+    train,
+)
+from fmnist.cli.output import console, fail
 from fmnist.errors import INTERRUPTED, FmnistError
 
 app = typer.Typer(
@@ -22,9 +41,16 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect and obtain the dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+data_app.command("info")(data.data_info)
+data_app.command("samples")(data.data_samples)
+data_app.command("fetch")(data.data_fetch)
+for name, command in {
+    "models": models.models_cmd, "recipes": recipes.recipes_cmd, "train": train.train_cmd,
+    "evaluate": evaluate.evaluate_cmd, "compare": compare.compare_cmd, "report": report.report_cmd,
+    "ablate": ablate.ablate_cmd, "ensemble": ensemble.ensemble_cmd, "sweep": sweep.sweep_cmd,
+    "predict": predict.predict_cmd, "export": export.export_cmd, "serve": serve.serve_cmd,
+}.items():  # fmt: skip
+    app.command(name)(command)
 
 DEBUG_ENV = "FMNIST_DEBUG"
 
@@ -47,12 +73,6 @@ NO_ARGS_HELP = _click_exceptions("NoArgsIsHelpError") + _click_exceptions("NoArg
 USAGE_ERROR = _click_exceptions("UsageError")
 ABORT = _click_exceptions("Abort")
 CLICK_EXCEPTION = _click_exceptions("ClickException")
-
-
-def fail(message: str, code: int = 1) -> None:
-    """Print `error: message` on one line of stderr and exit with `code`."""
-    err_console.print(f"error: {message}", markup=False, soft_wrap=True)
-    raise SystemExit(code)
 
 
 # `fmnist --help` lists commands in the order people use them.
@@ -101,8 +121,6 @@ def polish(command) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: every anticipated error becomes one line on stderr."""
-    from fmnist.cli import commands  # noqa: F401  (registers the commands)
-
     command = typer.main.get_command(app)
     polish(command)
     try:

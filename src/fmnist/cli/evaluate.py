@@ -7,11 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fmnist.cli.app import app, console, err_console
-from fmnist.cli.data import DataDirOption, notify
+from fmnist.cli.options import DataDirOption
+from fmnist.cli.output import console, err_console, notify
 
 
-@app.command("evaluate")
 def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory with model.json and model.safetensors"),
     out: Path | None = typer.Option(None, "--out", "-o", help="JSON file [default: RUN_DIR/evaluation.json]"),

@@ -8,15 +8,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fmnist.cli.app import app, console
-from fmnist.cli.choices import choice, value
-from fmnist.cli.data import DataDirOption, notify
-from fmnist.cli.inference_options import RunDirArgument, steps_progress
+from fmnist.cli.options import DataDirOption, RunDirArgument, choice, value
+from fmnist.cli.output import console, notify, steps_progress
 
 Format = choice("Format", ("onnx", "torchscript"))
 
 
-@app.command("export")
 def export_cmd(
     run_dir: Path = RunDirArgument,
     fmt: Format = typer.Option("onnx", "--format", "-f", help="File format"),

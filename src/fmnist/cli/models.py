@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fmnist.cli.app import app, console
+from fmnist.cli.output import console
 
 
-@app.command("models")
 def models_cmd() -> None:
     """List every registered model with its parameters, size and FLOPs."""
     from fmnist.models.flops import forward_flops

@@ -8,12 +8,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fmnist.cli.app import app, console, err_console
-from fmnist.cli.choices import Precision, value
-from fmnist.cli.inference_options import Backend, BackendOption, PrecisionOption, RunDirArgument, steps_progress
+from fmnist.cli.options import Backend, BackendOption, Precision, PrecisionOption, RunDirArgument, value
+from fmnist.cli.output import console, err_console, steps_progress
 
 
-@app.command("predict")
 def predict_cmd(
     run_dir: Path = RunDirArgument,
     images: list[Path] = typer.Argument(..., help="Image files (PNG/JPEG/WebP/..., .npy 28x28) or folders of them"),

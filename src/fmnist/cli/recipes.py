@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from fmnist.cli.app import app, console
+from fmnist.cli.output import console
 
 # Below this many columns the six-column table wraps every cell into a word-per-line stack,
 # so each recipe gets a short block of labelled lines instead.
 TABLE_MIN_WIDTH = 110
 
 
-@app.command("recipes")
 def recipes_cmd() -> None:
     """List the named recipes with their measured accuracy, time and hardware."""
     from fmnist.training.recipes import RECIPES, accuracy_label, measured

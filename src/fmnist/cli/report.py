@@ -6,16 +6,14 @@ from pathlib import Path
 
 import typer
 
-from fmnist.cli.app import app, console
-from fmnist.cli.choices import choice, value
-from fmnist.cli.data import DataDirOption
+from fmnist.cli.options import DataDirOption, choice, value
+from fmnist.cli.output import console
 from fmnist.report.options import DETAIL_LEVELS, EMBEDDING_METHODS, ReportOptions
 
 Embedding = choice("Embedding", EMBEDDING_METHODS)
 Detail = choice("Detail", DETAIL_LEVELS)
 
 
-@app.command("report")
 def report_cmd(
     folder: Path = typer.Argument(..., help="A run, compare or ensemble directory", show_default=False),
     embedding: Embedding = typer.Option("auto", "--embedding", help="2-D map of the embeddings (auto: UMAP if installed, else t-SNE)"),

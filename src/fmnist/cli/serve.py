@@ -6,13 +6,11 @@ from pathlib import Path
 
 import typer
 
-from fmnist.cli.app import app, console
-from fmnist.cli.choices import Precision, value
-from fmnist.cli.inference_options import Backend, BackendOption, PrecisionOption, RunDirArgument
+from fmnist.cli.options import Backend, BackendOption, Precision, PrecisionOption, RunDirArgument, value
+from fmnist.cli.output import console
 from fmnist.serve.limits import DEFAULT_MAX_BODY_MB, DEFAULT_TIMEOUT_S
 
 
-@app.command("serve")
 def serve_cmd(
     run_dir: Path = RunDirArgument,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless --allow-remote)"),

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from fmnist.cli.app import app, console, err_console
-from fmnist.cli.data import DataDirOption
+from fmnist.cli.options import DataDirOption, TensorBoardOption, ray_address
+from fmnist.cli.output import console, notify
 from fmnist.experiments.ray_runtime import ADDRESS_ENV, LOCAL
 
-RayOption = typer.Option(None, "--ray", metavar="ADDRESS", show_default=False,
-                         help=f"Run on Ray: a cluster's head HOST:PORT, or '{LOCAL}' to start a Ray here for this "
-                              f"command [default: ${ADDRESS_ENV}, else train here]")  # fmt: skip
-JobsOption = typer.Option(None, "--jobs", "-j", min=1, show_default=False,
-                          help="Train N runs at once here, each in its own process with 1/N of the CPU threads "
-                               "(or sharing the GPU) [default: 1]")  # fmt: skip
-TensorBoardOption = typer.Option(None, "--tensorboard", show_default=False,
-                                 help="TensorBoard scalars for every run (tensorboard --logdir FOLDER)")
 TOP_TRIALS = 10  # rows of the closing table; sweep.json and the report have every trial
 
 
-def ray_address(option: str | None) -> str | None:
-    """--ray, else $RAY_ADDRESS, else None (train here, Ray never imported)."""
-    return option or os.environ.get(ADDRESS_ENV) or None
-
-
-def _notify(message: str) -> None:
-    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-@app.command("sweep")
 def sweep_cmd(
     config: Path | None = typer.Argument(None, metavar="CONFIG.toml", show_default=False,
                                          help="Training keys + [sweep] + [search] (see configs/sweep-example.toml)"),  # fmt: skip
@@ -53,7 +34,7 @@ def sweep_cmd(
     from fmnist import api
 
     summary = api.sweep(config, resume=resume, out=out, ray=ray_address(ray), data_dir=data_dir, progress=console,
-                        report=not no_report, notify=_notify, max_steps=max_steps, tensorboard=tensorboard)  # fmt: skip
+                        report=not no_report, notify=notify, max_steps=max_steps, tensorboard=tensorboard)  # fmt: skip
     from fmnist.experiments.sweep_config import format_metric
 
     metric = summary["metric"]

@@ -9,22 +9,10 @@ from typing import Any
 import tomllib
 import typer
 
-from fmnist.cli.app import app, console, err_console
-from fmnist.cli.choices import Device, Optimizer, Precision, Scheduler, Tta, value
-from fmnist.cli.data import DataDirOption
-from fmnist.cli.sweep import JobsOption, RayOption, ray_address
-from fmnist.config import TrainConfig
+from fmnist.cli.options import DataDirOption, JobsOption, RayOption, ray_address, recipe_default, training_settings
+from fmnist.cli.output import console, err_console, notify, print_comparison
 from fmnist.errors import UsageError
-from fmnist.models.cnn import FASTCNN_RECIPE
 from fmnist.training.results import RunInfo, TrainCallback
-
-
-def recipe_default(key: str) -> str:
-    """Help text for a value the model's recipe may set: the built-in default and fastcnn's."""
-    base = getattr(TrainConfig(), key)
-    if key in FASTCNN_RECIPE and FASTCNN_RECIPE[key] != base:
-        return f"[default: from the model's recipe; fastcnn: {FASTCNN_RECIPE[key]}, else {base}]"
-    return f"[default: {base}, unless the model's recipe sets it]"
 
 
 def parse_model_args(items: list[str] | None) -> dict[str, Any]:
@@ -42,11 +30,7 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
     return args
 
 
-def _opt(flag: str, key: str, text: str = "", **kw: Any) -> Any:
-    return typer.Option(None, flag, help=f"{text} {recipe_default(key)}".strip(), show_default=False, **kw)
-
-
-@app.command("train")
+@training_settings(recipe_default, after="config")
 def train_cmd(
     model: str | None = typer.Option(None, "--model", "-m", show_default=False,
                                      help="Registered model name, see `fmnist models` [default: fastcnn]"),  # fmt: skip
@@ -56,33 +40,6 @@ def train_cmd(
                                       help="A named recipe: model and settings (see `fmnist recipes`); flags win"),  # fmt: skip
     config: Path | None = typer.Option(None, "--config", "-c", show_default=False,
                                        help="TOML file with any of the options below (flags win)"),  # fmt: skip
-    epochs: int | None = _opt("--epochs", "epochs", "Passes over the training split."),
-    batch_size: int | None = _opt("--batch-size", "batch_size", "Images per step."),
-    optimizer: Optimizer | None = _opt("--optimizer", "optimizer", "sgd is SGD with Nesterov momentum."),
-    lr: float | None = _opt("--lr", "lr", "Learning rate (the peak for onecycle)."),
-    weight_decay: float | None = _opt("--weight-decay", "weight_decay", "Decoupled for adamw."),
-    scheduler: Scheduler | None = _opt("--scheduler", "scheduler", "Learning-rate schedule."),
-    label_smoothing: float | None = _opt("--label-smoothing", "label_smoothing", "Target smoothing."),
-    flip: bool | None = _opt("--flip/--no-flip", "flip", "Random horizontal flips."),
-    crop_pad: int | None = typer.Option(None, "--crop-pad", "--translate", show_default=False,
-                                        help="Pad by N pixels and crop back: a random shift of up to N pixels. "
-                                        + recipe_default("crop_pad")),  # fmt: skip
-    erase: float | None = _opt("--erase", "erase", "Random-erasing probability."),
-    mixup: float | None = _opt("--mixup", "mixup", "Mixup alpha (0 = off)."),
-    cutmix: float | None = _opt("--cutmix", "cutmix", "CutMix alpha (0 = off)."),
-    ema: float | None = _opt("--ema", "ema", "Weight EMA decay, e.g. 0.999 (0 = off)."),
-    tta: Tta | None = _opt("--tta", "tta", "Test-time augmentation."),
-    normalize: bool | None = _opt("--normalize/--no-normalize", "normalize", "Standardise inputs."),
-    val_size: int | None = _opt("--val-size", "val_size", "Validation images held out."),
-    split_seed: int | None = _opt("--split-seed", "split_seed",
-                                  "Seed of the validation hold-out; one value for runs an ensemble will compare (-1 = --seed)."),  # fmt: skip
-    early_stopping: int | None = _opt("--early-stopping", "early_stopping", "Patience in epochs (0 = off)."),
-    seed: int | None = _opt("--seed", "seed", "Seed of every random draw."),
-    device: Device | None = _opt("--device", "device", "Where to train."),
-    precision: Precision | None = _opt("--precision", "precision", "auto: bf16 where the CPU has it natively."),
-    deterministic: bool | None = _opt("--deterministic", "deterministic", "Deterministic GPU kernels (slower)."),
-    max_steps: int | None = _opt("--max-steps", "max_steps", "Smoke mode: stop after N steps (0 = off)."),
-    tensorboard: bool | None = _opt("--tensorboard", "tensorboard", "TensorBoard scalars in RUN_DIR/tensorboard."),
     model_arg: list[str] | None = typer.Option(None, "--model-arg", metavar="KEY=VALUE", show_default=False,
                                                help="Model argument, repeatable (see `fmnist models`)"),  # fmt: skip
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out"),
@@ -93,6 +50,7 @@ def train_cmd(
     ray: str | None = RayOption,
     jobs: int | None = JobsOption,
     data_dir: Path | None = DataDirOption,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     """Train one model into a run directory (config, metrics, checkpoint, results)."""
     from fmnist import api
@@ -105,17 +63,10 @@ def train_cmd(
     if resume is not None:
         if any(v is not None for v in (model, out, config)):
             raise UsageError("--resume takes the settings saved in the run directory; drop --model/--out/--config")
-        _with_ctrl_c(lambda stop: api.resume(resume, data=api.load_data(data_dir, notify=_notify), stop=stop,
+        _with_ctrl_c(lambda stop: api.resume(resume, data=api.load_data(data_dir, notify=notify), stop=stop,
                                              progress=console, report=not no_report, callbacks=[SayResume()]))  # fmt: skip
         return
-    options = {
-        "epochs": epochs, "batch_size": batch_size, "optimizer": value(optimizer), "lr": lr,
-        "weight_decay": weight_decay, "scheduler": value(scheduler), "label_smoothing": label_smoothing,
-        "flip": flip, "crop_pad": crop_pad, "erase": erase, "mixup": mixup, "cutmix": cutmix, "ema": ema, "tta": value(tta), "normalize": normalize,
-        "val_size": val_size, "split_seed": split_seed, "early_stopping": early_stopping, "seed": seed, "device": value(device),
-        "precision": value(precision), "deterministic": deterministic, "max_steps": max_steps,
-        "tensorboard": tensorboard,
-    }  # fmt: skip
+    options = dict(settings or {})
     extra_args = parse_model_args(model_arg)
     if extra_args:
         file_args = tomllib.loads(config.read_text()).get("model_args", {}) if config and config.is_file() else {}
@@ -125,14 +76,12 @@ def train_cmd(
         from fmnist.experiments.compare import ComparePlan, RunSpec
 
         plan = ComparePlan([RunSpec(cfg.model, cfg.to_dict())], seeds=seeds, title=f"{cfg.model} over {seeds} seeds")
-        comparison = api.run_plan(plan, out or api.RUNS_ROOT / f"{cfg.model}-seeds-{api._timestamp()}",
+        comparison = api.run_plan(plan, out, f"{cfg.model}-seeds",
                                   progress=console, report=not no_report, data_dir=data_dir,
-                                  notify=_notify, ray=ray_address(ray), jobs=jobs)  # fmt: skip
-        from fmnist.cli.compare import print_comparison
-
+                                  notify=notify, ray=ray_address(ray), jobs=jobs)  # fmt: skip
         print_comparison(comparison, plan.title)
         return
-    data = api.load_data(data_dir, notify=_notify)
+    data = api.load_data(data_dir, notify=notify)
     _with_ctrl_c(lambda stop: api.train(config=cfg, out=out, data=data, overwrite=overwrite, stop=stop,
                                         progress=console, report=not no_report))  # fmt: skip
 
@@ -144,10 +93,6 @@ class SayResume(TrainCallback):
         else:
             err_console.print(f"no saved state yet (stopped in its first epoch); starting {info.config.model} "
                               "from the beginning")  # fmt: skip
-
-
-def _notify(message: str) -> None:
-    err_console.print(message, markup=False)
 
 
 def _with_ctrl_c(train) -> None:

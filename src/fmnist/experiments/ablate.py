@@ -22,7 +22,8 @@ from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.experiments.compare import ComparePlan, Executor, RunSpec, run_compare
 from fmnist.fsutil import atomic_write_json
-from fmnist.models.registry import get_entry, get_recipe
+from fmnist.models.registry import get_entry
+from fmnist.training.recipes import model_settings
 from fmnist.training.results import RunResult, TrainCallback
 
 ABLATION_FILE = "ablation.json"
@@ -147,7 +148,7 @@ def run_ablation(
         "base": base,
         "seeds": seeds,
         "reference": REFERENCE,
-        "setup": get_recipe(base),
+        "setup": model_settings(base),
         "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
         "variants": summarize_ablation(summary["runs"], variants, plan.published),
         "published_source": "seed study 004" if base in PUBLISHED else None,

@@ -4,7 +4,7 @@
       compare.json      what was run and each run's summary
       <name>/ or <name>-seed<k>/   one run directory each (see fmnist.training.rundirs)
       ensembles/<name>/            with --ensemble or [[ensembles]]: one ensemble directory each
-                                   (see fmnist.inference.ensemble), built here from the run directories
+                                   (see fmnist.inference.ensemble_build), built here from the run directories
       report.md, figures/          written by fmnist.report
 """
 
@@ -17,13 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fmnist.config import TrainConfig, build_config, read_toml
+from fmnist.config import TrainConfig, read_toml
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import FmnistError, UsageError
 from fmnist.fsutil import atomic_write_json, read_json
+from fmnist.inference.rundir import RunLock, new_run_dir, prepare_run_dir
 from fmnist.models.registry import get_entry
+from fmnist.training.recipes import build_config
 from fmnist.training.results import RunResult, TrainCallback
-from fmnist.training.rundirs import RunLock, prepare_run_dir, train_into
+from fmnist.training.rundirs import train_into
 
 COMPARE_FILE = "compare.json"
 ENSEMBLES_DIR = "ensembles"
@@ -253,7 +255,7 @@ def run_compare(
     trains the runs (default: here, one after another); `step` hears each ensemble member being scored.
     """
     planned = planned if planned is not None else plan.resolve(overrides)
-    out_dir = prepare_run_dir(out_dir)
+    out_dir = new_run_dir(out_dir, "compare")
     with RunLock(out_dir):
         results = (executor or run_sequentially)(planned, out_dir, dataset, make_callbacks, on_result)
         # Built here from the run directories, wherever the runs trained (locally or as Ray tasks).
@@ -271,7 +273,7 @@ def build_planned_ensemble(planned: PlannedEnsemble, out_dir: Path, dataset: Fas
     the row instead: the runs it would average are already trained and must still be summarised.
     """
     from fmnist.device import resolve_device
-    from fmnist.inference.ensemble import build_ensemble
+    from fmnist.inference.ensemble_build import build_ensemble
 
     members = [{"name": run.spec_name, "run_dir": run.run_name, "seed": run.config.seed, "model": run.config.model}
                for run in planned.members]  # fmt: skip

@@ -35,9 +35,10 @@ from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import FmnistError, UsageError, first_line
 from fmnist.experiments.compare import MakeCallbacks, OnResult, PlannedRun
+from fmnist.inference.rundir import prepare_run_dir, read_results
 from fmnist.training.progress import epoch_line
 from fmnist.training.results import EpochRecord, TrainCallback
-from fmnist.training.rundirs import prepare_run_dir, read_results, result_from_dir, train_into
+from fmnist.training.rundirs import result_from_dir, train_into
 
 STOP_SECONDS = 10.0  # how long a worker may take to end after SIGTERM before it is killed
 PARENT_CHECK_SECONDS = 1.0  # how soon a worker notices that its parent died without stopping it

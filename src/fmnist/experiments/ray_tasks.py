@@ -29,7 +29,8 @@ from fmnist.experiments.ray_runtime import (
     task_error,
 )
 from fmnist.fsutil import atomic_write_bytes
-from fmnist.training.rundirs import LOCK_FILE, RunLock, prepare_run_dir, read_results, result_from_dir, train_into
+from fmnist.inference.rundir import LOCK_FILE, RunLock, prepare_run_dir, read_results
+from fmnist.training.rundirs import result_from_dir, train_into
 
 # A task whose worker dies is run again from the start (its scratch folder died with it);
 # the run is deterministic, so the retry gives the same result.

@@ -5,7 +5,8 @@ starts or joins Ray, ships the data once, and lets Tune run `fmnist.experiments.
 for each sampled config, with ASHA stopping weak trials early. Trials write their run
 directories straight into the sweep folder; Tune keeps its experiment state and each trial's
 epoch checkpoints under SWEEP_DIR/ray. At the end (or on Ctrl-C) the driver writes sweep.json
-from the run directories, best.toml, and the report; `--resume SWEEP_DIR` carries on.
+from the run directories and best.toml (`fmnist.api.sweep` then writes the report);
+`--resume SWEEP_DIR` carries on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from fmnist import __version__
 from fmnist.data.dataset import FashionMNIST
+from fmnist.data.sources import resolve_dataset
 from fmnist.errors import INTERRUPTED, DataError, FmnistError, UsageError
 from fmnist.experiments.ray_runtime import LOCAL, require_ray
 from fmnist.experiments.sweep_config import (
@@ -35,7 +37,7 @@ from fmnist.experiments.sweep_config import (
 )
 from fmnist.experiments.sweep_trial import trial_name
 from fmnist.fsutil import atomic_write_json, atomic_write_text, read_json
-from fmnist.training.rundirs import CONFIG_FILE, RESULTS_FILE, read_history
+from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, new_run_dir, read_history
 
 # Tune's CSV and TensorBoard result logs would repeat what every run directory holds (and show
 # up twice in `tensorboard --logdir SWEEP_DIR`); fmnist's progress display replaces its console output.
@@ -90,13 +92,6 @@ def _env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _new_sweep_dir(out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out}: exists and is not empty; choose another --out (or continue it with --resume)")
-    out.mkdir(parents=True, exist_ok=True)
-    return out.resolve()
-
-
 def _resumable(sweep_dir: Path) -> SweepSpec:
     if not (sweep_dir / SPEC_FILE).is_file() or not (sweep_dir / TUNE_DIR).is_dir():
         raise UsageError(f"{sweep_dir}: not a sweep folder (no {SPEC_FILE} and {TUNE_DIR}/); nothing to resume")
@@ -135,11 +130,9 @@ def _tuner(spec: SweepSpec, sweep_dir: Path, trainable: Any, resume: bool) -> An
 
 def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | None = None,
               out: str | Path | None = None, ray: str | None = None, data: FashionMNIST | None = None,
-              data_dir: str | Path | None = None, console: Any = None, report: bool = True,
+              data_dir: str | Path | None = None, console: Any = None,
               notify=lambda _message: None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run (or, with `resume`, continue) a sweep; returns what sweep.json holds (see the module docstring)."""
-    from fmnist.api import RUNS_ROOT, _timestamp, load_data
-
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if resume is not None:
         if config_file is not None or out is not None or overrides:
@@ -153,7 +146,7 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
     require_ray()
     from fmnist.experiments.ray_runtime import RaySession, dataset_digests, ship_dataset
 
-    dataset = data or load_data(data_dir or spec.base_config.data_dir or None, notify=notify)
+    dataset = data or resolve_dataset(str(data_dir or spec.base_config.data_dir or "") or None, notify=notify)
     digests = dataset_digests(dataset)
     if resume is not None:
         before = read_json(sweep_dir / SWEEP_FILE) if (sweep_dir / SWEEP_FILE).is_file() else {}
@@ -161,7 +154,7 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
             raise DataError(f"{sweep_dir}: these data differ from the ones the sweep started with; resume it with those")
         started = before.get("started")
     else:
-        sweep_dir = _new_sweep_dir(Path(out) if out else RUNS_ROOT / f"sweep-{_timestamp()}")
+        sweep_dir = new_run_dir(out, "sweep", resume_hint="continue it with --resume").resolve()
         header = f"# fmnist sweep config, as run (from {config_file}); `fmnist sweep --resume` reads it\n"
         atomic_write_text(sweep_dir / SPEC_FILE, header + spec.to_toml())
         started = None
@@ -192,10 +185,6 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
         raise FmnistError(f"{sweep_dir}: no trial reported {spec.settings.metric}; see {SWEEP_FILE} for why")
     write_best_toml(sweep_dir, summary)
     summary["folder"] = str(sweep_dir)
-    if report:
-        from fmnist.report.sections.sweep import write_sweep_report
-
-        summary["report"] = str(write_sweep_report(sweep_dir))
     return summary
 
 

@@ -35,8 +35,9 @@ from typing import Any
 
 import tomli_w
 
-from fmnist.config import FIELD_TYPES, TrainConfig, build_config, read_toml
+from fmnist.config import FIELD_TYPES, TrainConfig, read_toml
 from fmnist.errors import UsageError
+from fmnist.training.recipes import build_config
 
 # A sweep directory:
 #   sweep.toml        the sweep config as given (what --resume reads)

@@ -22,8 +22,9 @@ from fmnist.experiments.ray_runtime import ShippedDataset, pin_threads, receive_
 from fmnist.experiments.sweep_config import TRIALS_DIR, SweepSpec
 from fmnist.fsutil import atomic_write_json, read_json
 from fmnist.inference.checkpoint import META_FILE
+from fmnist.inference.rundir import RESULTS_FILE, prepare_run_dir
 from fmnist.training.results import EpochRecord, RunInfo, TrainCallback
-from fmnist.training.rundirs import RESULTS_FILE, prepare_run_dir, train_into
+from fmnist.training.rundirs import train_into
 from fmnist.training.state import STATE_META, clear_state
 
 CHECKPOINT_INFO = "fmnist-trial.json"  # in each Tune checkpoint: which epoch's state it holds
@@ -47,9 +48,9 @@ def epoch_metrics(record: EpochRecord, resumed_from: int) -> dict[str, Any]:
 class TuneReporter(TrainCallback):
     """Reports each finished epoch to Tune with a checkpoint of the run's exact-resume state.
 
-    The trainer calls `on_epoch_end` just before it saves that epoch's state, so the report
-    waits for the next step (by then the state is on disk); the last epoch, which saves no
-    state, is reported by `finish` once the run directory is complete.
+    An epoch's record arrives before its state is saved, so it is reported when the trainer
+    says the state is on disk (`on_state_saved`); the last epoch, which saves no state, is
+    reported by `finish` once the run directory is complete.
     """
 
     def __init__(self, run_dir: Path, resumed_from: int):
@@ -63,7 +64,7 @@ class TuneReporter(TrainCallback):
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
         self.pending = record
 
-    def on_step(self, step: int, epoch: int, loss, accuracy, images_per_second: float) -> None:
+    def on_state_saved(self, state_dir: Path) -> None:
         if self.pending is not None:
             record, self.pending = self.pending, None
             self._report(record, with_state=True)

@@ -20,11 +20,11 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from fmnist import __version__
-from fmnist.constants import CLASS_NAMES
+from fmnist.constants import CLASS_NAMES, TTA_LEVELS
 from fmnist.data.normalize import blank_value
 from fmnist.errors import CheckpointError, FmnistError, UsageError
 from fmnist.fsutil import atomic_write_bytes, atomic_write_json
-from fmnist.inference.tta import TTA_LEVELS, TestTimeAugmentation, tta_level
+from fmnist.inference.tta import TestTimeAugmentation, tta_level
 
 FORMAT = "fmnist-checkpoint"
 FORMAT_VERSION = 1

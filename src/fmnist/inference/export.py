@@ -47,7 +47,7 @@ CALIBRATION_IMAGES = 1024
 
 def file_metadata(meta: dict[str, Any], quantization: str = "none") -> dict[str, str]:
     """The facts a consumer needs to use the file without fmnist, as strings."""
-    from fmnist.inference.ensemble import tta_summary
+    from fmnist.inference.ensemble_model import tta_summary
 
     extra = meta.get("extra", {}) or {}
     return {
@@ -257,7 +257,7 @@ class ExportPlan:
 
     def __init__(self, run_dir: Path, fmt: str, *, int8: bool = False, out: Path | None = None,
                  data_dir: str | None = None, notify: Callable[[str], None] = lambda _: None):  # fmt: skip
-        from fmnist.inference.ensemble import load_inference_model
+        from fmnist.inference.ensemble_model import load_inference_model
 
         if fmt not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -324,7 +324,7 @@ class ExportPlan:
                 f"{fmt} export disagrees with PyTorch on {n} test images (max |logit diff| {max_diff:.2e}, "
                 f"top-1 agreement {100 * agreement:.2f}%); not written"
             )
-        from fmnist.inference.ensemble import tta_summary
+        from fmnist.inference.ensemble_model import tta_summary
 
         self.report = {
             "format": fmt, "file": str(self.out), "model": self.meta["model"], "check_images": n,

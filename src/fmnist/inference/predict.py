@@ -3,7 +3,7 @@
 `Predictor` hides the backend: PyTorch eager (the checkpoint itself) or ONNX Runtime (the run's
 exported model.onnx when it matches the checkpoint, else an export made in memory). Both apply
 the run's normalisation (fmnist.data.normalize) and test-time augmentation (fmnist.inference.tta), so
-they answer alike. An ensemble directory (fmnist.inference.ensemble) loads the same way.
+they answer alike. An ensemble directory (fmnist.inference.ensemble_model) loads the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Predictor:
     """A loaded run or ensemble ready for inference. Not thread-safe: give each thread its own, or serialise calls."""
 
     def __init__(self, run_dir: Path, backend: str = "torch", threads: int | None = None, precision: str = "auto"):
-        from fmnist.inference.ensemble import load_inference_model
+        from fmnist.inference.ensemble_model import load_inference_model
 
         if backend not in BACKENDS:
             raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -95,7 +95,7 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """What /model and `predict --json` report about the loaded run (never a server path)."""
-        from fmnist.inference.ensemble import tta_summary
+        from fmnist.inference.ensemble_model import tta_summary
 
         extra = self.meta.get("extra", {}) or {}
         return {

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TTA_LEVELS = ("none", "flip", "flip-shift")
+from fmnist.constants import TTA_LEVELS
+
 # One-pixel shifts (dy, dx) of the flip-shift level.
 _SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 

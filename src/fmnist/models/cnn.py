@@ -73,15 +73,7 @@ def cnn_seed002(num_classes: int = NUM_CLASSES) -> Classifier:
     return Classifier(features, nn.Linear(128, num_classes), 128, channels_last=True)
 
 
-# Seed 004's training set-up, as written: Adam 1e-3, batch 128, 20 epochs, fixed learning
-# rate, inputs normalised with mean 0.5 and std 0.5, no augmentation.
-SEED004_RECIPE = {
-    "epochs": 20, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "none",
-    "label_smoothing": 0.0, "flip": False, "tta": "none", "normalize": True, "mean": 0.5, "std": 0.5,
-}  # fmt: skip
-
-
-@register_model(family="cnn", recipe=SEED004_RECIPE)
+@register_model(family="cnn")
 def cnn_seed004(
     second_conv: bool = True,
     conv_dropout: float = 0.25,
@@ -121,22 +113,6 @@ def lenet5(num_classes: int = NUM_CLASSES) -> Classifier:
     return Classifier(features, nn.Linear(84, num_classes), 84, channels_last=True)
 
 
-# 4 epochs of one-cycle AdamW, chosen on validation accuracy; on a 2-core CPU, batch 128 runs
-# more images/s than 256 and gives more steps per epoch. Measured on the AVX2 development CPU
-# (seeds 0-2, benchmarks/time_to_accuracy.py): 93.12% +- 0.08 test, 84-90 s of training per run.
-FASTCNN_RECIPE = {
-    "epochs": 4,
-    "batch_size": 128,
-    "optimizer": "adamw",
-    "lr": 3e-3,
-    "weight_decay": 5e-2,
-    "scheduler": "onecycle",
-    "label_smoothing": 0.1,
-    "flip": True,
-    "tta": "flip",
-}
-
-
 def conv_pool_block(c_in: int, c_out: int) -> list[nn.Module]:
     """3x3 conv, then 2x2 max-pool, then BatchNorm + ReLU: normalising after pooling touches
     4x fewer values, which on a CPU is most of a small net's time (as airbench orders it)."""
@@ -144,7 +120,7 @@ def conv_pool_block(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 # fmnist 0.2.0's fastcnn ran its last conv at 7x7 and saved no `pool_before_last_conv`.
-@register_model(family="cnn", recipe=FASTCNN_RECIPE, legacy_args={"pool_before_last_conv": False})
+@register_model(family="cnn", legacy_args={"pool_before_last_conv": False})
 def fastcnn(
     widths: tuple[int, ...] = (16, 48, 96), pool_before_last_conv: bool = True, num_classes: int = NUM_CLASSES
 ) -> Classifier:

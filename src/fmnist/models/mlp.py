@@ -44,25 +44,8 @@ def mlp_seed002(num_classes: int = NUM_CLASSES) -> Classifier:
     return _mlp((128,), 0.0, False, num_classes)
 
 
-# 6 epochs, not 15: the baseline must stay a small share of `make run` (<= 25% of the training
-# time) at >= 89.5%. Seed 0 on the AVX2 development CPU, 6 epochs, chosen on validation:
-# 784-1024-512 with dropout 0.2 89.52% val (89.76% test, 42 s); 768-384 with dropout 0.2
-# 89.86% val (32 s); 768-384 without dropout 90.16% val (90.30% test, 20 s): a CPU draws
-# dropout masks slowly, and 6 epochs are too few to overfit.
-MLP_WIDE_RECIPE = {
-    "epochs": 6,
-    "batch_size": 256,
-    "optimizer": "adamw",
-    "lr": 2e-3,
-    "weight_decay": 5e-2,
-    "scheduler": "onecycle",
-    "label_smoothing": 0.1,
-    "flip": True,
-}
-
-
 # fmnist 0.2.0's mlp_wide (784-1024-512, dropout 0.2) took no arguments and saved none.
-@register_model(family="mlp", recipe=MLP_WIDE_RECIPE, legacy_args={"hidden": (1024, 512), "dropout": 0.2})
+@register_model(family="mlp", legacy_args={"hidden": (1024, 512), "dropout": 0.2})
 def mlp_wide(
     hidden: tuple[int, ...] = (768, 384), dropout: float = 0.0, num_classes: int = NUM_CLASSES
 ) -> Classifier:

@@ -44,7 +44,6 @@ class ModelEntry:
     builder: Callable[..., Classifier] | None  # the network form; None for a baseline without one
     baseline: BaselineSpec | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)  # training settings this model is tuned for
     # Arguments added after checkpoints of this model were first saved, with the value that
     # rebuilds those older checkpoints (which do not record them): a new default must not
     # change what an old run directory loads as.
@@ -62,6 +61,8 @@ class ModelEntry:
         return list(self.defaults)
 
 
+# Filled by the families' decorators when `fmnist.models` imports them; the registry imports no
+# family, so a family may use everything here.
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
@@ -88,20 +89,19 @@ def register_model(
     *,
     description: str = "",
     family: str = "cnn",
-    recipe: dict[str, Any] | None = None,
     legacy_args: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., Classifier]], Callable[..., Classifier]]:
     """Decorator: register a network builder `fn(**kwargs) -> Classifier` under `name`.
 
-    `recipe` holds the training settings (epochs, optimizer, ...) `fmnist train` uses for
-    this model unless a config file or flag says otherwise. `legacy_args` are arguments newer
-    than some saved checkpoints, with the value those checkpoints were built with.
+    `legacy_args` are arguments newer than some saved checkpoints, with the value those
+    checkpoints were built with. The training settings a model is tuned for live with the other
+    recipes (fmnist.training.recipes), not here: a model is an architecture.
     """
 
     def decorate(builder: Callable[..., Classifier]) -> Callable[..., Classifier]:
         key = name or builder.__name__
         _add(ModelEntry(key, _summary(builder, description), family, builder, None, _defaults_of(builder),
-                        dict(recipe or {}), dict(legacy_args or {})))  # fmt: skip
+                        dict(legacy_args or {})))  # fmt: skip
         return builder
 
     return decorate
@@ -126,25 +126,14 @@ def register_baseline(
     return decorate
 
 
-def _ensure_builtin_models() -> None:
-    # Importing the modules runs their registering decorators.
-    from fmnist.models import baselines, cnn, efficientnet, mlp, resnet, wrn  # noqa: F401
-
-
 def get_entry(name: str) -> ModelEntry:
-    _ensure_builtin_models()
     if name not in _REGISTRY:
         raise UsageError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _REGISTRY[name]
 
 
-def get_recipe(name: str) -> dict[str, Any]:
-    return dict(get_entry(name).recipe)
-
-
 def list_models() -> list[str]:
     """Every registered name, networks and baselines."""
-    _ensure_builtin_models()
     return sorted(_REGISTRY)
 
 

@@ -12,7 +12,7 @@ from fmnist.analysis.embeddings import resolve_method
 from fmnist.errors import UsageError
 from fmnist.experiments.sweep_config import SWEEP_FILE
 from fmnist.fsutil import atomic_write_text
-from fmnist.inference.ensemble import is_ensemble_dir
+from fmnist.inference.ensemble_model import is_ensemble_dir
 from fmnist.report.context import ReportContext
 from fmnist.report.document import Bullets, Document, Heading, Section, Text, render_markdown
 from fmnist.report.html import render_html

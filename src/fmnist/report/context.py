@@ -21,8 +21,8 @@ from fmnist.data.dataset import FashionMNIST
 from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError
 from fmnist.experiments.compare import COMPARE_FILE, read_compare
+from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, read_history, read_results
 from fmnist.report.options import ReportOptions
-from fmnist.training.rundirs import CONFIG_FILE, RESULTS_FILE, read_history, read_results
 
 FIGURES_DIR = "figures"
 ABLATION_FILE = "ablation.json"
@@ -147,7 +147,7 @@ class EnsembleEntry:
 
 def load_ensembles(folder: Path, compare: dict[str, Any] | None) -> list[EnsembleEntry]:
     """A compare's ensembles, or the one ensemble when `folder` is an ensemble directory."""
-    from fmnist.inference.ensemble import is_ensemble_dir
+    from fmnist.inference.ensemble_model import is_ensemble_dir
 
     folder = Path(folder)
     if compare is None:

@@ -7,6 +7,7 @@ directories, `compare` and reports handle both without asking which is which.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,6 +115,9 @@ class TrainCallback:
         """`loss` and `accuracy` are 0-d tensors of this batch; call float() only when displaying."""
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None: ...
+    def on_state_saved(self, state_dir: Path) -> None:
+        """Resumable state is on disk in `state_dir` (after each epoch but the last, and on a stop)."""
+
     def on_end(self, result: RunResult) -> None: ...
 
 

@@ -1,18 +1,13 @@
-"""Run directories: config, environment, data provenance, metrics.jsonl, checkpoint, results.json.
+"""Writing run directories as a run trains: config, environment, metrics, checkpoint, results.
 
-    RUN_DIR/
-      config.toml        the full, resolved TrainConfig
-      environment.json   versions of Python, torch, numpy, fmnist; device; precision; host CPU
-      metrics.jsonl      one JSON object per finished epoch
-      model.safetensors  best-by-validation weights
-      model.json         how to rebuild the model (see fmnist.inference.checkpoint)
-      results.json       summary: model, params, test accuracy/loss, best epoch, timings, data
+The files and their names are fmnist.inference.rundir's; this module writes them
+(`RunDirWriter`), trains into a locked run directory (`train_into`), and rebuilds a RunResult
+from a finished one (`result_from_dir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import platform
@@ -27,15 +22,10 @@ from torch import nn
 from fmnist import __version__
 from fmnist.config import TrainConfig
 from fmnist.device import cpu_isa, cpu_model, hardware_isa
-from fmnist.errors import FmnistError, RunLockedError, UsageError
-from fmnist.fsutil import append_line, atomic_write_json, atomic_write_text, read_json
-from fmnist.inference.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
+from fmnist.fsutil import append_line, atomic_write_json, atomic_write_text
+from fmnist.inference.checkpoint import CheckpointMeta, save_checkpoint
+from fmnist.inference.rundir import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, RunLock, read_history, read_results
 from fmnist.training.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
-
-RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.toml"
-LOCK_FILE = ".lock"
 
 
 def environment_info() -> dict[str, Any]:
@@ -56,56 +46,6 @@ def environment_info() -> dict[str, Any]:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "argv": sys.argv,
     }
-
-
-def prepare_run_dir(path: Path, *, overwrite: bool = False) -> Path:
-    """Create `path` for a new run; refuse to mix a new run into a finished or foreign one."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{path}: exists and is a file, not a run directory")
-    if path.is_dir() and any(path.iterdir()):
-        finished = (path / RESULTS_FILE).exists() or (path / META_FILE).exists()
-        if finished and not overwrite:
-            raise UsageError(f"{path}: already holds a run; choose another --out (or pass --overwrite)")
-        if not finished and not (path / CONFIG_FILE).exists() and not overwrite:
-            raise UsageError(f"{path}: folder is not empty and is not a run directory; choose another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FmnistError(f"{path}: cannot create run directory ({exc.strerror})") from None
-    return path
-
-
-class RunLock:
-    """An exclusive advisory lock on RUN_DIR/.lock for as long as a run writes there.
-
-    The OS drops the lock when the process dies, so a killed run never leaves a stale lock.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_FILE
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise FmnistError(f"{self.path}: cannot create lock file ({exc.strerror})") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise RunLockedError(f"{self.path.parent}: another fmnist process is writing to this run directory") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 def checkpoint_meta(config: TrainConfig, model: nn.Module, extra: dict[str, Any] | None = None) -> CheckpointMeta:
@@ -159,28 +99,6 @@ def train_into(config: TrainConfig, run_dir: Path, dataset: Any, callbacks: list
         callbacks.append(TensorBoardWriter(run_dir))
     with RunLock(run_dir):
         return fit(config, dataset, callbacks, state_dir=run_dir, resume=resume, stop=stop)
-
-
-def read_results(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / RESULTS_FILE
-    if not path.is_file():
-        raise FmnistError(f"{run_dir}: no {RESULTS_FILE} (not a finished run directory)")
-    return read_json(path)
-
-
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a crash ends the readable history
-    return rows
 
 
 def result_from_dir(run_dir: Path, config: TrainConfig) -> RunResult:

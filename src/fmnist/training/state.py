@@ -1,4 +1,7 @@
-"""Resumable training state: tensors in safetensors, everything else in JSON. Never a pickle.
+"""Resumable training state on disk: tensors in safetensors, everything else in JSON. Never a pickle.
+
+What the state holds is the Trainer's business (`Trainer.state_dict()` / `load_state_dict()`);
+this module only writes and reads it, and snapshots the random generators.
 
     RUN_DIR/state-<step>.safetensors   model, best-so-far weights, optimizer tensors, RNG states
     RUN_DIR/state.json                  counters, history, scheduler, optimizer hyper-parameters,
@@ -10,7 +13,6 @@ files: a kill at any moment leaves a JSON whose tensor file exists and matches.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -130,63 +132,3 @@ def rng_restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], loader_g
     random.setstate((version, tuple(state), gauss))
     name, keys, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-# -- a Trainer's state ------------------------------------------------------------------------
-def save_trainer(trainer: Any) -> None:
-    """Everything `restore_trainer` needs to continue `trainer` exactly, written to its state_dir."""
-    tensors = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
-    if trainer.best_state is not None:
-        tensors.update({f"best.{k}": v for k, v in trainer.best_state.items()})
-    if trainer.average is not None:
-        tensors.update({f"ema.{k}": v for k, v in trainer.average.model.state_dict().items()})
-    optim_tensors, optim_meta = flatten_optimizer(trainer.optimizer.state_dict())
-    rng_tensors, rng_meta = rng_snapshot(trainer.loader.generator)
-    tensors.update(optim_tensors)
-    tensors.update(rng_tensors)
-    if trainer.epoch_order is not None:
-        tensors["epoch_order"] = trainer.epoch_order.cpu()
-    meta = {
-        "config": trainer.config.to_dict(),
-        "epoch": trainer.epoch, "batch_in_epoch": trainer.batch_in_epoch, "step": trainer.step,
-        "elapsed": trainer.elapsed, "sums": dataclasses.asdict(trainer.sums),
-        "history": [dataclasses.asdict(r) for r in trainer.history],
-        "best_epoch": trainer.best_epoch, "best_key": list(trainer.best_key),
-        "epochs_without_gain": trainer.epochs_without_gain, "stopped_early": trainer.stopped_early,
-        "optimizer": optim_meta, "scheduler": trainer.schedule.state_dict(),
-        "rng": rng_meta, "data_sha256": trainer.dataset.provenance.to_dict()["sha256"],
-    }  # fmt: skip
-    save_state(trainer.state_dir, tensors, meta, generation=trainer.step)
-
-
-def restore_trainer(trainer: Any) -> None:
-    """Load `trainer.state_dir`'s state into `trainer`; the config and data must be the saved ones."""
-    from fmnist.training.results import EpochRecord
-    from fmnist.training.trainer import BestKey, EpochSums
-
-    folder = trainer.state_dir
-    tensors, meta = load_state(folder)
-    if meta["config"] != trainer.config.to_dict():
-        raise CheckpointError(f"{folder}: saved state belongs to a different configuration")
-    if meta["data_sha256"] != trainer.dataset.provenance.to_dict()["sha256"]:
-        raise CheckpointError(f"{folder}: the run was trained on different data files")
-
-    def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-    try:
-        trainer.model.load_state_dict(part("model."))
-        trainer.best_state = part("best.") or None
-        if trainer.average is not None:
-            trainer.average.model.load_state_dict(part("ema."))
-        trainer.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
-        trainer.schedule.load_state_dict(meta["scheduler"])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{folder}: saved state does not fit this model ({exc})") from None
-    rng_restore(tensors, meta["rng"], trainer.loader.generator)
-    trainer.epoch_order = tensors.get("epoch_order")
-    trainer.epoch, trainer.batch_in_epoch, trainer.step = meta["epoch"], meta["batch_in_epoch"], meta["step"]
-    trainer.elapsed, trainer.sums = meta["elapsed"], EpochSums(**meta["sums"])
-    trainer.history = [EpochRecord(**r) for r in meta["history"]]
-    trainer.best_epoch, trainer.best_key = meta["best_epoch"], BestKey(*meta["best_key"])
-    trainer.epochs_without_gain, trainer.stopped_early = meta["epochs_without_gain"], meta["stopped_early"]

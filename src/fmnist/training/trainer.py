@@ -13,12 +13,13 @@ bit for bit on the CPU.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +30,23 @@ from fmnist.data.loader import Augmentation, TensorLoader
 from fmnist.data.normalize import blank_value, normalize
 from fmnist.data.splits import stratified_split
 from fmnist.device import autocast_context, cpu_isa, enable_determinism, resolve_device, resolve_precision
-from fmnist.errors import INTERRUPTED, FmnistError, UsageError
+from fmnist.errors import INTERRUPTED, CheckpointError, FmnistError, UsageError
 from fmnist.inference.evaluate import evaluate_logits, predict
 from fmnist.models.base import Classifier
 from fmnist.models.registry import count_parameters, create_model, get_entry, model_size_mb
 from fmnist.seeding import seed_everything
 from fmnist.training.optim import WeightAverage, make_optimizer, make_schedule
 from fmnist.training.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
-from fmnist.training.state import clear_state, has_state, restore_trainer, save_trainer
+from fmnist.training.state import (
+    clear_state,
+    flatten_optimizer,
+    has_state,
+    load_state,
+    rng_restore,
+    rng_snapshot,
+    save_state,
+    unflatten_optimizer,
+)
 
 
 class TrainingInterrupted(FmnistError):
@@ -118,15 +128,72 @@ class Trainer:
         self.best_epoch, self.best_key, self.epochs_without_gain = 0, WORST, 0
         self.stopped_early = False
 
-    # -- saving and restoring (fmnist.training_state does the file work) -----------------
+    # -- resumable state (fmnist.training.state writes and reads the files) ---------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything `load_state_dict` needs to continue this run exactly: (tensors, JSON values)."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
+        if self.average is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.average.model.state_dict().items()})
+        optim_tensors, optim_meta = flatten_optimizer(self.optimizer.state_dict())
+        rng_tensors, rng_meta = rng_snapshot(self.loader.generator)
+        tensors.update(optim_tensors)
+        tensors.update(rng_tensors)
+        if self.epoch_order is not None:
+            tensors["epoch_order"] = self.epoch_order.cpu()
+        meta = {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "elapsed": self.elapsed, "sums": dataclasses.asdict(self.sums),
+            "history": [dataclasses.asdict(r) for r in self.history],
+            "best_epoch": self.best_epoch, "best_key": list(self.best_key),
+            "epochs_without_gain": self.epochs_without_gain, "stopped_early": self.stopped_early,
+            "optimizer": optim_meta, "scheduler": self.schedule.state_dict(),
+            "rng": rng_meta, "data_sha256": self.dataset.provenance.to_dict()["sha256"],
+        }  # fmt: skip
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str = "state") -> None:
+        """Continue from `state_dict()`'s output; the config and data must be the saved ones."""
+        if meta["config"] != self.config.to_dict():
+            raise CheckpointError(f"{where}: saved state belongs to a different configuration")
+        if meta["data_sha256"] != self.dataset.provenance.to_dict()["sha256"]:
+            raise CheckpointError(f"{where}: the run was trained on different data files")
+
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        try:
+            self.model.load_state_dict(part("model."))
+            self.best_state = part("best.") or None
+            if self.average is not None:
+                self.average.model.load_state_dict(part("ema."))
+            self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+            self.schedule.load_state_dict(meta["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"{where}: saved state does not fit this model ({exc})") from None
+        rng_restore(tensors, meta["rng"], self.loader.generator)
+        self.epoch_order = tensors.get("epoch_order")
+        self.epoch, self.batch_in_epoch, self.step = meta["epoch"], meta["batch_in_epoch"], meta["step"]
+        self.elapsed, self.sums = meta["elapsed"], EpochSums(**meta["sums"])
+        self.history = [EpochRecord(**r) for r in meta["history"]]
+        self.best_epoch, self.best_key = meta["best_epoch"], BestKey(*meta["best_key"])
+        self.epochs_without_gain, self.stopped_early = meta["epochs_without_gain"], meta["stopped_early"]
+
     def save_state(self) -> None:
-        if self.state_dir is not None:
-            save_trainer(self)
+        if self.state_dir is None:
+            return
+        tensors, meta = self.state_dict()
+        save_state(self.state_dir, tensors, meta, generation=self.step)
+        for cb in self.callbacks:
+            cb.on_state_saved(self.state_dir)
 
     def resume(self) -> None:
         """Load the saved state from `state_dir`; the config must be the one it was saved with."""
         assert self.state_dir is not None
-        restore_trainer(self)
+        tensors, meta = load_state(self.state_dir)
+        self.load_state_dict(tensors, meta, where=str(self.state_dir))
 
     def request_stop(self) -> None:
         """Ask the run to save its state and stop after the current step (e.g. on Ctrl-C)."""

@@ -60,7 +60,7 @@ class Changes:
 
 
 def read_changes(folder: Path, best: int) -> Changes:
-    from fmnist.inference.ensemble import read_predictions
+    from fmnist.inference.ensemble_model import read_predictions
 
     saved = read_predictions(folder)
     return Changes(saved["labels"].astype(np.int64), saved["probabilities"], saved["member_predicted"], best)

@@ -14,13 +14,14 @@ its own mean/std and runs with its own test-time augmentation; the module return
 the weighted mean probability, so softmax gives the mean back and argmax is the ensemble's
 answer. `fmnist.inference.predict.Predictor` and `fmnist.inference.export` take an ensemble directory wherever
 they take a run directory. Grad-CAM has no single network to explain, so ensembles have none.
+
+This module loads and runs ensembles; fmnist.inference.ensemble_build makes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from fmnist import __version__
 from fmnist.errors import CheckpointError, UsageError
 from fmnist.fsutil import read_json
 from fmnist.inference.checkpoint import checkpoint_folder, load_checkpoint, normalization, tta_settings, with_tta
@@ -79,7 +78,12 @@ class EnsembleModel(nn.Module):
                 xm = member.model.layout(xm)
             p = torch.softmax(member(xm).float(), dim=1) * weight
             total = p if total is None else total + p
-        return torch.log(total.clamp_min(_TINY))
+        return log_probabilities(total)
+
+
+def log_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
+    """log p, floored so a probability of exactly 0 stays finite (softmax gives p back)."""
+    return torch.log(probabilities.clamp_min(_TINY))
 
 
 def average_probabilities(probabilities: torch.Tensor, weights: list[float] | None = None) -> torch.Tensor:
@@ -119,45 +123,6 @@ def members_of(run_dirs: list[Path], device: str | torch.device = "cpu") -> list
     if len(run_dirs) < 2:
         raise UsageError("an ensemble needs at least two run directories")
     return load_members([Path(d) for d in run_dirs], device)
-
-
-def member_weights(members: list[Member], weighted: bool) -> list[float]:
-    """Equal weights, or each member's best validation accuracy, normalised to sum to 1."""
-    if not weighted:
-        return [1.0 / len(members)] * len(members)
-    from fmnist.training.rundirs import read_results
-
-    raw = []
-    for m in members:
-        value = read_results(m.folder).get("best_val_accuracy")
-        if not isinstance(value, (int, float)) or not value > 0:
-            raise UsageError(f"{m.folder}: no best validation accuracy to weight by (trained without validation?)")
-        raw.append(float(value))
-    return [v / sum(raw) for v in raw]
-
-
-def _relative(path: Path, start: Path) -> str:
-    try:
-        return os.path.relpath(path.resolve(), start.resolve())
-    except ValueError:  # another drive (Windows): only an absolute path reaches it
-        return str(path.resolve())
-
-
-def _manifest(members: list[Member], weights: list[float], out_dir: Path, weighted: bool) -> dict[str, Any]:
-    mean, std = normalization(members[0].meta)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fmnist_version": __version__,
-        "weighted": weighted,
-        "class_names": list(members[0].meta["class_names"]),
-        "normalization": {"mean": mean, "std": std},
-        "members": [
-            {"path": _relative(m.folder, out_dir), "model": m.meta["model"], "weights_sha256": m.meta["weights_sha256"],
-             "weight": w, "tta": m.meta["tta"]}
-            for m, w in zip(members, weights)
-        ],  # fmt: skip
-    }
 
 
 def is_ensemble_dir(path: Path) -> bool:
@@ -200,7 +165,7 @@ def load_ensemble(path: Path, device: str | torch.device = "cpu") -> tuple[Ensem
     described = [{"model": m.meta["model"], "tta": m.meta["tta"], "weight": e["weight"]} for m, e in pairs]
     # What identifies the graph: each member's weights, TTA and normalisation, and the weight given it.
     identity = [[m.meta["weights_sha256"], m.meta["tta"], normalization(m.meta), e["weight"]] for m, e in pairs]
-    from fmnist.training.rundirs import RESULTS_FILE
+    from fmnist.inference.rundir import RESULTS_FILE
 
     results_path = folder / RESULTS_FILE
     results = read_json(results_path) if results_path.is_file() else {}
@@ -258,99 +223,6 @@ def member_probabilities(members: list[Member], images: np.ndarray, precision: s
         logits = predict(m.model, x, precision=precision, **settings)
         out.append(torch.softmax(logits.float(), dim=1))
     return torch.stack(out)
-
-
-def score_members(
-    member_probs: torch.Tensor, weights: list[float], labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, list[float], int]:
-    """(weighted mean probabilities (N, C), each member's top-1 (M, N), each member's accuracy, the best's index)."""
-    predicted = member_probs.argmax(2)
-    accuracy = [(p == labels).double().mean().item() for p in predicted]
-    return average_probabilities(member_probs, weights), predicted, accuracy, int(np.argmax(accuracy))
-
-
-def _pairwise_disagreement(predicted: torch.Tensor) -> list[dict[str, Any]]:
-    m = predicted.shape[0]
-    return [
-        {"a": i, "b": j, "fraction": (predicted[i] != predicted[j]).double().mean().item()}
-        for i in range(m)
-        for j in range(i + 1, m)
-    ]
-
-
-def build_ensemble(
-    run_dirs: list[Path],
-    out_dir: Path,
-    *,
-    dataset,
-    weighted: bool = False,
-    precision: str = "auto",
-    device: str = "cpu",
-    overwrite: bool = False,
-    step: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
-    """Score the members and their average on `dataset`'s test split; write the ensemble directory.
-
-    Returns what results.json holds. Members must share class names; each is run with its own
-    normalisation and TTA. `weighted` weights each by its best validation accuracy. `step`
-    hears a label before each member is scored (for a progress display).
-    """
-    from fmnist.analysis.calibration import DEFAULT_BINS, calibration
-    from fmnist.device import resolve_precision
-    from fmnist.fsutil import atomic_write_bytes, atomic_write_json
-    from fmnist.inference.ensemble_validation import score_validation
-    from fmnist.inference.evaluate import evaluate_logits
-    from fmnist.training.rundirs import RESULTS_FILE, prepare_run_dir
-
-    members = members_of(run_dirs, device)
-    out_dir = Path(out_dir)
-    if any(out_dir.resolve() == m.folder.resolve() for m in members):
-        raise UsageError(f"{out_dir}: is a member's run directory; choose another --out")
-    weights = member_weights(members, weighted)
-    prepare_run_dir(out_dir, overwrite=overwrite)
-
-    precision = resolve_precision(precision, torch.device(device))
-    labels = torch.from_numpy(dataset.test_labels.astype(np.int64))
-    member_probs = member_probabilities(members, dataset.test_images, precision, step)
-    probs, member_predicted, member_accuracy, best = score_members(member_probs, weights, labels)
-    class_names = tuple(members[0].meta["class_names"])
-    evaluation = evaluate_logits(torch.log(probs.clamp_min(_TINY)), labels, class_names)
-    ensemble_right, best_right = probs.argmax(1) == labels, member_predicted[best] == labels
-    cal = calibration(probs, labels, DEFAULT_BINS)
-    validation = score_validation(members, weights, dataset, precision, step)
-
-    results = {
-        "model": MODEL_NAME,
-        "model_args": {"members": [m.meta["model"] for m in members], "weighted": weighted},
-        "params": sum(int(m.meta.get("params") or 0) for m in members),
-        "test_accuracy": evaluation.accuracy,
-        "test_loss": evaluation.loss,
-        "ece": cal.ece,
-        "mean_confidence": cal.mean_confidence,
-        "members": [
-            {"run_dir": str(m.folder), "model": m.meta["model"], "tta": m.meta["tta"], "test_accuracy": acc,
-             "weight": w}
-            for m, acc, w in zip(members, member_accuracy, weights)
-        ],
-        "best_member": best,
-        "gain_over_best_member": evaluation.accuracy - member_accuracy[best],
-        "fixed": int((ensemble_right & ~best_right).sum()),  # the best member wrong, the ensemble right
-        "introduced": int((~ensemble_right & best_right).sum()),
-        "pairwise_disagreement": _pairwise_disagreement(member_predicted),
-        "validation": validation,  # the same members on their shared validation split (fmnist.inference.ensemble_validation)
-        "device": device,
-        "precision": precision,
-        "data": dataset.provenance.to_dict(),
-        "num_images": evaluation.num_images,
-        "confusion": evaluation.confusion,
-        "per_class": evaluation.per_class,
-        "most_confused": evaluation.most_confused,
-    }
-    tensors = {"labels": labels, "probabilities": probs.contiguous(), "member_predicted": member_predicted.contiguous()}
-    atomic_write_bytes(out_dir / PREDICTIONS_FILE, save_safetensors_bytes(tensors))
-    atomic_write_json(out_dir / MANIFEST_FILE, _manifest(members, weights, out_dir, weighted))
-    atomic_write_json(out_dir / RESULTS_FILE, results)
-    return results
 
 
 def read_predictions(folder: Path) -> dict[str, np.ndarray]:
