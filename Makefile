@@ -57,8 +57,10 @@ test: install browser
 bench: install
 	$(PY) benchmarks/time_to_accuracy.py
 
+# ruff, then the import-linter contract in pyproject.toml: an import that runs up a layer fails.
 lint: install
 	$(PY) -m ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

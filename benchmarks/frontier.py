@@ -36,8 +36,8 @@ import torch
 
 from fmnist.api import load_data, make_config, run_plan, train
 from fmnist.device import cpu_isa, cpu_model
-from fmnist.experiments.compare import ComparePlan, RunSpec
 from fmnist.experiments.jobs import threads_per_job
+from fmnist.experiments.plan import ComparePlan, RunSpec
 from fmnist.inference.ensemble_build import build_ensemble
 from fmnist.training.recipes import MEASURED_FILE, RECIPES, accuracy_label, measured, record_measurement
 

@@ -12,7 +12,8 @@ import torch
 from conftest import run_cli
 from fmnist.data.normalize import normalize
 from fmnist.errors import UsageError
-from fmnist.experiments.compare import plan_from_models, run_compare
+from fmnist.experiments.compare import run_compare
+from fmnist.experiments.plan import plan_from_models
 from fmnist.inference.checkpoint import load_checkpoint
 from fmnist.inference.rundir import prepare_run_dir, read_history
 from fmnist.models import create_model

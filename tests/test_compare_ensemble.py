@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli
 from fmnist.errors import UsageError
-from fmnist.experiments.compare import plan_from_file
+from fmnist.experiments.plan import plan_from_file
 from fmnist.inference.ensemble_model import read_predictions
 
 SMOKE = ("--epochs", "1", "--max-steps", "3", "--val-size", "500")

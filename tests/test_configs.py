@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fmnist.experiments.ablate import ablation_plan
-from fmnist.experiments.compare import plan_from_file, run_compare
+from fmnist.experiments.compare import run_compare
+from fmnist.experiments.plan import plan_from_file
 from fmnist.models import count_parameters, create_model
 from fmnist.report.text import published_accuracy, published_pct
 
@@ -115,7 +116,7 @@ def test_the_benchmark_config_runs_every_row_of_seed004s_table():
 
 def test_the_benchmark_configs_ensemble_row_shows_its_published_figure(tiny_dataset, tmp_path: Path):
     """A smoke run of the cheap rows and their ensemble: the ensemble row and 96.1% reach the comparison."""
-    from fmnist.experiments.compare import EnsembleSpec
+    from fmnist.experiments.plan import EnsembleSpec
     from fmnist.report.context import ReportContext, ReportOptions
     from fmnist.report.document import Document, render_markdown
     from fmnist.report.sections.comparison import comparison_section

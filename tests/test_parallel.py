@@ -18,8 +18,9 @@ from conftest import REAL_DATA_ENV, run_cli
 from fmnist import api
 from fmnist.data.dataset import FashionMNIST, Provenance, load_idx_folder
 from fmnist.errors import FmnistError, UsageError
-from fmnist.experiments.compare import ComparePlan, RunSpec, run_compare
+from fmnist.experiments.compare import run_compare
 from fmnist.experiments.jobs import ProcessExecutor, check_jobs, threads_per_job
+from fmnist.experiments.plan import ComparePlan, RunSpec
 from fmnist.inference.rundir import LOCK_FILE, read_history, read_results
 
 TINY = {"max_steps": 12, "val_size": 500}

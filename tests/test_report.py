@@ -33,7 +33,8 @@ from fmnist.data.dataset import load_idx_folder
 from fmnist.data.idx import write_idx
 from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError, UsageError
-from fmnist.experiments.compare import ComparePlan, RunSpec, run_compare
+from fmnist.experiments.compare import run_compare
+from fmnist.experiments.plan import ComparePlan, RunSpec
 from fmnist.fsutil import atomic_write_text
 from fmnist.inference.rundir import prepare_run_dir
 from fmnist.models import count_parameters, create_model

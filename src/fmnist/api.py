@@ -110,7 +110,7 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
     process with an equal share of the CPU threads (see fmnist.experiments.jobs). Ensembles are built
     here from the returned run directories.
     """
-    from fmnist.experiments.compare import default_plan, plan_from_file, plan_from_models
+    from fmnist.experiments.plan import default_plan, plan_from_file, plan_from_models
 
     if models and config_file:
         raise UsageError("give either models or a config file, not both")
@@ -125,10 +125,11 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
 
 
 def run_plan(plan: Any, out: str | Path | None, name: str = "compare", *, data: FashionMNIST | None = None, progress: bool | Any = True,
-             report: bool = True, overrides: dict[str, Any] | None = None, ablation_base: str | None = None,
+             report: bool = True, overrides: dict[str, Any] | None = None, ablation: tuple[str, Any] | None = None,
              data_dir: str | Path | None = None, notify=lambda _message: None, ray: str | None = None,
              jobs: int | None = None) -> Comparison:  # fmt: skip
-    """Run a ComparePlan (or, with `ablation_base`, that model's ablation) into `out`; `ray`, `jobs` as in `compare`.
+    """Run a ComparePlan (or, with `ablation` = (base, variants), that model's ablation) into `out`;
+    `ray`, `jobs` as in `compare`.
 
     Without `out` the results go to runs/NAME-TIMESTAMP.
     """
@@ -153,11 +154,12 @@ def run_plan(plan: Any, out: str | Path | None, name: str = "compare", *, data: 
     try:
         local = ProcessExecutor(jobs, notify=notify) if jobs > 1 else None
         with ray_executor(ray, notify) if ray else nullcontext(local) as executor:
-            if ablation_base:
+            if ablation:
                 from fmnist.experiments.ablate import run_ablation
 
-                run_ablation(ablation_base, out, data, seeds=plan.seeds, overrides=overrides, executor=executor,
-                             **hooks)  # fmt: skip
+                base, variants = ablation
+                run_ablation(base, out, data, seeds=plan.seeds, overrides=overrides, ablation=(plan, variants),
+                             planned=planned, executor=executor, **hooks)  # fmt: skip
             else:
                 run_compare(plan, out, data, planned=planned, executor=executor, step=notify, **hooks)
     finally:
@@ -179,9 +181,9 @@ def ablate(base: str = "cnn_seed004", *, seeds: int = 1, out: str | Path | None 
     """
     from fmnist.experiments.ablate import ablation_plan
 
-    plan, _ = ablation_plan(base, seeds)
+    plan, variants = ablation_plan(base, seeds)
     return run_plan(plan, out, f"ablate-{base}", data=data, data_dir=data_dir, progress=progress, report=report, overrides=overrides,
-                    ablation_base=base, notify=notify, ray=ray, jobs=jobs)  # fmt: skip
+                    ablation=(base, variants), notify=notify, ray=ray, jobs=jobs)  # fmt: skip
 
 
 def sweep(config_file: str | Path | None = None, *, resume: str | Path | None = None, out: str | Path | None = None,

@@ -73,7 +73,7 @@ def train_cmd(
         options["model_args"] = {**file_args, **extra_args}
     cfg = api.make_config(model, recipe=recipe, config_file=config, **options)
     if seeds > 1:
-        from fmnist.experiments.compare import ComparePlan, RunSpec
+        from fmnist.experiments.plan import ComparePlan, RunSpec
 
         plan = ComparePlan([RunSpec(cfg.model, cfg.to_dict())], seeds=seeds, title=f"{cfg.model} over {seeds} seeds")
         comparison = api.run_plan(plan, out, f"{cfg.model}-seeds",

@@ -14,13 +14,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
-from fmnist.experiments.compare import ComparePlan, Executor, RunSpec, run_compare
+from fmnist.experiments.compare import run_compare
+from fmnist.experiments.executor import Executor
+from fmnist.experiments.plan import ComparePlan, PlannedRun, RunSpec
 from fmnist.fsutil import atomic_write_json
 from fmnist.models.registry import get_entry
 from fmnist.training.recipes import model_settings
@@ -125,10 +126,6 @@ def summarize_ablation(
     return out
 
 
-def default_out_dir(base: str, root: Path = Path("runs")) -> Path:
-    return root / f"ablate-{base}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
 def run_ablation(
     base: str,
     out_dir: Path,
@@ -136,13 +133,19 @@ def run_ablation(
     *,
     seeds: int = 1,
     overrides: dict[str, Any] | None = None,
+    ablation: tuple[ComparePlan, list[Variant]] | None = None,
+    planned: list[PlannedRun] | None = None,
     make_callbacks: Callable[[str, TrainConfig], list[TrainCallback]] = lambda name, cfg: [],
     on_result: Callable[[str, RunResult], None] = lambda name, result: None,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Train every variant x seeds into `out_dir` (a compare directory) and write ablation.json."""
-    plan, variants = ablation_plan(base, seeds)
-    summary = run_compare(plan, out_dir, dataset, overrides=overrides, make_callbacks=make_callbacks,
+    """Train every variant x seeds into `out_dir` (a compare directory) and write ablation.json.
+
+    `ablation` is `ablation_plan(base, seeds)` and `planned` its resolved runs, where the caller
+    has built them already.
+    """
+    plan, variants = ablation or ablation_plan(base, seeds)
+    summary = run_compare(plan, out_dir, dataset, planned=planned, overrides=overrides, make_callbacks=make_callbacks,
                           on_result=on_result, executor=executor)  # fmt: skip
     ablation = {
         "base": base,

@@ -34,7 +34,8 @@ from typing import Any
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import FmnistError, UsageError, first_line
-from fmnist.experiments.compare import MakeCallbacks, OnResult, PlannedRun
+from fmnist.experiments.executor import MakeCallbacks, OnResult
+from fmnist.experiments.plan import PlannedRun
 from fmnist.inference.rundir import prepare_run_dir, read_results
 from fmnist.training.progress import epoch_line
 from fmnist.training.results import EpochRecord, TrainCallback

@@ -18,7 +18,8 @@ from typing import Any
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import FmnistError
-from fmnist.experiments.compare import MakeCallbacks, OnResult, PlannedRun
+from fmnist.experiments.executor import MakeCallbacks, OnResult
+from fmnist.experiments.plan import PlannedRun
 from fmnist.experiments.ray_runtime import (
     RaySession,
     ShippedDataset,

@@ -1,0 +1,183 @@
+"""Plans of several runs: what `fmnist compare`, `ablate` and `train --seeds` will train.
+
+A ComparePlan names runs (model + settings) and ensembles of them; `resolve` builds and checks
+every run's TrainConfig before any data loads, and names each run's folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmnist.config import TrainConfig, read_toml
+from fmnist.errors import UsageError
+from fmnist.models.registry import get_entry
+from fmnist.training.recipes import build_config
+
+ENSEMBLES_DIR = "ensembles"
+# The seeds' experiment: the MLP baseline against fmnist's default CNN, each with its recipe.
+DEFAULT_RUNS: tuple[tuple[str, str], ...] = (("mlp", "mlp_wide"), ("cnn", "fastcnn"))
+
+
+@dataclass
+class RunSpec:
+    name: str
+    values: dict[str, Any]  # TrainConfig fields (model, epochs, ...) for this run
+
+    def config(self, overrides: dict[str, Any], seed_offset: int = 0) -> TrainConfig:
+        config = build_config(self.values.get("model"), file_values=self.values, cli_values=overrides)
+        config.seed += seed_offset
+        return config
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a plan, its configuration built and validated once."""
+
+    spec_name: str
+    run_name: str  # its folder in the compare directory
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """An `[[ensembles]]` table: several runs of the plan averaged into one model."""
+
+    name: str
+    members: tuple[str, ...]  # run names of the plan
+
+
+@dataclass(frozen=True)
+class PlannedEnsemble:
+    name: str  # its row in the comparison and its folder under ENSEMBLES_DIR
+    kind: str  # "seeds": one run name's seeds; "runs": runs named in [[ensembles]]
+    members: tuple[PlannedRun, ...]
+
+    @property
+    def folder(self) -> str:
+        return f"{ENSEMBLES_DIR}/{self.name}"
+
+
+@dataclass
+class ComparePlan:
+    runs: list[RunSpec]
+    seeds: int = 1
+    title: str = "MLP baseline vs CNN"
+    notes: str = ""
+    published: dict[str, Any] = field(default_factory=dict)  # figures from the study a config reproduces
+    ensemble: bool = False  # average each run name's seeds (needs seeds >= 2)
+    ensembles: list[EnsembleSpec] = field(default_factory=list)
+
+    def check_ensembles(self, where: str = "compare") -> None:
+        """Ensemble settings that cannot work fail here, before anything trains."""
+        if self.ensemble and self.seeds < 2:
+            raise UsageError(f"{where}: --ensemble (ensemble = true) averages each run's seeds, so it needs "
+                             f"--seeds 2 or more (got {self.seeds})")  # fmt: skip
+        run_names = [s.name for s in self.runs]
+        models = {s.name: s.values.get("model") for s in self.runs}
+        seen: set[str] = set()
+        for e in self.ensembles:
+            if e.name in seen or e.name in run_names:
+                raise UsageError(f"{where}: ensemble name {e.name!r} is already a run's or another ensemble's")
+            seen.add(e.name)
+            unknown = [m for m in e.members if m not in run_names]
+            if unknown:
+                raise UsageError(f"{where}: ensemble {e.name!r} names unknown run {unknown[0]!r} "
+                                 f"(runs: {', '.join(run_names)})")  # fmt: skip
+            if len(set(e.members)) < 2 or len(set(e.members)) != len(e.members):
+                raise UsageError(f"{where}: ensemble {e.name!r} needs two or more different runs as members")
+        for name in [m for e in self.ensembles for m in e.members] + (run_names if self.ensemble else []):
+            if models.get(name) and not get_entry(str(models[name])).has_network:
+                raise UsageError(f"{where}: run {name!r} ({models[name]}) keeps no model, so it cannot be an "
+                                 f"ensemble member")  # fmt: skip
+
+    def planned_ensembles(self, planned: list[PlannedRun]) -> list[PlannedEnsemble]:
+        """The ensembles to build once `planned` has trained: each name's seeds, then [[ensembles]] per seed."""
+        by_name: dict[str, list[PlannedRun]] = {}
+        for run in planned:
+            by_name.setdefault(run.spec_name, []).append(run)
+        out = []
+        if self.ensemble:
+            out += [PlannedEnsemble(name, "seeds", tuple(runs)) for name, runs in by_name.items() if len(runs) > 1]
+        for e in self.ensembles:
+            for k in range(self.seeds):  # with several seeds, one ensemble of the k-th seed of each member
+                members = tuple(by_name[m][k] for m in e.members)
+                name = e.name if self.seeds == 1 else f"{e.name}-seed{members[0].config.seed}"
+                out.append(PlannedEnsemble(name, "runs", members))
+        return out
+
+    def resolve(self, overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
+        """Every run x seed with its validated config: bad values fail here, before any data loads."""
+        self.check_ensembles()
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        planned = []
+        for spec in self.runs:
+            for k in range(self.seeds):
+                config = spec.config(overrides, k)
+                run_name = spec.name if self.seeds == 1 else f"{spec.name}-seed{config.seed}"
+                planned.append(PlannedRun(spec.name, run_name, config))
+        return planned
+
+
+def default_plan() -> ComparePlan:
+    return ComparePlan([RunSpec(name, {"model": model}) for name, model in DEFAULT_RUNS])
+
+
+def plan_from_models(models: Sequence[str]) -> ComparePlan:
+    names = [m.strip() for m in models if m.strip()]
+    if not names:
+        raise UsageError("--models needs at least one model name")
+    if len(set(names)) != len(names):
+        raise UsageError("--models lists a model twice")
+    return ComparePlan([RunSpec(name, {"model": name}) for name in names], title=" vs ".join(names))
+
+
+def plan_from_file(path: Path) -> ComparePlan:
+    """A TOML file: optional title/notes/seeds, a [defaults] table, and [[runs]] with name + model."""
+    data = read_toml(path)
+    known = {"title", "notes", "seeds", "defaults", "runs", "published", "ensemble", "ensembles"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"{path}: unknown top-level key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    defaults = data.get("defaults", {})
+    runs = data.get("runs")
+    if not isinstance(defaults, dict) or not isinstance(runs, list) or not runs:
+        raise UsageError(f"{path}: needs a [[runs]] list (each with a name and a model)")
+    specs = []
+    for i, run in enumerate(runs, start=1):
+        if not isinstance(run, dict) or "model" not in run:
+            raise UsageError(f"{path}: run {i} needs a model")
+        values = {**defaults, **{k: v for k, v in run.items() if k != "name"}}
+        if isinstance(defaults.get("model_args"), dict) and isinstance(run.get("model_args"), dict):
+            values["model_args"] = {**defaults["model_args"], **run["model_args"]}
+        specs.append(RunSpec(str(run.get("name") or run["model"]), values))
+    if len({s.name for s in specs}) != len(specs):
+        raise UsageError(f"{path}: run names must be unique")
+    seeds = data.get("seeds", 1)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise UsageError(f"{path}: seeds must be a positive integer")
+    ensemble = data.get("ensemble", False)
+    if not isinstance(ensemble, bool):
+        raise UsageError(f"{path}: ensemble must be true or false")
+    plan = ComparePlan(specs, seeds, str(data.get("title", path.stem)), str(data.get("notes", "")),
+                       dict(data.get("published", {})), ensemble, _ensemble_specs(path, data.get("ensembles", [])))  # fmt: skip
+    plan.check_ensembles(str(path))
+    return plan
+
+
+def _ensemble_specs(path: Path, tables: Any) -> list[EnsembleSpec]:
+    if not isinstance(tables, list):
+        raise UsageError(f"{path}: ensembles must be [[ensembles]] tables, each with a name and members")
+    specs = []
+    for i, table in enumerate(tables, start=1):
+        members = table.get("members") if isinstance(table, dict) else None
+        if not isinstance(table, dict) or not isinstance(table.get("name"), str) or not table["name"] \
+                or not isinstance(members, list) or not all(isinstance(m, str) for m in members):  # fmt: skip
+            raise UsageError(f"{path}: ensemble {i} needs a name and members, a list of run names")
+        extra = sorted(set(table) - {"name", "members"})
+        if extra:
+            raise UsageError(f"{path}: ensemble {table['name']!r}: unknown key {extra[0]!r} (known: members, name)")
+        specs.append(EnsembleSpec(table["name"], tuple(members)))
+    return specs
