@@ -85,6 +85,8 @@ def render_json_table(file_name: str, table_name: str) -> str:
     if table_name not in tables:
         raise KeyError(f"{path.name} has no table {table_name!r} (it has: {', '.join(tables)})")
     table = tables[table_name]
+    if "output" in table:  # a transcript: what a command printed, as it printed it
+        return f"```text\n{table['output'].rstrip()}\n```\n\n{table['hardware']}; command: `{table['command']}`.\n"
     columns = [tuple(c) for c in table["columns"]]
     keys = {c[0] for c in columns}
     for key, fmt in (("hardware", "text"), ("command", "code")):
