@@ -94,8 +94,11 @@ def render_json_table(file_name: str, table_name: str) -> str:
             columns.append((key, key, fmt))
     rows = [[_cell(row.get(key), fmt) for key, _, fmt in columns] for row in table["rows"]]
     out = _markdown([label for _, label, _ in columns], rows)
-    shared = [f"{label}: {fmt(table[key])}" for key, label, fmt in
-              (("hardware", "Hardware", str), ("command", "Command", lambda c: f"`{c}`")) if key in table]
+    shared = [
+        f"{label}: {fmt(table[key])}"
+        for key, label, fmt in (("hardware", "Hardware", str), ("command", "Command", lambda c: f"`{c}`"))
+        if key in table
+    ]
     notes = [f"{row['note']}" for row in table["rows"] if row.get("note")]
     if shared or notes:
         out += "\n" + "; ".join(shared + notes) + ".\n"
@@ -121,7 +124,12 @@ def render_recipes() -> str:
             if m is None:
                 rows.append([*about, "not measured yet", DASH, DASH, DASH])
                 continue
-            cells = [recipes.accuracy_label(m), f"{m['seconds_mean']:.0f} s", m.get("hardware", "?"), f"`{m['command']}`"]
+            cells = [
+                recipes.accuracy_label(m),
+                f"{m['seconds_mean']:.0f} s",
+                m.get("hardware", "?"),
+                f"`{m['command']}`",
+            ]
             rows.append([*about, *(c.replace("|", "\\|") for c in cells)])
     return _markdown(["recipe", "model", "test accuracy", "time per run (wall)", "measured on", "command"], rows)
 
@@ -166,7 +174,7 @@ def update(pages: list[Path] = PAGES, check: bool = False) -> list[str]:
 
         new = BLOCK.sub(fill, text)
         if new != text:
-            stale.append(str(page.relative_to(REPO)))
+            stale.append(str(page.relative_to(REPO)) if page.is_relative_to(REPO) else str(page))
             if not check:
                 page.write_text(new, encoding="utf-8")
     return stale
