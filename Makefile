@@ -54,12 +54,12 @@ test: install browser
 	@OMP_NUM_THREADS=$(PYTEST_THREADS) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
-# The documentation site, strict: a broken link, a missing page or API reference, or a results table
+# The documentation site, strict (not --quiet: that hides the warnings strict counts): a broken link, a missing page or API reference, or a results table
 # that no longer matches its JSON fails it. Output in site/ (not committed).
 docs: install
 	@$(PY) -m pip install -q -e ".[docs]"
 	$(PY) docs/scripts/results_tables.py --check
-	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 bench: install
 	$(PY) benchmarks/time_to_accuracy.py
