@@ -24,7 +24,7 @@ ifneq ($(SHARED_DATA),)
 export FMNIST_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: install run test smoke bench lint clean browser
+.PHONY: install run test smoke bench lint clean browser docs
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,13 @@ test: install browser
 	@OMP_NUM_THREADS=$(PYTEST_THREADS) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
+# The documentation site, strict (not --quiet: that hides the warnings strict counts): a broken link, a missing page or API reference, or a results table
+# that no longer matches its JSON fails it. Output in site/ (not committed).
+docs: install
+	@$(PY) -m pip install -q -e ".[docs]"
+	$(PY) docs/scripts/results_tables.py --check
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 bench: install
 	$(PY) benchmarks/time_to_accuracy.py
 
@@ -63,4 +70,4 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache

@@ -1,0 +1,195 @@
+"""Render every results table in README.md and docs/ from the JSON it was recorded in.
+
+A table sits between markers naming its source, and everything between them is rewritten:
+
+    <!-- results: runs.json#ensemble_tta -->   a table of benchmarks/results/runs.json
+    <!-- results: recipes -->                  src/fmnist/training/recipes_measured.json (what `fmnist recipes` shows)
+    <!-- results: models -->                   the model registry: parameters and FLOPs, counted now
+    <!-- /results -->
+
+    python docs/scripts/results_tables.py           # rewrite the tables in place
+    python docs/scripts/results_tables.py --check   # exit 1, naming the file, where one is out of date
+
+Figures are written once, in JSON, each with the hardware and the command that measured them;
+prose links to a table instead of repeating its numbers. tests/test_docs.py runs --check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+BLOCK = re.compile(r"(<!-- results: (?P<source>[^ ]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+DASH = "–"
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.10g}" if abs(value) >= 1000 else f"{value:g}"
+
+
+def _pct(value: Any) -> str:
+    if isinstance(value, list):
+        if len(value) == 1:
+            return f"{value[0]:.2f}%"
+        each = ", ".join(f"{v:.2f}" for v in value)
+        return f"{statistics.fmean(value):.2f}% ± {statistics.stdev(value):.2f} ({each})"
+    return f"{value:.2f}%"
+
+
+def _seconds(value: Any) -> str:
+    if isinstance(value, list):
+        return " + ".join(f"{_number(v)} s" for v in value) if len(value) == 2 else ", ".join(map(_seconds, value))
+    return f"{_number(value)} s"
+
+
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "text": str,
+    "code": lambda v: f"`{v}`",
+    "pct": _pct,
+    "s": _seconds,
+    "ms": lambda v: f"{v:g} ms",
+    "int": lambda v: f"{v:,}",
+    "f1": lambda v: f"{v:.1f}",
+    "x": lambda v: f"{v:.1f}×",
+    "x2": lambda v: f"{v:.2f}×",
+    "pp": lambda v: f"{v:+.2f}",
+}
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or value == "":
+        return DASH
+    text = value if isinstance(value, str) and fmt not in ("code", "text") else FORMATS[fmt](value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_json_table(file_name: str, table_name: str) -> str:
+    """One table of benchmarks/results/FILE: its columns, then hardware and command for every row."""
+    path = RESULTS / file_name
+    tables = json.loads(path.read_text(encoding="utf-8"))["tables"]
+    if table_name not in tables:
+        raise KeyError(f"{path.name} has no table {table_name!r} (it has: {', '.join(tables)})")
+    table = tables[table_name]
+    if "output" in table:  # a transcript: what a command printed, as it printed it
+        return f"```text\n{table['output'].rstrip()}\n```\n\n{table['hardware']}; command: `{table['command']}`.\n"
+    columns = [tuple(c) for c in table["columns"]]
+    keys = {c[0] for c in columns}
+    for key, fmt in (("hardware", "text"), ("command", "code")):
+        if key not in keys and key not in table:  # each row names its own
+            columns.append((key, key, fmt))
+    rows = [[_cell(row.get(key), fmt) for key, _, fmt in columns] for row in table["rows"]]
+    out = _markdown([label for _, label, _ in columns], rows)
+    shared = [
+        f"{label}: {fmt(table[key])}"
+        for key, label, fmt in (("hardware", "Hardware", str), ("command", "Command", lambda c: f"`{c}`"))
+        if key in table
+    ]
+    notes = [f"{row['note']}" for row in table["rows"] if row.get("note")]
+    if shared or notes:
+        out += "\n" + "; ".join(shared + notes) + ".\n"
+    return out
+
+
+def _recipes_module():
+    from fmnist.training import recipes
+
+    return recipes
+
+
+def render_recipes() -> str:
+    """The named recipes with every machine's figures: the table `fmnist recipes` prints, plus the command."""
+    recipes = _recipes_module()
+    measured = recipes.measured()
+    rows = []
+    for name, recipe in recipes.RECIPES.items():
+        for i, m in enumerate(measured.get(name) or [None]):
+            about = [f"`{name}`", f"`{recipe.model}`"] if i == 0 else ["", ""]
+            if m is None:
+                rows.append([*about, "not measured yet", DASH, DASH, DASH])
+                continue
+            cells = [
+                recipes.accuracy_label(m),
+                f"{m['seconds_mean']:.0f} s",
+                m.get("hardware", "?"),
+                f"`{m['command']}`",
+            ]
+            rows.append([*about, *(c.replace("|", "\\|") for c in cells)])
+    return _markdown(["recipe", "model", "test accuracy", "time per run (wall)", "measured on", "command"], rows)
+
+
+def render_models() -> str:
+    """Every registered model with its parameters and forward FLOPs, counted from the registry now."""
+    from fmnist.models.flops import forward_flops
+    from fmnist.models.registry import count_parameters, create_model, get_entry, list_models
+
+    rows = []
+    for name in list_models():
+        entry = get_entry(name)
+        if entry.has_network:
+            model = create_model(name)
+            params, mflops = f"{count_parameters(model):,}", f"{forward_flops(model) / 1e6:,.1f}"
+        else:
+            params = mflops = DASH
+        rows.append([f"`{name}`", entry.description.replace("|", "\\|"), params, mflops])
+    return _markdown(["name", "what", "parameters (defaults)", "MFLOPs/image"], rows)
+
+
+def render(source: str) -> str:
+    if source == "recipes":
+        return render_recipes()
+    if source == "models":
+        return render_models()
+    file_name, _, table = source.partition("#")
+    return render_json_table(file_name, table)
+
+
+def update(pages: list[Path] = PAGES, check: bool = False) -> list[str]:
+    """Rewrite (or, with check, only compare) each page's tables; returns the pages out of date."""
+    stale, cache = [], {}
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+
+        def fill(match: re.Match) -> str:
+            source = match["source"]
+            if source not in cache:
+                cache[source] = render(source)
+            return f"{match[1]}{cache[source]}{match[4]}"
+
+        new = BLOCK.sub(fill, text)
+        if new != text:
+            stale.append(str(page.relative_to(REPO)) if page.is_relative_to(REPO) else str(page))
+            if not check:
+                page.write_text(new, encoding="utf-8")
+    return stale
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="change nothing; fail where a table is out of date")
+    args = parser.parse_args()
+    stale = update(check=args.check)
+    for page in stale:
+        print(f"{'out of date' if args.check else 'rewrote'}: {page}", file=sys.stderr if args.check else sys.stdout)
+    if args.check and stale:
+        print("error: run python docs/scripts/results_tables.py to render them from their JSON", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
