@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def default_sigint() -> None:
+    """preexec_fn of a child a test will Ctrl-C: SIGINT back to its default disposition.
+
+    A suite started in the background (`make test &`, nohup) inherits SIGINT as ignored, and
+    Python installs its KeyboardInterrupt handler only where SIGINT is not ignored at start, so
+    without this the child would never see the test's Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REAL_DATA_ENV, run_cli
+from conftest import REAL_DATA_ENV, default_sigint, run_cli
 from fmnist import api
 from fmnist.data.dataset import FashionMNIST, Provenance, load_idx_folder
 from fmnist.errors import FmnistError, UsageError
@@ -222,7 +222,8 @@ def test_cli_refuses_bad_jobs_in_one_line(args, message, tmp_path):
 
 def test_ctrl_c_ends_the_workers_and_keeps_their_finished_epochs(real_data_dir, tmp_path):
     out = tmp_path / "cmp"
-    process = _long_cli_compare(out, real_data_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _long_cli_compare(out, real_data_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=default_sigint)  # fmt: skip
     workers = _worker_pids([out / f"mlp-seed{s}" for s in (0, 1)])
     metrics = [out / f"mlp-seed{s}" / "metrics.jsonl" for s in (0, 1)]
     _wait_until(lambda: all(m.is_file() and m.read_text().strip() for m in metrics))

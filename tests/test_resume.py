@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import default_sigint, run_cli
 
 TRAIN_ARGS = ["--model", "mlp", "--model-arg", "hidden=[64]", "--epochs", "6", "--batch-size", "32",
               "--val-size", "100", "--flip", "--translate", "1", "--erase", "0.2", "--scheduler", "onecycle",
@@ -109,7 +109,8 @@ def test_ctrl_c_saves_state_exits_130_and_resumes(reference):
     base, data, env = reference
     run_dir = base / "interrupted"
     cmd = [sys.executable, "-m", "fmnist", "train", *TRAIN_ARGS, "--out", str(run_dir), "--data-dir", str(data)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (run_dir / "state.json").exists() and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import default_sigint
 from fmnist.errors import UsageError
 from fmnist.experiments.sweep_config import BEST_FILE, SWEEP_FILE, TRIALS_DIR, parse_sweep
 
@@ -251,7 +252,7 @@ def test_ctrl_c_stops_everything_and_resume_finishes_the_sweep(tmp_path, tiny_da
     env = cli_env(isolated_env, short_tmp)
     command = [sys.executable, "-m", "fmnist", "sweep", "--data-dir", str(tiny_data_dir)]
     sweep = subprocess.Popen([*command, str(config), "--out", str(out), "--no-report"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+                             stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint)  # fmt: skip
     try:
         deadline = time.monotonic() + 200
         metrics = [out / TRIALS_DIR / f"trial-00{i}" / "metrics.jsonl" for i in range(2)]
