@@ -24,6 +24,9 @@ PIXEL_BUDGET = 64_000_000
 # Seconds a connection may stay idle, or a request's headers take to arrive, or its body
 # stay silent, before it is closed (`fmnist serve --timeout`).
 DEFAULT_TIMEOUT_S = 15.0
+# `fmnist serve --workers` default: one server process per CPU core the server may run on (one
+# Python process works on one core at a time), at most this many; each holds its own model.
+MAX_DEFAULT_WORKERS = 8
 # Worker threads that parse, decode and preprocess request bodies off the event loop, and how
 # many requests may wait for them before the server answers 503 (each waiting request holds
 # its body, so this also bounds memory: about DECODE_QUEUE x the body limit).
