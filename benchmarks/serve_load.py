@@ -11,7 +11,8 @@ HTTP/1.1 client: C keep-alive connections, each sending its next request as soon
 previous answer arrives. A raw client because the client shares the machine's cores with the
 server: a heavyweight client would measure itself. Then the same for the minimal endpoint:
 one process, one FastAPI route that decodes with the same function (fmnist.data.photos),
-runs the same ONNX model in ONNX Runtime on the event loop, and answers the same JSON fields;
+runs the same ONNX model in ONNX Runtime on the event loop, and answers the same JSON fields
+(benchmarks/serve_minimal.py);
 the uvicorn settings are the same. Prints requests/s, latency percentiles, errors, CPU
 seconds per request spent by the server (all its processes) and the client, fmnist's ratio
 to the minimal endpoint, and checks the targets (TARGETS below).
@@ -40,7 +41,6 @@ import os
 import platform
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,8 +49,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from starlette.requests import Request  # module level: FastAPI resolves the route's annotations here
-from starlette.responses import Response
 
 # Issue 30's targets on 2 cores (ONNX backend, one image per request, 32 connections, 10,000 requests).
 TARGET_RPS, TARGET_P99_MS, TARGET_CPU_MS, TARGET_RATIO = 1000, 50.0, 1.7, 1.5
@@ -230,82 +228,59 @@ def start_fmnist(run_dir: Path, backend: str, threads: int, workers: int | None)
 
 
 def start_minimal(run_dir: Path, threads: int) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, __file__, "--minimal-server", str(run_dir), "--threads", str(threads)]
+    cmd = [sys.executable, str(Path(__file__).with_name("serve_minimal.py")), str(run_dir), str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc, wait_until_serving(proc, "the minimal endpoint")
 
 
-def minimal_server(run_dir: Path, threads: int) -> None:
-    """The comparison: one FastAPI route, fmnist's decode, the same ONNX model in ONNX Runtime, nothing else."""
-    import onnxruntime as ort
-    import uvicorn
-    from fastapi import FastAPI
-
-    from fmnist.checkpoint import normalization
-    from fmnist.data.photos import decode_image, to_dataset_form
-    from fmnist.ensemble import load_inference_model
-    from fmnist.export import onnx_for_run
-
-    run_dir, model, meta = load_inference_model(run_dir)
-    blob, _ = onnx_for_run(run_dir, model, meta)  # the model fmnist serves
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
-    input_name, classes = session.get_inputs()[0].name, list(meta["class_names"])
-    mean, std = normalization(meta)
-    app = FastAPI()
-
-    @app.post("/predict")
-    async def predict(request: Request) -> Response:
-        kind = request.headers.get("content-type", "")
-        if kind.startswith("multipart/"):
-            data = await (await request.form())["file"].read()
-        else:
-            data = await request.body()
-        if kind.startswith("application/json"):
-            image = np.asarray(json.loads(data)["pixels"], dtype=np.uint8)
-        else:
-            image = to_dataset_form(decode_image(data))
-        x = ((image.astype(np.float32) / 255.0 - mean) / std)[None, None]
-        logits = session.run(None, {input_name: x})[0][0].astype(np.float64)
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        best = int(p.argmax())
-        body = {"label": classes[best], "index": best, "probability": float(p[best]),
-                "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}}  # fmt: skip
-        return Response(json.dumps(body), media_type="application/json")
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
-    print(f"minimal endpoint on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(app, loop="auto", http="auto", ws="none", log_level="warning", access_log=False,
-                            lifespan="off", server_header=False, backlog=2048)  # fmt: skip
-    uvicorn.Server(config).run(sockets=[sock])
-
-
-def measure(proc: subprocess.Popen, port: int, request: bytes, total: int, concurrency: int, limit: float) -> dict:
-    """Drive one server; its figures as a dict."""
-    asyncio.run(drive("127.0.0.1", port, request, 200, 8, time.perf_counter() + 30))  # warm-up
-    server_cpu0, client_cpu0 = process_cpu_seconds(proc.pid), time.process_time()
-    start = time.perf_counter()
-    latencies, errors, issued = asyncio.run(drive("127.0.0.1", port, request, total, concurrency, start + limit))
-    elapsed = time.perf_counter() - start
-    server_cpu = process_cpu_seconds(proc.pid) - server_cpu0
-    client_cpu = time.process_time() - client_cpu0
-    done = len(latencies)
-    ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
-    return {
-        "requests": total, "answered": done, "unsent": total - issued, "seconds": round(elapsed, 3),
-        "requests_per_s": round(done / elapsed, 1),
-        "latency_ms": {q: round(float(np.percentile(ms, int(q[1:]))), 2) for q in ("p50", "p90", "p99")}
-        | {"max": round(float(ms.max()), 2)},
-        "errors": sum(errors.values()), "error_kinds": errors,
-        "server_cpu_ms_per_request": round(1000 * server_cpu / max(done, 1), 3),
-        "client_cpu_ms_per_request": round(1000 * client_cpu / max(done, 1), 3),
-    }  # fmt: skip
+def measure(
+    servers: dict[str, tuple[subprocess.Popen, int]],
+    payload: str,
+    total: int,
+    concurrency: int,
+    limit: float,
+    rounds: int,
+) -> dict[str, dict]:
+    """Drive each server with `total` requests, in `rounds` alternating slices so that a shared
+    machine's changing load falls on all of them alike; their figures as dicts."""
+    requests = {name: request_bytes(payload, "127.0.0.1", port) for name, (_, port) in servers.items()}
+    for name, (_, port) in servers.items():
+        asyncio.run(drive("127.0.0.1", port, requests[name], 200, 8, time.perf_counter() + 30))  # warm-up
+    sums = {name: {"latencies": [], "errors": {}, "issued": 0, "seconds": 0.0, "server": 0.0, "client": 0.0}
+            for name in servers}  # fmt: skip
+    deadline = time.perf_counter() + limit * len(servers)
+    for r in range(rounds):
+        share = total // rounds + (1 if r < total % rounds else 0)
+        order = list(servers) if r % 2 == 0 else list(reversed(servers))
+        for name in order:
+            proc, port = servers[name]
+            acc = sums[name]
+            server_cpu0, client_cpu0 = process_cpu_seconds(proc.pid), time.process_time()
+            start = time.perf_counter()
+            latencies, errors, issued = asyncio.run(
+                drive("127.0.0.1", port, requests[name], share, concurrency, deadline)
+            )
+            acc["seconds"] += time.perf_counter() - start
+            acc["server"] += process_cpu_seconds(proc.pid) - server_cpu0
+            acc["client"] += time.process_time() - client_cpu0
+            acc["latencies"] += latencies
+            acc["issued"] += issued
+            for kind, count in errors.items():
+                acc["errors"][kind] = acc["errors"].get(kind, 0) + count
+    results = {}
+    for name, acc in sums.items():
+        done = len(acc["latencies"])
+        ms = np.array(acc["latencies"]) * 1000 if done else np.zeros(1)
+        results[name] = {
+            "requests": total, "answered": done, "unsent": total - acc["issued"], "seconds": round(acc["seconds"], 3),
+            "requests_per_s": round(done / acc["seconds"], 1),
+            "latency_ms": {q: round(float(np.percentile(ms, int(q[1:]))), 2) for q in ("p50", "p90", "p99")}
+            | {"max": round(float(ms.max()), 2)},
+            "errors": sum(acc["errors"].values()), "error_kinds": acc["errors"],
+            "server_cpu_ms_per_request": round(1000 * acc["server"] / max(done, 1), 3),
+            "client_cpu_ms_per_request": round(1000 * acc["client"] / max(done, 1), 3),
+        }  # fmt: skip
+    return results
 
 
 def show(name: str, r: dict) -> None:
@@ -348,12 +323,14 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=120.0, help="Stop sending after this many seconds")
     parser.add_argument("--quick", action="store_true", help="At most 1,000 requests, results not saved (smoke run)")
     parser.add_argument("--no-heavy", action="store_true", help="Skip the heaviest-batch /health check")
+    parser.add_argument("--rounds", type=int, default=4, help="Alternating slices per server [4]")
     parser.add_argument("--no-minimal", action="store_true", help="Skip the minimal endpoint")
-    parser.add_argument("--out", type=Path, help=f"JSON results [default: {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}; none with --quick]")
-    parser.add_argument("--minimal-server", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"JSON results [default: {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}; none with --quick]",
+    )
     args = parser.parse_args()
-    if args.minimal_server:
-        return minimal_server(args.minimal_server, args.threads)
     total = min(args.requests, 1_000) if args.quick else args.requests
     out = args.out or (None if args.quick else RESULTS)
     try:
@@ -368,25 +345,21 @@ def main() -> None:
     workers = args.workers or default_workers()
     with tempfile.TemporaryDirectory(prefix="fmnist-load-") as tmp:
         run_dir = args.run_dir or untrained_run(Path(tmp) / "run", args.model)
-        proc, port = start_fmnist(run_dir, args.backend, args.threads, workers)
+        servers: dict[str, tuple[subprocess.Popen, int]] = {}
         try:
-            request = request_bytes(args.payload, "127.0.0.1", port)
-            fmnist = measure(proc, port, request, total, args.concurrency, args.time_limit)
+            servers["fmnist"] = start_fmnist(run_dir, args.backend, args.threads, workers)
+            if not args.no_minimal:
+                servers["minimal"] = start_minimal(run_dir, args.threads)
+            results = measure(servers, args.payload, total, args.concurrency, args.time_limit, args.rounds)
             if not args.no_heavy:
-                heavy = heavy_batch_request("127.0.0.1", port)
-                heavy_result = asyncio.run(health_during("127.0.0.1", port, heavy))
+                heavy = heavy_batch_request("127.0.0.1", servers["fmnist"][1])
+                heavy_result = asyncio.run(health_during("127.0.0.1", servers["fmnist"][1], heavy))
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-        minimal = None
-        if not args.no_minimal:
-            proc, port = start_minimal(run_dir, args.threads)
-            try:
-                minimal = measure(proc, port, request, total, args.concurrency, args.time_limit)
-            finally:
+            for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(timeout=30)
-
+    fmnist, minimal = results["fmnist"], results.get("minimal")
+    request = request_bytes(args.payload, "127.0.0.1", servers["fmnist"][1])
     cpu = cpu_model()
     print(f"serve load: {args.run_dir or f'{args.model} (untrained weights)'}, backend {args.backend}, "
           f"payload {args.payload} ({len(request)} bytes), {total:,} requests, {args.concurrency} connections")  # fmt: skip
@@ -422,7 +395,7 @@ def main() -> None:
             "note": "the load generator runs on the same cores as the server",
             "versions": versions(),
             "settings": {"backend": args.backend, "payload": args.payload, "request_bytes": len(request),
-                         "requests": total, "concurrency": args.concurrency, "workers": workers,
+                         "requests": total, "concurrency": args.concurrency, "workers": workers, "rounds": args.rounds,
                          "threads": args.threads, "model": args.model if args.run_dir is None else str(args.run_dir)},
             "fmnist": fmnist, "minimal": minimal, "ratio": None if ratio is None else round(ratio, 3),
             "heaviest_batch": heavy_summary, "targets": checks,

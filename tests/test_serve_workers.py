@@ -61,7 +61,10 @@ def test_two_workers_serve_the_api_and_page_and_end_with_their_parent(tiny):
                 assert client.post("/predict", json={"pixels": pixels()}).status_code == 200
         assert len(labels) == 1
         # Limits hold in each worker as in one process.
-        assert httpx.post(f"{url}/predict", content=b"\0" * 6_000_000, headers={"content-type": "image/png"}).status_code == 413
+        assert (
+            httpx.post(f"{url}/predict", content=b"\0" * 6_000_000, headers={"content-type": "image/png"}).status_code
+            == 413
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -103,5 +106,7 @@ def test_a_worker_that_dies_is_replaced_and_the_parent_killed_outright_takes_the
 def test_a_worker_that_cannot_start_is_one_line(tmp_path, isolated_env):
     (tmp_path / "notarun").mkdir()
     result = run_cli("serve", str(tmp_path / "notarun"), "--port", "0", "--workers", "2", env=isolated_env, timeout=120)
-    assert result.returncode != 0 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert result.returncode != 0 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr + result.stdout

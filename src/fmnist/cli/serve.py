@@ -25,12 +25,18 @@ def serve_cmd(
         DEFAULT_MAX_BODY_MB, "--max-body-mb", min=0.001, help="Largest request body accepted (MB)"
     ),
     timeout: float = typer.Option(
-        DEFAULT_TIMEOUT_S, "--timeout", min=0.1,
+        DEFAULT_TIMEOUT_S,
+        "--timeout",
+        min=0.1,
         help="Seconds before an idle connection, a request's headers or a silent body time out",
     ),  # fmt: skip
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (costs throughput)"),
     workers: int = typer.Option(
-        None, "--workers", "-w", min=1, show_default=False,
+        None,
+        "--workers",
+        "-w",
+        min=1,
+        show_default=False,
         help=f"Server processes sharing the port, each with its own model and limits "
         f"[default: one per CPU core, at most {MAX_DEFAULT_WORKERS}]",
     ),  # fmt: skip

@@ -38,7 +38,12 @@ from fmnist.serve import assets, schemas
 from fmnist.serve.batching import DecodePool, InferenceQueue, ServerBusy
 from fmnist.serve.inputs import ApiError, ReadImages, read_images
 from fmnist.serve.limits import (
-    DEFAULT_MAX_BODY_MB, DEFAULT_TIMEOUT_S, INLINE_BODY_BYTES, INLINE_PIXELS, MAX_BATCH, PIXEL_BUDGET,
+    DEFAULT_MAX_BODY_MB,
+    DEFAULT_TIMEOUT_S,
+    INLINE_BODY_BYTES,
+    INLINE_PIXELS,
+    MAX_BATCH,
+    PIXEL_BUDGET,
 )  # fmt: skip
 
 STATIC_DIR = Path(__file__).with_name("static")

@@ -22,9 +22,7 @@ from typing import Any
 import numpy as np
 
 from fmnist.constants import IMAGE_SIZE
-from fmnist.data.photos import (
-    ImageError, ImageTooLargeError, PendingImage, array_to_gray, as_dataset_image, open_image,
-)  # fmt: skip
+from fmnist.data.photos import ImageError, ImageTooLargeError, PendingImage, array_to_gray, as_dataset_image, open_image
 from fmnist.serve.limits import MAX_BATCH, PIXEL_BUDGET
 
 # Non-file fields a multipart body may carry besides its images (they are ignored).
