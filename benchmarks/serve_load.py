@@ -393,6 +393,7 @@ def main() -> None:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": shlex.join([Path(sys.executable).name, *sys.argv]), "cpu": cpu, "cores": os.cpu_count(),
             "note": "the load generator runs on the same cores as the server",
+            "load_average_1min": round(os.getloadavg()[0], 2),  # other jobs on a shared machine
             "versions": versions(),
             "settings": {"backend": args.backend, "payload": args.payload, "request_bytes": len(request),
                          "requests": total, "concurrency": args.concurrency, "workers": workers, "rounds": args.rounds,
