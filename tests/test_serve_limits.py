@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from fmnist.serve.limits import DEFAULT_MAX_BODY_MB, MAX_BATCH, PIXEL_BUDGET
+from fmnist.serve.limits import DEFAULT_MAX_BODY_MB, INLINE_BODY_BYTES, INLINE_PIXELS, MAX_BATCH, PIXEL_BUDGET
 from test_predict import item_image, png_bytes, tiny_run_dir
 from test_serve import multipart, start_server, stop_server
 
@@ -28,8 +28,11 @@ pytest.importorskip("uvicorn")
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory):
-    """A server with a 1-second timeout, for raw-socket tests; yields (url, port, log path)."""
-    proc, url = start_server(tiny_run_dir(tmp_path_factory)[0], "--backend", "onnx", "--timeout", "1")
+    """One server process with a 1-second timeout, for raw-socket tests; yields (url, port, log path).
+
+    One worker: what is checked here (a busy event loop, a full decode queue) is per process.
+    """
+    proc, url = start_server(tiny_run_dir(tmp_path_factory)[0], "--backend", "onnx", "--timeout", "1", "--workers", "1")
     yield url, int(url.rsplit(":", 1)[1]), proc.log_path
     assert "Traceback" not in stop_server(proc)
 
@@ -70,20 +73,25 @@ def raw_exchange(
 # -- the pixel budget, the decode pool, the heaviest request ------------------------------------------------------
 
 
+def health_while(url: str, send) -> tuple[list[float], object]:
+    """/health latencies (s) measured every 10 ms while `send()` runs in another thread, and what it returned."""
+    latencies = []
+    with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url, timeout=10) as client:
+        work = pool.submit(send)
+        while not work.done():
+            start = time.perf_counter()
+            assert client.get("/health").status_code == 200
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.01)
+        return latencies, work.result()
+
+
 def test_heaviest_allowed_batch_leaves_health_fast(edge):
     """MAX_BATCH images filling the pixel budget: answered, while /health keeps answering in <= 100 ms (p99)."""
     url, _, _ = edge
     files = worst_case_batch()
     assert sum(len(f[1][1]) for f in files) < DEFAULT_MAX_BODY_MB * 1_000_000
-    latencies = []
-    with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url, timeout=10) as client:
-        batch = pool.submit(httpx.post, f"{url}/predict/batch", files=files, timeout=300)
-        while not batch.done():
-            start = time.perf_counter()
-            assert client.get("/health").status_code == 200
-            latencies.append(time.perf_counter() - start)
-            time.sleep(0.01)
-        reply = batch.result()
+    latencies, reply = health_while(url, lambda: httpx.post(f"{url}/predict/batch", files=files, timeout=300))
     assert reply.status_code == 200, reply.text
     assert len(reply.json()["predictions"]) == MAX_BATCH
     assert len(latencies) >= 20, "the batch finished too fast to measure anything"
@@ -96,6 +104,22 @@ def test_heaviest_allowed_batch_leaves_health_fast(edge):
     reply = httpx.post(f"{url}/predict/batch", files=[("files", ("x.png", over, "image/png"))] * MAX_BATCH, timeout=60)
     assert reply.status_code == 413 and f"{PIXEL_BUDGET:,}" in reply.json()["detail"]
     assert time.perf_counter() - start < 5
+
+
+def test_small_body_holding_many_pixels_is_decoded_off_the_loop(edge):
+    """A few-KB PNG can declare tens of megapixels: the pixel count, not the body's size, keeps it off the loop."""
+    url, _, _ = edge
+    side = 7000  # 49 MP: within the pixel budget and Pillow's bomb limit; ~0.3 s to decode and preprocess
+    image = np.full((side, side), 250, dtype=np.uint8)
+    image[side // 4 : -side // 4, side // 3 : 2 * side // 3] = 30
+    data = png_bytes(image)
+    assert len(data) < INLINE_BODY_BYTES and side * side > INLINE_PIXELS  # small enough to be parsed on the loop
+    latencies, reply = health_while(url, lambda: httpx.post(f"{url}/predict", content=data,
+                                                            headers={"content-type": "image/png"}, timeout=120))  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    p99 = float(np.percentile(latencies, 99))  # first: a blocked loop also means few measurements
+    assert p99 <= 0.100, f"/health p99 {1000 * p99:.0f} ms during the decode (max {1000 * max(latencies):.0f} ms)"
+    assert len(latencies) >= 10, "the image was decoded too fast to measure anything"
 
 
 def test_decode_pool_refuses_beyond_its_queue():
@@ -113,6 +137,44 @@ def test_decode_pool_refuses_beyond_its_queue():
         await asyncio.gather(*running)
         assert await pool.run(lambda: 42) == 42 and pool.admitted == 0
         pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_inference_runs_short_batches_on_the_loop_long_ones_in_the_thread_and_batches_waiting_requests():
+    from fmnist.serve.batching import InferenceQueue
+
+    calls: list[tuple[str, int]] = []
+    delay = {"s": 0.0}
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        calls.append((threading.current_thread().name, len(images)))
+        time.sleep(delay["s"])
+        return images.reshape(len(images), -1)[:, :2].astype(np.float32)
+
+    async def scenario():
+        queue = InferenceQueue(infer, inline_s=0.05)
+        one = np.zeros((1, 28, 28), np.uint8)
+        queue.warm_up(one)  # fast: short batches run where they are asked for
+        calls.clear()
+        images = [np.full((1, 28, 28), i, np.uint8) for i in range(5)]
+        answers = await asyncio.gather(*(queue.run(x) for x in images))
+        assert [int(a[0, 0]) for a in answers] == list(range(5))  # each request gets its own rows back
+        assert calls == [(threading.current_thread().name, 5)]  # one batch, on the loop's own thread
+        delay["s"] = 0.3
+        queue.warm_up(one)  # now each image costs 0.3 s: batches go to the thread and the loop stays free
+        calls.clear()
+        ticks = []
+
+        async def tick():
+            for _ in range(20):
+                start = time.perf_counter()
+                await asyncio.sleep(0.01)
+                ticks.append(time.perf_counter() - start)
+
+        await asyncio.gather(queue.run(one), tick())
+        assert calls[0][0].startswith("fmnist-infer") and max(ticks) < 0.2, (calls, max(ticks))
+        queue.close()
 
     asyncio.run(scenario())
 

@@ -8,7 +8,7 @@ import typer
 
 from fmnist.cli.options import Backend, BackendOption, Precision, PrecisionOption, RunDirArgument, value
 from fmnist.cli.output import console
-from fmnist.serve.limits import DEFAULT_MAX_BODY_MB, DEFAULT_TIMEOUT_S
+from fmnist.serve.limits import DEFAULT_MAX_BODY_MB, DEFAULT_TIMEOUT_S, MAX_DEFAULT_WORKERS
 
 
 def serve_cmd(
@@ -23,22 +23,45 @@ def serve_cmd(
         DEFAULT_MAX_BODY_MB, "--max-body-mb", min=0.001, help="Largest request body accepted (MB)"
     ),
     timeout: float = typer.Option(
-        DEFAULT_TIMEOUT_S, "--timeout", min=0.1,
+        DEFAULT_TIMEOUT_S,
+        "--timeout",
+        min=0.1,
         help="Seconds before an idle connection, a request's headers or a silent body time out",
     ),  # fmt: skip
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (costs throughput)"),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        "-w",
+        min=1,
+        show_default=False,
+        help=f"Server processes sharing the port, each with its own model and limits "
+        f"[default: one per CPU core, at most {MAX_DEFAULT_WORKERS}]",
+    ),  # fmt: skip
 ) -> None:
     """Serve the model over HTTP: /predict, /predict/batch, /health, /model, /docs and a web page at /."""
     from fmnist.serve.server import bind_socket, run_server
+    from fmnist.serve.workers import default_workers, run_workers
 
     backend, precision = value(backend), value(precision)
+    workers = workers or default_workers()
     sock = bind_socket(host, port, allow_remote=allow_remote)  # fails before the model loads
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+
+    def announce(model: str) -> None:
+        processes = f"{workers} workers; " if workers > 1 else ""
+        console.print(f"serving {model} ({backend}) on http://{shown}:{bound_port}  "
+                      f"({processes}docs at /docs; Ctrl-C to stop)", soft_wrap=True)  # fmt: skip
+
+    max_body_bytes = int(max_body_mb * 1_000_000)
+    if workers > 1:
+        settings = {"run_dir": str(run_dir), "backend": backend, "threads": threads, "precision": precision,
+                    "max_body_bytes": max_body_bytes, "timeout": timeout, "access_log": access_log}  # fmt: skip
+        raise typer.Exit(run_workers(sock, workers, settings, announce))
     from fmnist.serve.app import create_app
 
     application = create_app(run_dir, backend=backend, threads=threads, precision=precision,
-                             max_body_bytes=int(max_body_mb * 1_000_000), timeout_s=timeout)  # fmt: skip
-    bound_host, bound_port = sock.getsockname()[:2]
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    console.print(f"serving {application.state.predictor.meta['model']} ({backend}) on http://{shown}:{bound_port}  "
-                  f"(docs at /docs; Ctrl-C to stop)", soft_wrap=True)  # fmt: skip
+                             max_body_bytes=max_body_bytes, timeout_s=timeout)  # fmt: skip
+    announce(application.state.predictor.meta["model"])
     run_server(application, sock, access_log=access_log, timeout=timeout)

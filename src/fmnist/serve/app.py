@@ -2,10 +2,12 @@
 
 Handlers read the raw body themselves instead of declaring pydantic bodies: that is what
 lets one route accept multipart uploads, raw image bytes and JSON alike. The event loop only
-moves bytes: a body is parsed, decoded and preprocessed in a bounded pool of worker threads
-(fmnist.serve.inputs, fmnist.serve.batching), the model runs in one inference thread fed in
-batches, and large answers are serialised in the pool too, so /health answers in
-milliseconds while a full batch of photos is being worked on.
+does small work itself: a small body is parsed and decoded where it arrives, and short model
+batches run there too, because handing them to threads costs more than the work. Heavy work
+goes to threads: large bodies are parsed, decoded and preprocessed in a bounded pool
+(fmnist.serve.inputs, fmnist.serve.batching), long batches run in one inference thread, and
+large answers are serialised in the pool, so /health answers in milliseconds while a full
+batch of photos is being worked on.
 
 Every client mistake is a 4xx with {"detail": "one line"}; a client that goes away mid-upload
 is a normal event (no error, no traceback); nothing a client sends can stop the server
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +32,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from fmnist import __version__
+from fmnist.constants import IMAGE_SIZE
 from fmnist.inference.predict import Predictor, softmax, top_classes
 from fmnist.serve import assets, schemas
 from fmnist.serve.batching import DecodePool, InferenceQueue, ServerBusy
-from fmnist.serve.inputs import ApiError, parse_images
-from fmnist.serve.limits import DEFAULT_MAX_BODY_MB, DEFAULT_TIMEOUT_S, MAX_BATCH, PIXEL_BUDGET
+from fmnist.serve.inputs import ApiError, ReadImages, read_images
+from fmnist.serve.limits import (
+    DEFAULT_MAX_BODY_MB,
+    DEFAULT_TIMEOUT_S,
+    INLINE_BODY_BYTES,
+    INLINE_PIXELS,
+    MAX_BATCH,
+    PIXEL_BUDGET,
+)  # fmt: skip
 
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_MAX_BODY = int(DEFAULT_MAX_BODY_MB * 1_000_000)
@@ -106,6 +118,11 @@ def _results(probabilities: np.ndarray, class_names: list[str], images: np.ndarr
             item["gradcam"] = None if heatmaps is None else np.clip(np.round(heatmaps[i], 3), 0, 1).tolist()
         results.append(item)
     return results
+
+
+def _read_and_decode(read: Callable[[], ReadImages]) -> tuple[ReadImages, np.ndarray]:
+    parsed = read()
+    return parsed, parsed.decode()
 
 
 def _render_batch(model: str, *args: Any) -> bytes:
@@ -213,6 +230,7 @@ def create_app(run_dir: Path, backend: str = "torch", threads: int = 1, max_body
     )
     app.state.predictor = predictor
     queue = app.state.queue = InferenceQueue(predictor.logits, max_batch=max_batch)
+    queue.warm_up(np.zeros((min(max_batch, 32), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
     pool = app.state.decode_pool = DecodePool()
     has_cam = predictor_has_gradcam(predictor)
     index_html = (STATIC_DIR / "index.html").read_bytes()
@@ -229,9 +247,13 @@ def create_app(run_dir: Path, backend: str = "torch", threads: int = 1, max_body
                     include_input: bool) -> Response:  # fmt: skip
         body = await read_body(request, max_body_bytes)
         content_type = request.headers.get("content-type", "")
-        names, images = await pool.run(
-            lambda: parse_images(body, content_type, batch=batch, preprocess=preprocess, max_batch=max_batch)
-        )
+        read = partial(read_images, body, content_type, batch=batch, preprocess=preprocess, max_batch=max_batch)
+        if len(body) <= INLINE_BODY_BYTES:  # parsing it and reading its headers is cheap: done here
+            parsed = read()
+            images = parsed.decode() if parsed.pixels <= INLINE_PIXELS else await pool.run(parsed.decode)
+        else:
+            parsed, images = await pool.run(_read_and_decode, read)
+        names = parsed.names
         probabilities = softmax(await queue.run(images))
         heatmaps = None
         if gradcam and has_cam:

@@ -1,13 +1,16 @@
 """Request bodies -> model inputs: multipart uploads, raw image bytes or JSON pixels.
 
-Everything here is synchronous and CPU-bound, and runs in a DecodePool worker thread (see
-fmnist.serve.batching), never on the event loop: one request's batch of photos must not delay
-another request's /health. Every problem with the input becomes an ApiError (a 4xx and a
-one-line message).
+Everything here is synchronous and CPU-bound. It works in two steps, so the caller can choose
+where each runs (fmnist.serve.app): `read_images` parses the body and reads every image's
+header, which says how many pixels decoding will produce; `ReadImages.decode` then decodes.
+A small request does both on the event loop (a thread hand-off would cost more than the
+work); a large one runs in a DecodePool worker thread (fmnist.serve.batching), so one
+request's batch of photos never delays another request's /health. Every problem with the
+input becomes an ApiError (a 4xx and a one-line message).
 
-Decoding is bounded by a pixel budget per request (fmnist.serve.limits.PIXEL_BUDGET): every
-image's header is read first and the request is refused before any pixel is decoded when
-the images together hold more.
+Decoding is bounded by a pixel budget per request (fmnist.serve.limits.PIXEL_BUDGET): the
+request is refused after its headers are read, before any pixel is decoded, when its
+images together hold more.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fmnist.constants import IMAGE_SIZE
-from fmnist.data.photos import ImageError, ImageTooLargeError, array_to_gray, as_dataset_image, open_image
+from fmnist.data.photos import ImageError, ImageTooLargeError, PendingImage, array_to_gray, as_dataset_image, open_image
 from fmnist.serve.limits import MAX_BATCH, PIXEL_BUDGET
 
 # Non-file fields a multipart body may carry besides its images (they are ignored).
@@ -39,34 +42,70 @@ def media_type(content_type: str) -> str:
     return content_type.split(";")[0].strip().lower()
 
 
-def parse_images(
+class ReadImages:
+    """A request body read as far as its images' headers: names, and the pixels decoding will produce."""
+
+    def __init__(self, names: list[str], pending: list[PendingImage] | None = None,
+                 ready: np.ndarray | None = None, preprocess: bool = True):  # fmt: skip
+        self.names = names
+        self._pending = pending or []
+        self._ready = ready  # JSON pixels are model inputs already
+        self._preprocess = preprocess
+        self.pixels = sum(p.pixels for p in self._pending) if ready is None else int(ready.size)
+
+    def decode(self) -> np.ndarray:
+        """uint8 (N,28,28) model inputs."""
+        if self._ready is not None:
+            return self._ready
+        images = []
+        for name, image in zip(self.names, self._pending):
+            try:
+                gray = image.decode()
+            except ImageError as exc:
+                raise ApiError(415, f"{name}: {exc}") from None
+            try:
+                images.append(as_dataset_image(gray, self._preprocess))
+            except ImageError as exc:  # decodable, but unusable: no item in it, or the wrong size
+                raise ApiError(422, f"{name}: {exc}") from None
+        return np.stack(images)
+
+
+def read_images(
     body: bytes, content_type: str, *, batch: bool, preprocess: bool | None, max_batch: int = MAX_BATCH,
     pixel_budget: int = PIXEL_BUDGET,
-) -> tuple[list[str], np.ndarray]:  # fmt: skip
-    """Names and uint8 (N,28,28) model inputs from one request body."""
+) -> ReadImages:  # fmt: skip
+    """Parse one request body and read its images' headers (no pixel is decoded here)."""
     kind = media_type(content_type)
     if kind == "application/json" or kind.endswith("+json"):
-        return _from_json(body, batch, bool(preprocess), max_batch)
+        names, images = _from_json(body, batch, bool(preprocess), max_batch)
+        return ReadImages(names, ready=images)
     preprocess = True if preprocess is None else preprocess
     if kind == "multipart/form-data":
         files = multipart_files(body, content_type, max_batch)
         if not batch and len(files) > 1:
             raise ApiError(422, f"/predict takes one image, got {len(files)}; use /predict/batch")
-        return [name for name, _ in files], decode_all(files, preprocess, pixel_budget)
-    if kind.startswith("image/") or kind in ("application/octet-stream", "application/x-npy", ""):
+    elif kind.startswith("image/") or kind in ("application/octet-stream", "application/x-npy", ""):
         if not body:
             raise ApiError(
                 415 if kind else 422,
                 "empty request body; send an image (multipart 'file' field or raw bytes) or JSON pixels",
             )
-        return ["body"], decode_all([("body", body)], preprocess, pixel_budget)
-    raise ApiError(
-        415, f"unsupported Content-Type {kind!r}; send multipart/form-data, an image/* body or application/json"
-    )
+        files = [("body", body)]
+    else:
+        raise ApiError(
+            415, f"unsupported Content-Type {kind!r}; send multipart/form-data, an image/* body or application/json"
+        )
+    return ReadImages([name for name, _ in files], open_all(files, pixel_budget), preprocess=preprocess)
 
 
-def decode_all(files: list[tuple[str, bytes]], preprocess: bool, pixel_budget: int) -> np.ndarray:
-    """Decode named image files into uint8 (N,28,28), within `pixel_budget` decoded pixels in all."""
+def parse_images(body: bytes, content_type: str, **options: Any) -> tuple[list[str], np.ndarray]:
+    """Names and uint8 (N,28,28) model inputs from one request body (both steps in one call)."""
+    read = read_images(body, content_type, **options)
+    return read.names, read.decode()
+
+
+def open_all(files: list[tuple[str, bytes]], pixel_budget: int) -> list[PendingImage]:
+    """Read the header of every named image file; 413 when decoding them would exceed `pixel_budget` pixels."""
     pending = []
     for name, data in files:
         try:
@@ -83,17 +122,7 @@ def decode_all(files: list[tuple[str, bytes]], preprocess: bool, pixel_budget: i
             413, f"{what} {total:,} pixels; a request may hold at most {pixel_budget:,} "
             f"(e.g. {MAX_BATCH} images of {side}x{side}): send fewer or smaller images",
         )  # fmt: skip
-    images = []
-    for (name, _), image in zip(files, pending):
-        try:
-            gray = image.decode()
-        except ImageError as exc:
-            raise ApiError(415, f"{name}: {exc}") from None
-        try:
-            images.append(as_dataset_image(gray, preprocess))
-        except ImageError as exc:  # decodable, but unusable: no item in it, or the wrong size
-            raise ApiError(422, f"{name}: {exc}") from None
-    return np.stack(images)
+    return pending
 
 
 def multipart_files(body: bytes, content_type: str, max_files: int) -> list[tuple[str, bytes]]:
