@@ -95,9 +95,9 @@ def greedy_select(probabilities: torch.Tensor, labels: torch.Tensor, max_steps: 
 
 
 def selection_summary(rule: str | None, names: list[str], weights: list[float], weighted: bool = False) -> str:
-    """One phrase for tables: the rule and the weights, e.g. "greedy: 2 of 5 (resnet18 0.60, lenet5 0.40)"."""
+    """One phrase for tables: the rule and the weights, e.g. "greedy, 2 of 5: resnet18 0.60, lenet5 0.40"."""
     chosen = [(name, w) for name, w in zip(names, weights) if w > 0]
     if (rule or "all") == "all":
         return f"all {len(names)}, " + ("weighted by validation accuracy" if weighted else "equal weights")
     listed = ", ".join(f"{name} {w:.2f}" for name, w in sorted(chosen, key=lambda nw: -nw[1]))
-    return f"greedy: {len(chosen)} of {len(names)} ({listed})"
+    return f"greedy, {len(chosen)} of {len(names)}: {listed}"
