@@ -234,8 +234,11 @@ def build_ensemble(
     out_dir = Path(out_dir)
     if any(out_dir.resolve() == m.folder.resolve() for m in members):
         raise UsageError(f"{out_dir}: is a member's run directory; choose another --out")
+    # What can be refused is refused before any folder is made.
     if select == "greedy" and isinstance(holdout := shared_holdout(members, dataset), str):
-        raise UsageError(_no_shared_split(holdout))  # before any folder is made
+        raise UsageError(_no_shared_split(holdout))
+    if select == "all":
+        member_weights(members, weighted)
     prepare_run_dir(out_dir, overwrite=overwrite)
 
     precision = resolve_precision(precision, torch.device(device))
