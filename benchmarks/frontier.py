@@ -99,7 +99,9 @@ def ensemble_of_seeds(name: str, row: dict, data, out: Path) -> dict | None:
     """The average of a recipe's seeds: its accuracy and gain over the best member."""
     if row["runs"] < 2:
         return None
-    results = build_ensemble([Path(d) for d in row["run_dirs"]], out / f"{name}-ensemble", dataset=data, overwrite=True)
+    # Each seed holds out its own images, so there is no shared validation split to choose on: plain average.
+    results = build_ensemble([Path(d) for d in row["run_dirs"]], out / f"{name}-ensemble", dataset=data, select="all",
+                             overwrite=True)  # fmt: skip
     return {"members": row["runs"], "accuracy": results["test_accuracy"],
             "gain_over_best_member": results["gain_over_best_member"]}  # fmt: skip
 

@@ -18,7 +18,8 @@ SMOKE = ("--epochs", "1", "--max-steps", "3", "--val-size", "500")
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
-    """Two tiny real runs of one MLP (seeds 0 and 1) on the real data, their ensemble, the report."""
+    """Two tiny real runs of one MLP (seeds 0 and 1, one split seed) on the real data, their ensemble (greedy,
+    the default), the report."""
     import os
 
     data = os.environ.get("FMNIST_DATA")
@@ -39,6 +40,7 @@ def test_compare_ensemble_writes_the_ensemble_row_and_folder(compared):
     summary = json.loads((out / "compare.json").read_text())
     (row,) = summary["ensembles"]
     assert row["name"] == "mlp" and row["kind"] == "seeds" and row["dir"] == "ensembles/mlp"
+    assert row["select"] == "greedy"  # the default of compare --ensemble
     assert [m["run_dir"] for m in row["members"]] == ["mlp-seed0", "mlp-seed1"]
     runs = {r["run_dir"]: r["test_accuracy"] for r in summary["runs"]}
     # each member scores in the ensemble exactly what its own run scored
@@ -51,6 +53,22 @@ def test_compare_ensemble_writes_the_ensemble_row_and_folder(compared):
     labels = saved["labels"]
     assert row["test_accuracy"] == pytest.approx((saved["probabilities"].argmax(1) == labels).mean())
     assert "mlp (ensemble of 2)" in stdout and "vs best member" in stdout
+    chosen = [m for m in row["members"] if m["weight"] > 0]
+    assert f"greedy, {len(chosen)} of 2: " in stdout and all(m["chosen"] for m in chosen)
+    assert sum(m["weight"] for m in row["members"]) == pytest.approx(1)
+    sizes = {r["run_dir"]: r["size_mb"] for r in summary["runs"]}
+    assert row["size_mb"] == pytest.approx(sum(sizes[m["run_dir"]] for m in chosen))
+
+
+def test_the_greedy_ensemble_is_not_below_its_best_member_on_validation(compared):
+    out, _ = compared
+    row = json.loads((out / "compare.json").read_text())["ensembles"][0]
+    results = json.loads((out / row["dir"] / "results.json").read_text())
+    assert results["select"] == "greedy" and results["selection"]["counts"][0] + results["selection"]["counts"][1] >= 1
+    member_val = [m["validation_accuracy"] for m in row["members"]]
+    assert row["validation_accuracy"] == results["validation"]["accuracy"] >= max(member_val)
+    manifest = json.loads((out / row["dir"] / "ensemble.json").read_text())
+    assert len(manifest["members"]) == sum(m["chosen"] for m in row["members"])
 
 
 def test_seeds_sharing_a_split_seed_are_also_scored_on_validation(compared):
@@ -75,6 +93,7 @@ def test_the_reports_ensemble_section_matches_the_predictions(compared):
     section = text[text.index("## 13. Ensemble") :]
     assert f"fixes **{fixed:,}**; it introduces **{introduced:,}** new ones" in section
     assert "| mlp (ensemble of 2) | `ensemble` |" in text  # the row in the comparison table
+    assert "vs best member; greedy, " in text and "Selection: greedy forward selection" in section
     for c, name in enumerate(["T-shirt/top", "Trouser"]):  # the per-class breakdown, recomputed here
         f, i = int((labels[(ens == labels) & (best != labels)] == c).sum()), int(
             (labels[(ens != labels) & (best == labels)] == c).sum())
@@ -110,6 +129,21 @@ def test_seeds_1_with_ensemble_is_a_usage_error(tmp_path):
     assert not (tmp_path / "x").exists()  # refused before anything was created
 
 
+def test_greedy_ensembles_of_seeds_need_one_split_seed(tmp_path):
+    """Each seed draws its own hold-out unless --split-seed is given: greedy would have nothing to choose on."""
+    result = run_cli("compare", "--models", "mlp", "--seeds", "2", "--ensemble", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.strip()]
+    assert "chosen greedily" in line and "--split-seed" in line and "--ensemble-select all" in line
+    assert not (tmp_path / "x").exists()  # refused before anything was created
+    from fmnist.experiments.plan import plan_from_models
+
+    plan = plan_from_models(["mlp"])
+    plan.seeds, plan.ensemble, plan.select = 2, True, "all"
+    planned = plan.resolve({"max_steps": 1})  # a plain average needs no shared hold-out
+    assert [e.select for e in plan.planned_ensembles(planned)] == ["all"]
+
+
 def _config(tmp_path: Path, ensembles: str, top: str = "") -> Path:
     path = tmp_path / "c.toml"
     path.write_text(top + '[[runs]]\nname = "a"\nmodel = "mlp"\n[[runs]]\nname = "b"\nmodel = "lenet5"\n' + ensembles)
@@ -126,7 +160,8 @@ def test_unknown_ensemble_members_fail_at_plan_time(tmp_path):
     for bad, message in (('[[ensembles]]\nname = "a"\nmembers = ["a", "b"]\n', "already a run"),
                          ('[[ensembles]]\nname = "x"\nmembers = ["a"]\n', "two or more"),
                          ('[[ensembles]]\nname = "x"\nmembers = "a"\n', "needs a name and members"),
-                         ('[[ensembles]]\nname = "x"\nmembers = ["a", "b"]\nweights = [1, 2]\n', "unknown key")):  # fmt: skip
+                         ('[[ensembles]]\nname = "x"\nmembers = ["a", "b"]\nweights = [1, 2]\n', "unknown key"),
+                         ('[[ensembles]]\nname = "x"\nmembers = ["a", "b"]\nselect = "best"\n', "select must be one of")):  # fmt: skip
         with pytest.raises(UsageError, match=message):
             plan_from_file(_config(tmp_path, bad))
     with pytest.raises(UsageError, match="true or false"):
@@ -145,6 +180,24 @@ def test_explicit_ensembles_across_runs(tiny_dataset, tmp_path):
     summary = run_compare(plan, out, tiny_dataset, overrides={"epochs": 1, "max_steps": 2, "val_size": 100})
     names = [e["name"] for e in summary["ensembles"]]
     assert names == ["ab-seed0", "ab-seed1"]
+    assert [e["select"] for e in summary["ensembles"]] == ["greedy", "greedy"]  # a-seedK and b-seedK share a hold-out
     for e, seed in zip(summary["ensembles"], (0, 1)):
         assert [m["run_dir"] for m in e["members"]] == [f"a-seed{seed}", f"b-seed{seed}"]
         assert (out / e["dir"] / "ensemble.json").is_file() and np.isfinite(e["test_accuracy"])
+
+
+def test_an_ensembles_table_can_ask_for_a_plain_average(tmp_path):
+    plan = plan_from_file(_config(tmp_path, '[[ensembles]]\nname = "ab"\nmembers = ["a", "b"]\nselect = "all"\n'
+                                            '[[ensembles]]\nname = "ba"\nmembers = ["b", "a"]\n'))  # fmt: skip
+    planned = plan.resolve({"max_steps": 1})
+    assert [(e.name, e.select) for e in plan.planned_ensembles(planned)] == [("ab", "all"), ("ba", "greedy")]
+    plan.select = "all"  # compare --ensemble-select all: every ensemble, over its table's own
+    assert [e.select for e in plan.planned_ensembles(planned)] == ["all", "all"]
+    plan.select = "best"
+    with pytest.raises(UsageError, match="unknown ensemble selection"):
+        plan.resolve()
+    # a table asking for greedy over runs that hold out different images is refused before training
+    no_holdout = plan_from_file(_config(tmp_path, '[[ensembles]]\nname = "ab"\nmembers = ["a", "b"]\n',
+                                         top="[defaults]\nval_size = 0\n"))  # fmt: skip
+    with pytest.raises(UsageError, match="hold out no validation images"):
+        no_holdout.resolve()

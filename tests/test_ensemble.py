@@ -84,7 +84,7 @@ def runs(tmp_path_factory):
 def built(runs, tmp_path_factory):
     members, _, dataset = runs
     out = tmp_path_factory.mktemp("ens") / "ensemble"
-    return out, build_ensemble(members, out, dataset=dataset, precision="fp32")
+    return out, build_ensemble(members, out, dataset=dataset, select="all", precision="fp32")
 
 
 def _member_probabilities(members: list[Path], images: np.ndarray) -> np.ndarray:
@@ -101,7 +101,9 @@ def test_build_ensemble_scores_the_average_of_its_members(runs, built):
     member_acc = [(p.argmax(1) == labels).mean() for p in probs]
     assert results["test_accuracy"] == pytest.approx((mean.argmax(1) == labels).mean())
     assert [m["test_accuracy"] for m in results["members"]] == pytest.approx(member_acc)
-    assert [m["weight"] for m in results["members"]] == [0.5, 0.5]
+    assert [m["weight"] for m in results["members"]] == [0.5, 0.5] and all(m["chosen"] for m in results["members"])
+    assert results["select"] == results["selection"]["rule"] == "all"
+    assert results["validation"]["shared"] is False and results["validation_accuracy"] is None
     best = int(np.argmax(member_acc))
     assert results["best_member"] == best
     assert results["gain_over_best_member"] == pytest.approx(results["test_accuracy"] - member_acc[best])
@@ -149,7 +151,7 @@ def test_an_ensemble_directory_predicts_and_exports_like_pytorch(runs, built):
 
 def test_weighted_ensembles_weigh_by_best_validation_accuracy(runs, tmp_path: Path):
     members, _, dataset = runs
-    results = build_ensemble(members, tmp_path / "w", dataset=dataset, weighted=True, precision="fp32")
+    results = build_ensemble(members, tmp_path / "w", dataset=dataset, select="all", weighted=True, precision="fp32")
     val = [json.loads((m / "results.json").read_text())["best_val_accuracy"] for m in members]
     assert [m["weight"] for m in results["members"]] == pytest.approx([v / sum(val) for v in val])
     model, meta = load_ensemble(tmp_path / "w")
@@ -175,7 +177,13 @@ def test_bad_ensembles_are_refused_with_one_line(runs, built, tmp_path: Path):
     results = json.loads((no_val / "results.json").read_text())
     (no_val / "results.json").write_text(json.dumps({**results, "best_val_accuracy": None}))
     with pytest.raises(UsageError, match="no best validation accuracy"):
-        build_ensemble([members[0], no_val], tmp_path / "nv", dataset=dataset, weighted=True)
+        build_ensemble([members[0], no_val], tmp_path / "nv", dataset=dataset, select="all", weighted=True)
+    with pytest.raises(UsageError, match="--weighted .* --select all"):
+        build_ensemble(members, tmp_path / "wg", dataset=dataset, weighted=True)
+    # greedy chooses on a validation split the members share; these two drew theirs from their own seeds
+    with pytest.raises(UsageError, match="shared validation split.*held out different.*--select all"):
+        build_ensemble(members, tmp_path / "g", dataset=dataset)
+    assert not (tmp_path / "g").exists()  # refused before the folder was made
     with pytest.raises(UsageError, match="member's run directory"):
         build_ensemble(members, members[0], dataset=dataset)
 
@@ -183,7 +191,7 @@ def test_bad_ensembles_are_refused_with_one_line(runs, built, tmp_path: Path):
 def test_a_member_retrained_after_the_ensemble_was_built_is_caught(runs, built, tmp_path: Path):
     members, _, dataset = runs
     a, b = _copy(members[0], tmp_path / "a"), _copy(members[1], tmp_path / "b")
-    build_ensemble([a, b], tmp_path / "ens", dataset=dataset, precision="fp32")
+    build_ensemble([a, b], tmp_path / "ens", dataset=dataset, select="all", precision="fp32")
     model, meta = load_checkpoint(b)
     with torch.no_grad():
         next(model.parameters()).add_(0.01)

@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
 
 def test_shared_holdout_scores_match_training_and_the_average(runs):
     (a, b, _), _, dataset = runs
-    scores = validate_ensemble([a, b], dataset=dataset, precision="fp32")
+    scores = validate_ensemble([a, b], dataset=dataset, select="all", precision="fp32")
     # Oracle 1: each member's accuracy is the one its training measured on its own hold-out.
     recorded = [json.loads((m / "results.json").read_text())["best_val_accuracy"] for m in (a, b)]
     assert scores["members"] == pytest.approx(recorded)
@@ -64,7 +64,7 @@ def test_different_holdouts_are_refused_or_recorded_with_the_reason(runs, tmp_pa
     (a, _, c), _, dataset = runs
     with pytest.raises(UsageError, match="held out different validation images.*--split-seed"):
         validate_ensemble([a, c], dataset=dataset, precision="fp32")
-    results = build_ensemble([a, c], tmp_path / "ens", dataset=dataset, precision="fp32")
+    results = build_ensemble([a, c], tmp_path / "ens", dataset=dataset, select="all", precision="fp32")
     assert results["validation"]["shared"] is False and "--split-seed" in results["validation"]["reason"]
     text = render_markdown(ensemble_document(tmp_path / "ens", ReportOptions(html=False)), tmp_path / "ens")
     assert "Not scored on validation: the members held out different validation images" in text
@@ -72,9 +72,12 @@ def test_different_holdouts_are_refused_or_recorded_with_the_reason(runs, tmp_pa
 
 def test_build_ensemble_records_the_validation_scores_and_the_report_says_them(runs, tmp_path: Path):
     (a, b, _), data_dir, dataset = runs
-    results = build_ensemble([a, b], tmp_path / "ens", dataset=dataset, precision="fp32")
+    results = build_ensemble([a, b], tmp_path / "ens", dataset=dataset, precision="fp32")  # greedy: they share split 5
     scores = validate_ensemble([a, b], dataset=dataset, precision="fp32")
-    assert results["validation"] == {k: v for k, v in scores.items() if k not in ("run_dirs", "weights")}
+    assert results["validation"] == {k: v for k, v in scores.items() if k not in ("run_dirs", "weights", "selection")}
+    assert results["selection"] == scores["selection"] and results["select"] == "greedy"
+    assert [m["weight"] for m in results["members"]] == scores["weights"]
+    assert results["validation"]["accuracy"] >= max(results["validation"]["members"])
     doc = ensemble_document(tmp_path / "ens", ReportOptions(data_dir=data_dir, html=False))
     text = render_markdown(doc, tmp_path / "ens")
     assert (f"On the members' shared validation split (120 training images held out by split seed 5) the ensemble "
@@ -90,7 +93,7 @@ def test_cli_validation_only_prints_the_scores_and_writes_nothing(runs, tmp_path
     assert "validation accuracy" in proc.stdout and "120 images held out by split seed 5" in proc.stdout
     assert "test accuracy" not in proc.stdout and sorted(p.name for p in Path(a).parent.iterdir()) == before
     proc = run_cli("ensemble", str(a), str(c), "--validation-only", "--data-dir", str(data_dir), env=isolated_env)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: the members held out")
+    assert proc.returncode == 2 and "the members held out different" in proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr
     proc = run_cli("ensemble", str(a), str(b), "--validation-only", "--out", str(tmp_path / "x"), env=isolated_env)
     assert_one_line_error(proc, 2, "--validation-only writes nothing")

@@ -92,6 +92,14 @@ def test_old_comparison_sweep_and_run_report(old, name, real_data_dir):
     assert (old / name / "report.html").stat().st_size > 0
 
 
+def test_old_ensemble_reports_as_a_plain_average(old, real_data_dir):
+    """Built before selection rules: every member, equal weights, which is what the report must say."""
+    proc = run_cli("report", str(old / "ensemble"), "--data-dir", str(real_data_dir))
+    assert proc.returncode == 0, proc.stderr
+    text = (old / "ensemble" / "report.md").read_text()
+    assert "Selection: every member, weights equal." in text and "all 2, equal weights" in text
+
+
 def test_old_comparison_loads(old):
     comparison = fmnist.api.Comparison(old / "compare")
     assert [m["name"] for m in comparison.models] == ["mlp", "lenet5"]

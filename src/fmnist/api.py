@@ -99,12 +99,15 @@ def _train_with_progress(config: TrainConfig, run_dir: Path, data: FashionMNIST,
 def compare(models: Sequence[str] | None = None, *, config_file: str | Path | None = None, seeds: int | None = None,
             out: str | Path | None = None, data: FashionMNIST | None = None, data_dir: str | Path | None = None,
             progress: bool | Any = True, report: bool = True, notify=lambda _message: None, ray: str | None = None,
-            jobs: int | None = None, ensemble: bool | None = None, **overrides: Any) -> Comparison:  # fmt: skip
+            jobs: int | None = None, ensemble: bool | None = None, ensemble_select: str | None = None,
+            **overrides: Any) -> Comparison:  # fmt: skip
     """Train several models (default: the MLP baseline vs fmnist's CNN) and compare them.
 
     `models` names registered models; `config_file` is a compare TOML ([[runs]], [[ensembles]]);
     `overrides` apply to every run (epochs=2, max_steps=20, ...). `ensemble=True` (needs seeds
-    >= 2) also averages each model's seeds into an ensemble, a row of its own. `ray`: run each
+    >= 2) also averages each model's seeds into an ensemble, a row of its own; `ensemble_select`
+    ("greedy" or "all") overrides how every ensemble chooses its members (default: each
+    [[ensembles]] table's `select`, else greedy on the members' shared validation split). `ray`: run each
     run as a Ray task on the cluster at HOST:PORT, or on a Ray started here for the call
     ("local"); None trains here. `jobs`: train that many runs at once here, each in its own
     process with an equal share of the CPU threads (see fmnist.experiments.jobs). Ensembles are built
@@ -119,6 +122,8 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
         plan.seeds = seeds
     if ensemble is not None:
         plan.ensemble = ensemble
+    if ensemble_select is not None:
+        plan.select = ensemble_select
     return run_plan(plan, out, "compare", data=data, data_dir=data_dir,
                     progress=progress, report=report, overrides=overrides, notify=notify, ray=ray,
                     jobs=jobs)  # fmt: skip

@@ -7,7 +7,16 @@ from typing import Any
 
 import typer
 
-from fmnist.cli.options import DataDirOption, JobsOption, RayOption, every_run_default, ray_address, training_settings
+from fmnist.cli.options import (
+    DataDirOption,
+    JobsOption,
+    RayOption,
+    Select,
+    every_run_default,
+    ray_address,
+    training_settings,
+    value,
+)
 from fmnist.cli.output import console, notify, print_comparison, say
 
 
@@ -24,6 +33,10 @@ def compare_cmd(
     ensemble: bool | None = typer.Option(None, "--ensemble/--no-ensemble", show_default=False,
                                          help="Also average each model's seeds into an ensemble (needs --seeds 2 or "
                                               "more) [default: the config's, else off]"),  # fmt: skip
+    ensemble_select: Select | None = typer.Option(None, "--ensemble-select", show_default=False,
+                                                  help="How every ensemble chooses its members: greedy (on the shared "
+                                                       "validation split, needs one --split-seed) or all (plain average) "
+                                                       "[default: each [[ensembles]] table's select, else greedy]"),  # fmt: skip
     no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
     ray: str | None = RayOption,
     jobs: int | None = JobsOption,
@@ -35,7 +48,8 @@ def compare_cmd(
 
     comparison = api.compare(models.split(",") if models else None, config_file=config, seeds=seeds, out=out,
                              progress=console, report=False, data_dir=data_dir, notify=notify, ray=ray_address(ray),
-                             jobs=jobs, ensemble=ensemble, **(settings or {}))  # fmt: skip
+                             jobs=jobs, ensemble=ensemble, ensemble_select=value(ensemble_select),
+                             **(settings or {}))  # fmt: skip
     print_comparison(comparison, comparison.summary["title"])
     if not no_report:
         say(f"report: {comparison.report(data_dir=data_dir)}")

@@ -20,6 +20,7 @@ import typer
 from fmnist.config import TrainConfig, settings
 from fmnist.device import DEVICES, PRECISIONS
 from fmnist.experiments.ray_runtime import ADDRESS_ENV, LOCAL
+from fmnist.inference.ensemble_select import SELECT_RULES
 
 
 def choice(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -36,6 +37,7 @@ Precision = choice("Precision", PRECISIONS)
 Device = choice("Device", DEVICES)
 Split = choice("Split", ("train", "test"))
 Backend = choice("Backend", ("torch", "onnx"))
+Select = choice("Select", SELECT_RULES)  # how an ensemble's members are chosen
 
 DataDirOption = typer.Option(
     None, "--data-dir", help="Folder with the 4 IDX files (gz or raw) or the Kaggle CSV pair [env: FMNIST_DATA]"

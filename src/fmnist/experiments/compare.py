@@ -20,6 +20,7 @@ from fmnist.errors import FmnistError
 from fmnist.experiments.executor import Executor, InProcessExecutor, MakeCallbacks, OnResult
 from fmnist.experiments.plan import ComparePlan, PlannedEnsemble, PlannedRun
 from fmnist.fsutil import atomic_write_json, read_json
+from fmnist.inference.ensemble_select import selection_summary
 from fmnist.inference.rundir import RunLock, new_run_dir
 
 COMPARE_FILE = "compare.json"
@@ -82,16 +83,18 @@ def build_planned_ensemble(planned: PlannedEnsemble, out_dir: Path, dataset: Fas
 
     members = [{"name": run.spec_name, "run_dir": run.run_name, "seed": run.config.seed, "model": run.config.model}
                for run in planned.members]  # fmt: skip
-    row: dict[str, Any] = {"name": planned.name, "kind": planned.kind, "dir": planned.folder, "members": members}
+    row: dict[str, Any] = {"name": planned.name, "kind": planned.kind, "dir": planned.folder, "select": planned.select,
+                           "members": members}  # fmt: skip
     device = resolve_device(planned.members[0].config.device).type
     try:
         results = build_ensemble([out_dir / m.run_name for m in planned.members], out_dir / planned.folder,
-                                 dataset=dataset, device=device, overwrite=True,
+                                 dataset=dataset, select=planned.select, device=device, overwrite=True,
                                  step=lambda label: step(f"ensemble {planned.name}: {label}"))  # fmt: skip
     except FmnistError as exc:
         return {**row, "error": str(exc)}
     for member, scored in zip(members, results["members"]):
-        member.update(test_accuracy=scored["test_accuracy"], weight=scored["weight"])
+        member.update(test_accuracy=scored["test_accuracy"], validation_accuracy=scored["validation_accuracy"],
+                      weight=scored["weight"], chosen=scored["chosen"])  # fmt: skip
     best = members[results["best_member"]]
     pairs = [p["fraction"] for p in results["pairwise_disagreement"]]
     return {
@@ -99,6 +102,7 @@ def build_planned_ensemble(planned: PlannedEnsemble, out_dir: Path, dataset: Fas
         "params": results["params"],
         "test_accuracy": results["test_accuracy"],
         "test_loss": results["test_loss"],
+        "validation_accuracy": results["validation_accuracy"],
         "best_member": best["run_dir"],
         "best_member_accuracy": best["test_accuracy"],
         "gain_over_best_member": results["gain_over_best_member"],
@@ -113,7 +117,9 @@ def ensemble_row_text(row: dict[str, Any]) -> tuple[str, str, str]:
     label = f"{row['name']} (ensemble of {len(row['members'])})"
     if "error" in row:
         return label, "–", f"not built: {row['error']}"
-    accuracy = f"{100 * row['test_accuracy']:.2f}% ({100 * row['gain_over_best_member']:+.2f} vs best member)"
+    rule = selection_summary(row.get("select"), [m["run_dir"] for m in row["members"]],
+                             [m["weight"] for m in row["members"]])  # fmt: skip
+    accuracy = f"{100 * row['test_accuracy']:.2f}% ({100 * row['gain_over_best_member']:+.2f} vs best member; {rule})"
     return label, f"{row['params']:,}", accuracy
 
 
@@ -130,7 +136,8 @@ def compare_summary(plan: ComparePlan, planned: list[PlannedRun], results: list[
     summary["models"] = [summarize(name, rows) for name, rows in per_spec.items()]
     if ensembles:
         size_mb = {r["run_dir"]: r["size_mb"] for r in summary["runs"]}
-        summary["ensembles"] = [{**e, "size_mb": sum(size_mb[m["run_dir"]] for m in e["members"])} for e in ensembles]
+        summary["ensembles"] = [{**e, "size_mb": sum(size_mb[m["run_dir"]] for m in e["members"] if m.get("chosen", True))}
+                                for e in ensembles]  # fmt: skip
     return summary
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from fmnist.config import TrainConfig, read_toml
 from fmnist.errors import UsageError
+from fmnist.inference.ensemble_select import DEFAULT_SELECT, SELECT_RULES
 from fmnist.models.registry import get_entry
 from fmnist.training.recipes import build_config
 
@@ -47,6 +48,7 @@ class EnsembleSpec:
 
     name: str
     members: tuple[str, ...]  # run names of the plan
+    select: str | None = None  # its `select` key: "greedy" or "all" (None: the plan's rule)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class PlannedEnsemble:
     name: str  # its row in the comparison and its folder under ENSEMBLES_DIR
     kind: str  # "seeds": one run name's seeds; "runs": runs named in [[ensembles]]
     members: tuple[PlannedRun, ...]
+    select: str = DEFAULT_SELECT  # how its members are chosen (fmnist.inference.ensemble_select)
 
     @property
     def folder(self) -> str:
@@ -69,9 +72,15 @@ class ComparePlan:
     published: dict[str, Any] = field(default_factory=dict)  # figures from the study a config reproduces
     ensemble: bool = False  # average each run name's seeds (needs seeds >= 2)
     ensembles: list[EnsembleSpec] = field(default_factory=list)
+    select: str | None = None  # `compare --ensemble-select`: every ensemble's rule, over each table's own
+
+    def select_for(self, spec: EnsembleSpec | None = None) -> str:
+        return self.select or (spec.select if spec else None) or DEFAULT_SELECT
 
     def check_ensembles(self, where: str = "compare") -> None:
         """Ensemble settings that cannot work fail here, before anything trains."""
+        if self.select is not None and self.select not in SELECT_RULES:
+            raise UsageError(f"{where}: unknown ensemble selection {self.select!r} (known: {', '.join(SELECT_RULES)})")
         if self.ensemble and self.seeds < 2:
             raise UsageError(f"{where}: --ensemble (ensemble = true) averages each run's seeds, so it needs "
                              f"--seeds 2 or more (got {self.seeds})")  # fmt: skip
@@ -100,12 +109,13 @@ class ComparePlan:
             by_name.setdefault(run.spec_name, []).append(run)
         out = []
         if self.ensemble:
-            out += [PlannedEnsemble(name, "seeds", tuple(runs)) for name, runs in by_name.items() if len(runs) > 1]
+            out += [PlannedEnsemble(name, "seeds", tuple(runs), self.select_for())
+                    for name, runs in by_name.items() if len(runs) > 1]  # fmt: skip
         for e in self.ensembles:
             for k in range(self.seeds):  # with several seeds, one ensemble of the k-th seed of each member
                 members = tuple(by_name[m][k] for m in e.members)
                 name = e.name if self.seeds == 1 else f"{e.name}-seed{members[0].config.seed}"
-                out.append(PlannedEnsemble(name, "runs", members))
+                out.append(PlannedEnsemble(name, "runs", members, self.select_for(e)))
         return out
 
     def resolve(self, overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
@@ -118,7 +128,25 @@ class ComparePlan:
                 config = spec.config(overrides, k)
                 run_name = spec.name if self.seeds == 1 else f"{spec.name}-seed{config.seed}"
                 planned.append(PlannedRun(spec.name, run_name, config))
+        for ensemble in self.planned_ensembles(planned):
+            check_greedy_holdout(ensemble)
         return planned
+
+
+def check_greedy_holdout(ensemble: PlannedEnsemble) -> None:
+    """Greedy selection needs one validation split its members all held out: fail before anything trains."""
+    if ensemble.select != "greedy":
+        return
+    holdouts = {(run.config.val_size, run.config.validation_seed) for run in ensemble.members}
+    if any(size <= 0 for size, _ in holdouts):
+        problem = "some of its runs hold out no validation images (val_size 0)"
+    elif len(holdouts) > 1:
+        problem = "its runs hold out different validation images (the split seed follows each run's seed)"
+    else:
+        return
+    raise UsageError(f"ensemble {ensemble.name!r} is chosen greedily on its members' shared validation split, but "
+                     f"{problem}: give them one --split-seed (split_seed in [defaults]) and a val_size, or average "
+                     f"every member with --ensemble-select all (select = \"all\" in its [[ensembles]] table)")  # fmt: skip
 
 
 def default_plan() -> ComparePlan:
@@ -176,8 +204,12 @@ def _ensemble_specs(path: Path, tables: Any) -> list[EnsembleSpec]:
         if not isinstance(table, dict) or not isinstance(table.get("name"), str) or not table["name"] \
                 or not isinstance(members, list) or not all(isinstance(m, str) for m in members):  # fmt: skip
             raise UsageError(f"{path}: ensemble {i} needs a name and members, a list of run names")
-        extra = sorted(set(table) - {"name", "members"})
+        extra = sorted(set(table) - {"name", "members", "select"})
         if extra:
-            raise UsageError(f"{path}: ensemble {table['name']!r}: unknown key {extra[0]!r} (known: members, name)")
-        specs.append(EnsembleSpec(table["name"], tuple(members)))
+            raise UsageError(f"{path}: ensemble {table['name']!r}: unknown key {extra[0]!r} (known: members, name, select)")
+        select = table.get("select")
+        if select is not None and select not in SELECT_RULES:
+            raise UsageError(f"{path}: ensemble {table['name']!r}: select must be one of {', '.join(SELECT_RULES)}, "
+                             f"not {select!r}")  # fmt: skip
+        specs.append(EnsembleSpec(table["name"], tuple(members), select))
     return specs

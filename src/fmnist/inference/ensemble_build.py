@@ -1,8 +1,9 @@
-"""Building an ensemble directory from run directories, and scoring it on validation.
+"""Building an ensemble directory from run directories: chosen on validation, then tested once.
 
-Members are loaded and run by fmnist.inference.ensemble_model; here they are weighted, scored
-on the test split once and written out, and scored on the validation split they share (the
-images none of them trained on), which is where an ensemble is chosen.
+Members are loaded and run by fmnist.inference.ensemble_model. Here they are scored on the
+validation split they share (the images none of them trained on), where the selection rule of
+fmnist.inference.ensemble_select picks the members and their weights; only then is the test
+split scored, once, and the directory written.
 
 Each run holds out `val_size` training images drawn by its split seed (`split_seed`, or its own
 seed when that is -1). Only members that held out the same images, from the same training file,
@@ -42,12 +43,21 @@ from fmnist.inference.ensemble_model import (
     member_probabilities,
     members_of,
 )
+from fmnist.inference.ensemble_select import DEFAULT_SELECT, MAX_STEPS, SELECT_RULES, greedy_select, score
 from fmnist.inference.evaluate import evaluate_logits
 from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, prepare_run_dir, read_results
 
 
+def check_select(select: str, weighted: bool) -> None:
+    if select not in SELECT_RULES:
+        raise UsageError(f"unknown selection rule {select!r} (known: {', '.join(SELECT_RULES)})")
+    if weighted and select != "all":
+        raise UsageError("--weighted weights a plain average of every member: use it with --select all "
+                         "(greedy selection sets its own weights)")  # fmt: skip
+
+
 def member_weights(members: list[Member], weighted: bool) -> list[float]:
-    """Equal weights, or each member's best validation accuracy, normalised to sum to 1."""
+    """Equal weights, or each member's best validation accuracy, normalised to sum to 1 (`--select all`)."""
     if not weighted:
         return [1.0 / len(members)] * len(members)
     raw = []
@@ -66,19 +76,21 @@ def _relative(path: Path, start: Path) -> str:
         return str(path.resolve())
 
 
-def _manifest(members: list[Member], weights: list[float], out_dir: Path, weighted: bool) -> dict[str, Any]:
+def _manifest(members: list[Member], weights: list[float], out_dir: Path, select: str, weighted: bool) -> dict[str, Any]:
+    """ensemble.json: the chosen members only, so predict, export and serve run exactly the selection."""
     mean, std = normalization(members[0].meta)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "fmnist_version": __version__,
+        "select": select,
         "weighted": weighted,
         "class_names": list(members[0].meta["class_names"]),
         "normalization": {"mean": mean, "std": std},
         "members": [
             {"path": _relative(m.folder, out_dir), "model": m.meta["model"], "weights_sha256": m.meta["weights_sha256"],
              "weight": w, "tta": m.meta["tta"]}
-            for m, w in zip(members, weights)
+            for m, w in zip(members, weights) if w > 0
         ],  # fmt: skip
     }
 
@@ -101,74 +113,6 @@ def _pairwise_disagreement(predicted: torch.Tensor) -> list[dict[str, Any]]:
     ]
 
 
-def build_ensemble(
-    run_dirs: list[Path],
-    out_dir: Path,
-    *,
-    dataset,
-    weighted: bool = False,
-    precision: str = "auto",
-    device: str = "cpu",
-    overwrite: bool = False,
-    step: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
-    """Score the members and their average on `dataset`'s test split; write the ensemble directory.
-
-    Returns what results.json holds. Members must share class names; each is run with its own
-    normalisation and TTA. `weighted` weights each by its best validation accuracy. `step`
-    hears a label before each member is scored (for a progress display).
-    """
-    members = members_of(run_dirs, device)
-    out_dir = Path(out_dir)
-    if any(out_dir.resolve() == m.folder.resolve() for m in members):
-        raise UsageError(f"{out_dir}: is a member's run directory; choose another --out")
-    weights = member_weights(members, weighted)
-    prepare_run_dir(out_dir, overwrite=overwrite)
-
-    precision = resolve_precision(precision, torch.device(device))
-    labels = torch.from_numpy(dataset.test_labels.astype(np.int64))
-    member_probs = member_probabilities(members, dataset.test_images, precision, step)
-    probs, member_predicted, member_accuracy, best = score_members(member_probs, weights, labels)
-    class_names = tuple(members[0].meta["class_names"])
-    evaluation = evaluate_logits(log_probabilities(probs), labels, class_names)
-    ensemble_right, best_right = probs.argmax(1) == labels, member_predicted[best] == labels
-    cal = calibration(probs, labels, DEFAULT_BINS)
-    validation = score_validation(members, weights, dataset, precision, step)
-
-    results = {
-        "model": MODEL_NAME,
-        "model_args": {"members": [m.meta["model"] for m in members], "weighted": weighted},
-        "params": sum(int(m.meta.get("params") or 0) for m in members),
-        "test_accuracy": evaluation.accuracy,
-        "test_loss": evaluation.loss,
-        "ece": cal.ece,
-        "mean_confidence": cal.mean_confidence,
-        "members": [
-            {"run_dir": str(m.folder), "model": m.meta["model"], "tta": m.meta["tta"], "test_accuracy": acc,
-             "weight": w}
-            for m, acc, w in zip(members, member_accuracy, weights)
-        ],
-        "best_member": best,
-        "gain_over_best_member": evaluation.accuracy - member_accuracy[best],
-        "fixed": int((ensemble_right & ~best_right).sum()),  # the best member wrong, the ensemble right
-        "introduced": int((~ensemble_right & best_right).sum()),
-        "pairwise_disagreement": _pairwise_disagreement(member_predicted),
-        "validation": validation,  # the same members on their shared validation split (score_validation below)
-        "device": device,
-        "precision": precision,
-        "data": dataset.provenance.to_dict(),
-        "num_images": evaluation.num_images,
-        "confusion": evaluation.confusion,
-        "per_class": evaluation.per_class,
-        "most_confused": evaluation.most_confused,
-    }
-    tensors = {"labels": labels, "probabilities": probs.contiguous(), "member_predicted": member_predicted.contiguous()}
-    atomic_write_bytes(out_dir / PREDICTIONS_FILE, save_safetensors_bytes(tensors))
-    atomic_write_json(out_dir / MANIFEST_FILE, _manifest(members, weights, out_dir, weighted))
-    atomic_write_json(out_dir / RESULTS_FILE, results)
-    return results
-
-
 def _holdout(member: Member) -> tuple[int, int] | str:
     """(val_size, hold-out seed) from a member's config.toml, or why it has none to share."""
     path = Path(member.folder) / CONFIG_FILE
@@ -181,8 +125,9 @@ def _holdout(member: Member) -> tuple[int, int] | str:
     return val_size, seed
 
 
-def shared_holdout(members: list[Member], train_sha256: str | None) -> tuple[int, int] | str:
-    """The (val_size, seed) every member held out of `train_sha256`'s images, or why there is none."""
+def shared_holdout(members: list[Member], dataset) -> tuple[int, int] | str:
+    """The (val_size, seed) every member held out of `dataset`'s training images, or why there is none."""
+    train_sha256 = (dataset.provenance.to_dict().get("sha256") or {}).get("train_images")
     holdouts = []
     for m in members:
         holdout = _holdout(m)
@@ -196,63 +141,177 @@ def shared_holdout(members: list[Member], train_sha256: str | None) -> tuple[int
         listed = ", ".join(f"{m.folder.name}: {size} by seed {seed}" for m, (size, seed) in zip(members, holdouts))
         return (f"the members held out different validation images ({listed}); "
                 "train them with one --split-seed to compare them on validation")  # fmt: skip
-    return holdouts[0]
-
-
-def score_validation(
-    members: list[Member],
-    weights: list[float],
-    dataset,
-    precision: str = "auto",
-    step: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
-    """Members and their weighted average on the members' shared validation split.
-
-    {"shared": True, "val_size", "split_seed", "accuracy", "members": [accuracy, ...], "best_member",
-    "gain_over_best_member"}, or {"shared": False, "reason": "..."} when the hold-outs differ.
-    Each member runs with its own normalisation and TTA, as on the test set.
-    """
-    train_sha = (dataset.provenance.to_dict().get("sha256") or {}).get("train_images")
-    holdout = shared_holdout(members, train_sha)
-    if isinstance(holdout, str):
-        return {"shared": False, "reason": holdout}
-    val_size, seed = holdout
+    val_size, seed = holdouts[0]
     if val_size >= len(dataset.train_labels):
-        return {"shared": False, "reason": f"val_size {val_size} exceeds these {len(dataset.train_labels)} images"}
-    _, val_idx = stratified_split(dataset.train_labels, val_size, seed)
-    labels = torch.from_numpy(dataset.train_labels[val_idx].astype(np.int64))
-    member_probs = member_probabilities(members, dataset.train_images[val_idx], precision,
-                                        lambda label: step(f"validation: {label}"))  # fmt: skip
-    probs, _, member_accuracy, best = score_members(member_probs, weights, labels)
-    accuracy = (probs.argmax(1) == labels).double().mean().item()
+        return f"val_size {val_size} exceeds these {len(dataset.train_labels)} images"
+    return val_size, seed
+
+
+def _validation_scores(member_probs: torch.Tensor, labels: torch.Tensor, weights: list[float],
+                       holdout: tuple[int, int]) -> dict[str, Any]:  # fmt: skip
+    _, _, member_accuracy, best = score_members(member_probs, weights, labels)
+    ensemble = score(member_probs, labels, weights)
+    accuracy = ensemble.correct / len(labels)
     return {
         "shared": True,
-        "val_size": val_size,
-        "split_seed": seed,
+        "val_size": holdout[0],
+        "split_seed": holdout[1],
         "accuracy": accuracy,
+        "loss": ensemble.loss,
         "members": member_accuracy,
         "best_member": best,
         "gain_over_best_member": accuracy - member_accuracy[best],
     }
 
 
+def _no_shared_split(reason: str) -> str:
+    return (f"--select greedy chooses members on their shared validation split, and these have none: {reason} "
+            "(or average every member with --select all)")  # fmt: skip
+
+
+def choose(
+    members: list[Member],
+    dataset,
+    *,
+    select: str = DEFAULT_SELECT,
+    weighted: bool = False,
+    max_steps: int = MAX_STEPS,
+    precision: str = "auto",
+    step: Callable[[str], None] = lambda _: None,
+) -> tuple[list[float], dict[str, Any], dict[str, Any]]:
+    """(weights, validation scores, selection record): the members chosen on their shared validation split.
+
+    The validation scores are {"shared": True, "val_size", "split_seed", "accuracy", "loss",
+    "members": [accuracy, ...], "best_member", "gain_over_best_member"} for the chosen weights, or
+    {"shared": False, "reason"} when the members held out different images: `all` then still
+    averages them, `greedy` has nothing to choose on and raises a UsageError.
+    """
+    check_select(select, weighted)
+    holdout = shared_holdout(members, dataset)
+    if isinstance(holdout, str) and select == "greedy":
+        raise UsageError(_no_shared_split(holdout))
+    weights = member_weights(members, weighted) if select == "all" else []
+    if isinstance(holdout, str):
+        return weights, {"shared": False, "reason": holdout}, {"rule": select, "weighted": weighted}
+    val_size, seed = holdout
+    _, val_idx = stratified_split(dataset.train_labels, val_size, seed)
+    labels = torch.from_numpy(dataset.train_labels[val_idx].astype(np.int64))
+    member_probs = member_probabilities(members, dataset.train_images[val_idx], precision,
+                                        lambda label: step(f"validation: {label}"))  # fmt: skip
+    selection: dict[str, Any] = {"rule": select, "weighted": weighted}
+    if select == "greedy":
+        chosen = greedy_select(member_probs, labels, max_steps)
+        weights = chosen.weights
+        selection.update(max_steps=max_steps, counts=list(chosen.counts), steps=list(chosen.steps),
+                         stopped=chosen.stopped)  # fmt: skip
+    return weights, _validation_scores(member_probs, labels, weights, holdout), selection
+
+
+def build_ensemble(
+    run_dirs: list[Path],
+    out_dir: Path,
+    *,
+    dataset,
+    select: str = DEFAULT_SELECT,
+    weighted: bool = False,
+    max_steps: int = MAX_STEPS,
+    precision: str = "auto",
+    device: str = "cpu",
+    overwrite: bool = False,
+    step: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Choose the members on validation (`select`), then score the ensemble on `dataset`'s test split once; write it.
+
+    Returns what results.json holds. Members must share class names; each is run with its own
+    normalisation and TTA. `select` is "greedy" (fmnist.inference.ensemble_select; needs a shared
+    validation split) or "all" (every member; `weighted` weights each by its best validation
+    accuracy). Every member is still scored on the test set for its own row; members not chosen
+    get weight 0 and take no part in the ensemble's figure. `step` hears a label before each
+    member is scored (for a progress display).
+    """
+    check_select(select, weighted)
+    members = members_of(run_dirs, device)
+    out_dir = Path(out_dir)
+    if any(out_dir.resolve() == m.folder.resolve() for m in members):
+        raise UsageError(f"{out_dir}: is a member's run directory; choose another --out")
+    # What can be refused is refused before any folder is made.
+    if select == "greedy" and isinstance(holdout := shared_holdout(members, dataset), str):
+        raise UsageError(_no_shared_split(holdout))
+    if select == "all":
+        member_weights(members, weighted)
+    prepare_run_dir(out_dir, overwrite=overwrite)
+
+    precision = resolve_precision(precision, torch.device(device))
+    weights, validation, selection = choose(members, dataset, select=select, weighted=weighted, max_steps=max_steps,
+                                            precision=precision, step=step)  # fmt: skip
+    # The test split, once, after the choice.
+    labels = torch.from_numpy(dataset.test_labels.astype(np.int64))
+    member_probs = member_probabilities(members, dataset.test_images, precision, step)
+    probs, member_predicted, member_accuracy, best = score_members(member_probs, weights, labels)
+    class_names = tuple(members[0].meta["class_names"])
+    evaluation = evaluate_logits(log_probabilities(probs), labels, class_names)
+    ensemble_right, best_right = probs.argmax(1) == labels, member_predicted[best] == labels
+    cal = calibration(probs, labels, DEFAULT_BINS)
+    chosen = [m for m, w in zip(members, weights) if w > 0]
+    member_val = validation["members"] if validation["shared"] else [None] * len(members)
+
+    results = {
+        "model": MODEL_NAME,
+        "model_args": {"members": [m.meta["model"] for m in chosen], "select": select, "weighted": weighted},
+        "params": sum(int(m.meta.get("params") or 0) for m in chosen),
+        "select": select,
+        "selection": selection,
+        "test_accuracy": evaluation.accuracy,
+        "test_loss": evaluation.loss,
+        "validation_accuracy": validation.get("accuracy"),
+        "ece": cal.ece,
+        "mean_confidence": cal.mean_confidence,
+        "members": [
+            {"run_dir": str(m.folder), "model": m.meta["model"], "tta": m.meta["tta"], "test_accuracy": acc,
+             "validation_accuracy": val, "weight": w, "chosen": w > 0}
+            for m, acc, val, w in zip(members, member_accuracy, member_val, weights)
+        ],
+        "best_member": best,  # by test accuracy, among every member offered (chosen or not)
+        "gain_over_best_member": evaluation.accuracy - member_accuracy[best],
+        "fixed": int((ensemble_right & ~best_right).sum()),  # the best member wrong, the ensemble right
+        "introduced": int((~ensemble_right & best_right).sum()),
+        "pairwise_disagreement": _pairwise_disagreement(member_predicted),
+        "validation": validation,  # the chosen weights on the members' shared validation split (see `choose`)
+        "device": device,
+        "precision": precision,
+        "data": dataset.provenance.to_dict(),
+        "num_images": evaluation.num_images,
+        "confusion": evaluation.confusion,
+        "per_class": evaluation.per_class,
+        "most_confused": evaluation.most_confused,
+    }
+    tensors = {"labels": labels, "probabilities": probs.contiguous(), "member_predicted": member_predicted.contiguous()}
+    atomic_write_bytes(out_dir / PREDICTIONS_FILE, save_safetensors_bytes(tensors))
+    atomic_write_json(out_dir / MANIFEST_FILE, _manifest(members, weights, out_dir, select, weighted))
+    atomic_write_json(out_dir / RESULTS_FILE, results)
+    return results
+
+
 def validate_ensemble(
     run_dirs: list[Path],
     *,
     dataset,
+    select: str = DEFAULT_SELECT,
     weighted: bool = False,
+    max_steps: int = MAX_STEPS,
     precision: str = "auto",
     device: str = "cpu",
     step: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Score an ensemble of `run_dirs` on their shared validation split only: nothing is scored on the test set.
+    """Choose and score an ensemble of `run_dirs` on their shared validation split only: nothing touches the test set.
 
-    What `score_validation` returns, plus "run_dirs" and "weights". A UsageError says why when
-    the members held out different images, since then there is nothing to report.
+    What `choose` returns as validation scores, plus "run_dirs", "weights" and "selection". A
+    UsageError says why when the members held out different images, since then there is nothing to report.
     """
+    check_select(select, weighted)
     members = members_of(run_dirs, device)
-    weights = member_weights(members, weighted)
-    scores = score_validation(members, weights, dataset, resolve_precision(precision, torch.device(device)), step)
+    weights, scores, selection = choose(members, dataset, select=select, weighted=weighted, max_steps=max_steps,
+                                        precision=resolve_precision(precision, torch.device(device)), step=step)  # fmt: skip
     if not scores["shared"]:
         raise UsageError(scores["reason"])
-    return {**scores, "run_dirs": [str(m.folder) for m in members], "weights": weights}
+    return {**scores, "run_dirs": [str(m.folder) for m in members], "weights": weights, "selection": selection}

@@ -8,6 +8,7 @@ from typing import Any
 
 from fmnist.constants import CLASS_NAMES
 from fmnist.fsutil import read_json
+from fmnist.inference.ensemble_select import selection_summary
 from fmnist.report import figures
 from fmnist.report.context import ABLATION_FILE, ReportContext, Run
 from fmnist.report.document import Heading, Image, Note, Section, Table, Takeaway, Text
@@ -90,7 +91,8 @@ def comparison_section(ctx: ReportContext) -> Section | None:
         blocks.append(Note(f"Mean ± sample standard deviation over seeds {', '.join(map(str, seeds))}; Δ pairs runs "
                            f"with the same seed."))  # fmt: skip
     if ctx.ensembles:
-        blocks.append(Note("An ensemble row averages its members' probabilities (see the Ensemble section); its Δ is "
+        blocks.append(Note("An ensemble row averages the probabilities of the members its rule chose (greedy: on the "
+                           "members' shared validation split; see the Ensemble section); its Δ is "
                            f"against {first}'s mean, and its gain is over its own best member."))  # fmt: skip
     ours = {**means, **{e.name: e.results["test_accuracy"] for e in ctx.ensembles if not e.error}}
     blocks += _published_blocks(ctx, published, ours)
@@ -128,9 +130,12 @@ def _ensemble_rows(ctx: ReportContext, published: dict[str, Any], first_mean: fl
             rows.append([label, "`ensemble`", "—", "—", "not built", "—", pub, "—", "—"])
             continue
         r = e.results
-        size = sum(m.results.get("size_mb") or 0.0 for m in ctx.runs if m.name in e.member_names)
+        weights = [m["weight"] for m in r["members"]]
+        chosen = {name for name, w in zip(e.member_names, weights) if w > 0}
+        size = sum(m.results.get("size_mb") or 0.0 for m in ctx.runs if m.name in chosen)
+        rule = selection_summary(r.get("select"), e.member_names, weights, bool(r.get("model_args", {}).get("weighted")))
         rows.append([label, "`ensemble`", count(r["params"]), f"{size:.2f}",
-                     f"{pct(r['test_accuracy'])} ({points(r['gain_over_best_member'])} vs best member)",
+                     f"{pct(r['test_accuracy'])} ({points(r['gain_over_best_member'])} vs best member; {rule})",
                      points(r["test_accuracy"] - first_mean), pub, "—", "—"])  # fmt: skip
     return rows
 

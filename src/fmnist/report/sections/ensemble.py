@@ -1,5 +1,6 @@
-"""Section 13: ensembles. Each member against the average, how often the members disagree, and
-which test errors averaging fixes and which it introduces relative to the best member.
+"""Section 13: ensembles. How the members were chosen and weighted, each member against the
+average, how often the members disagree, and which test errors averaging fixes and which it
+introduces relative to the best member.
 
 A compare's ensembles (compare.json's `ensembles`) get the section inside the compare's
 report; an ensemble directory (`fmnist ensemble ... --out DIR`) gets a report of its own with
@@ -19,6 +20,7 @@ import numpy as np
 from fmnist import __version__
 from fmnist.constants import CLASS_NAMES
 from fmnist.errors import FmnistError
+from fmnist.inference.ensemble_select import STOPPED_NO_GAIN, selection_summary
 from fmnist.report.context import FIGURES_DIR, EnsembleEntry, ReportContext, _slug, find_dataset, load_ensembles
 from fmnist.report.document import Block, Document, Heading, Image, Note, Section, Table, Takeaway, Text
 from fmnist.report.figures import RED, plt, save
@@ -111,7 +113,7 @@ def _takeaway(entry: EnsembleEntry, changes: Changes | None) -> Takeaway:
     best = entry.member_names[r["best_member"]]
     fixed = len(changes.fixed) if changes else r["fixed"]
     introduced = len(changes.introduced) if changes else r["introduced"]
-    headline = (f"{entry.name} (ensemble of {len(r['members'])}) reaches {pct(r['test_accuracy'])}, "
+    headline = (f"{entry.name} ({_rule(entry)}) reaches {pct(r['test_accuracy'])}, "
                 f"{points(r['gain_over_best_member'])} over its best member {best}")  # fmt: skip
     verdict = ("averaging helps" if fixed > introduced else "averaging hurts" if fixed < introduced
                else "averaging breaks even")  # fmt: skip
@@ -120,12 +122,42 @@ def _takeaway(entry: EnsembleEntry, changes: Changes | None) -> Takeaway:
     return Takeaway(text, headline + ".")
 
 
+def _rule(entry: EnsembleEntry) -> str:
+    """The selection rule and the weights in one phrase (results.json from before selection rules: all, averaged)."""
+    r = entry.results
+    return selection_summary(r.get("select"), entry.member_names, [m["weight"] for m in r["members"]],
+                             bool(r.get("model_args", {}).get("weighted")))  # fmt: skip
+
+
 def _members_table(entry: EnsembleEntry) -> Table:
     r = entry.results
-    rows = [[name + (" (best)" if i == r["best_member"] else ""), f"`{m['model']}`", pct(m["test_accuracy"]),
-             f"{m['weight']:.3f}"] for i, (name, m) in enumerate(zip(entry.member_names, r["members"]))]  # fmt: skip
-    rows.append([f"**{entry.name} (ensemble)**", "`ensemble`", f"**{pct(r['test_accuracy'])}**", "—"])
-    return Table(["name", "model", "test accuracy", "weight"], rows, "llrr")
+    validation = r.get("validation") or {}
+    val = validation.get("members") if validation.get("shared") else None
+    rows = [[name + (" (best)" if i == r["best_member"] else ""), f"`{m['model']}`",
+             pct(val[i]) if val else "—", pct(m["test_accuracy"]), f"{m['weight']:.3f}" if m["weight"] > 0 else "not chosen"]
+            for i, (name, m) in enumerate(zip(entry.member_names, r["members"]))]  # fmt: skip
+    rows.append([f"**{entry.name} (ensemble)**", "`ensemble`", f"**{pct(validation['accuracy'])}**" if val else "—",
+                 f"**{pct(r['test_accuracy'])}**", "—"])  # fmt: skip
+    return Table(["name", "model", "validation accuracy", "test accuracy", "weight"], rows, "llrrr")
+
+
+def _selection_text(entry: EnsembleEntry) -> str:
+    """How the members and their weights were chosen."""
+    r = entry.results
+    selection = r.get("selection") or {}
+    if r.get("select") != "greedy":
+        how = "each member's best validation accuracy" if r.get("model_args", {}).get("weighted") else "equal"
+        return f"Selection: every member, weights {how}."
+    steps = selection.get("steps", [])
+    added = len(steps) - 1
+    why = ("no further addition improved validation accuracy (or, at equal accuracy, its log-loss)"
+           if selection.get("stopped") == STOPPED_NO_GAIN else f"it reached {selection.get('max_steps')} additions")  # fmt: skip
+    first = entry.member_names[steps[0]["member"]] if steps else "the best member"
+    return (f"Selection: greedy forward selection with replacement on the members' shared validation split "
+            f"(Caruana et al. 2004). It started from the best member there, {first}, added "
+            f"{plural(added, 'member')} (repeats allowed) and stopped because {why}; each member's weight is the "
+            f"share of the {plural(added + 1, 'pick')} it got ({_rule(entry)}). The test set was scored once, "
+            f"after this choice; members not chosen take no part in the ensemble.")  # fmt: skip
 
 
 def _disagreement_blocks(entry: EnsembleEntry) -> list[Block]:
@@ -193,10 +225,11 @@ def ensemble_blocks(entry: EnsembleEntry, dataset, data_problem: str, figure: Pa
     except FmnistError as exc:
         problem = str(exc)
     blocks: list[Block] = [_takeaway(entry, changes), _members_table(entry)]
-    weights = "each member's best validation accuracy" if r.get("model_args", {}).get("weighted") else "equal"
     best_acc = r["members"][r["best_member"]]["test_accuracy"]
-    blocks.append(Text(f"Gain over the best member ({best_name}, {pct(best_acc)}): {points(r['gain_over_best_member'])}."
-                       f" Weights: {weights}; the ensemble answers the argmax of the weighted mean probability."))  # fmt: skip
+    blocks.append(Text(_selection_text(entry)))
+    blocks.append(Text(f"Gain over the best member on the test set ({best_name}, {pct(best_acc)}): "
+                       f"{points(r['gain_over_best_member'])}. The ensemble answers the argmax of the weighted mean "
+                       f"probability."))  # fmt: skip
     validation = _validation_text(r.get("validation"))
     if validation:
         blocks.append(Text(validation))
