@@ -28,6 +28,8 @@ from fmnist.training.rundirs import train_into
 from fmnist.training.state import STATE_META, clear_state
 
 CHECKPOINT_INFO = "fmnist-trial.json"  # in each Tune checkpoint: which epoch's state it holds
+# Keys of each reported result that say where the trial ran; sweep.json records its latest.
+NODE_ID, NODE_IP, NODE_HOST = "node_id", "node_ip", "hostname"
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -45,6 +47,14 @@ def epoch_metrics(record: EpochRecord, resumed_from: int) -> dict[str, Any]:
     return {**metrics, "resumed_from_epoch": resumed_from}
 
 
+def this_node() -> dict[str, str]:
+    """The Ray node this trial runs on. Its id tells nodes apart when several share a machine."""
+    import ray
+
+    return {NODE_ID: ray.get_runtime_context().get_node_id(), NODE_IP: ray.util.get_node_ip_address(),
+            NODE_HOST: socket.gethostname()}  # fmt: skip
+
+
 class TuneReporter(TrainCallback):
     """Reports each finished epoch to Tune with a checkpoint of the run's exact-resume state.
 
@@ -57,6 +67,7 @@ class TuneReporter(TrainCallback):
         self.run_dir = run_dir
         self.resumed_from = resumed_from
         self.pending: EpochRecord | None = None
+        self.node = this_node()
 
     def on_start(self, info: RunInfo) -> None:
         self.pending = None
@@ -77,7 +88,7 @@ class TuneReporter(TrainCallback):
     def _report(self, record: EpochRecord, *, with_state: bool, finished: bool = False) -> None:
         from ray import tune
 
-        metrics = {**epoch_metrics(record, self.resumed_from), "finished": finished}
+        metrics = {**epoch_metrics(record, self.resumed_from), **self.node, "finished": finished}
         if not with_state:
             tune.report(metrics)
             return
