@@ -22,7 +22,7 @@ from fmnist.experiments.ray_runtime import ShippedDataset, pin_threads, receive_
 from fmnist.experiments.sweep_config import TRIALS_DIR, SweepSpec
 from fmnist.fsutil import atomic_write_json, read_json
 from fmnist.inference.checkpoint import META_FILE
-from fmnist.inference.rundir import RESULTS_FILE, prepare_run_dir
+from fmnist.inference.rundir import RESULTS_FILE, prepare_run_dir, read_history
 from fmnist.training.results import EpochRecord, RunInfo, TrainCallback
 from fmnist.training.rundirs import train_into
 from fmnist.training.state import STATE_META, clear_state
@@ -107,6 +107,27 @@ def _reset_run_dir(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+def checkpoint_epoch(checkpoint: Any) -> int:
+    with checkpoint.as_directory() as folder:
+        return int(read_json(Path(folder) / CHECKPOINT_INFO)["epoch"])
+
+
+def report_finished(run_dir: Path, after_epoch: int, resumed_from: int) -> None:
+    """Report the epochs after `after_epoch` of a trial that already finished, from its run directory.
+
+    Tune snapshots the experiment after epoch checkpoints, not when a trial ends, so a driver or
+    head lost in between leaves a finished trial marked running at its last checkpoint. Training
+    those epochs again would give the same numbers (exact resume) but would first remove the
+    finished results from disk; reading them back keeps them and costs nothing.
+    """
+    from ray import tune
+
+    node = this_node()
+    rows = [row for row in read_history(run_dir) if row["epoch"] > after_epoch]
+    for index, row in enumerate(rows):
+        tune.report({**row, "resumed_from_epoch": resumed_from, **node, "finished": index == len(rows) - 1})
+
+
 def restore_checkpoint(run_dir: Path, checkpoint: Any) -> int:
     """Put a Tune checkpoint's state into `run_dir`; returns the epoch it continues after."""
     _reset_run_dir(run_dir)
@@ -133,6 +154,11 @@ def run_trial(sampled: dict[str, Any], *, spec: SweepSpec, sweep_dir: str, shipp
     pin_threads(spec.settings.cpus_per_trial)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = tune.get_checkpoint()
+    if checkpoint is not None and (run_dir / RESULTS_FILE).is_file():  # finished after Tune's last snapshot
+        epoch = checkpoint_epoch(checkpoint)
+        if any(row["epoch"] > epoch for row in read_history(run_dir)):
+            report_finished(run_dir, epoch, epoch)
+            return
     if checkpoint is not None:
         resumed_from = restore_checkpoint(run_dir, checkpoint)
     else:
