@@ -24,14 +24,13 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
 
-from test_ray import run_numbers, without_timings  # noqa: E402
-from test_sweep import cli_env  # noqa: E402
-
 from fmnist import api  # noqa: E402
 from fmnist.errors import first_line  # noqa: E402
 from fmnist.experiments.ray_head import RECONNECT_ENV  # noqa: E402
 from fmnist.experiments.sweep_config import SWEEP_FILE, TRIALS_DIR  # noqa: E402
 from fmnist.inference.rundir import LOCK_FILE, METRICS_FILE, RESULTS_FILE  # noqa: E402
+from test_ray import run_numbers, without_timings  # noqa: E402
+from test_sweep import cli_env  # noqa: E402
 
 WORKERS = 2
 HEAD_WAIT_S = "8"  # Ray's wait for a lost head in the CLI under test (60 s unless set)
