@@ -84,13 +84,24 @@ def token_available() -> bool:
     return Path(path).is_file() if path else DEFAULT_TOKEN_PATH.is_file()
 
 
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT names this machine's loopback interface."""
+    host = address.rsplit(":", 1)[0].strip("[]").lower()
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 class RaySession:
     """A Ray connection for the length of a `with` block (see the module docstring)."""
 
-    def __init__(self, address: str, *, num_cpus: int | None = None, notify: Callable[[str], None] = lambda _m: None):
+    def __init__(self, address: str, *, num_cpus: int | None = None, notify: Callable[[str], None] = lambda _m: None,
+                 head_lost: Callable[[float], str] | None = None):  # fmt: skip
         self.address = address
         self.num_cpus = num_cpus
         self.notify = notify
+        # The line a joined cluster's lost head ends the command with (see fmnist.experiments.ray_head).
+        self.head_lost = head_lost or (lambda waited: f"lost the Ray cluster's head at {address} "
+                                                      f"(no answer for {waited:.0f} s)")  # fmt: skip
+        self._watch: Any = None
         self.owned = False  # whether this session started (and must stop) Ray
         self.temp_dir: Path | None = None
         self._saved_env: dict[str, str | None] = {}
@@ -117,6 +128,14 @@ class RaySession:
         self._saved_env.setdefault(name, os.environ.get(name))
         os.environ[name] = value
 
+    def _loopback_only(self) -> None:
+        self._set_env(CLUSTER_ENV, "0")
+        from ray._private import ray_constants  # noqa: PLC0415  (see CLUSTER_ENV)
+
+        if self._saved_cluster_flag is None:
+            self._saved_cluster_flag = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
     def _start_local(self, ray: Any) -> None:
         # Unset, Ray turns token authentication on for a new local cluster (and makes a token
         # in ~/.ray/auth_token if there is none); fmnist only refuses to run with it off.
@@ -124,11 +143,7 @@ class RaySession:
         if mode != "token":
             raise FmnistError(f"{AUTH_MODE_ENV}={mode}: fmnist starts Ray only with token authentication; "
                               f"unset {AUTH_MODE_ENV}")  # fmt: skip
-        self._set_env(CLUSTER_ENV, "0")
-        from ray._private import ray_constants  # noqa: PLC0415  (see CLUSTER_ENV)
-
-        self._saved_cluster_flag = ray_constants.ENABLE_RAY_CLUSTER
-        ray_constants.ENABLE_RAY_CLUSTER = False
+        self._loopback_only()
         self.temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         cpus = self.num_cpus or os.cpu_count() or 1
         self.notify(f"starting a local Ray ({cpus} CPUs, loopback only, temp folder {self.temp_dir})")
@@ -148,6 +163,10 @@ class RaySession:
 
             with _quiet(AUTH_LOGGER):
                 maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        if is_loopback(self.address):
+            # Ray swaps a loopback head address for this machine's network address, where a head
+            # bound to loopback (`ray start --head --node-ip-address=127.0.0.1`) does not answer.
+            self._loopback_only()
         self.notify(f"joining the Ray cluster at {self.address}")
         try:
             ray.init(address=self.address, log_to_driver=False, configure_logging=False)
@@ -155,9 +174,15 @@ class RaySession:
             hint = "" if token_available() else " (no Ray token on this machine: see README, 'Sweeps and clusters')"
             raise FmnistError(f"cannot join the Ray cluster at {self.address}: {first_line(exc)}{hint}") from None
         self.owned = True  # our driver connection; ray.shutdown() disconnects without stopping the cluster
+        from fmnist.experiments.ray_head import HeadWatch  # noqa: PLC0415
+
+        self._watch = HeadWatch(ray.get_runtime_context().gcs_address, self.head_lost).start()
 
     def close(self) -> None:
         ray = require_ray()
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self.owned:
             ray.shutdown()
             self.owned = False

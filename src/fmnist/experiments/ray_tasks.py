@@ -75,18 +75,30 @@ class RayExecutor:
         self.threads = threads_per_run or torch.get_num_threads()
         self.notify = notify
 
+    def _fitting_threads(self, ray: Any) -> int:
+        """The threads per run, cut to the CPUs of the largest live node: Ray would otherwise hold the
+        tasks forever, without a word, on a cluster whose nodes are smaller than this machine."""
+        largest = max((int(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")),
+                      default=0)  # fmt: skip
+        if largest < 1 or largest >= self.threads:
+            return self.threads
+        self.notify(f"each run trains with {largest} thread(s), the CPUs of the largest Ray node "
+                    f"(here torch would use {self.threads}; results match a local run with that many threads)")  # fmt: skip
+        return largest
+
     def __call__(self, planned: list[PlannedRun], out_dir: Path, dataset: FashionMNIST, make_callbacks: MakeCallbacks,
                  on_result: OnResult) -> list[dict[str, Any]]:  # fmt: skip
         ray = require_ray()
         run_dirs = [prepare_run_dir(out_dir / run.run_name) for run in planned]  # refuse a bad folder before any work
         shipped = ship_dataset(dataset)
         remote = ray.remote(train_remote)
+        threads = self._fitting_threads(ray)
         pending: dict[Any, int] = {}
         for index, run in enumerate(planned):
-            options = {"num_cpus": self.threads, "num_gpus": gpus_for(run.config), "max_retries": TASK_RETRIES,
+            options = {"num_cpus": threads, "num_gpus": gpus_for(run.config), "max_retries": TASK_RETRIES,
                        "name": f"fmnist {run.run_name}"}  # fmt: skip
-            pending[remote.options(**options).remote(run.config, shipped, self.threads)] = index
-        self.notify(f"{len(planned)} run(s) sent to Ray, {self.threads} CPU(s) each")
+            pending[remote.options(**options).remote(run.config, shipped, threads)] = index
+        self.notify(f"{len(planned)} run(s) sent to Ray, {threads} CPU(s) each")
         results: list[dict[str, Any]] = [{} for _ in planned]
         try:
             while pending:

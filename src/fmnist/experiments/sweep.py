@@ -35,7 +35,7 @@ from fmnist.experiments.sweep_config import (
     plain_value,
     read_sweep,
 )
-from fmnist.experiments.sweep_trial import trial_name
+from fmnist.experiments.sweep_trial import NODE_HOST, NODE_ID, NODE_IP, trial_name
 from fmnist.fsutil import atomic_write_json, atomic_write_text, read_json
 from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, new_run_dir, read_history
 
@@ -166,7 +166,13 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
     from fmnist.experiments.sweep_progress import SweepDisplay, listening
     from fmnist.experiments.sweep_trial import run_trial
 
-    with RaySession(ray or LOCAL, notify=notify), _env(TUNE_ENV):
+    carry_on = f"fmnist sweep --resume {sweep_dir}" + (f" --ray {ray}" if ray and ray != LOCAL else "")
+
+    def head_lost(waited: float) -> str:  # finished trials are already on disk: each wrote its own run directory
+        return (f"lost the Ray cluster's head at {ray} (no answer for {waited:.0f} s); the finished trials are in "
+                f"{sweep_dir / TRIALS_DIR}; once the cluster is back, continue with: {carry_on}")  # fmt: skip
+
+    with RaySession(ray or LOCAL, notify=notify, head_lost=head_lost), _env(TUNE_ENV):
         from ray import tune
 
         trainable = tune.with_parameters(run_trial, spec=spec, sweep_dir=str(sweep_dir), shipped=ship_dataset(dataset))
@@ -180,7 +186,7 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
     if not summary["complete"]:
         left = spec.total_trials - sum(t["status"] != "unfinished" for t in summary["trials"])
         raise SweepInterrupted(f"sweep interrupted with {left} of {spec.total_trials} trial(s) unfinished; "
-                               f"continue it with: fmnist sweep --resume {sweep_dir}")  # fmt: skip
+                               f"continue it with: {carry_on}")  # fmt: skip
     if summary["best"] is None:
         raise FmnistError(f"{sweep_dir}: no trial reported {spec.settings.metric}; see {SWEEP_FILE} for why")
     write_best_toml(sweep_dir, summary)
@@ -224,6 +230,8 @@ def _trial_entry(spec: SweepSpec, sweep_dir: Path, trial: Any, outcome: dict[str
         "best": {"value": best[metric], "epoch": best["epoch"]} if best else None,
         "failures": trial.num_failures,
         "resumed_from_epoch": int(last.get("resumed_from_epoch", 0)),
+        # Where its latest epoch ran (a retried trial: the node it finished on); None before any epoch.
+        "node": {"id": last[NODE_ID], "ip": last.get(NODE_IP), "hostname": last.get(NODE_HOST)} if NODE_ID in last else None,
         "epochs": history,
     }
 

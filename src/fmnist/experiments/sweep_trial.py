@@ -22,12 +22,14 @@ from fmnist.experiments.ray_runtime import ShippedDataset, pin_threads, receive_
 from fmnist.experiments.sweep_config import TRIALS_DIR, SweepSpec
 from fmnist.fsutil import atomic_write_json, read_json
 from fmnist.inference.checkpoint import META_FILE
-from fmnist.inference.rundir import RESULTS_FILE, prepare_run_dir
+from fmnist.inference.rundir import RESULTS_FILE, prepare_run_dir, read_history
 from fmnist.training.results import EpochRecord, RunInfo, TrainCallback
 from fmnist.training.rundirs import train_into
 from fmnist.training.state import STATE_META, clear_state
 
 CHECKPOINT_INFO = "fmnist-trial.json"  # in each Tune checkpoint: which epoch's state it holds
+# Keys of each reported result that say where the trial ran; sweep.json records its latest.
+NODE_ID, NODE_IP, NODE_HOST = "node_id", "node_ip", "hostname"
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -45,6 +47,14 @@ def epoch_metrics(record: EpochRecord, resumed_from: int) -> dict[str, Any]:
     return {**metrics, "resumed_from_epoch": resumed_from}
 
 
+def this_node() -> dict[str, str]:
+    """The Ray node this trial runs on. Its id tells nodes apart when several share a machine."""
+    import ray
+
+    return {NODE_ID: ray.get_runtime_context().get_node_id(), NODE_IP: ray.util.get_node_ip_address(),
+            NODE_HOST: socket.gethostname()}  # fmt: skip
+
+
 class TuneReporter(TrainCallback):
     """Reports each finished epoch to Tune with a checkpoint of the run's exact-resume state.
 
@@ -57,6 +67,7 @@ class TuneReporter(TrainCallback):
         self.run_dir = run_dir
         self.resumed_from = resumed_from
         self.pending: EpochRecord | None = None
+        self.node = this_node()
 
     def on_start(self, info: RunInfo) -> None:
         self.pending = None
@@ -77,7 +88,7 @@ class TuneReporter(TrainCallback):
     def _report(self, record: EpochRecord, *, with_state: bool, finished: bool = False) -> None:
         from ray import tune
 
-        metrics = {**epoch_metrics(record, self.resumed_from), "finished": finished}
+        metrics = {**epoch_metrics(record, self.resumed_from), **self.node, "finished": finished}
         if not with_state:
             tune.report(metrics)
             return
@@ -94,6 +105,27 @@ def _reset_run_dir(run_dir: Path) -> None:
     clear_state(run_dir)
     for name in (RESULTS_FILE, META_FILE, WEIGHTS_FILE):
         (run_dir / name).unlink(missing_ok=True)
+
+
+def checkpoint_epoch(checkpoint: Any) -> int:
+    with checkpoint.as_directory() as folder:
+        return int(read_json(Path(folder) / CHECKPOINT_INFO)["epoch"])
+
+
+def report_finished(run_dir: Path, after_epoch: int, resumed_from: int) -> None:
+    """Report the epochs after `after_epoch` of a trial that already finished, from its run directory.
+
+    Tune snapshots the experiment after epoch checkpoints, not when a trial ends, so a driver or
+    head lost in between leaves a finished trial marked running at its last checkpoint. Training
+    those epochs again would give the same numbers (exact resume) but would first remove the
+    finished results from disk; reading them back keeps them and costs nothing.
+    """
+    from ray import tune
+
+    node = this_node()
+    rows = [row for row in read_history(run_dir) if row["epoch"] > after_epoch]
+    for index, row in enumerate(rows):
+        tune.report({**row, "resumed_from_epoch": resumed_from, **node, "finished": index == len(rows) - 1})
 
 
 def restore_checkpoint(run_dir: Path, checkpoint: Any) -> int:
@@ -122,6 +154,11 @@ def run_trial(sampled: dict[str, Any], *, spec: SweepSpec, sweep_dir: str, shipp
     pin_threads(spec.settings.cpus_per_trial)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = tune.get_checkpoint()
+    if checkpoint is not None and (run_dir / RESULTS_FILE).is_file():  # finished after Tune's last snapshot
+        epoch = checkpoint_epoch(checkpoint)
+        if any(row["epoch"] > epoch for row in read_history(run_dir)):
+            report_finished(run_dir, epoch, epoch)
+            return
     if checkpoint is not None:
         resumed_from = restore_checkpoint(run_dir, checkpoint)
     else:
