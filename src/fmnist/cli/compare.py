@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from fmnist.cli.options import DataDirOption, JobsOption, RayOption, every_run_default, ray_address, training_settings
-from fmnist.cli.output import console, notify, print_comparison, say
+from fmnist.cli.output import console, notify, print_comparison, report_with_progress, say
 
 
 @training_settings(every_run_default, after="ensemble")
@@ -38,4 +38,4 @@ def compare_cmd(
                              jobs=jobs, ensemble=ensemble, **(settings or {}))  # fmt: skip
     print_comparison(comparison, comparison.summary["title"])
     if not no_report:
-        say(f"report: {comparison.report(data_dir=data_dir)}")
+        say(f"report: {report_with_progress(comparison, data_dir=data_dir)}")
