@@ -24,8 +24,8 @@ def minimal_server(run_dir: Path, threads: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from fmnist.inference.checkpoint import normalization
     from fmnist.data.photos import decode_image, to_dataset_form
+    from fmnist.inference.checkpoint import normalization
     from fmnist.inference.ensemble_model import load_inference_model
     from fmnist.inference.export import onnx_for_run
 

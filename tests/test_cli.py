@@ -40,9 +40,9 @@ def test_help_and_models(isolated_env):
         (["train", "--config", "missing.toml"], 2, "config file not found"),
         (["train", "--bogus"], 2, "No such option"),
         (["compare", "--models", "mlp,nope"], 2, "unknown model 'nope'"),
-        (["evaluate", "no-such-run"], 1, "no such run directory"),
-        (["data", "info", "--data-dir", "/no/such/folder"], 1, "does not exist"),
-        (["report", "."], 1, "neither a run directory"),
+        (["evaluate", "no-such-run"], 2, "no such run directory"),
+        (["data", "info", "--data-dir", "/no/such/folder"], 2, "does not exist"),
+        (["report", "."], 2, "neither a run directory"),
     ],
 )
 def test_bad_input_gets_one_line_and_an_exit_code(args, code, fragment, isolated_env, tmp_path: Path):
@@ -105,7 +105,7 @@ def test_data_folder_that_is_a_file_or_holds_mnist_digits(tmp_path: Path, isolat
 
     not_a_folder = tmp_path / "data.txt"
     not_a_folder.write_text("x")
-    assert_one_line_error(run_cli("data", "info", "--data-dir", str(not_a_folder), env=isolated_env), 1, "not a folder")
+    assert_one_line_error(run_cli("data", "info", "--data-dir", str(not_a_folder), env=isolated_env), 2, "not a folder")
     digits = tmp_path / "mnist"
     digits.mkdir()
     (train_x, train_y), (test_x, test_y) = synthetic_arrays(100, 20)

@@ -137,7 +137,18 @@ def test_export_bad_options(tiny, isolated_env, args, code, fragment):
 
 def test_export_of_a_missing_run(isolated_env, tmp_path: Path):
     proc = run_cli("export", str(tmp_path / "nope"), env=isolated_env)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "no such run directory" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "no such run directory" in proc.stderr
+
+
+@pytest.mark.parametrize("drop, words", [
+    (0.31, "int8 loses 0.31 percentage points"),
+    (-0.09, "int8 gains 0.09 percentage points"),  # a gain, never "accuracy drop +0.09"
+    (0.001, "int8 keeps fp32's test accuracy"),
+])  # fmt: skip
+def test_int8_accuracy_change_says_which_way(drop, words):
+    from fmnist.cli.export import accuracy_change
+
+    assert accuracy_change(drop).startswith(words)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from fmnist.training.recipes import build_config
 
 # Fields that are not options of their own (each command spells --model, --model-arg and
 # --data-dir itself; mean/std follow --normalize and recipes; eval_batch_size is internal).
-NOT_OPTIONS = {"model", "model_args", "mean", "std", "eval_batch_size", "data_dir"}
+NOT_OPTIONS = {"model", "model_args", "recipe", "mean", "std", "eval_batch_size", "data_dir"}
 # Values the generic rule below would make invalid.
 SPECIAL = {"ema": 0.99, "crop_pad": 3, "device": "cpu", "precision": "fp32"}
 

@@ -213,3 +213,45 @@ def test_mixup_and_cutmix_train_with_soft_targets(tiny_dataset):
     result = fit(tiny_config(epochs=2, mixup=0.4, cutmix=1.0, crop_pad=2), tiny_dataset)
     assert result.test_accuracy > 0.8  # still learns the synthetic task through mixed targets
     assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+LOCKER = """
+import sys, time
+from pathlib import Path
+from fmnist.errors import RunLockedError
+from fmnist.inference.rundir import RunLock
+run_dir, held, clashes = Path(sys.argv[1]), 0, 0
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    try:
+        with RunLock(run_dir):
+            marker = run_dir / "inside"
+            try:
+                marker.mkdir()  # fails if another holder is inside too
+            except FileExistsError:
+                clashes += 1
+                continue
+            held += 1
+            marker.rmdir()
+    except RunLockedError:
+        pass
+print(held, clashes)
+"""
+
+
+def test_released_lock_leaves_no_file_and_never_lets_two_in(tmp_path: Path):
+    """A lock removes its file on release; one who opened the file just before must not hold it too."""
+    import subprocess
+    import sys
+
+    from fmnist.inference.rundir import LOCK_FILE, RunLock
+
+    with RunLock(tmp_path):
+        assert (tmp_path / LOCK_FILE).is_file()
+    assert not (tmp_path / LOCK_FILE).exists()
+    lockers = [subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path), "4"], stdout=subprocess.PIPE, text=True)
+               for _ in range(3)]  # fmt: skip
+    counts = [tuple(map(int, p.communicate(timeout=60)[0].split())) for p in lockers]
+    assert all(held > 0 for held, _ in counts), counts
+    assert sum(clashes for _, clashes in counts) == 0, counts
+    assert not (tmp_path / LOCK_FILE).exists()

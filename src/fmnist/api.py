@@ -43,7 +43,13 @@ def _progress(progress: bool | Any) -> Any | None:
 def make_config(model: str | None = None, *, recipe: str | None = None, config_file: str | Path | None = None,
                 **options: Any) -> TrainConfig:  # fmt: skip
     """A validated TrainConfig: defaults -> the model's recipe -> a named `recipe` -> `config_file` -> `options`."""
-    file_values = read_toml(Path(config_file)) if config_file else {}
+    if not config_file:
+        return build_config(model, cli_values=options, recipe=recipe)
+    file_values = read_toml(Path(config_file))
+    try:  # a bad value of the file is the file's: say so before the options join in
+        build_config(model, file_values=file_values, recipe=recipe)
+    except UsageError as exc:
+        raise UsageError(f"{config_file}: {exc}") from None
     return build_config(model, file_values=file_values, cli_values=options, recipe=recipe)
 
 
@@ -212,8 +218,13 @@ def sweep(config_file: str | Path | None = None, *, resume: str | Path | None = 
     return summary
 
 
-def load_run(path: str | Path) -> Run:
-    """A finished run directory (as `fmnist train` writes it)."""
+def load_run(path: str | Path) -> Run | Comparison:
+    """A finished run directory (as `fmnist train` writes it) as a `Run`, or a comparison
+    directory (`fmnist compare`, `ablate`, `train --seeds`: it holds compare.json) as a `Comparison`."""
+    from fmnist.experiments.compare import COMPARE_FILE
+
+    if (Path(path) / COMPARE_FILE).is_file():
+        return Comparison(path)
     return Run(path)
 
 

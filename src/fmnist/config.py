@@ -29,12 +29,13 @@ LEGACY_KEYS = {
 
 
 def setting(default: Any, help: str, *, flags: tuple[str, ...] = (), choices: tuple[str, ...] = (),
-            negatable: bool = True) -> Any:  # fmt: skip
+            negatable: bool = True, metavar: str | None = None) -> Any:  # fmt: skip
     """A training setting declared once: its default and help text here; its TOML key is the
     field's name and its `fmnist train` / `fmnist compare` option is derived from both
     (fmnist.cli.options). `flags` overrides the option's spelling; `choices` lists the values a
-    text setting takes; `negatable=False` makes a boolean a plain switch (no --no-NAME)."""
-    meta = {"help": help, "flags": flags, "choices": choices, "negatable": negatable}
+    text setting takes; `negatable=False` makes a boolean a plain switch (no --no-NAME); `metavar`
+    names the value in `--help` (PIXELS rather than N)."""
+    meta = {"help": help, "flags": flags, "choices": choices, "negatable": negatable, "metavar": metavar}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -42,10 +43,13 @@ def setting(default: Any, help: str, *, flags: tuple[str, ...] = (), choices: tu
 
 @dataclass
 class TrainConfig:
-    # Not options of their own: --model and --model-arg are spelled by the commands; mean and
-    # std follow from --normalize (and a recipe such as seed004's); data_dir is --data-dir.
+    # Not options of their own: --model, --model-arg and --recipe are spelled by the commands;
+    # mean and std follow from --normalize (and a recipe such as seed004's); data_dir is --data-dir.
     model: str = "fastcnn"
     model_args: dict[str, Any] = field(default_factory=dict)
+    # the named recipe the run started from (fmnist.training.recipes), recorded for its report;
+    # in a config file it applies that recipe, like --recipe
+    recipe: str = ""
     epochs: int = setting(10, "Passes over the training split.")
     batch_size: int = setting(128, "Images per step.")
     optimizer: str = setting("adam", "sgd is SGD with Nesterov momentum.", choices=OPTIMIZERS)
@@ -57,8 +61,8 @@ class TrainConfig:
     label_smoothing: float = setting(0.0, "Target smoothing.")
     flip: bool = setting(False, "Random horizontal flips.")
     # pad by N background pixels and crop back: a random shift of up to N pixels
-    crop_pad: int = setting(0, "Pad by N pixels and crop back: a random shift of up to N pixels.",
-                            flags=("--crop-pad", "--translate"))  # fmt: skip
+    crop_pad: int = setting(0, "Random shift of up to PIXELS pixels (pad by PIXELS, crop back); 0 = off.",
+                            flags=("--crop-pad-pixels", "--crop-pad", "--translate"), metavar="PIXELS")  # fmt: skip
     erase: float = setting(0.0, "Random-erasing probability.")
     mixup: float = setting(0.0, "Mixup alpha (0 = off).")  # alpha of Beta(alpha, alpha)
     cutmix: float = setting(0.0, "CutMix alpha (0 = off).")  # alpha of Beta(alpha, alpha)

@@ -110,12 +110,14 @@ class Run:
         return write_report(self.path, **options)
 
     def summary_row(self) -> list[str]:
+        from fmnist.training.results import trained_words
+
         r = self.results
-        return [r["model"], f"{r['params']:,}", f"{100 * r['test_accuracy']:.2f}%",
-                f"{r['best_epoch']}/{r['epochs_run']}", f"{r['train_seconds']:.1f}"]  # fmt: skip
+        return [r["model"], f"{r['params']:,}", f"{100 * r['test_accuracy']:.2f}%", trained_words(r),
+                f"{r['train_seconds']:.1f}"]  # fmt: skip
 
     def _repr_html_(self) -> str:
-        table = _table(["model", "params", "test accuracy", "best epoch", "train s"], [self.summary_row()])
+        table = _table(["model", "params", "test accuracy", "trained", "train s"], [self.summary_row()])
         title = f"<b>fmnist run</b> <code>{html.escape(str(self.path))}</code>"
         return f"<div>{title}{table}{_figure(_curve_png({self.name: self.history}))}</div>"
 
@@ -124,7 +126,15 @@ class Run:
 
 
 class Comparison:
-    """A finished `compare` (or `ablate`) directory: each model's mean ± std and its runs."""
+    """A finished comparison directory: what `fmnist.compare`, `fmnist.ablate` and
+    `fmnist train --seeds N` write (compare.json, one run directory per run and seed, and the
+    ensembles). In Jupyter it shows its table and the accuracy curves of its runs.
+
+        cmp = fmnist.compare(["mlp_wide", "fastcnn"], seeds=3)   # or fmnist.load_run("runs/compare-...")
+        cmp.models[0]["test_accuracy_mean"]                        # per run name, over its seeds
+        cmp.runs["fastcnn-seed0"].predict(images)                  # each run is a `Run`
+        cmp.report()                                               # report.html of the whole comparison
+    """
 
     def __init__(self, path: str | Path):
         from fmnist.experiments.compare import read_compare
@@ -134,6 +144,9 @@ class Comparison:
 
     @property
     def models(self) -> list[dict[str, Any]]:
+        """One row per run name (a model with its settings), over its seeds: name, model, params,
+        size_mb, seeds, test_accuracy (a list), test_accuracy_mean / _std, best_epoch, epochs_run,
+        train_seconds_mean."""
         return self.summary["models"]
 
     @property
@@ -143,9 +156,11 @@ class Comparison:
 
     @cached_property
     def runs(self) -> dict[str, Run]:
+        """Every run as a `Run`, by its folder in the comparison ("fastcnn", or "fastcnn-seed1" with seeds)."""
         return {r["run_dir"]: Run(self.path / r["run_dir"]) for r in self.summary["runs"]}
 
     def report(self, **options: Any) -> Path:
+        """Write the comparison's report.html and report.md (options as `fmnist report`); returns the HTML path."""
         from fmnist.report import write_report
 
         return write_report(self.path, **options)

@@ -28,8 +28,9 @@ from fmnist.cli import (
     sweep,
     train,
 )
-from fmnist.cli.output import console, fail
-from fmnist.errors import INTERRUPTED, FmnistError
+from fmnist.cli.examples import epilog
+from fmnist.cli.output import console, fail, say
+from fmnist.errors import INTERRUPTED, FmnistError, did_you_mean
 
 app = typer.Typer(
     name="fmnist",
@@ -39,6 +40,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _version(show: bool) -> None:
+    if show:
+        from fmnist import __version__
+
+        say(f"fmnist {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version, help="Print the version and exit"),
+) -> None:
+    """Train, compare, explain and serve Fashion-MNIST classifiers."""
+
+
 data_app = typer.Typer(help="Inspect and obtain the dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 data_app.command("info")(data.data_info)
@@ -100,15 +118,17 @@ def _metavar(param) -> str | None:
     return names.get(kind)
 
 
-def polish(command) -> None:
-    """Help that reads right: workflow order, whole one-line descriptions, no Python type names."""
+def polish(command, path: str = "") -> None:
+    """Help that reads right: workflow order, whole one-line descriptions, no Python type names,
+    and an example for every command."""
     commands = getattr(command, "commands", None)
     if commands is not None:
         ordered = {n: commands[n] for n in WORKFLOW_ORDER if n in commands}
         ordered.update({n: c for n, c in commands.items() if n not in ordered})
         command.commands = ordered
-        for sub in ordered.values():
-            polish(sub)
+        for name, sub in ordered.items():
+            polish(sub, f"{path} {name}".strip())
+    command.epilog = epilog(path)
     if command.help and not command.short_help:
         command.short_help = command.help.strip().splitlines()[0]
     for param in command.params:
@@ -117,6 +137,15 @@ def polish(command) -> None:
             param.display_type_rich = lambda ctx=None: ""
         elif not getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = _metavar(param)
+
+
+def _command_hint(exc) -> str:
+    """'did you mean' for a mistyped command (Click suggests for options, not commands)."""
+    message, group = exc.format_message(), getattr(exc.ctx, "command", None)
+    if not message.startswith("No such command") or not hasattr(group, "commands") or "did you mean" in message.lower():
+        return ""
+    typed = message.split("'")[1] if message.count("'") >= 2 else ""
+    return did_you_mean(typed, list(group.commands))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0) from None
     except USAGE_ERROR as exc:
         where = f" ({exc.ctx.command_path})" if exc.ctx else ""
-        fail(f"{exc.format_message()}{where}; see --help", 2)
+        fail(f"{exc.format_message()}{_command_hint(exc)}{where}; see --help", 2)
     except ABORT:
         fail("aborted", INTERRUPTED)
     except KeyboardInterrupt:

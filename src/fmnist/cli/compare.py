@@ -17,7 +17,7 @@ from fmnist.cli.options import (
     training_settings,
     value,
 )
-from fmnist.cli.output import console, notify, print_comparison, say
+from fmnist.cli.output import console, notify, print_comparison, report_with_progress, say
 
 
 @training_settings(every_run_default, after="ensemble")
@@ -52,4 +52,4 @@ def compare_cmd(
                              **(settings or {}))  # fmt: skip
     print_comparison(comparison, comparison.summary["title"])
     if not no_report:
-        say(f"report: {comparison.report(data_dir=data_dir)}")
+        say(f"report: {report_with_progress(comparison, data_dir=data_dir)}")

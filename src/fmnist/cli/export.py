@@ -51,5 +51,14 @@ def export_cmd(
         )
         table.add_row("file size", f"{report['fp32_size_bytes'] / 1e6:.2f} MB", f"{report['size_bytes'] / 1e6:.2f} MB")
         console.print(table)
-        console.print(f"accuracy drop {report['accuracy_drop_pp']:+.2f} percentage points "
-                      f"(limit 0.5); int8 agrees with fp32 on {100 * report['int8_top1_agreement']:.2f}% of top-1")  # fmt: skip
+        console.print(f"{accuracy_change(report['accuracy_drop_pp'])}; int8 agrees with fp32 on "
+                      f"{100 * report['int8_top1_agreement']:.2f}% of top-1")  # fmt: skip
+
+
+def accuracy_change(drop_pp: float) -> str:
+    """What int8 did to test accuracy, in words that cannot be misread: a gain is never a "drop +0.09"."""
+    if round(drop_pp, 2) == 0:
+        return "int8 keeps fp32's test accuracy (limit: a loss of 0.5 percentage points)"
+    if drop_pp < 0:
+        return f"int8 gains {-drop_pp:.2f} percentage points of test accuracy (limit: a loss of 0.5)"
+    return f"int8 loses {drop_pp:.2f} percentage points of test accuracy (limit 0.5)"

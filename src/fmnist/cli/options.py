@@ -70,7 +70,8 @@ def _option(f: dataclasses.Field, default_note: Callable[[str], str]) -> inspect
         flags = [f"{flags[0]}/--no-{flags[0][2:]}"]
     if meta["choices"]:
         kind = choice(f.name.title().replace("_", ""), meta["choices"])
-    option = typer.Option(None, *flags, help=f"{meta['help']} {default_note(f.name)}".strip(), show_default=False)
+    option = typer.Option(None, *flags, help=f"{meta['help']} {default_note(f.name)}".strip(), show_default=False,
+                          metavar=meta["metavar"])  # fmt: skip
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None)
 
 

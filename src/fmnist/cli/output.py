@@ -1,12 +1,27 @@
-"""Where the commands write: one console for results (stdout), one for messages (stderr)."""
+"""Where the commands write: one console for results (stdout), one for messages (stderr).
+
+Off a terminal (a pipe, `| tee`, a CI log) nothing is wrapped: Rich would otherwise fold every
+line at 80 columns (or $COLUMNS), splitting paths and URLs and cutting names in tables. There a
+console is as wide as its longest line; on a terminal it follows the window.
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+UNWRAPPED = 10_000  # columns off a terminal: wide enough that no line or table is ever folded
+
+
+def _console(**kwargs) -> Console:
+    made = Console(highlight=False, **kwargs)
+    if not made.is_terminal and not made.is_jupyter:
+        made.width = UNWRAPPED
+    return made
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -34,20 +49,43 @@ def steps_progress(total: int | None, description: str):
     return progress, progress.add_task(description, total=total)
 
 
+def report_with_progress(result, **options):
+    """`result.report(**options)` (a Run or a Comparison; some seconds) announced on stderr, with a
+    bar on a terminal; returns the report's path."""
+    notify("writing report…")
+    progress, task = steps_progress(None, "report")
+    with progress:
+
+        def step(label: str, done: int, total: int) -> None:
+            progress.update(task, description=f"report: {label}", completed=done, total=total)
+
+        return result.report(progress=step, **options)
+
+
 def print_comparison(comparison, title: str) -> None:
     """The comparison table and where the results are (compare, ablate and `train --seeds`)."""
     from fmnist.experiments.compare import ensemble_row_text
+    from fmnist.training.results import smoke_steps
 
+    cut: dict[str, list[int]] = {}  # run name -> steps of each seed cut by --max-steps
+    for run in comparison.summary.get("runs", []):
+        steps = smoke_steps(run)
+        if steps is not None:
+            cut.setdefault(run.get("name", ""), []).append(steps)
     table = Table("model", "params", "size MB", "test accuracy", "best ep", "train s", title=title)
     for m in comparison.models:
         acc = f"{100 * m['test_accuracy_mean']:.2f}%"
         if len(m["seeds"]) > 1:
             acc += f" ± {100 * m['test_accuracy_std']:.2f}"
-        table.add_row(m["name"] + f" ({m['model']})", f"{m['params']:,}", f"{m['size_mb']:.2f}", acc,
-                      ",".join(map(str, m["best_epoch"])), f"{m['train_seconds_mean']:.1f}")  # fmt: skip
+        label = m["name"] if m["name"] == m["model"] else f"{m['name']} ({m['model']})"
+        best = f"{max(cut[m['name']]):,} steps" if m["name"] in cut else ",".join(map(str, m["best_epoch"]))
+        table.add_row(label, f"{m['params']:,}", f"{m['size_mb']:.2f}", acc, best, f"{m['train_seconds_mean']:.1f}")
     for e in comparison.summary.get("ensembles", []):
         label, params, acc = ensemble_row_text(e)
         table.add_row(label, params, "–" if "error" in e else f"{e['size_mb']:.2f}", acc, "–", "–")
     console.print(table)
+    if cut:
+        steps = max(s for seeds in cut.values() for s in seeds)
+        notify(f"smoke run: {steps:,} steps, not a trained model (--max-steps cut training short)")
     data = comparison.summary["data"]
     say(f"data: {data['source']} ({data['split']} split)  -> {comparison.path}")

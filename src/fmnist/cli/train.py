@@ -10,7 +10,7 @@ import tomllib
 import typer
 
 from fmnist.cli.options import DataDirOption, JobsOption, RayOption, ray_address, recipe_default, training_settings
-from fmnist.cli.output import console, err_console, notify, print_comparison
+from fmnist.cli.output import console, err_console, notify, print_comparison, report_with_progress, say
 from fmnist.errors import UsageError
 from fmnist.training.results import RunInfo, TrainCallback
 
@@ -63,8 +63,9 @@ def train_cmd(
     if resume is not None:
         if any(v is not None for v in (model, out, config)):
             raise UsageError("--resume takes the settings saved in the run directory; drop --model/--out/--config")
-        _with_ctrl_c(lambda stop: api.resume(resume, data=api.load_data(data_dir, notify=notify), stop=stop,
-                                             progress=console, report=not no_report, callbacks=[SayResume()]))  # fmt: skip
+        run = _with_ctrl_c(lambda stop: api.resume(resume, data=api.load_data(data_dir, notify=notify), stop=stop,
+                                                   progress=console, callbacks=[SayResume()]))  # fmt: skip
+        _say_result(run, report=not no_report)
         return
     options = dict(settings or {})
     extra_args = parse_model_args(model_arg)
@@ -77,13 +78,16 @@ def train_cmd(
 
         plan = ComparePlan([RunSpec(cfg.model, cfg.to_dict())], seeds=seeds, title=f"{cfg.model} over {seeds} seeds")
         comparison = api.run_plan(plan, out, f"{cfg.model}-seeds",
-                                  progress=console, report=not no_report, data_dir=data_dir,
+                                  progress=console, report=False, data_dir=data_dir,
                                   notify=notify, ray=ray_address(ray), jobs=jobs)  # fmt: skip
         print_comparison(comparison, plan.title)
+        if not no_report:
+            say(f"report: {report_with_progress(comparison, data_dir=data_dir)}")
         return
     data = api.load_data(data_dir, notify=notify)
-    _with_ctrl_c(lambda stop: api.train(config=cfg, out=out, data=data, overwrite=overwrite, stop=stop,
-                                        progress=console, report=not no_report))  # fmt: skip
+    run = _with_ctrl_c(lambda stop: api.train(config=cfg, out=out, data=data, overwrite=overwrite, stop=stop,
+                                              progress=console))  # fmt: skip
+    _say_result(run, report=not no_report)
 
 
 class SayResume(TrainCallback):
@@ -95,7 +99,7 @@ class SayResume(TrainCallback):
                               "from the beginning")  # fmt: skip
 
 
-def _with_ctrl_c(train) -> None:
+def _with_ctrl_c(train):
     """Run `train(stop)`: the first Ctrl-C finishes the step, saves and exits 130; a second stops at once."""
     from fmnist.training.results import StopSignal
 
@@ -108,13 +112,20 @@ def _with_ctrl_c(train) -> None:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        run = train(stop)
+        return train(stop)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _say_result(run, report: bool) -> None:
+    """The result as soon as the test set is scored; then the report (some seconds), with progress."""
+    from fmnist.training.results import smoke_steps, trained_words
+
     r = run.results
-    console.print(f"{r['model']}: test accuracy {100 * r['test_accuracy']:.2f}%  loss {r['test_loss']:.4f}  "
-                  f"best epoch {r['best_epoch']}/{r['epochs_run']}  {r['train_seconds']:.1f}s  -> {run.path}",
-                  markup=False, highlight=False)  # fmt: skip
-    report = run.path / "report.html"
-    if report.is_file():
-        console.print(f"report: {report}", markup=False, highlight=False)
+    say(f"{r['model']}: test accuracy {100 * r['test_accuracy']:.2f}%  loss {r['test_loss']:.4f}  "
+        f"{trained_words(r)}  {r['train_seconds']:.1f}s  -> {run.path}")  # fmt: skip
+    steps = smoke_steps(r)
+    if steps is not None:
+        notify(f"smoke run: {steps:,} steps, not a trained model")
+    if report:
+        say(f"report: {report_with_progress(run)}")

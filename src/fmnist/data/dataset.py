@@ -12,7 +12,7 @@ import numpy as np
 from fmnist.constants import IDX_FILES, KAGGLE_CSV_FILES, KAGGLE_SPLIT_RAW_SHA256, OFFICIAL_GZ_MD5
 from fmnist.data.csv import read_kaggle_csv
 from fmnist.data.idx import GZIP_MAGIC, parse_idx
-from fmnist.errors import DataError
+from fmnist.errors import DataError, DataPathError
 
 # sha256 of the decompressed official label files (the official images are identified by
 # their md5 only); the label order alone tells the official split from the Kaggle one.
@@ -71,6 +71,23 @@ class FashionMNIST:
     test_images: np.ndarray
     test_labels: np.ndarray
     provenance: Provenance
+
+    def __repr__(self) -> str:
+        # The dataclass default prints every array: a hundred lines of pixels for `print(data)`.
+        p = self.provenance
+        return (f"FashionMNIST(train={len(self.train_labels):,} images, test={len(self.test_labels):,} images, "
+                f"split={p.split!r}, source={p.source!r}, location={p.location!r})")  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        import html
+
+        p = self.provenance
+        rows = "".join(f"<tr><td>{name}</td><td>{len(labels):,}</td><td>{' x '.join(map(str, images.shape[1:]))} uint8</td></tr>"
+                       for name, images, labels in (("train", self.train_images, self.train_labels),
+                                                    ("test", self.test_images, self.test_labels)))  # fmt: skip
+        return (f"<div><b>Fashion-MNIST</b> ({html.escape(p.split)} split, from {html.escape(p.source)}: "
+                f"<code>{html.escape(p.location)}</code>)<table><thead><tr><th>split</th><th>images</th>"
+                f"<th>each</th></tr></thead><tbody>{rows}</tbody></table></div>")  # fmt: skip
 
     def describe_shapes(self) -> dict[str, tuple[int, ...]]:
         return {
@@ -186,9 +203,9 @@ def load_folder(folder: Path, source: str = "data-dir") -> FashionMNIST:
     """A folder with the IDX files, or failing that the Kaggle CSV pair."""
     folder = Path(folder)
     if not folder.exists():
-        raise DataError(f"{folder}: data folder does not exist")
+        raise DataPathError(f"{folder}: data folder does not exist")
     if not folder.is_dir():
-        raise DataError(f"{folder}: not a folder")
+        raise DataPathError(f"{folder}: not a folder")
     if any(find_idx_file(folder, role) for role in IDX_FILES):
         return load_idx_folder(folder, source=source)
     if has_kaggle_csv(folder):

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmnist.config import TrainConfig, read_toml
+from fmnist.config import FIELD_TYPES, LEGACY_KEYS, TrainConfig, read_toml
 from fmnist.errors import UsageError
 from fmnist.inference.ensemble_select import DEFAULT_SELECT, SELECT_RULES
+from fmnist.inference.rundir import CONFIG_FILE
 from fmnist.models.registry import get_entry
 from fmnist.training.recipes import build_config
 
@@ -26,8 +27,14 @@ DEFAULT_RUNS: tuple[tuple[str, str], ...] = (("mlp", "mlp_wide"), ("cnn", "fastc
 class RunSpec:
     name: str
     values: dict[str, Any]  # TrainConfig fields (model, epochs, ...) for this run
+    origin: str = ""  # where the values were written ("FILE, run 'NAME'"), for error messages
 
     def config(self, overrides: dict[str, Any], seed_offset: int = 0) -> TrainConfig:
+        if self.origin:  # a bad value of the file is the file's: say so before the options join in
+            try:
+                build_config(self.values.get("model"), file_values=self.values)
+            except UsageError as exc:
+                raise UsageError(f"{self.origin}: {exc}") from None
         config = build_config(self.values.get("model"), file_values=self.values, cli_values=overrides)
         config.seed += seed_offset
         return config
@@ -162,9 +169,19 @@ def plan_from_models(models: Sequence[str]) -> ComparePlan:
     return ComparePlan([RunSpec(name, {"model": name}) for name in names], title=" vs ".join(names))
 
 
+def is_run_config(data: dict[str, Any]) -> bool:
+    """Whether a TOML table is one run's settings (a run directory's config.toml), not a plan."""
+    return "runs" not in data and "model" in data and set(data) <= set(FIELD_TYPES) | set(LEGACY_KEYS)
+
+
 def plan_from_file(path: Path) -> ComparePlan:
-    """A TOML file: optional title/notes/seeds, a [defaults] table, and [[runs]] with name + model."""
+    """A TOML file: optional title/notes/seeds, a [defaults] table, and [[runs]] with name + model;
+    or one run's config.toml (as a run directory holds it), which plans that one run."""
     data = read_toml(path)
+    if is_run_config(data):
+        name = str(data["model"])
+        where = f"{path} (the settings of run {path.parent})" if path.name == CONFIG_FILE else str(path)
+        return ComparePlan([RunSpec(name, data, where)], title=f"{name} as in {path}")
     known = {"title", "notes", "seeds", "defaults", "runs", "published", "ensemble", "ensembles"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -180,7 +197,8 @@ def plan_from_file(path: Path) -> ComparePlan:
         values = {**defaults, **{k: v for k, v in run.items() if k != "name"}}
         if isinstance(defaults.get("model_args"), dict) and isinstance(run.get("model_args"), dict):
             values["model_args"] = {**defaults["model_args"], **run["model_args"]}
-        specs.append(RunSpec(str(run.get("name") or run["model"]), values))
+        name = str(run.get("name") or run["model"])
+        specs.append(RunSpec(name, values, f"{path}, run {name!r}"))
     if len({s.name for s in specs}) != len(specs):
         raise UsageError(f"{path}: run names must be unique")
     seeds = data.get("seeds", 1)

@@ -22,7 +22,7 @@ from torch import nn
 from fmnist import __version__
 from fmnist.constants import CLASS_NAMES, TTA_LEVELS
 from fmnist.data.normalize import blank_value
-from fmnist.errors import CheckpointError, FmnistError, UsageError
+from fmnist.errors import CheckpointError, FmnistError, RunPathError, UsageError
 from fmnist.fsutil import atomic_write_bytes, atomic_write_json
 from fmnist.inference.tta import TestTimeAugmentation, tta_level
 
@@ -84,8 +84,8 @@ def checkpoint_folder(path: Path) -> Path:
     if path.is_dir():
         return path
     if not path.exists():
-        raise CheckpointError(f"{path}: no such run directory or checkpoint")
-    raise CheckpointError(f"{path}: not a run directory (expected a folder with {META_FILE} and {WEIGHTS_FILE})")
+        raise RunPathError(f"{path}: no such run directory or checkpoint")
+    raise RunPathError(f"{path}: not a run directory (expected a folder with {META_FILE} and {WEIGHTS_FILE})")
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

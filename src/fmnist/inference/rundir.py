@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fmnist.errors import FmnistError, RunLockedError, UsageError
+from fmnist.errors import FmnistError, RunLockedError, RunPathError, UsageError
 from fmnist.fsutil import read_json
 from fmnist.inference.checkpoint import META_FILE
 
@@ -67,7 +67,8 @@ def prepare_run_dir(path: Path, *, overwrite: bool = False) -> Path:
 class RunLock:
     """An exclusive advisory lock on RUN_DIR/.lock for as long as a run writes there.
 
-    The OS drops the lock when the process dies, so a killed run never leaves a stale lock.
+    The OS drops the lock when the process dies, so a killed run never leaves a stale lock; a
+    released lock removes its file, so a finished run leaves none behind either.
     """
 
     def __init__(self, run_dir: Path):
@@ -75,31 +76,48 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise FmnistError(f"{self.path}: cannot create lock file ({exc.strerror})") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise RunLockedError(f"{self.path.parent}: another fmnist process is writing to this run directory") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise FmnistError(f"{self.path}: cannot create lock file ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunLockedError(f"{self.path.parent}: another fmnist process is writing to this run directory") from None
+            # The holder we waited on may have removed the file between our open and our lock:
+            # a lock on that orphaned file guards nothing, so start again on the file there now.
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._fd is not None:
+            # Removed while still held: whoever opened it meanwhile sees it gone and retries.
+            self.path.unlink(missing_ok=True)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
 def read_results(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
-        raise FmnistError(f"{run_dir}: no {RESULTS_FILE} (not a finished run directory)")
+        raise RunPathError(f"{run_dir}: no {RESULTS_FILE} (not a finished run directory)")
     return read_json(path)
 
 

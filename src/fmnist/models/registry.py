@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmnist.errors import UsageError
+from fmnist.errors import UsageError, did_you_mean
 from fmnist.models.base import Classifier, ModelIdentity
 
 # Arguments a builder or factory takes that are not part of the model's saved arguments:
@@ -128,7 +128,8 @@ def register_baseline(
 
 def get_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
-        raise UsageError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise UsageError(f"unknown model {name!r}{did_you_mean(name, list_models())}; "
+                         f"available: {', '.join(list_models())}")
     return _REGISTRY[name]
 
 
@@ -161,14 +162,41 @@ def saved_model_args(name: str, saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def _coerce_like(value: Any, default: Any, label: str) -> Any:
-    """TOML and JSON give lists where builders take tuples; keep bools and numbers honest."""
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    if isinstance(default, bool) and not isinstance(value, bool):
-        raise UsageError(f"{label} must be true or false, not {value!r}")
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    """A value checked against the default's type: TOML and JSON give lists where builders take
+    tuples, `--model-arg hidden=512,256` gives the text "512,256"; anything else of the wrong
+    kind is one clear error here, never a comparison failing inside a builder."""
+    if default is None:
+        return value
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]  # hidden=512: a list of one
+        like = default[0] if default else None
+        items = [_coerce_like(_number(item) if isinstance(item, str) else item, like, f"{label}[{i}]")
+                 for i, item in enumerate(value)]  # fmt: skip
+        return tuple(items) if isinstance(default, tuple) else items
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UsageError(f"{label} must be true or false, not {value!r}")
+        return value
+    if isinstance(default, int) and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise UsageError(f"{label} must be an integer, not {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{label} must be a number, not {value!r}")
         return float(value)
-    return value
+    return value  # text defaults may take other kinds (an SVC's gamma: 'scale' or a number)
+
+
+def _number(text: str) -> Any:
+    """A list item given as text ("512"): the number it spells, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _network_args(entry: ModelEntry, args: dict[str, Any]) -> dict[str, Any]:

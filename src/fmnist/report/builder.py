@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -23,9 +24,11 @@ from fmnist.report.sections.ensemble import ensemble_document, ensemble_section
 from fmnist.report.sections.explain import explanations_section
 from fmnist.report.sections.results import confusion_section, pairs_section, per_class_section, test_results_section
 from fmnist.report.sections.setup import data_section, models_section
+from fmnist.report.sections.trained import trained_blocks
 from fmnist.report.sections.training import training_section
 from fmnist.report.text import join_words
 
+Progress = Callable[[str, int, int], None]  # (what starts now, parts done, parts in all)
 MARKDOWN_FILE = "report.md"
 HTML_FILE = "report.html"
 BUILDERS = (
@@ -51,9 +54,14 @@ def make_options(**options) -> ReportOptions:
     return opts
 
 
-def build_document(ctx: ReportContext) -> Document:
+def _quiet(_label: str, _done: int, _total: int) -> None:
+    pass
+
+
+def build_document(ctx: ReportContext, progress: Progress = _quiet) -> Document:
     sections: list[Section] = []
-    for builder in BUILDERS:
+    for done, builder in enumerate(BUILDERS, start=1):
+        progress(builder.__name__.removesuffix("_section").replace("_", " "), done, len(BUILDERS) + 1)
         started = time.perf_counter()
         section = builder(ctx)
         if section is not None:
@@ -67,7 +75,7 @@ def build_document(ctx: ReportContext) -> Document:
     else:
         title = f"{ctx.runs[0].name} on Fashion-MNIST"
         what = "one run"
-    intro: list = [Text(f"Report on {what} in `{ctx.folder}`.")]
+    intro: list = [*trained_blocks(ctx), Text(f"Report on {what} in `{ctx.folder}`.")]
     if ctx.compare and ctx.compare.get("notes"):
         intro.append(Text(str(ctx.compare["notes"]).strip()))
     findings = [f"**{s.title}:** {s.takeaways()[0]}" for s in _summary_order(sections) if s.takeaways()]
@@ -83,10 +91,11 @@ def _summary_order(sections: list[Section]) -> list[Section]:
     return top + [s for s in sections if s.key not in (*headline, "data", "models")]
 
 
-def write_report(folder: Path, **options) -> Path:
+def write_report(folder: Path, *, progress: Progress = _quiet, **options) -> Path:
     """Write report.md (+ figures/) and report.html for a run, compare or ensemble directory.
 
     Returns the HTML report's path (the Markdown one when html=False). Options: see ReportOptions.
+    `progress(label, done, total)` hears of each part as it starts (the CLI's bar).
     """
     started = time.perf_counter()
     opts = make_options(**options)
@@ -98,8 +107,9 @@ def write_report(folder: Path, **options) -> Path:
         return _write(ensemble_document(Path(folder), opts), Path(folder), opts)
     ctx = ReportContext(Path(folder), opts)
     try:
+        progress("predictions", 0, len(BUILDERS) + 1)
         ctx.prepare()
-        doc = build_document(ctx)
+        doc = build_document(ctx, progress)
     finally:
         ctx.close()
     elapsed = time.perf_counter() - started

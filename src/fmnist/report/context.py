@@ -19,7 +19,7 @@ from fmnist.analysis.map_worker import Map2D, MapsJob, start_maps
 from fmnist.config import read_toml
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.splits import stratified_subsample
-from fmnist.errors import FmnistError
+from fmnist.errors import FmnistError, RunPathError
 from fmnist.experiments.compare import COMPARE_FILE, read_compare
 from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, read_history, read_results
 from fmnist.report.options import ReportOptions
@@ -103,7 +103,7 @@ def load_runs(folder: Path) -> tuple[dict[str, Any] | None, list[Run]]:
         results = read_results(folder)
         model = results["model"]
         return None, [Run(model, model, _slug(model), folder, results, read_history(folder), _read_config(folder))]
-    raise FmnistError(f"{folder}: neither a run directory ({RESULTS_FILE}) nor a comparison ({COMPARE_FILE})")
+    raise RunPathError(f"{folder}: neither a run directory ({RESULTS_FILE}) nor a comparison ({COMPARE_FILE})")
 
 
 def find_dataset(data_info: dict[str, Any], data_dir: Any = None) -> tuple[FashionMNIST | None, str]:

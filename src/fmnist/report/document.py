@@ -28,6 +28,13 @@ class Takeaway:
 
 
 @dataclass
+class Banner:
+    """What a reader must see before any figure (a smoke run is not a trained model)."""
+
+    text: str
+
+
+@dataclass
 class Note:
     """Caveats and skipped analyses, said out loud rather than left out silently."""
 
@@ -71,7 +78,7 @@ class Details:
     blocks: list = field(default_factory=list)
 
 
-Block = Text | Takeaway | Note | Table | Image | Bullets | Pre | Heading | Details
+Block = Text | Takeaway | Banner | Note | Table | Image | Bullets | Pre | Heading | Details
 
 
 @dataclass
@@ -117,6 +124,8 @@ def markdown_blocks(blocks: list[Block], folder: Path) -> list[str]:
             lines += [block.text, ""]
         elif isinstance(block, Takeaway):
             lines += [f"> **Takeaway:** {block.text}", ""]
+        elif isinstance(block, Banner):
+            lines += [f"> **⚠ {block.text}**", ""]
         elif isinstance(block, Note):
             lines += [f"*Note: {block.text}*", ""]
         elif isinstance(block, Heading):

@@ -7,7 +7,20 @@ import html
 import re
 from pathlib import Path
 
-from fmnist.report.document import Block, Bullets, Details, Document, Heading, Image, Note, Pre, Table, Takeaway, Text
+from fmnist.report.document import (
+    Banner,
+    Block,
+    Bullets,
+    Details,
+    Document,
+    Heading,
+    Image,
+    Note,
+    Pre,
+    Table,
+    Takeaway,
+    Text,
+)
 
 CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --accent:#0969da; --soft:#f6f8fa; --take:#ddf4ff; }
@@ -35,6 +48,8 @@ figure img { max-width:100%; height:auto; border:1px solid var(--line); border-r
 figcaption { color:var(--muted); font-size:13px; margin-top:4px; }
 .takeaway { background:var(--take); border-left:4px solid var(--accent); padding:8px 14px; margin:12px 0;
             border-radius:0 4px 4px 0; }
+.banner { background:#fff1e5; border:2px solid #bc4c00; color:#762c00; padding:10px 14px; margin:12px 0;
+          border-radius:4px; font-size:16px; }
 .note { color:var(--muted); font-style:italic; }
 pre { background:var(--soft); padding:10px 14px; overflow-x:auto; font-size:13px; border-radius:4px; }
 code { background:var(--soft); padding:1px 4px; border-radius:3px; font-size:90%; }
@@ -77,6 +92,8 @@ def html_blocks(blocks: list[Block]) -> str:
             parts.append(f"<p>{inline(block.text)}</p>")
         elif isinstance(block, Takeaway):
             parts.append(f'<p class="takeaway"><strong>Takeaway:</strong> {inline(block.text)}</p>')
+        elif isinstance(block, Banner):
+            parts.append(f'<p class="banner" role="alert"><strong>⚠ {inline(block.text)}</strong></p>')
         elif isinstance(block, Note):
             parts.append(f'<p class="note">Note: {inline(block.text)}</p>')
         elif isinstance(block, Heading):

@@ -12,7 +12,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fmnist.training.results import EpochRecord, RunInfo, RunResult, TrainCallback
+from fmnist.training.results import EpochRecord, RunInfo, RunResult, TrainCallback, plural, smoke_steps
 
 # Redrawing more often than this costs more than it tells on a 2-core CPU.
 REFRESH_SECONDS = 0.25
@@ -88,6 +88,15 @@ class RichProgress(TrainCallback):
             self.progress = None
 
 
+def _trained(result: RunResult) -> str:
+    """'1 epoch', '4 epochs', or '20 steps, smoke run' where --max-steps cut the run."""
+    steps = smoke_steps({"steps": result.steps, "planned_steps": result.planned_steps,
+                         "stopped_early": result.stopped_early})  # fmt: skip
+    if steps is not None:
+        return f"{plural(steps, 'step')}, smoke run"
+    return plural(result.epochs_run, "epoch") if result.epochs_run else "fitted"
+
+
 class MultiRunProgress:
     """Progress for a series of runs (compare, ablate, --seeds): a bar per run and a result line each."""
 
@@ -101,7 +110,7 @@ class MultiRunProgress:
 
     def announce(self, name: str, result: RunResult) -> None:
         line = (f"{name}: test accuracy {100 * result.test_accuracy:.2f}% in {result.train_seconds:.1f}s "
-                f"({result.epochs_run} epochs)")  # fmt: skip
+                f"({_trained(result)})")  # fmt: skip
         self.console.print(line[:PLAIN_WIDTH], highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:

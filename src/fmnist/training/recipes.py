@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fmnist.config import LEGACY_KEYS, TrainConfig, apply_overrides
-from fmnist.errors import UsageError
+from fmnist.errors import UsageError, did_you_mean
 
 MEASURED_FILE = Path(__file__).with_name("recipes_measured.json")
 
@@ -110,7 +110,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise UsageError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}")
+        raise UsageError(f"unknown recipe {name!r}{did_you_mean(name, tuple(RECIPES))}; available: {', '.join(RECIPES)}")
     return RECIPES[name]
 
 
@@ -143,6 +143,12 @@ def accuracy_label(figures: dict[str, Any]) -> str:
     return f"{100 * figures['accuracy_mean']:.2f}%{spread} ({runs} run{'s' if runs > 1 else ''})"
 
 
+def own_recipe(model: str) -> str:
+    """The recipe `fmnist train --model MODEL` starts from ("fast" for fastcnn), or "" for none."""
+    own = MODEL_SETTINGS.get(model)
+    return next((r.name for r in _RECIPES if r.model == model and r.settings is own), "") if own else ""
+
+
 def build_config(
     model: str | None = None,
     *,
@@ -153,7 +159,10 @@ def build_config(
     """Defaults -> the model's own settings -> a named recipe -> file -> CLI flags, then validated."""
     file_values = dict(file_values or {})
     cli_values = {k: v for k, v in (cli_values or {}).items() if v is not None}
-    named = get_recipe(recipe) if recipe else None
+    chosen = recipe or file_values.pop("recipe", None) or None
+    if chosen is not None and not isinstance(chosen, str):
+        raise UsageError(f"recipe must be a recipe's name, not {chosen!r}")
+    named = get_recipe(chosen) if chosen else None
     asked = cli_values.get("model") or file_values.get("model") or model
     if named and asked and asked != named.model:
         raise UsageError(f"recipe {named.name!r} trains {named.model}, not {asked}; drop --model or the recipe")
@@ -167,6 +176,7 @@ def build_config(
     apply_overrides(config, file_values, "config")
     apply_overrides(config, cli_values, "option")
     config.model = name
+    config.recipe = named.name if named else own_recipe(name)
     user_keys = file_values.keys() | cli_values.keys()
     tta_keys = {"tta"} | {old for old, (new, _) in LEGACY_KEYS.items() if new == "tta"}
     if "flip" in user_keys and not config.flip and not user_keys & tta_keys:

@@ -64,6 +64,7 @@ class RunResult:
     isa: str = ""
     stopped_early: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    planned_steps: int = 0  # steps `epochs` would take; more than `steps` when --max-steps cut the run
 
     @property
     def has_checkpoint(self) -> bool:
@@ -91,6 +92,7 @@ class RunResult:
             "best_val_accuracy": self.best_val_accuracy,
             "epochs_run": self.epochs_run,
             "steps": self.steps,
+            "planned_steps": self.planned_steps,
             "stopped_early": self.stopped_early,
             "train_seconds": round(self.train_seconds, 3),
             "seed": self.config.seed,
@@ -129,3 +131,27 @@ class StopSignal:
 
     def request(self) -> None:
         self.requested = True
+
+
+def smoke_steps(results: dict[str, Any]) -> int | None:
+    """The steps a run trained when --max-steps cut it short of its epochs (a smoke run), else None
+    (also for runs written before fmnist recorded `planned_steps`)."""
+    steps, planned = results.get("steps") or 0, results.get("planned_steps") or 0
+    return steps if planned and steps < planned and not results.get("stopped_early") else None
+
+
+def trained_words(results: dict[str, Any]) -> str:
+    """How much a run trained, truthfully: "best epoch 3 of 4", or "20 steps (smoke run: ...)"."""
+    epochs, best = results.get("epochs_run", 0), results.get("best_epoch", 0)
+    smoke = smoke_steps(results)
+    if smoke is not None:
+        return f"{plural(smoke, 'step')} of {results['planned_steps']:,} planned (smoke run: --max-steps)"
+    if not epochs:  # a scikit-learn baseline: fitted, no epochs
+        return "fitted"
+    early = " (stopped early)" if results.get("stopped_early") else ""
+    return f"best epoch {best} of {epochs}{early}"
+
+
+def plural(n: int, word: str) -> str:
+    """'1 epoch', '2 epochs', '1,000 steps'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"

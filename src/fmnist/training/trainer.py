@@ -322,6 +322,7 @@ class Trainer:
             test=evaluate_logits(test_logits, torch.from_numpy(self.dataset.test_labels)), test_logits=test_logits,
             params=count_parameters(model), size_mb=model_size_mb(model), data=self.dataset.provenance.to_dict(),
             device=str(self.device), precision=self.precision, isa=self.isa, stopped_early=self.stopped_early,
+            planned_steps=self.steps_per_epoch * config.epochs,
         )  # fmt: skip
         for cb in self.callbacks:
             cb.on_end(result)
