@@ -112,8 +112,9 @@ def _with_ctrl_c(train) -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
     r = run.results
+    compiling = f" (+{r['compile_seconds']:.1f}s compiling)" if r.get("compiled") else ""
     console.print(f"{r['model']}: test accuracy {100 * r['test_accuracy']:.2f}%  loss {r['test_loss']:.4f}  "
-                  f"best epoch {r['best_epoch']}/{r['epochs_run']}  {r['train_seconds']:.1f}s  -> {run.path}",
+                  f"best epoch {r['best_epoch']}/{r['epochs_run']}  {r['train_seconds']:.1f}s{compiling}  -> {run.path}",
                   markup=False, highlight=False)  # fmt: skip
     report = run.path / "report.html"
     if report.is_file():
