@@ -117,6 +117,11 @@ class TrainStep:
         self.fn = forward_loss
         if compiled:
             os.environ.setdefault(CACHE_ENV, str(compile_cache_dir()))
+            # Each run compiles its own model. Dynamo keeps a few compiled versions per function and
+            # silently runs eager once a process has trained more runs than that (compare, seeds,
+            # benchmarks): start clean. Runs in one process train one after another, and the next
+            # one's compile is read back from the disk cache.
+            torch._dynamo.reset()
             mode = "reduce-overhead" if self.cuda_graphs else None
             self.fn = torch.compile(forward_loss, dynamic=False, mode=mode)
 
