@@ -34,6 +34,7 @@ import torch
 from fmnist.data.normalize import normalize
 from fmnist.data.sources import resolve_dataset
 from fmnist.device import cpu_isa, cpu_model
+from fmnist.errors import FmnistError
 from fmnist.inference.evaluate import predict
 from fmnist.models.flops import forward_flops
 from fmnist.models.registry import create_model
@@ -171,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no CUDA GPU here (--smoke runs the plumbing on the CPU)", file=sys.stderr)
         return 2
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
-    data = resolve_dataset(args.data_dir)
+    try:
+        data = resolve_dataset(args.data_dir)
+    except FmnistError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     max_steps, val_size = (3, 100) if args.smoke else (None, None)
     hardware = hardware_name(device)
     peak = peak_bf16(torch.cuda.get_device_name(0)) if device == "cuda" else None
@@ -183,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             run = one_run(name, seed, data, device, max_steps, val_size)
             runs.setdefault(name, []).append(run)
             to = ", ".join(f"{k[2:]}%: {'-' if v is None else f'{v:.1f}s'}" for k, v in run["time_to"].items())
+            compiling = f"+{run['compile_seconds']:.1f}s compiling, " if run["compiled"] else "not compiled, "
             print(f"{name} seed {seed}: {100 * run['test_accuracy']:.2f}% in {run['train_seconds']:.1f}s "
-                  f"(+{run['compile_seconds']:.1f}s compiling, {run['wall_seconds']:.1f}s wall), "
+                  f"({compiling}{run['wall_seconds']:.1f}s wall), "
                   f"{run['images_per_s']:,.0f} images/s; to {to}", flush=True)  # fmt: skip
     rows = [summarise(name, runs[name], peak) for name in names]
     results = table(rows, hardware, command)

@@ -49,7 +49,6 @@ from fmnist.training.state import (
     unflatten_optimizer,
 )
 
-
 # Validation and test batches on a GPU: one launch per few thousand images instead of per 1,024.
 CUDA_EVAL_BATCH = 8192
 
