@@ -168,7 +168,8 @@ class Trainer:
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str = "state") -> None:
         """Continue from `state_dict()`'s output; the config and data must be the saved ones."""
-        if meta["config"] != self.config.to_dict():
+        # State saved before --compile existed has no such key, and ran as the default (auto) would.
+        if {"compile": "auto", **meta["config"]} != self.config.to_dict():
             raise CheckpointError(f"{where}: saved state belongs to a different configuration")
         if meta["data_sha256"] != self.dataset.provenance.to_dict()["sha256"]:
             raise CheckpointError(f"{where}: the run was trained on different data files")
@@ -189,7 +190,7 @@ class Trainer:
         self.epoch_order = tensors.get("epoch_order")
         self.epoch, self.batch_in_epoch, self.step = meta["epoch"], meta["batch_in_epoch"], meta["step"]
         self.elapsed, self.sums = meta["elapsed"], EpochSums(**meta["sums"])
-        self.compile_seconds = meta.get("compile_seconds", 0.0)  # absent from state saved before --compile
+        self.compile_seconds = meta.get("compile_seconds", 0.0)
         self.history = [EpochRecord(**r) for r in meta["history"]]
         self.best_epoch, self.best_key = meta["best_epoch"], BestKey(*meta["best_key"])
         self.epochs_without_gain, self.stopped_early = meta["epochs_without_gain"], meta["stopped_early"]
