@@ -25,6 +25,8 @@ def test_design_steps_prints_one_row_per_change_relative_to_the_plain_net():
 
 
 def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_packs_its_runs_and_records_nothing(tiny_data_dir: Path, tmp_path: Path):
+    import json
+
     script = ROOT / "benchmarks" / "gpu_runbook.sh"
     # The runbook calls `python3`, as the GPU machine's image names its interpreter: here, this one.
     bin_dir = tmp_path / "bin"
@@ -54,7 +56,16 @@ def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_packs_its_runs_and_r
     assert "gpu-best stopped: exit 124" in (tmp_path / "capped" / "gpu-best.log").read_text()
     assert (tmp_path / "capped" / "runs.tgz").is_file()
     bad = subprocess.run(["bash", str(script), "gpu-worst"], capture_output=True, text=True, env=env, timeout=60)
-    assert bad.returncode == 2 and "usage: benchmarks/gpu_runbook.sh check|gpu-best|seed004|all" in bad.stderr
+    assert bad.returncode == 2 and "usage: benchmarks/gpu_runbook.sh check|speed|gpu-best|seed004|all" in bad.stderr
+    # The speed stage: benchmarks/gpu_speed.py per recipe and seed, its table brought back, nothing recorded.
+    speed = {**env, "OUT": str(tmp_path / "speed"), "RUNS": str(tmp_path / "speed-runs"), "SPEED_SEEDS": "1"}
+    proc = subprocess.run(["bash", str(script), "speed"], capture_output=True, text=True, env=speed, timeout=600)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    log = (tmp_path / "speed" / "gpu-speed.log").read_text()
+    assert "gpu-fast seed 0:" in log and "gpu-95 seed 0:" in log, log
+    table = json.loads((tmp_path / "speed" / "gpu_speed.json").read_text())["tables"]["gpu_recipes"]
+    assert [row["recipe"] for row in table["rows"]] == ["gpu-fast", "gpu-95"] and "--smoke" in table["command"]
+    assert (tmp_path / "speed" / "recipes_measured.json").read_text() == recorded
 
 
 def test_ensemble_designs_chooses_on_validation_and_tests_only_the_choice(tiny_data_dir: Path, tmp_path: Path):
@@ -91,3 +102,50 @@ def test_parallel_jobs_times_both_settings_side_by_side_and_prints_the_speed_up(
     jobs = re.search(r"^--jobs 2\s+(\d+\.\d)\s+\S+\s+\S+%\s+(\d+\.\d\d)x$", proc.stdout, re.M)
     assert one and jobs, proc.stdout
     assert float(jobs.group(2)) > 0
+
+
+def test_gpu_speed_smoke_trains_each_recipe_per_seed_and_writes_a_table_the_docs_render(tiny_data_dir: Path, tmp_path: Path):
+    import json
+
+    script = str(ROOT / "benchmarks" / "gpu_speed.py")
+    recorded = (ROOT / "src" / "fmnist" / "training" / "recipes_measured.json").read_text()
+    proc = subprocess.run([sys.executable, script, "--smoke", "--recipes", "gpu-fast,gpu-95", "--seeds", "2",
+                           "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "speed")],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    for name in ("gpu-fast", "gpu-95"):
+        for seed in (0, 1):
+            assert re.search(rf"^{name} seed {seed}: \d+\.\d\d% in .* images/s; to 93%: ", proc.stdout, re.M)
+    results = json.loads((tmp_path / "speed" / "gpu_speed.json").read_text())
+    table = results["tables"]["gpu_recipes"]
+    assert [row["recipe"] for row in table["rows"]] == ["gpu-fast", "gpu-95"]
+    assert all(len(row["accuracy"]) == 2 and row["images_per_s"] > 0 for row in table["rows"])
+    assert table["rows"][0]["peak_share"] is None  # a CPU has no bf16 peak in the table
+    assert "--smoke" in table["command"] and "threads" in table["hardware"]
+    runs = json.loads((tmp_path / "speed" / "runs.json").read_text())
+    assert [r["seed"] for r in runs["gpu-fast"]] == [0, 1] and runs["gpu-fast"][0]["curve"]  # a test point an epoch
+    # The docs render the file as written (docs/scripts/results_tables.py reads benchmarks/results/).
+    sys.path.insert(0, str(ROOT / "docs" / "scripts"))
+    try:
+        import results_tables
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "gpu_speed.json").write_text(json.dumps(results))
+    real = results_tables.RESULTS
+    results_tables.RESULTS = tmp_path / "results"
+    try:
+        rendered = results_tables.render_json_table("gpu_speed.json", "gpu_recipes")
+    finally:
+        results_tables.RESULTS = real
+    assert rendered.startswith("| recipe | test accuracy | to 93% |") and "| `gpu-95` |" in rendered
+    # Smoke figures are never recorded; without a GPU the real thing says so in one line.
+    assert (ROOT / "src" / "fmnist" / "training" / "recipes_measured.json").read_text() == recorded
+    refused = subprocess.run([sys.executable, script, "--smoke", "--write"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "never recorded" in refused.stderr
+    import torch
+
+    if not torch.cuda.is_available():  # (on a GPU this would be the whole benchmark)
+        no_gpu = subprocess.run([sys.executable, script, "--device", "cuda", "--data-dir", str(tiny_data_dir)],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert no_gpu.returncode == 2 and no_gpu.stderr.strip() == "error: no CUDA GPU here (--smoke runs the plumbing on the CPU)"

@@ -16,7 +16,7 @@ import tomllib
 
 from fmnist.constants import FMNIST_MEAN, FMNIST_STD, NUM_CLASSES, TTA_LEVELS
 from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed
-from fmnist.device import DEVICES, PRECISIONS
+from fmnist.device import COMPILE_MODES, DEVICES, PRECISIONS
 from fmnist.errors import UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -82,6 +82,9 @@ class TrainConfig:
     precision: str = setting("auto", "auto: bf16 where the CPU has it natively.", choices=PRECISIONS)
     # CPU runs are deterministic already
     deterministic: bool = setting(False, "Deterministic GPU kernels (slower).", negatable=False)
+    # fmnist.training.compiled: what auto decides, where the compiled kernels are cached
+    compile: str = setting("auto", "Compile the training step (torch.compile; CUDA graphs on a GPU). auto: on a GPU "
+                           "for runs long enough to repay it, off on the CPU.", choices=COMPILE_MODES)  # fmt: skip
     max_steps: int = setting(0, "Smoke mode: stop after N steps (0 = off).")
     eval_batch_size: int = 1024
     data_dir: str = ""
@@ -106,6 +109,7 @@ class TrainConfig:
         _choice(self.scheduler, SCHEDULERS, "scheduler")
         _choice(self.device, DEVICES, "device")
         _choice(self.precision, PRECISIONS, "precision")
+        _choice(self.compile, COMPILE_MODES, "compile")
         _choice(self.tta, TTA_LEVELS, "tta")
         if not self.lr > 0 or self.lr > 10:
             raise UsageError(f"lr must be a number in (0, 10], not {self.lr}")

@@ -20,6 +20,8 @@ from fmnist.errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+# --compile: whether the training step runs through torch.compile (fmnist.training.compiled decides "auto").
+COMPILE_MODES = ("auto", "on", "off")
 # CPU instruction-set levels that matter for fmnist's speed, slowest first.
 ISA_LEVELS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
 # oneDNN's ISA cap names (ONEDNN_MAX_CPU_ISA), mapped onto those levels: a capped process
@@ -137,3 +139,24 @@ def enable_determinism(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=False)
+
+
+def tune_cuda(device: torch.device, deterministic: bool) -> None:
+    """Let a GPU pick its fastest kernels: cuDNN autotuning and TF32 for what runs in fp32 outside
+    autocast. Left alone under --deterministic (enable_determinism turns autotuning off)."""
+    if device.type != "cuda" or deterministic:
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (random draws, an index) on `device` without stalling a GPU.
+
+    A plain `.to("cuda")` from ordinary host memory waits until every kernel queued before it
+    has run, which would cost a host synchronisation per training step. Copied from pinned
+    memory with non_blocking=True, it joins the queue instead. On the CPU this is `.to(device)`.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

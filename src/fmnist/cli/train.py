@@ -122,8 +122,9 @@ def _say_result(run, report: bool) -> None:
     from fmnist.training.results import smoke_steps, trained_words
 
     r = run.results
+    compiling = f" (+{r['compile_seconds']:.1f}s compiling)" if r.get("compiled") else ""
     say(f"{r['model']}: test accuracy {100 * r['test_accuracy']:.2f}%  loss {r['test_loss']:.4f}  "
-        f"{trained_words(r)}  {r['train_seconds']:.1f}s  -> {run.path}")  # fmt: skip
+        f"{trained_words(r)}  {r['train_seconds']:.1f}s{compiling}  -> {run.path}")  # fmt: skip
     steps = smoke_steps(r)
     if steps is not None:
         notify(f"smoke run: {steps:,} steps, not a trained model")

@@ -1,8 +1,8 @@
 """Batched augmentations: random crops, mixup and cutmix as tensor ops on the batch's own device.
 
 Every random number is drawn on the CPU from the caller's torch.Generator and then moved to
-the batch's device, so a seed gives the same draws on a CPU and on a GPU, and saving the
-generator's state is enough to resume exactly.
+the batch's device (fmnist.device.to_device: without waiting for the GPU), so a seed gives the
+same draws on a CPU and on a GPU, and saving the generator's state is enough to resume exactly.
 
 Inputs are normalised images (N,C,H,W). Mixing normalised images equals normalising mixed
 pixels (normalisation is affine and the weights sum to 1), so mixup can run after it.
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fmnist.constants import NUM_CLASSES
+from fmnist.device import to_device
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Mixed:
 
 
 def _uniform(generator: torch.Generator, n: int, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=generator).to(device)
+    return to_device(torch.rand(n, generator=generator), device)
 
 
 def _beta(generator: torch.Generator, alpha: float, n: int) -> torch.Tensor:
@@ -74,8 +75,8 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator, *, fill: 
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), value=fill)  # (N,C,H+2p,W+2p)
-    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    top = to_device(torch.randint(0, 2 * pad + 1, (n,), generator=generator), x.device)
+    left = to_device(torch.randint(0, 2 * pad + 1, (n,), generator=generator), x.device)
     rows = (top[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N,H,1)
     cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N,1,W)
     batch = torch.arange(n, device=x.device)[:, None, None]
@@ -101,8 +102,8 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Gener
         return _unmixed(x, y, num_classes)
     n = x.shape[0]
     own = soft_targets(y, num_classes).to(x.device)
-    partner = torch.randperm(n, generator=generator).to(x.device)
-    lam = _beta(generator, alpha, n).to(x.device)
+    partner = to_device(torch.randperm(n, generator=generator), x.device)
+    lam = to_device(_beta(generator, alpha, n), x.device)
     weight = lam.to(x.dtype).view(n, *([1] * (x.dim() - 1)))
     images = weight * x + (1 - weight) * x[partner]
     return Mixed(images, lam[:, None] * own + (1 - lam[:, None]) * own[partner], lam, partner)
@@ -121,8 +122,8 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Gene
         return _unmixed(x, y, num_classes)
     n, _, h, w = x.shape
     own = soft_targets(y, num_classes).to(x.device)
-    partner = torch.randperm(n, generator=generator).to(x.device)
-    drawn = _beta(generator, alpha, n).to(x.device)
+    partner = to_device(torch.randperm(n, generator=generator), x.device)
+    drawn = to_device(_beta(generator, alpha, n), x.device)
     centre_y = (_uniform(generator, n, x.device) * h).floor()
     centre_x = (_uniform(generator, n, x.device) * w).floor()
     side = torch.sqrt(1 - drawn)  # the box covers (1 - lam) of the area before clipping

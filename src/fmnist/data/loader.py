@@ -1,8 +1,9 @@
-"""Tensor-resident batching: the whole split lives as one tensor on the training device.
+"""Tensor-resident batching: the whole split lives as one uint8 tensor on the training device.
 
 A per-sample Dataset + DataLoader spends most of a small model's step in Python; here an
 epoch is one index permutation and every augmentation is a batched tensor op, so the CPU
-(or GPU) spends its time in the model.
+(or GPU) spends its time in the model. Images stay uint8 (a quarter of float32's memory on a
+GPU) and each batch is normalised as it is drawn: the same values as normalising the split once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from fmnist.constants import IMAGE_SIZE
 from fmnist.data.augment import cutmix, mixup, random_crop
 from fmnist.data.normalize import blank_value, normalize
+from fmnist.device import to_device
 
 
 class Batch(NamedTuple):
@@ -49,7 +51,7 @@ class Augmentation:
 class TensorLoader:
     """Batches (x, y) from tensors held on `device`.
 
-    `images` are uint8 (N,28,28), normalised once at construction. Shuffling and
+    `images` are uint8 (N,28,28), kept so on `device`, normalised per batch. Shuffling and
     augmentation draw from `generator` (a torch.Generator on the CPU), whose state can be
     saved and restored for exact resumption.
     """
@@ -71,8 +73,8 @@ class TensorLoader:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.device = torch.device(device)
-        self.x = normalize(images.to(self.device), mean, std)
-        self.x = layout(self.x)
+        self.images = images.to(self.device)
+        self.mean, self.std = mean, std
         self.y = labels.to(self.device).long()
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -90,7 +92,7 @@ class TensorLoader:
 
     def epoch_order(self) -> torch.Tensor:
         if self.shuffle:
-            return torch.randperm(len(self.y), generator=self.generator).to(self.device)
+            return to_device(torch.randperm(len(self.y), generator=self.generator), self.device)
         return torch.arange(len(self.y), device=self.device)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -104,7 +106,7 @@ class TensorLoader:
         """
         for start in range(first_batch * self.batch_size, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            x, y = self.x[index], self.y[index]
+            x, y = normalize(self.images[index], self.mean, self.std), self.y[index]
             targets: torch.Tensor = y
             if self.augmentation.active:
                 x = self.augment(x)
@@ -114,7 +116,7 @@ class TensorLoader:
 
     # -- batched augmentation -------------------------------------------------------------
     def _rand(self, *shape: int) -> torch.Tensor:
-        return torch.rand(shape, generator=self.generator).to(self.device)
+        return to_device(torch.rand(shape, generator=self.generator), self.device)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         aug = self.augmentation

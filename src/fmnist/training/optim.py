@@ -16,11 +16,14 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # On a GPU, one fused kernel updates every parameter (instead of a few launches per tensor).
+    # The CPU keeps PyTorch's default implementation, whose results the CPU runs were measured with.
+    fused = {"fused": True} if any(p.is_cuda for p in model.parameters()) else {}
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
+        return torch.optim.Adam(groups, lr=config.lr, **fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=config.lr, **fused)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True, **fused)
 
 
 class LRSchedule:

@@ -31,6 +31,12 @@ def epoch_line(label: str, record: EpochRecord, epochs: int, is_best: bool) -> s
     return line[:PLAIN_WIDTH]
 
 
+def compiled_line(label: str, seconds: float) -> str:
+    """The compile step's line: its time is shown here and kept out of the epochs' training time."""
+    name = label if len(label) <= LABEL_WIDTH else label[: LABEL_WIDTH - 1] + "…"
+    return f"{name:<{LABEL_WIDTH}} compiled the training step in {seconds:.1f}s (not training time)"[:PLAIN_WIDTH]
+
+
 def is_live(console: Console) -> bool:
     """Whether a live bar can redraw in place: a real terminal or a notebook, not a pipe or file."""
     return (console.is_terminal and not console.is_dumb_terminal) or console.is_jupyter
@@ -59,7 +65,8 @@ class RichProgress(TrainCallback):
             console=self.console, transient=True,
         )  # fmt: skip
         self.progress.start()
-        self.task = self.progress.add_task(self.label, total=info.total_steps, completed=info.step, stats="")
+        stats = "compiling the training step…" if info.compiled else ""
+        self.task = self.progress.add_task(self.label, total=info.total_steps, completed=info.step, stats=stats)
 
     def on_step(self, step: int, epoch: int, loss, accuracy, images_per_second: float) -> None:
         if self.progress is None:
@@ -69,10 +76,16 @@ class RichProgress(TrainCallback):
             self.progress.update(self.task, completed=step)
             return
         self._last_draw = now
-        # float() reads the tensors only at redraw time, a few times a second.
+        # float() reads the tensors only at redraw time, a few times a second: each read waits for
+        # the GPU to finish what is queued, so reading every step would serialise a GPU run.
         stats = (f"ep {epoch}/{self.epochs} loss {float(loss):.3f} acc {float(accuracy):.3f} "
                  f"{images_per_second:,.0f}/s")  # fmt: skip
         self.progress.update(self.task, completed=step, stats=stats)
+
+    def on_compiled(self, seconds: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, stats="")
+        self.console.print(compiled_line(self.label, seconds), highlight=False, markup=False, soft_wrap=True)
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
         line = epoch_line(self.label, record, self.epochs, is_best)
@@ -109,7 +122,8 @@ class MultiRunProgress:
         return [self.bars[-1]]
 
     def announce(self, name: str, result: RunResult) -> None:
-        line = (f"{name}: test accuracy {100 * result.test_accuracy:.2f}% in {result.train_seconds:.1f}s "
+        compiling = f" (+{result.compile_seconds:.1f}s compiling)" if result.compiled else ""
+        line = (f"{name}: test accuracy {100 * result.test_accuracy:.2f}% in {result.train_seconds:.1f}s{compiling} "
                 f"({_trained(result)})")  # fmt: skip
         self.console.print(line[:PLAIN_WIDTH], highlight=False, markup=False, soft_wrap=True)
 

@@ -43,6 +43,7 @@ class RunInfo:
     device: str
     precision: str
     isa: str  # CPU instruction-set level (fmnist.device.cpu_isa)
+    compiled: bool = False  # the step will be compiled before the first step (fmnist.training.compiled)
 
 
 @dataclass
@@ -63,6 +64,8 @@ class RunResult:
     precision: str
     isa: str = ""
     stopped_early: bool = False
+    compiled: bool = False
+    compile_seconds: float = 0.0  # compiling the step, before training: not in train_seconds
     extra: dict[str, Any] = field(default_factory=dict)
     planned_steps: int = 0  # steps `epochs` would take; more than `steps` when --max-steps cut the run
 
@@ -95,6 +98,8 @@ class RunResult:
             "planned_steps": self.planned_steps,
             "stopped_early": self.stopped_early,
             "train_seconds": round(self.train_seconds, 3),
+            "compiled": self.compiled,
+            "compile_seconds": round(self.compile_seconds, 3),
             "seed": self.config.seed,
             "device": self.device,
             "precision": self.precision,
@@ -115,6 +120,9 @@ class TrainCallback:
     def on_step(self, step: int, epoch: int, loss: torch.Tensor, accuracy: torch.Tensor,
                 images_per_second: float) -> None:  # fmt: skip
         """`loss` and `accuracy` are 0-d tensors of this batch; call float() only when displaying."""
+
+    def on_compiled(self, seconds: float) -> None:
+        """The training step was compiled, in `seconds` (before the first step; not training time)."""
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None: ...
     def on_state_saved(self, state_dir: Path) -> None:

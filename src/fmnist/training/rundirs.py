@@ -114,4 +114,5 @@ def result_from_dir(run_dir: Path, config: TrainConfig) -> RunResult:
     history = [EpochRecord(**row) for row in read_history(run_dir)]
     return RunResult(config, None, history, s["best_epoch"], s["epochs_run"], s["steps"], s["train_seconds"], test,
                      torch.empty(0), s["params"], s["size_mb"], s["data"], s["device"], s["precision"],
-                     s.get("cpu_isa", ""), s["stopped_early"], planned_steps=s.get("planned_steps", 0))  # fmt: skip
+                     s.get("cpu_isa", ""), s["stopped_early"], compiled=s.get("compiled", False),
+                     compile_seconds=s.get("compile_seconds", 0.0), planned_steps=s.get("planned_steps", 0))  # fmt: skip

@@ -29,12 +29,13 @@ from fmnist.data.dataset import FashionMNIST
 from fmnist.data.loader import Augmentation, TensorLoader
 from fmnist.data.normalize import blank_value, normalize
 from fmnist.data.splits import stratified_split
-from fmnist.device import autocast_context, cpu_isa, enable_determinism, resolve_device, resolve_precision
+from fmnist.device import cpu_isa, enable_determinism, resolve_device, resolve_precision, tune_cuda
 from fmnist.errors import INTERRUPTED, CheckpointError, FmnistError, UsageError
 from fmnist.inference.evaluate import evaluate_logits, predict
 from fmnist.models.base import Classifier
 from fmnist.models.registry import count_parameters, create_model, get_entry, model_size_mb
 from fmnist.seeding import seed_everything
+from fmnist.training.compiled import TrainStep, should_compile
 from fmnist.training.optim import WeightAverage, make_optimizer, make_schedule
 from fmnist.training.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
 from fmnist.training.state import (
@@ -47,6 +48,9 @@ from fmnist.training.state import (
     save_state,
     unflatten_optimizer,
 )
+
+# Validation and test batches on a GPU: one launch per few thousand images instead of per 1,024.
+CUDA_EVAL_BATCH = 8192
 
 
 class TrainingInterrupted(FmnistError):
@@ -95,6 +99,7 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device, self.isa)
         if config.deterministic:
             enable_determinism(self.device)
+        tune_cuda(self.device, config.deterministic)
         seed_everything(config.seed)
 
         if config.val_size >= len(dataset.train_labels):
@@ -109,8 +114,11 @@ class Trainer:
             std=config.input_std, device=self.device, shuffle=True, augmentation=Augmentation.from_config(config),
             generator=torch.Generator().manual_seed(config.seed + 1), layout=self.model.layout,
         )  # fmt: skip
-        self.val_x = normalize(images[val_idx], config.input_mean, config.input_std)
+        # Validation images wait on the device, as the training split does (on the CPU: unchanged).
+        self.val_x = normalize(images[val_idx].to(self.device), config.input_mean, config.input_std)
         self.val_y = labels[val_idx].long()
+        on_cpu = self.device.type == "cpu"
+        self.eval_batch_size = config.eval_batch_size if on_cpu else max(config.eval_batch_size, CUDA_EVAL_BATCH)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * config.epochs
         if config.max_steps:
@@ -118,6 +126,10 @@ class Trainer:
         self.optimizer = make_optimizer(config, self.model)
         self.schedule = make_schedule(config, self.optimizer, self.total_steps)
         self.average = WeightAverage(self.model, config.ema) if config.ema else None
+        self.compiled = should_compile(config.compile, self.device, self.total_steps, self.isa)
+        self.train_step = TrainStep(self.model, device=self.device, precision=self.precision,
+                                    label_smoothing=config.label_smoothing, compiled=self.compiled)  # fmt: skip
+        self.compile_seconds = 0.0
 
         # Progress: everything a resumed run needs besides weights and RNGs.
         self.epoch, self.batch_in_epoch, self.step, self.elapsed = 1, 0, 0, 0.0
@@ -145,7 +157,7 @@ class Trainer:
         meta = {
             "config": self.config.to_dict(),
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-            "elapsed": self.elapsed, "sums": dataclasses.asdict(self.sums),
+            "elapsed": self.elapsed, "compile_seconds": self.compile_seconds, "sums": dataclasses.asdict(self.sums),
             "history": [dataclasses.asdict(r) for r in self.history],
             "best_epoch": self.best_epoch, "best_key": list(self.best_key),
             "epochs_without_gain": self.epochs_without_gain, "stopped_early": self.stopped_early,
@@ -156,7 +168,8 @@ class Trainer:
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str = "state") -> None:
         """Continue from `state_dict()`'s output; the config and data must be the saved ones."""
-        if meta["config"] != self.config.to_dict():
+        # State saved before --compile existed has no such key, and ran as the default (auto) would.
+        if {"compile": "auto", **meta["config"]} != self.config.to_dict():
             raise CheckpointError(f"{where}: saved state belongs to a different configuration")
         if meta["data_sha256"] != self.dataset.provenance.to_dict()["sha256"]:
             raise CheckpointError(f"{where}: the run was trained on different data files")
@@ -177,6 +190,7 @@ class Trainer:
         self.epoch_order = tensors.get("epoch_order")
         self.epoch, self.batch_in_epoch, self.step = meta["epoch"], meta["batch_in_epoch"], meta["step"]
         self.elapsed, self.sums = meta["elapsed"], EpochSums(**meta["sums"])
+        self.compile_seconds = meta.get("compile_seconds", 0.0)
         self.history = [EpochRecord(**r) for r in meta["history"]]
         self.best_epoch, self.best_key = meta["best_epoch"], BestKey(*meta["best_key"])
         self.epochs_without_gain, self.stopped_early = meta["epochs_without_gain"], meta["stopped_early"]
@@ -206,7 +220,7 @@ class Trainer:
 
     def info(self) -> RunInfo:
         return RunInfo(self.config, self.total_steps, self.steps_per_epoch, self.step, self.epoch,
-                       tuple(self.history), str(self.device), self.precision, self.isa)  # fmt: skip
+                       tuple(self.history), str(self.device), self.precision, self.isa, self.compiled)  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------
     def _train_epoch(self) -> None:
@@ -222,10 +236,7 @@ class Trainer:
         seen, seconds_before = self.sums.seen, self.sums.seconds
         self.model.train()
         for x, y, targets in self.loader.batches(self.epoch_order, self.batch_in_epoch):
-            with autocast_context(device, self.precision):
-                logits = self.model(x)
-                # Class indices or, after mixup/cutmix, soft (N,10) targets: cross_entropy takes both.
-                loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+            loss, logits = self.train_step(x, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -251,6 +262,23 @@ class Trainer:
             self.save_state()
             raise TrainingInterrupted(self._interrupt_message())
 
+    def _compile(self) -> None:
+        """Compile the step for the batch sizes this run will see, before training and timed apart."""
+        if not self.compiled:
+            return
+        n, batch = self.loader.num_samples, self.config.batch_size
+        sizes = [min(batch, n)]
+        last = n - (self.steps_per_epoch - 1) * batch  # the smaller last batch of an epoch, if reached
+        if last != sizes[0] and self.total_steps >= self.steps_per_epoch:
+            sizes.append(last)
+        drawn = self.loader.generator.get_state()  # one real batch, with no draw left behind
+        x, _, targets = next(self.loader.batches(torch.arange(n, device=self.device)))
+        self.loader.generator.set_state(drawn)
+        seconds = self.train_step.warm_up(x, targets, sizes)
+        self.compile_seconds += seconds
+        for cb in self.callbacks:
+            cb.on_compiled(seconds)
+
     def _interrupt_message(self) -> str:
         where = f"epoch {self.epoch}, step {self.step}"
         if self.state_dir is None:
@@ -260,7 +288,7 @@ class Trainer:
     def _validate(self) -> tuple[float | None, float | None]:
         if not len(self.val_y):
             return None, None
-        val_logits = predict(self.evaluated_model, self.val_x, batch_size=self.config.eval_batch_size,
+        val_logits = predict(self.evaluated_model, self.val_x, batch_size=self.eval_batch_size,
                              precision=self.precision, tta=self.config.tta, blank=self.blank)  # fmt: skip
         return F.cross_entropy(val_logits, self.val_y).item(), (val_logits.argmax(1) == self.val_y).float().mean().item()
 
@@ -302,6 +330,8 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_start(info)
         finished = self.epoch > self.config.epochs or self.stopped_early
+        if not finished:
+            self._compile()
         while not finished:
             self._train_epoch()
             finished = self._end_epoch()
@@ -313,8 +343,8 @@ class Trainer:
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
         model.eval()
-        test_x = normalize(self.dataset.test_images, config.input_mean, config.input_std)
-        test_logits = predict(model, test_x, batch_size=config.eval_batch_size, precision=self.precision,
+        test_x = normalize(torch.from_numpy(self.dataset.test_images).to(self.device), config.input_mean, config.input_std)
+        test_logits = predict(model, test_x, batch_size=self.eval_batch_size, precision=self.precision,
                               tta=config.tta, blank=self.blank)  # fmt: skip
         result = RunResult(
             config=config, model=model, history=self.history, best_epoch=self.best_epoch,
@@ -323,6 +353,7 @@ class Trainer:
             params=count_parameters(model), size_mb=model_size_mb(model), data=self.dataset.provenance.to_dict(),
             device=str(self.device), precision=self.precision, isa=self.isa, stopped_early=self.stopped_early,
             planned_steps=self.steps_per_epoch * config.epochs,
+            compiled=self.compiled, compile_seconds=self.compile_seconds,
         )  # fmt: skip
         for cb in self.callbacks:
             cb.on_end(result)
