@@ -30,22 +30,10 @@ from fmnist.experiments.ray_head import RECONNECT_ENV  # noqa: E402
 from fmnist.experiments.sweep_config import SWEEP_FILE, TRIALS_DIR  # noqa: E402
 from fmnist.inference.rundir import LOCK_FILE, METRICS_FILE, RESULTS_FILE  # noqa: E402
 from test_ray import run_numbers, without_timings  # noqa: E402
-from test_sweep import cli_env  # noqa: E402
+from test_sweep import cli_env, processes_with  # noqa: E402
 
 WORKERS = 2
 HEAD_WAIT_S = "8"  # Ray's wait for a lost head in the CLI under test (60 s unless set)
-
-
-def processes_with(marker: bytes) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def descendants(pids: list[int]) -> list[int]:

@@ -5,6 +5,7 @@ that trains, TensorBoard scalars, nothing left running), and Ctrl-C then --resum
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -167,18 +168,22 @@ def cli_env(isolated_env: dict[str, str], tmpdir: Path) -> dict[str, str]:
     return {**env, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
 
 
-def processes_using(tmpdir: Path) -> list[int]:
-    """Processes started with this TMPDIR (Ray's daemons and workers inherit it), by pid."""
-    marker = f"TMPDIR={tmpdir}".encode()
+def processes_with(marker: bytes) -> list[int]:
+    """Other processes whose environment holds `marker` (a NAME=VALUE entry), by pid."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
             try:
                 if marker in (entry / "environ").read_bytes().split(b"\0"):
                     found.append(int(entry.name))
             except OSError:
                 continue
     return found
+
+
+def processes_using(tmpdir: Path) -> list[int]:
+    """Processes started with this TMPDIR (Ray's daemons and workers inherit it), by pid."""
+    return processes_with(f"TMPDIR={tmpdir}".encode())
 
 
 def assert_nothing_left(tmpdir: Path) -> None:
