@@ -149,7 +149,24 @@ def render_models() -> str:
     return _markdown(["name", "what", "parameters (defaults)", "MFLOPs/image"], rows)
 
 
+def render_serve_load() -> str:
+    """benchmarks/results/serve_load.json, the record serve_load.py writes: fmnist against the minimal endpoint."""
+    record = json.loads((RESULTS / "serve_load.json").read_text(encoding="utf-8"))
+    s = record["settings"]
+    rows = []
+    for key, label in (("fmnist", f"fmnist serve, {s['workers']} worker(s)"), ("minimal", "minimal FastAPI + ONNX Runtime, 1 process")):
+        r = record[key]
+        rows.append([label, f"{r['requests_per_s']:,.0f}", f"{r['latency_ms']['p50']:g} ms", f"{r['latency_ms']['p99']:g} ms",
+                     f"{r['server_cpu_ms_per_request']:g} ms", str(r["errors"])])  # fmt: skip
+    out = _markdown(["server", "requests/s", "p50", "p99", "server CPU per request", "errors"], rows)
+    note = f"; {record['note']}" if record.get("note") else ""
+    return (out + f"\nfmnist / minimal: {record['ratio']:.2f}×. Hardware: {record['cpu']}, {record['cores']} cores "
+            f"({record['date'][:10]}){note}; command: `{record['command']}`.\n")
+
+
 def render(source: str) -> str:
+    if source == "serve_load":
+        return render_serve_load()
     if source == "recipes":
         return render_recipes()
     if source == "models":
