@@ -158,7 +158,7 @@ def test_channels_last_is_opt_in_and_grad_cam_layer_is_found():
 
 
 def test_registry_errors_are_one_line_usage_errors():
-    with pytest.raises(UsageError, match="unknown model 'resnet9000'; available: "):
+    with pytest.raises(UsageError, match=r"unknown model 'resnet9000' \(did you mean 'resnet18'\?\); available: cnn, "):
         create_model("resnet9000")
     with pytest.raises(UsageError, match="has no argument 'depth'"):
         create_model("mlp", depth=3)

@@ -271,7 +271,7 @@ def test_cli_predict_batch_dir_and_bad_files(tiny, tmp_path: Path, isolated_env)
     proc = run_cli("predict", str(run_dir), str(folder / "item0.png"), "--no-preprocess", env=isolated_env)
     assert proc.returncode == 1 and "must be 28x28" in proc.stderr
     proc = run_cli("predict", str(tmp_path / "no-run"), str(folder / "item0.png"), env=isolated_env)
-    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
 # -- real data --------------------------------------------------------------------------------------

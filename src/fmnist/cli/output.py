@@ -24,6 +24,17 @@ console = _console()
 err_console = _console(stderr=True)
 
 
+def layout_width() -> int:
+    """The width to choose a layout for (a table, or a narrow block per item): the window on a
+    terminal; off one, $COLUMNS where the user set it, else unlimited. Lines are still never folded."""
+    import os
+
+    if console.is_terminal:
+        return console.width
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() else UNWRAPPED
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print `error: message` on one line of stderr and exit with `code`."""
     err_console.print(f"error: {message}", markup=False, soft_wrap=True)

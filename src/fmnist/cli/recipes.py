@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from fmnist.cli.output import console
+from fmnist.cli.output import console, layout_width
 
 # Below this many columns the six-column table wraps every cell into a word-per-line stack,
 # so each recipe gets a short block of labelled lines instead.
@@ -20,7 +20,7 @@ def recipes_cmd() -> None:
     def cells(m: dict) -> tuple[str, str, str]:  # accuracy, time per run, hardware
         return accuracy_label(m), f"{m['seconds_mean']:.0f} s", m.get("hardware", "?")
 
-    if console.width >= TABLE_MIN_WIDTH:
+    if layout_width() >= TABLE_MIN_WIDTH:
         table = Table("recipe", "model", "for", "test accuracy", "time per run", "measured on")
         for name, recipe in RECIPES.items():
             rows = figures.get(name) or [None]
