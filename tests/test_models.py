@@ -144,7 +144,16 @@ def test_checking_arguments_builds_nothing_real():
         check_model_args("cnn", {"channels": [0]})
 
 
-def test_channels_last_is_opt_in_and_grad_cam_layer_is_found():
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Models a test registers go into a copy of the registry, so they do not leak into later tests
+    in the same worker (the docs' model table and "available: ..." lists are read from it)."""
+    from fmnist.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_channels_last_is_opt_in_and_grad_cam_layer_is_found(scratch_registry):
     @register_model("test_plain_conv", family="cnn")
     def plain(num_classes: int = 10):
         features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
@@ -168,7 +177,7 @@ def test_registry_errors_are_one_line_usage_errors():
         create_model("mlp", batch_norm="yes")
 
 
-def test_register_model_adds_a_name_and_refuses_duplicates():
+def test_register_model_adds_a_name_and_refuses_duplicates(scratch_registry):
     @register_model("test_tiny_linear", family="mlp")
     def tiny(num_classes: int = 10):
         from fmnist.models.base import Classifier

@@ -5,6 +5,7 @@ A table sits between markers naming its source, and everything between them is r
     <!-- results: runs.json#ensemble_tta -->   a table of benchmarks/results/runs.json
     <!-- results: recipes -->                  src/fmnist/training/recipes_measured.json (what `fmnist recipes` shows)
     <!-- results: models -->                   the model registry: parameters and FLOPs, counted now
+    <!-- results: time_to_accuracy_sweeps -->  every benchmarks/results/time_to_accuracy-<cpu>.json
     <!-- /results -->
 
     python docs/scripts/results_tables.py           # rewrite the tables in place
@@ -164,7 +165,42 @@ def render_serve_load() -> str:
             f"({record['date'][:10]}){note}; command: `{record['command']}`.\n")
 
 
+def render_time_to_accuracy_sweeps() -> str:
+    """Every benchmarks/results/time_to_accuracy-<cpu>.json (what time_to_accuracy.py writes): one row
+    per ISA level, with each seed's accuracy, the minimum and the ratio, checked against the targets."""
+    rows, notes = [], []
+    for path in sorted(RESULTS.glob("time_to_accuracy-*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        targets = record["targets"]
+        for level in record["levels"]:
+            if not level["ran"]:
+                rows.append([record["cpu"], f"`{level['level']}`", DASH, DASH, DASH, DASH, DASH, DASH,
+                             f"not run: {level['note']}"])  # fmt: skip
+                continue
+            accuracies = [100 * a for a in level["accuracies"]]
+            seed = f"{_number(round(level['seed_seconds'], 1))} s (epoch {level['seed_epoch']})"
+            if not level["seed_reached"]:
+                seed = f"> {_number(round(level['seed_seconds'], 1))} s (never reached 93%)"
+            missed = [name for name, ok in level["meets"].items() if not ok]
+            rows.append([
+                record["cpu"], f"`{level['level']}`", level["precision"], seed,
+                f"{level['fmnist_seconds']:.1f} s", f"{level['ratio']:.1f}×", _pct(accuracies),
+                f"{min(accuracies):.2f}%", "all met" if not missed else "missed: " + ", ".join(missed),
+            ])  # fmt: skip
+        notes.append(f"{record['cpu']} (hardware level `{record['hardware_isa']}`, {record['threads']} threads, "
+                     f"torch {record['versions']['torch']}, {record['recorded'][:10]}): `{record['command']}`")  # fmt: skip
+    if not rows:
+        return "No sweep recorded yet: run `python benchmarks/time_to_accuracy.py --isa-sweep`.\n"
+    out = _markdown(["CPU (2 cores)", "ISA level", "precision", "seed-004 recipe to 93%", "fastcnn per run", "ratio",
+                     "fastcnn test accuracy", "worst seed", "targets"], rows)  # fmt: skip
+    targets = (f"Targets (issue 30): ratio ≥ {targets['ratio']:g}×, mean ≥ {100 * targets['mean_accuracy']:.1f}%, "
+               f"worst seed ≥ {100 * targets['min_accuracy']:.1f}%.")  # fmt: skip
+    return out + "\n" + targets + " Recorded by " + "; ".join(notes) + ".\n"
+
+
 def render(source: str) -> str:
+    if source == "time_to_accuracy_sweeps":
+        return render_time_to_accuracy_sweeps()
     if source == "serve_load":
         return render_serve_load()
     if source == "recipes":
