@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -71,6 +72,51 @@ def test_two_workers_serve_the_api_and_page_and_end_with_their_parent(tiny):
         log = stop_server(proc)
     assert wait_gone(workers) == []
     assert "Traceback" not in log and "2 workers" in log
+
+
+def sockets_on(pid: int, port: int, state: str) -> int:
+    """How many TCP sockets on local `port` in `state` (01 established, 0A listening) the process
+    `pid` holds, from /proc (its fds and net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[9]
+            count += local_port == port and fields[3] == state and inode in inodes
+    return count
+
+
+def test_connections_opened_at_once_are_spread_over_the_workers(tiny):
+    # A load test's burst of keep-alive connections once all landed on whichever worker woke first,
+    # leaving the other idle; each worker now listens on its own socket and the kernel spreads them.
+    proc, url = start_server(tiny[0], "--workers", "2", "--backend", "onnx")
+    port = int(url.rsplit(":", 1)[1])
+    clients = []
+    try:
+        workers = workers_of(proc.pid)
+        assert [sockets_on(pid, port, "0A") for pid in workers] == [1, 1]
+        assert sockets_on(proc.pid, port, "0A") == 0  # the parent holds the port without listening
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(32)]
+        for client in clients:
+            client.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        for client in clients:
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")  # answered: no connection waits on the parent
+        held = [sockets_on(pid, port, "01") for pid in workers]
+        assert sum(held) == 32 and min(held) >= 4, held  # a fair split is 16/16; 4 is far outside chance
+    finally:
+        for client in clients:
+            client.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        stop_server(proc)
 
 
 def test_sigint_to_the_parent_ends_every_worker(tiny):

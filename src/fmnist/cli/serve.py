@@ -40,12 +40,15 @@ def serve_cmd(
     ),  # fmt: skip
 ) -> None:
     """Serve the model over HTTP: /predict, /predict/batch, /health, /model, /docs and a web page at /."""
-    from fmnist.serve.server import bind_socket, run_server
+    from fmnist.serve.server import BALANCED_PORT_SHARING, bind_socket, run_server
     from fmnist.serve.workers import default_workers, run_workers
 
     backend, precision = value(backend), value(precision)
     workers = workers or default_workers()
-    sock = bind_socket(host, port, allow_remote=allow_remote)  # fails before the model loads
+    # Fails before the model loads. With workers, each listens on a socket of its own where the
+    # kernel balances them; this one then only holds the port (bound, not listening).
+    own_sockets = workers > 1 and BALANCED_PORT_SHARING
+    sock = bind_socket(host, port, allow_remote=allow_remote, reuse_port=own_sockets, listen=not own_sockets)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
 
@@ -57,7 +60,8 @@ def serve_cmd(
     max_body_bytes = int(max_body_mb * 1_000_000)
     if workers > 1:
         settings = {"run_dir": str(run_dir), "backend": backend, "threads": threads, "precision": precision,
-                    "max_body_bytes": max_body_bytes, "timeout": timeout, "access_log": access_log}  # fmt: skip
+                    "max_body_bytes": max_body_bytes, "timeout": timeout, "access_log": access_log,
+                    "own_socket": own_sockets}  # fmt: skip
         raise typer.Exit(run_workers(sock, workers, settings, announce))
     from fmnist.serve.app import create_app
 

@@ -1,10 +1,13 @@
-"""`fmnist serve --workers N`: N server processes sharing one listening socket.
+"""`fmnist serve --workers N`: N server processes on one port.
 
 One Python process serves on one core at a time (the GIL), so a machine with several cores
-runs several: the parent binds the socket (so a busy port or a bad host is one line before
-any model loads), starts N workers that each load their own model and accept connections on
-that same socket, and then only supervises. Each worker is a whole server, with the limits,
-/health and web page of a single-process one; the kernel spreads connections between them.
+runs several: the parent binds the port (so a busy port or a bad host is one line before any
+model loads), starts N workers that each load their own model and accept connections on that
+port, and then only supervises. Each worker is a whole server, with the limits, /health and
+web page of a single-process one. On Linux each worker listens on a socket of its own
+(SO_REUSEPORT) and the kernel spreads connections evenly between them, while the parent's
+socket only holds the port; elsewhere the workers accept from the parent's socket
+(fmnist.serve.server.BALANCED_PORT_SHARING says why).
 
 The parent ends its workers when it is asked to stop (SIGTERM, SIGINT/Ctrl-C) and replaces a
 worker that dies. A worker also ends by itself if the parent dies without stopping it.
@@ -148,6 +151,14 @@ def _worker(sock_fd: int, ready_fd: int, settings: dict[str, Any]) -> int:
             app = create_app(Path(settings["run_dir"]), backend=settings["backend"], threads=settings["threads"],
                              precision=settings["precision"], max_body_bytes=settings["max_body_bytes"],
                              timeout_s=settings["timeout"])  # fmt: skip
+            if settings["own_socket"]:
+                # The parent's socket only holds the port: listen on one of our own beside it, once the
+                # model is loaded, so that no connection waits in our queue while it loads.
+                from fmnist.serve.server import bind_socket
+
+                host, port = sock.getsockname()[:2]
+                sock.close()
+                sock = bind_socket(host, port, allow_remote=True, reuse_port=True)
         except FmnistError as exc:
             ready.write(f"error {exc.exit_code} {first_line(exc)}")
             return exc.exit_code
