@@ -55,6 +55,8 @@ def test_commands_are_listed_in_workflow_order():
 def test_train_help_shows_effective_defaults_and_choices():
     text = " ".join(_help("train").split())
     assert "[default: fastcnn]" in text
-    for fragment in ("fastcnn: 4", "fastcnn: adamw", "fastcnn: 0.003", "fastcnn: onecycle", "[default: 128",
+    from fmnist.training.recipes import FAST_SETTINGS
+
+    for fragment in (f"fastcnn: {FAST_SETTINGS['epochs']}", "fastcnn: adamw", "fastcnn: 0.003", "fastcnn: onecycle", "[default: 128",
                      "[adam|adamw|sgd]", "[none|plateau|onecycle|cosine]", "[none|flip|flip-shift]"):  # fmt: skip
         assert fragment in text, fragment

@@ -8,6 +8,7 @@ sweep; compare --ray ADDRESS over both nodes equals the in-process compare."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -267,12 +268,19 @@ def test_a_lost_head_ends_in_one_line_and_resume_finishes_the_sweep(cluster, tin
         try:
             trials = [out / TRIALS_DIR / f"trial-00{i}" for i in range(4)]
             deadline = time.monotonic() + 150
+            midway = None
             while time.monotonic() < deadline and sweep.poll() is None:
                 finished = [t for t in trials if (t / RESULTS_FILE).is_file()]
-                if finished and any(_training_pid(t, 2) for t in trials):  # one done, another one mid-way
+                # One done, another mid-way: 3 epochs recorded, so its state after epoch 2 is saved
+                # (an epoch's metrics line is written before its state).
+                midway = next(((t, pid) for t in trials if (pid := _training_pid(t, 3))), None) if finished else None
+                if midway:
                     break
                 time.sleep(0.02)
-            assert sweep.poll() is None, "the sweep ended before its head could be killed"
+            assert sweep.poll() is None and midway, "the sweep ended before its head could be killed"
+            # Frozen where it is: worker nodes outlive their head for a while, and on tiny data the trial
+            # could otherwise finish before the cluster is gone, leaving nothing mid-way to resume.
+            os.kill(midway[1], signal.SIGSTOP)
             cluster.kill(cluster.cluster.head_node)
             lost_at = time.monotonic()
             stdout, stderr = sweep.communicate(timeout=90)
@@ -282,6 +290,8 @@ def test_a_lost_head_ends_in_one_line_and_resume_finishes_the_sweep(cluster, tin
                 sweep.kill()
         for node in cluster.workers:  # a worker waits for its head for a minute; no need here
             cluster.kill(node)
+        with contextlib.suppress(ProcessLookupError):  # stopped, it cannot notice its node is gone
+            os.kill(midway[1], signal.SIGKILL)
         lines = stderr.strip().splitlines()
         assert sweep.returncode == 1, stderr[-3000:]
         assert "Traceback" not in stderr and not any(line.startswith("[20") for line in lines), stderr[-3000:]
@@ -305,7 +315,7 @@ def test_a_lost_head_ends_in_one_line_and_resume_finishes_the_sweep(cluster, tin
     for name, results in finished.items():  # kept as they were, not trained again
         assert (out / TRIALS_DIR / name / RESULTS_FILE).read_bytes() == results, name
     by_name = {t["name"]: t for t in summary["trials"]}
-    assert any(by_name[name]["resumed_from_epoch"] >= 2 for name in by_name if name not in finished)
+    assert midway[0].name not in finished and by_name[midway[0].name]["resumed_from_epoch"] >= 2
     reference = run_numbers(out / TRIALS_DIR / "trial-000")
     for trial in summary["trials"]:  # every trial, interrupted or not, trained the same numbers
         assert len(trial["epochs"]) == 16

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from rich.table import Table
 
 from fmnist.cli.output import console, layout_width
@@ -20,7 +22,8 @@ def recipes_cmd() -> None:
     def cells(m: dict) -> tuple[str, str, str]:  # accuracy, time per run, hardware
         return accuracy_label(m), f"{m['seconds_mean']:.0f} s", m.get("hardware", "?")
 
-    if layout_width() >= TABLE_MIN_WIDTH:
+    width = layout_width()
+    if width >= TABLE_MIN_WIDTH:
         table = Table("recipe", "model", "for", "test accuracy", "time per run", "measured on")
         for name, recipe in RECIPES.items():
             rows = figures.get(name) or [None]
@@ -32,8 +35,13 @@ def recipes_cmd() -> None:
         for name, recipe in RECIPES.items():
             console.print(f"[bold]{name}[/bold] ({recipe.model})", highlight=False)
             console.print(f"  for: {recipe.goal}", markup=False, highlight=False)
-            for m in figures.get(name) or [None]:  # the machine on a line of its own: its name can be long
-                figure = "{}, {} a run\n            on {}".format(*cells(m)) if m else "not measured yet"
-                console.print(f"  measured: {figure}", markup=False, highlight=False)
+            for m in figures.get(name) or [None]:  # the machine on lines of its own: its name can be long
+                if m is None:
+                    console.print("  measured: not measured yet", markup=False, highlight=False)
+                    continue
+                accuracy, seconds, hardware = cells(m)
+                console.print(f"  measured: {accuracy}, {seconds} a run", markup=False, highlight=False)
+                hardware_lines = textwrap.wrap(f"on {hardware}", width=max(width - 12, 20))
+                console.print("\n".join(" " * 12 + line for line in hardware_lines), markup=False, highlight=False)
     console.print("train one: fmnist train --recipe NAME   measure: python benchmarks/frontier.py", markup=False,
                   highlight=False)  # fmt: skip
