@@ -13,8 +13,9 @@ from fmnist.config import TrainConfig
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     # No weight decay on biases and norm parameters: decaying them only hurts.
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    trained = [p for p in model.parameters() if p.requires_grad]  # frozen layers (PatchWhitening) left out
+    decay = [p for p in trained if p.dim() > 1]
+    no_decay = [p for p in trained if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # On a GPU, one fused kernel updates every parameter (instead of a few launches per tensor).
     # The CPU keeps PyTorch's default implementation, whose results the CPU runs were measured with.

@@ -34,6 +34,7 @@ from fmnist.errors import INTERRUPTED, CheckpointError, FmnistError, UsageError
 from fmnist.inference.evaluate import evaluate_logits, predict
 from fmnist.models.base import Classifier
 from fmnist.models.registry import count_parameters, create_model, get_entry, model_size_mb
+from fmnist.models.whitening import FIT_IMAGES, fit_to_data
 from fmnist.seeding import seed_everything
 from fmnist.training.compiled import TrainStep, should_compile
 from fmnist.training.optim import WeightAverage, make_optimizer, make_schedule
@@ -114,6 +115,8 @@ class Trainer:
             std=config.input_std, device=self.device, shuffle=True, augmentation=Augmentation.from_config(config),
             generator=torch.Generator().manual_seed(config.seed + 1), layout=self.model.layout,
         )  # fmt: skip
+        # Layers set from the data (fmnist.models.whitening) see training images only, before any step.
+        fit_to_data(self.model, normalize(images[train_idx[:FIT_IMAGES]], config.input_mean, config.input_std))
         # Validation images wait on the device, as the training split does (on the CPU: unchanged).
         self.val_x = normalize(images[val_idx].to(self.device), config.input_mean, config.input_std)
         self.val_y = labels[val_idx].long()
