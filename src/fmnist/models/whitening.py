@@ -8,7 +8,7 @@ pass: nothing before it needs a gradient, so autograd also skips the max-pool's 
 Screening on validation, single view (fastcnn, 4 epochs of the fast schedule at lr 5e-3, seeds 0-1, one
 thread each on a 2-core Zen 4): 93.04/92.90% frozen and 92.88/93.00% trained from the
 whitened start, against 92.76/92.46% for the learned first conv and 92.84/92.38% for the
-5-epoch `fast` recipe. It is opt-in (`fastcnn --model-args '{"whiten": true}'`) until the
+5-epoch `fast` recipe. It is opt-in (`fmnist train --model fastcnn --model-arg whiten=true`) until the
 recipe built on it is measured at every ISA level.
 """
 
