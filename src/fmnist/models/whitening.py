@@ -14,6 +14,8 @@ recipe built on it is measured at every ISA level.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,9 +57,14 @@ class PatchWhitening(nn.Conv2d):
         self.weight.copy_(weight.to(self.weight.dtype))
 
 
-def fit_to_data(model: nn.Module, images: torch.Tensor) -> int:
-    """Fit every PatchWhitening layer of `model` to normalised images (N,1,H,W); returns how many."""
+def fit_to_data(model: nn.Module, images: Callable[[], torch.Tensor]) -> int:
+    """Fit every PatchWhitening layer of `model` to `images()`, normalised (N,1,H,W); returns how many.
+
+    `images` is called only when the model has such a layer, so other models never prepare them.
+    """
     layers = [m for m in model.modules() if isinstance(m, PatchWhitening)]
-    for layer in layers:
-        layer.fit(images)
+    if layers:
+        sample = images()
+        for layer in layers:
+            layer.fit(sample)
     return len(layers)

@@ -116,7 +116,7 @@ class Trainer:
             generator=torch.Generator().manual_seed(config.seed + 1), layout=self.model.layout,
         )  # fmt: skip
         # Layers set from the data (fmnist.models.whitening) see training images only, before any step.
-        fit_to_data(self.model, normalize(images[train_idx[:FIT_IMAGES]], config.input_mean, config.input_std))
+        fit_to_data(self.model, lambda: normalize(images[train_idx[:FIT_IMAGES]], config.input_mean, config.input_std))
         # Validation images wait on the device, as the training split does (on the CPU: unchanged).
         self.val_x = normalize(images[val_idx].to(self.device), config.input_mean, config.input_std)
         self.val_y = labels[val_idx].long()
