@@ -57,6 +57,6 @@ def test_train_help_shows_effective_defaults_and_choices():
     assert "[default: fastcnn]" in text
     from fmnist.training.recipes import FAST_SETTINGS
 
-    for fragment in (f"fastcnn: {FAST_SETTINGS['epochs']}", "fastcnn: adamw", "fastcnn: 0.003", "fastcnn: onecycle", "[default: 128",
-                     "[adam|adamw|sgd]", "[none|plateau|onecycle|cosine]", "[none|flip|flip-shift]"):  # fmt: skip
+    for fragment in (f"fastcnn: {FAST_SETTINGS['epochs']}", f"fastcnn: {FAST_SETTINGS['optimizer']}", f"fastcnn: {FAST_SETTINGS['lr']}", "fastcnn: onecycle", "[default: 128",
+                     "[adam|adamw|muon|sgd]", "[none|plateau|onecycle|cosine]", "[none|flip|flip-shift]"):  # fmt: skip
         assert fragment in text, fragment

@@ -13,10 +13,22 @@ from fmnist.training.recipes import build_config
 
 def test_layers_defaults_recipe_file_flags():
     config = build_config("fastcnn")
-    assert config.optimizer == "adamw" and config.flip is True  # from fastcnn's recipe
+    assert config.optimizer == "muon" and config.flip is True  # from fastcnn's recipe
+    assert config.model_args["whiten"] is True and config.model_args["widths"] == (16, 32, 64)
     config = build_config(file_values={"model": "fastcnn", "epochs": 3, "lr": 0.01}, cli_values={"epochs": 2})
     assert config.epochs == 2 and config.lr == 0.01
     assert build_config("mlp_seed002").optimizer == "adam"  # no recipe: built-in defaults
+
+
+def test_model_args_merge_key_by_key():
+    # A flag changes one argument and keeps the recipe's others (it used to replace them all).
+    config = build_config("fastcnn", cli_values={"model_args": {"whiten": False}})
+    assert config.model_args["whiten"] is False and config.model_args["widths"] == (16, 32, 64)
+    config = build_config("fastcnn", file_values={"model_args": {"widths": [8, 16, 32]}}, cli_values={"model_args": {"whiten": False}})
+    assert config.model_args["widths"] == (8, 16, 32) and config.model_args["whiten"] is False
+    # A named recipe's net is the one it was measured with, whatever the model's own recipe adds.
+    cpu94 = build_config(recipe="cpu-94")
+    assert cpu94.model_args["whiten"] is False and cpu94.model_args["widths"] == (24, 72, 144)
 
 
 def test_toml_round_trip(tmp_path: Path):
@@ -37,7 +49,7 @@ def test_toml_round_trip(tmp_path: Path):
         ({"lr": "fast"}, "lr must be a number"),
         ({"lr": 0}, "lr must be a number in"),
         ({"lr": "nan"}, "finite"),
-        ({"optimizer": "adagrad"}, "optimizer must be one of adam, adamw, sgd"),
+        ({"optimizer": "adagrad"}, "optimizer must be one of adam, adamw, muon, sgd"),
         ({"scheduler": "step"}, "scheduler must be one of"),
         ({"flip": "maybe"}, "flip must be true or false"),
         ({"epochs": 2.5}, "epochs must be an integer"),

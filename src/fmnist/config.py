@@ -14,12 +14,12 @@ from typing import Any, get_origin, get_type_hints
 import tomli_w
 import tomllib
 
-from fmnist.constants import FMNIST_MEAN, FMNIST_STD, NUM_CLASSES, TTA_LEVELS
+from fmnist.constants import EVAL_BATCH_SIZE, FMNIST_MEAN, FMNIST_STD, NUM_CLASSES, TTA_LEVELS
 from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed
 from fmnist.device import COMPILE_MODES, DEVICES, PRECISIONS
 from fmnist.errors import UsageError
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "muon", "sgd")
 SCHEDULERS = ("none", "plateau", "onecycle", "cosine")
 # Keys of fmnist 0.1 files, still read: name -> (new name, value converter).
 LEGACY_KEYS = {
@@ -52,7 +52,7 @@ class TrainConfig:
     recipe: str = ""
     epochs: int = setting(10, "Passes over the training split.")
     batch_size: int = setting(128, "Images per step.")
-    optimizer: str = setting("adam", "sgd is SGD with Nesterov momentum.", choices=OPTIMIZERS)
+    optimizer: str = setting("adam", "sgd is SGD with Nesterov momentum; muon orthogonalises conv filters' updates (AdamW for the rest).", choices=OPTIMIZERS)
     lr: float = setting(1e-3, "Learning rate (the peak for onecycle).")
     weight_decay: float = setting(0.0, "Decoupled for adamw.")
     momentum: float = setting(0.9, "SGD momentum (Nesterov); sgd only.")
@@ -86,7 +86,7 @@ class TrainConfig:
     compile: str = setting("auto", "Compile the training step (torch.compile; CUDA graphs on a GPU). auto: on a GPU "
                            "for runs long enough to repay it, off on the CPU.", choices=COMPILE_MODES)  # fmt: skip
     max_steps: int = setting(0, "Smoke mode: stop after N steps (0 = off).")
-    eval_batch_size: int = 1024
+    eval_batch_size: int = EVAL_BATCH_SIZE
     data_dir: str = ""
     tensorboard: bool = setting(False, "TensorBoard scalars in RUN_DIR/tensorboard.", negatable=False)
 

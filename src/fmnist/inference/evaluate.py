@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fmnist.analysis import metrics
-from fmnist.constants import CLASS_NAMES
+from fmnist.constants import CLASS_NAMES, EVAL_BATCH_SIZE
 from fmnist.data.normalize import blank_value, normalize
 from fmnist.device import autocast_context, resolve_precision
 from fmnist.inference.tta import TestTimeAugmentation, tta_level
@@ -30,7 +30,7 @@ def predict(
     model: nn.Module,
     x: torch.Tensor,
     *,
-    batch_size: int = 1024,
+    batch_size: int = EVAL_BATCH_SIZE,
     precision: str = "auto",
     tta: str = "none",
     blank: float = 0.0,
@@ -62,7 +62,7 @@ def predict(
 
 
 def predict_checkpoint(model: nn.Module, meta: dict[str, Any], images: np.ndarray | torch.Tensor, *,
-                       precision: str = "auto", batch_size: int = 1024) -> torch.Tensor:  # fmt: skip
+                       precision: str = "auto", batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:  # fmt: skip
     """Logits for uint8 (N,28,28) images, normalised and averaged as the checkpoint's metadata says."""
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
     return predict(model, normalize(images, mean, std), batch_size=batch_size, precision=precision,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmnist.constants import IMAGE_SIZE
+from fmnist.constants import EVAL_BATCH_SIZE, IMAGE_SIZE
 from fmnist.data.normalize import normalize
 from fmnist.device import resolve_precision
 from fmnist.errors import UsageError
@@ -78,7 +78,7 @@ class Predictor:
             return normalize(images, self.mean, self.std).numpy()
         return self._lookup[images][:, None]
 
-    def logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    def logits(self, images: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
         """uint8 (N,28,28) -> float32 logits (N, classes); an ensemble's are log mean probabilities."""
         images = np.asarray(images)
         if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fmnist.analysis import metrics
+from fmnist.constants import EVAL_BATCH_SIZE
 from fmnist.data.normalize import blank_value, normalize
 from fmnist.inference.checkpoint import load_checkpoint
 from fmnist.inference.evaluate import predict, predict_checkpoint
@@ -65,7 +66,7 @@ def random_baseline(meta: dict[str, Any], x: torch.Tensor, labels: torch.Tensor,
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """`forward_features` embeddings (N,D) in eval mode."""
     was_training = model.training
     model.eval()
