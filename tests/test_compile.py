@@ -18,8 +18,11 @@ from fmnist.training.trainer import fit
 CPU = torch.device("cpu")
 WHY_NOT = compile_unavailable(CPU)
 needs_compiler = pytest.mark.skipif(WHY_NOT is not None, reason=f"torch.compile cannot work here: {WHY_NOT}")
+# AdamW at 3e-3, not the fast recipe's Muon at 2e-2: with Muon's full-size orthogonalised steps
+# at that rate, the fused and eager kernels' last-digit differences grew to 1.3e-4 (relative) in
+# the loss within four steps, past the 1e-4 checked here. What is compared is the compiled step.
 SMALL = dict(model="fastcnn", epochs=1, batch_size=32, val_size=100, eval_batch_size=256, device="cpu",
-             precision="fp32", seed=3, scheduler="none")  # fmt: skip
+             precision="fp32", seed=3, scheduler="none", optimizer="adamw", lr=3e-3)  # fmt: skip
 
 
 class Calls(TrainCallback):
@@ -143,8 +146,8 @@ def test_the_training_loop_reads_nothing_back_per_step(tiny_dataset):
 
     def reads(steps: int) -> int:
         mode = HostReads()
-        config = make_config(**SMALL, max_steps=steps, compile="off", flip=True, crop_pad=2, erase=0.5, ema=0.99,
-                             label_smoothing=0.1, optimizer="sgd", lr=0.05)  # fmt: skip
+        config = make_config(**{**SMALL, "optimizer": "sgd", "lr": 0.05}, max_steps=steps, compile="off", flip=True,
+                             crop_pad=2, erase=0.5, ema=0.99, label_smoothing=0.1)  # fmt: skip
         with mode:
             fit(config, tiny_dataset, [mode])
         return mode.count

@@ -57,9 +57,11 @@ def cached_real_run(request: pytest.FixtureRequest, data_dir: Path) -> Path:
 
     dataset = resolve_dataset(data_dir)
     key = dataset.provenance.files["test_images"].sha256[:16]
-    # Today's default architecture is part of the key: a run cached under older defaults would
-    # still load (legacy_args), but the tests are about the default net.
-    arch = hashlib.sha256(json.dumps(create_model("fastcnn").model_args, sort_keys=True).encode()).hexdigest()[:8]
+    # Today's default net and optimizer are part of the key: a run cached under older defaults
+    # would still load (legacy_args), but the tests are about what the default recipe trains.
+    default = build_config("fastcnn")
+    recipe = {"model_args": create_model("fastcnn", **default.model_args).model_args, "optimizer": default.optimizer}
+    arch = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:8]
     name = f"fmnist-real-fastcnn-s240-{key}-{arch}"
     cache = getattr(request.config, "cache", None)
     folder = cache.mkdir(name) if cache else request.getfixturevalue("tmp_path_factory").getbasetemp() / name
