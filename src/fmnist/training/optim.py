@@ -16,13 +16,13 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     # No weight decay on biases and norm parameters: decaying them only hurts.
     trained = [p for p in model.parameters() if p.requires_grad]  # frozen layers (PatchWhitening) left out
     no_decay = [p for p in trained if p.dim() <= 1]
-    if config.optimizer == "muon":  # Muon for conv filter banks (4-D), AdamW for the rest
-        filters = [p for p in trained if p.dim() == 4]
-        others = [p for p in trained if p.dim() in (2, 3)]
+    decay = [p for p in trained if p.dim() > 1]
+    if config.optimizer == "muon":  # Muon for conv filter banks (4-D), AdamW for every other decayed tensor
+        filters = [p for p in decay if p.dim() == 4]
+        others = [p for p in decay if p.dim() != 4]
         return MuonAdamW([{"params": filters, "weight_decay": config.weight_decay, "muon": True},
                           {"params": others, "weight_decay": config.weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)  # fmt: skip
-    decay = [p for p in trained if p.dim() > 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # On a GPU, one fused kernel updates every parameter (instead of a few launches per tensor).
     # The CPU keeps PyTorch's default implementation, whose results the CPU runs were measured with.
