@@ -64,9 +64,12 @@ docs: install
 bench: install
 	$(PY) benchmarks/time_to_accuracy.py
 
-# ruff, then the import-linter contract in pyproject.toml: an import that runs up a layer fails.
+# ruff (lint, then formatting: a file ruff format would change fails), then the import-linter
+# contract in pyproject.toml: an import that runs up a layer fails.
+LINT_PATHS := src tests benchmarks docs examples
 lint: install
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/lint-imports
 
 clean:

@@ -62,9 +62,14 @@ def variants(bf16_native: bool) -> list[Variant]:
         Variant("plain: conv-BN-ReLU-pool, 32 ch at 28x28, NCHW", lambda: plain_net(32, pool_first=False)),
         Variant("+ pool before BN/ReLU", lambda: plain_net(32, pool_first=True)),
         Variant("+ 16 channels at 28x28 (NCHW)", lambda: plain_net(16, pool_first=True)),
-        Variant("+ channels-last (= fmnist 0.2.0's fastcnn)", lambda: create_model("fastcnn", **V020), channels_last=True),
-        Variant("+ last conv on the pooled 3x3 map", lambda: create_model("fastcnn", **{**V020, "pool_before_last_conv": True}),
-                channels_last=True),  # fmt: skip
+        Variant(
+            "+ channels-last (= fmnist 0.2.0's fastcnn)", lambda: create_model("fastcnn", **V020), channels_last=True
+        ),
+        Variant(
+            "+ last conv on the pooled 3x3 map",
+            lambda: create_model("fastcnn", **{**V020, "pool_before_last_conv": True}),
+            channels_last=True,
+        ),  # fmt: skip
         Variant("+ widths 16-48-96 (= fastcnn as shipped)", lambda: create_model("fastcnn"), channels_last=True),
         Variant("  batch 256 instead of 128", lambda: create_model("fastcnn"), channels_last=True, batch_size=256),
         Variant("  batch 64 instead of 128", lambda: create_model("fastcnn"), channels_last=True, batch_size=64),

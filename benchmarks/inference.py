@@ -124,8 +124,15 @@ def main() -> None:
             x_test = normalise(dataset.test_images)
             y = dataset.test_labels
             accuracy["torch"] = (
-                predict(model, torch.from_numpy(x_test), precision="fp32", tta=meta["tta"],
-                        blank=blank_value(FMNIST_MEAN, FMNIST_STD)).argmax(1).numpy()
+                predict(
+                    model,
+                    torch.from_numpy(x_test),
+                    precision="fp32",
+                    tta=meta["tta"],
+                    blank=blank_value(FMNIST_MEAN, FMNIST_STD),
+                )
+                .argmax(1)
+                .numpy()
                 == y
             ).mean()
             for key, session in sessions.items():

@@ -383,7 +383,7 @@ def main() -> None:
     print("  targets    " + "   ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks.items()))
     if out is not None:
         record = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": shlex.join([Path(sys.executable).name, *sys.argv]), "cpu": cpu, "cores": os.cpu_count(),
             "note": "the load generator runs on the same cores as the server",
             "load_average_1min": round(os.getloadavg()[0], 2),  # other jobs on a shared machine

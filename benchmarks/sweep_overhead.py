@@ -80,7 +80,9 @@ def main() -> None:
     # (OMP_NUM_THREADS=1; torch.set_num_threads(1) in a running process measured 1.5x slower here)
     command = [sys.executable, __file__, "--sequential", str(work), "--runs", str(args.runs), "--epochs",
                str(args.epochs), "--model", args.model]  # fmt: skip
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, check=True
+    )
     seq = json.loads(done.stdout.strip().splitlines()[-1])
     seq_total = sum(seq)
     print(f"sequential: {len(seq)} runs in {seq_total:.1f} s ({statistics.fmean(seq):.2f} s per run)", flush=True)

@@ -29,7 +29,7 @@ import re
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +122,11 @@ def run_fmnist_recipe(data, seeds: int) -> dict:
         wall = time.perf_counter() - t0
         runs.append({"seed": seed, "accuracy": result.test_accuracy, "wall_seconds": wall,
                      "train_seconds": result.train_seconds, "epochs": result.epochs_run})  # fmt: skip
-        print(f"  fmnist fastcnn   seed {seed}  test acc {100 * result.test_accuracy:.2f}%  fit {wall:6.1f}s "
-              f"(training loop {result.train_seconds:.1f}s, {result.epochs_run} epochs, {result.precision})", flush=True)
+        print(
+            f"  fmnist fastcnn   seed {seed}  test acc {100 * result.test_accuracy:.2f}%  fit {wall:6.1f}s "
+            f"(training loop {result.train_seconds:.1f}s, {result.epochs_run} epochs, {result.precision})",
+            flush=True,
+        )
     accs = [r["accuracy"] for r in runs]
     return {"runs": runs, "mean_accuracy": statistics.fmean(accs), "min_accuracy": min(accs),
             "std_accuracy": statistics.stdev(accs) if len(accs) > 1 else 0.0,
@@ -266,7 +269,7 @@ def write_results(path: Path, rows: list[dict], args, cpu: str, hardware: str) -
     import fmnist
 
     document = {
-        "benchmark": "time_to_accuracy", "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "time_to_accuracy", "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu, "hardware_isa": hardware, "threads": torch.get_num_threads(),
         "command": " ".join(["python", "benchmarks/time_to_accuracy.py", *sys.argv[1:]]),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,

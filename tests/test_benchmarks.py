@@ -24,7 +24,9 @@ def test_design_steps_prints_one_row_per_change_relative_to_the_plain_net():
     assert any("bf16" in label for label, _, _ in rows) or "no native bf16" in proc.stdout
 
 
-def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_packs_its_runs_and_records_nothing(tiny_data_dir: Path, tmp_path: Path):
+def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_packs_its_runs_and_records_nothing(
+    tiny_data_dir: Path, tmp_path: Path
+):
     import json
 
     script = ROOT / "benchmarks" / "gpu_runbook.sh"
@@ -104,7 +106,9 @@ def test_parallel_jobs_times_both_settings_side_by_side_and_prints_the_speed_up(
     assert float(jobs.group(2)) > 0
 
 
-def test_gpu_speed_smoke_trains_each_recipe_per_seed_and_writes_a_table_the_docs_render(tiny_data_dir: Path, tmp_path: Path):
+def test_gpu_speed_smoke_trains_each_recipe_per_seed_and_writes_a_table_the_docs_render(
+    tiny_data_dir: Path, tmp_path: Path
+):
     import json
 
     script = str(ROOT / "benchmarks" / "gpu_speed.py")
@@ -141,11 +145,16 @@ def test_gpu_speed_smoke_trains_each_recipe_per_seed_and_writes_a_table_the_docs
     assert rendered.startswith("| recipe | test accuracy | to 93% |") and "| `gpu-95` |" in rendered
     # Smoke figures are never recorded; without a GPU the real thing says so in one line.
     assert (ROOT / "src" / "fmnist" / "training" / "recipes_measured.json").read_text() == recorded
-    refused = subprocess.run([sys.executable, script, "--smoke", "--write"], capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [sys.executable, script, "--smoke", "--write"], capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode == 2 and "never recorded" in refused.stderr
     import torch
 
     if not torch.cuda.is_available():  # (on a GPU this would be the whole benchmark)
         no_gpu = subprocess.run([sys.executable, script, "--device", "cuda", "--data-dir", str(tiny_data_dir)],
                                 capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert no_gpu.returncode == 2 and no_gpu.stderr.strip() == "error: no CUDA GPU here (--smoke runs the plumbing on the CPU)"
+        assert (
+            no_gpu.returncode == 2
+            and no_gpu.stderr.strip() == "error: no CUDA GPU here (--smoke runs the plumbing on the CPU)"
+        )

@@ -74,7 +74,9 @@ def test_the_greedy_ensemble_is_not_below_its_best_member_on_validation(compared
 def test_seeds_sharing_a_split_seed_are_also_scored_on_validation(compared):
     out, _ = compared
     validation = json.loads((out / "ensembles" / "mlp" / "results.json").read_text())["validation"]
-    recorded = [json.loads((out / run / "results.json").read_text())["best_val_accuracy"] for run in ("mlp-seed0", "mlp-seed1")]
+    recorded = [
+        json.loads((out / run / "results.json").read_text())["best_val_accuracy"] for run in ("mlp-seed0", "mlp-seed1")
+    ]
     assert validation["shared"] and (validation["val_size"], validation["split_seed"]) == (500, 7)
     assert validation["members"] == pytest.approx(recorded)  # what each run measured on that hold-out
     assert "On the members' shared validation split (500 training images held out by split seed 7)" in (
@@ -95,8 +97,10 @@ def test_the_reports_ensemble_section_matches_the_predictions(compared):
     assert "| mlp (ensemble of 2) | `ensemble` |" in text  # the row in the comparison table
     assert "vs best member; greedy, " in text and "Selection: greedy forward selection" in section
     for c, name in enumerate(["T-shirt/top", "Trouser"]):  # the per-class breakdown, recomputed here
-        f, i = int((labels[(ens == labels) & (best != labels)] == c).sum()), int(
-            (labels[(ens != labels) & (best == labels)] == c).sum())
+        f, i = (
+            int((labels[(ens == labels) & (best != labels)] == c).sum()),
+            int((labels[(ens != labels) & (best == labels)] == c).sum()),
+        )
         assert f"| {name} |" in section and f"| {f} | {i} | {f - i:+d} |" in section
     assert (out / "figures" / "ensemble-mlp.png").stat().st_size > 5000
     assert "Ensemble" in (out / "report.html").read_text()

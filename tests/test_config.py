@@ -24,7 +24,9 @@ def test_model_args_merge_key_by_key():
     # A flag changes one argument and keeps the recipe's others (it used to replace them all).
     config = build_config("fastcnn", cli_values={"model_args": {"whiten": False}})
     assert config.model_args["whiten"] is False and config.model_args["widths"] == (16, 32, 64)
-    config = build_config("fastcnn", file_values={"model_args": {"widths": [8, 16, 32]}}, cli_values={"model_args": {"whiten": False}})
+    config = build_config(
+        "fastcnn", file_values={"model_args": {"widths": [8, 16, 32]}}, cli_values={"model_args": {"whiten": False}}
+    )
     assert config.model_args["widths"] == (8, 16, 32) and config.model_args["whiten"] is False
     # A named recipe's net is the one it was measured with, whatever the model's own recipe adds.
     cpu94 = build_config(recipe="cpu-94")

@@ -85,9 +85,18 @@ def test_kaggle_csv_pair(tmp_path: Path):
         (b"", "empty file"),
         (b"a,b\n1,2\n", "header"),
         (("label," + ",".join(f"p{i}" for i in range(784)) + "\n1,2,3\n").encode(), "row 2 has 3 fields"),
-        (("label," + ",".join(f"p{i}" for i in range(784)) + "\n" + ",".join(["x"] * 785) + "\n").encode(), "non-integer"),
-        (("label," + ",".join(f"p{i}" for i in range(784)) + "\n" + ",".join(["11"] + ["0"] * 784)).encode(), "label outside"),
-        (("label," + ",".join(f"p{i}" for i in range(784)) + "\n" + ",".join(["1"] + ["300"] * 784)).encode(), "pixel value"),
+        (
+            ("label," + ",".join(f"p{i}" for i in range(784)) + "\n" + ",".join(["x"] * 785) + "\n").encode(),
+            "non-integer",
+        ),
+        (
+            ("label," + ",".join(f"p{i}" for i in range(784)) + "\n" + ",".join(["11"] + ["0"] * 784)).encode(),
+            "label outside",
+        ),
+        (
+            ("label," + ",".join(f"p{i}" for i in range(784)) + "\n" + ",".join(["1"] + ["300"] * 784)).encode(),
+            "pixel value",
+        ),
         (b"\xff\xfe", "non-ASCII"),
     ],
 )

@@ -116,7 +116,9 @@ def test_build_ensemble_scores_the_average_of_its_members(runs, built):
     np.testing.assert_allclose(saved["probabilities"], mean, atol=1e-5)
     np.testing.assert_array_equal(saved["member_predicted"], probs.argmax(2))
     right, best_right = saved["probabilities"].argmax(1) == labels, saved["member_predicted"][best] == labels
-    assert results["fixed"] == int((right & ~best_right).sum()) and results["introduced"] == int((~right & best_right).sum())
+    assert results["fixed"] == int((right & ~best_right).sum()) and results["introduced"] == int(
+        (~right & best_right).sum()
+    )
 
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     for entry, member in zip(manifest["members"], members):
@@ -216,11 +218,15 @@ def test_ensemble_tta_benchmark_scores_each_member_at_each_level(runs):
     # The oracle: each member scored by `Predictor` at its own level (a: flip-shift, b: none).
     own = [100 * float((Predictor(m, precision="fp32").probabilities(dataset.test_images).argmax(1)
                         == dataset.test_labels).mean()) for m in members]  # fmt: skip
-    assert rows["flip-shift"][0] == pytest.approx(own[0], abs=0.006) and rows["none"][1] == pytest.approx(own[1], abs=0.006)
+    assert rows["flip-shift"][0] == pytest.approx(own[0], abs=0.006) and rows["none"][1] == pytest.approx(
+        own[1], abs=0.006
+    )
     for values in rows.values():  # a, b, mean, best, ensemble, vs best, vs mean
         a, b, mean, best, ensemble, vs_best, vs_mean = values
         assert mean == pytest.approx((a + b) / 2, abs=0.006) and best == max(a, b)
-        assert vs_best == pytest.approx(ensemble - best, abs=0.011) and vs_mean == pytest.approx(ensemble - mean, abs=0.011)
+        assert vs_best == pytest.approx(ensemble - best, abs=0.011) and vs_mean == pytest.approx(
+            ensemble - mean, abs=0.011
+        )
     bad = subprocess.run([sys.executable, str(script), str(members[0]), "--data-dir", str(data_dir)],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip() == "error: an ensemble needs two or more run directories"

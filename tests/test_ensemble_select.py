@@ -76,7 +76,9 @@ def test_greedy_chooses_what_a_plain_reimplementation_chooses(seed: int):
     max_steps = 25
     chosen = greedy_select(torch.from_numpy(probs), torch.from_numpy(labels), max_steps)
     assert list(chosen.counts) == oracle_greedy(probs, labels, max_steps)
-    assert chosen.weights == pytest.approx([c / sum(chosen.counts) for c in chosen.counts]) and sum(chosen.weights) == pytest.approx(1)
+    assert chosen.weights == pytest.approx([c / sum(chosen.counts) for c in chosen.counts]) and sum(
+        chosen.weights
+    ) == pytest.approx(1)
     # the trace: the first member, then one entry per addition, each better than the one before
     assert len(chosen.steps) == sum(chosen.counts)
     assert chosen.stopped == (STOPPED_MAX_STEPS if len(chosen.steps) == max_steps + 1 else STOPPED_NO_GAIN)

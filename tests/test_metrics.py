@@ -43,7 +43,9 @@ def test_accuracy_and_cross_entropy_match_sklearn(predictions):
     y_true, y_pred, logits = predictions
     assert metrics.accuracy(y_true, y_pred) == pytest.approx(skm.accuracy_score(y_true, y_pred))
     probs = torch.softmax(logits.double(), 1).numpy()
-    assert metrics.cross_entropy(logits, y_true) == pytest.approx(skm.log_loss(y_true, probs, labels=range(10)), rel=1e-5)
+    assert metrics.cross_entropy(logits, y_true) == pytest.approx(
+        skm.log_loss(y_true, probs, labels=range(10)), rel=1e-5
+    )
 
 
 def test_class_never_predicted_has_zero_precision_not_nan():

@@ -77,7 +77,9 @@ def test_make_optimizer_gives_muon_to_conv_filters_only():
     muon = [p for g in optimizer.param_groups if g["muon"] for p in g["params"]]
     assert len(muon) == 1 and muon[0] is model[0].weight
     no_decay = [g for g in optimizer.param_groups if g["weight_decay"] == 0.0]
-    assert {id(p) for g in no_decay for p in g["params"]} == {id(p) for p in (model[0].bias, model[1].weight, model[1].bias, model[3].bias)}
+    assert {id(p) for g in no_decay for p in g["params"]} == {
+        id(p) for p in (model[0].bias, model[1].weight, model[1].bias, model[3].bias)
+    }
 
 
 def test_state_dict_round_trip_continues_the_same_run():

@@ -84,7 +84,9 @@ def test_compare_over_ray_equals_local_compare(local_ray, tiny_dataset, tmp_path
         assert run_numbers(remote.path / name) == run_numbers(local.path / name), name
         files = [sorted(p.name for p in (root / name).iterdir()) for root in (local.path, remote.path)]
         assert files[0] == files[1], name  # the same run directory layout
-        env_local, env_ray = (json.loads((p / name / "environment.json").read_text()) for p in (local.path, remote.path))
+        env_local, env_ray = (
+            json.loads((p / name / "environment.json").read_text()) for p in (local.path, remote.path)
+        )
         assert env_ray["torch_threads"] == env_local["torch_threads"]
 
 
@@ -151,7 +153,9 @@ def test_killed_trial_is_retried_from_its_checkpoint_and_ends_identical(local_ra
     summary = json.loads((sweep_dir / SWEEP_FILE).read_text())
     trials = {t["name"]: t for t in summary["trials"]}
     assert summary["complete"] and summary["counts"]["finished"] == 2
-    assert trials["trial-000"]["failures"] == 1 and trials["trial-000"]["resumed_from_epoch"] >= 1  # from a checkpoint, not from scratch
+    assert (
+        trials["trial-000"]["failures"] == 1 and trials["trial-000"]["resumed_from_epoch"] >= 1
+    )  # from a checkpoint, not from scratch
     assert trials["trial-001"]["failures"] == 0 and trials["trial-001"]["resumed_from_epoch"] == 0
     assert run_numbers(victim) == run_numbers(sweep_dir / TRIALS_DIR / "trial-001")
     assert len(run_numbers(victim)["metrics"]) == 12

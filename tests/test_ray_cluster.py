@@ -225,7 +225,9 @@ def test_a_killed_worker_node_has_its_trial_retried_on_the_other_from_its_checkp
 
     def sweep():
         try:
-            outcome["summary"] = api.sweep(config, out=sweep_dir, ray=cluster.address, data=tiny_dataset, progress=False)
+            outcome["summary"] = api.sweep(
+                config, out=sweep_dir, ray=cluster.address, data=tiny_dataset, progress=False
+            )
         except BaseException as exc:  # handed to the test thread
             outcome["error"] = exc
 

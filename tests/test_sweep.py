@@ -21,7 +21,7 @@ from fmnist.errors import UsageError
 from fmnist.experiments.sweep_config import BEST_FILE, SWEEP_FILE, TRIALS_DIR, parse_sweep
 
 BASE = 'model = "mlp_seed002"\nval_size = 100\nbatch_size = 50\n'
-SEARCH = '[search]\nlr = { loguniform = [1e-3, 1e-1] }\nweight_decay = { choice = [0.0, 0.05] }\n'
+SEARCH = "[search]\nlr = { loguniform = [1e-3, 1e-1] }\nweight_decay = { choice = [0.0, 0.05] }\n"
 INSTALL = "pip install 'fmnist[ray]'"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,13 +126,40 @@ print(json.dumps({"answers": answers, "ray_modules": loaded}))
 
 def test_without_the_ray_extra_every_ray_command_says_how_to_install_in_one_line(tmp_path, tiny_data_dir, isolated_env):
     compare_toml = tmp_path / "compare.toml"
-    compare_toml.write_text('[defaults]\nval_size = 100\nepochs = 1\nmax_steps = 2\n[[runs]]\nname = "mlp"\nmodel = "mlp_seed002"\n')
-    good, bad = sweep_toml(tmp_path / "good.toml"), sweep_toml(tmp_path / "bad.toml", search="[search]\nlrr = { choice = [0.1] }\n")
+    compare_toml.write_text(
+        '[defaults]\nval_size = 100\nepochs = 1\nmax_steps = 2\n[[runs]]\nname = "mlp"\nmodel = "mlp_seed002"\n'
+    )
+    good, bad = (
+        sweep_toml(tmp_path / "good.toml"),
+        sweep_toml(tmp_path / "bad.toml", search="[search]\nlrr = { choice = [0.1] }\n"),
+    )
     data = ["--data-dir", str(tiny_data_dir)]
     commands = [
         ["sweep", str(good), *data],
-        ["compare", "--config", str(compare_toml), "--ray", "local", "--no-report", "--out", str(tmp_path / "c1"), *data],
-        ["ablate", "--base", "mlp_seed002", "--val-size", "100", "--max-steps", "2", "--ray", "local", "--no-report", *data],
+        [
+            "compare",
+            "--config",
+            str(compare_toml),
+            "--ray",
+            "local",
+            "--no-report",
+            "--out",
+            str(tmp_path / "c1"),
+            *data,
+        ],
+        [
+            "ablate",
+            "--base",
+            "mlp_seed002",
+            "--val-size",
+            "100",
+            "--max-steps",
+            "2",
+            "--ray",
+            "local",
+            "--no-report",
+            *data,
+        ],
         ["train", "--model", "mlp_seed002", "--seeds", "2", "--val-size", "100", "--ray", "local", *data],
         ["sweep", str(bad), *data],  # the config is checked before Ray is needed
         ["compare", "--config", str(compare_toml), "--no-report", "--out", str(tmp_path / "c2"), *data],  # no --ray

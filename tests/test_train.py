@@ -41,7 +41,9 @@ def test_learns_the_synthetic_task(tiny_dataset):
 def test_same_seed_same_numbers(tiny_dataset, precision):
     if precision == "bf16" and resolve_precision("auto", torch.device("cpu")) != "bf16":
         pytest.skip("no fast bf16 on this CPU")
-    config = dict(model="fastcnn", epochs=2, flip=True, crop_pad=2, erase=0.3, mixup=0.2, cutmix=1.0, precision=precision)
+    config = dict(
+        model="fastcnn", epochs=2, flip=True, crop_pad=2, erase=0.3, mixup=0.2, cutmix=1.0, precision=precision
+    )
     a = fit(tiny_config(**config), tiny_dataset)
     b = fit(tiny_config(**config), tiny_dataset)
     assert [r.train_loss for r in a.history] == [r.train_loss for r in b.history]
@@ -192,7 +194,14 @@ def test_run_directory_contents(tiny_dataset, tmp_path: Path):
     run_dir = prepare_run_dir(tmp_path / "run")
     result = fit(tiny_config(), tiny_dataset, [RunDirWriter(run_dir)])
     names = {p.name for p in run_dir.iterdir()}
-    assert {"config.toml", "environment.json", "metrics.jsonl", "model.safetensors", "model.json", "results.json"} <= names
+    assert {
+        "config.toml",
+        "environment.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "model.json",
+        "results.json",
+    } <= names
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test_accuracy"] == pytest.approx(result.test_accuracy)
     assert [row["epoch"] for row in read_history(run_dir)] == [1, 2, 3]

@@ -64,7 +64,10 @@ def test_fastcnn_whiten_keeps_its_first_conv_frozen_through_training(tiny_datase
     # The weights it ends with are the fit to the training split's images, untouched by 1 epoch of steps.
     fresh = create_model("fastcnn", whiten=True)
     train_idx, _ = stratified_split(tiny_dataset.train_labels, config.val_size, config.validation_seed)
-    assert fit_to_data(fresh, lambda: normalize(tiny_dataset.train_images[train_idx], config.input_mean, config.input_std)) == 1
+    assert (
+        fit_to_data(fresh, lambda: normalize(tiny_dataset.train_images[train_idx], config.input_mean, config.input_std))
+        == 1
+    )
     torch.testing.assert_close(stem.weight.detach().contiguous(), fresh.features[0].weight.detach(), rtol=0, atol=0)
     # The same seed gives the same run.
     again = fit(config, tiny_dataset)

@@ -155,14 +155,19 @@ def render_serve_load() -> str:
     record = json.loads((RESULTS / "serve_load.json").read_text(encoding="utf-8"))
     s = record["settings"]
     rows = []
-    for key, label in (("fmnist", f"fmnist serve, {s['workers']} worker(s)"), ("minimal", "minimal FastAPI + ONNX Runtime, 1 process")):
+    for key, label in (
+        ("fmnist", f"fmnist serve, {s['workers']} worker(s)"),
+        ("minimal", "minimal FastAPI + ONNX Runtime, 1 process"),
+    ):
         r = record[key]
         rows.append([label, f"{r['requests_per_s']:,.0f}", f"{r['latency_ms']['p50']:g} ms", f"{r['latency_ms']['p99']:g} ms",
                      f"{r['server_cpu_ms_per_request']:g} ms", str(r["errors"])])  # fmt: skip
     out = _markdown(["server", "requests/s", "p50", "p99", "server CPU per request", "errors"], rows)
     note = f"; {record['note']}" if record.get("note") else ""
-    return (out + f"\nfmnist / minimal: {record['ratio']:.2f}×. Hardware: {record['cpu']}, {record['cores']} cores "
-            f"({record['date'][:10]}){note}; command: `{record['command']}`.\n")
+    return (
+        out + f"\nfmnist / minimal: {record['ratio']:.2f}×. Hardware: {record['cpu']}, {record['cores']} cores "
+        f"({record['date'][:10]}){note}; command: `{record['command']}`.\n"
+    )
 
 
 def render_time_to_accuracy_sweeps() -> str:

@@ -1,11 +1,11 @@
 """fmnist's Python API, for notebooks and scripts; the CLI is a thin layer over it.
 
-    import fmnist
-    data = fmnist.load_data()
-    run = fmnist.train(model="fastcnn", epochs=2)          # -> Run (shows itself in Jupyter)
-    run.predict(data.test_images[:5])                      # class probabilities (5, 10)
-    cmp = fmnist.compare(["mlp_wide", "fastcnn"])          # -> Comparison
-    fmnist.load_run("runs/fastcnn-...").report()
+import fmnist
+data = fmnist.load_data()
+run = fmnist.train(model="fastcnn", epochs=2)          # -> Run (shows itself in Jupyter)
+run.predict(data.test_images[:5])                      # class probabilities (5, 10)
+cmp = fmnist.compare(["mlp_wide", "fastcnn"])          # -> Comparison
+fmnist.load_run("runs/fastcnn-...").report()
 """
 
 from __future__ import annotations
@@ -231,4 +231,3 @@ def load_run(path: str | Path) -> Run | Comparison:
 from fmnist.notebook import Comparison, Run  # noqa: E402  (the result types build on the functions above)
 
 __all__ = ["Comparison", "Run", "ablate", "compare", "load_data", "load_run", "make_config", "resume", "sweep", "train"]
-

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
 import tomli_w
-import tomllib
 
 from fmnist.constants import EVAL_BATCH_SIZE, FMNIST_MEAN, FMNIST_STD, NUM_CLASSES, TTA_LEVELS
 from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed
@@ -52,7 +52,11 @@ class TrainConfig:
     recipe: str = ""
     epochs: int = setting(10, "Passes over the training split.")
     batch_size: int = setting(128, "Images per step.")
-    optimizer: str = setting("adam", "sgd is SGD with Nesterov momentum; muon orthogonalises conv filters' updates (AdamW for the rest).", choices=OPTIMIZERS)
+    optimizer: str = setting(
+        "adam",
+        "sgd is SGD with Nesterov momentum; muon orthogonalises conv filters' updates (AdamW for the rest).",
+        choices=OPTIMIZERS,
+    )
     lr: float = setting(1e-3, "Learning rate (the peak for onecycle).")
     weight_decay: float = setting(0.0, "Decoupled for adamw.")
     momentum: float = setting(0.9, "SGD momentum (Nesterov); sgd only.")
@@ -135,7 +139,9 @@ class TrainConfig:
             raise UsageError("tensorboard = true needs the tensorboard package: pip install tensorboard")
         self.model_args = check_model_args(self.model, self.model_args)
         if self.model_args.get("num_classes", NUM_CLASSES) != NUM_CLASSES:
-            raise UsageError(f"num_classes must be {NUM_CLASSES} to train on Fashion-MNIST, not {self.model_args['num_classes']}")
+            raise UsageError(
+                f"num_classes must be {NUM_CLASSES} to train on Fashion-MNIST, not {self.model_args['num_classes']}"
+            )
         return self
 
     @property
@@ -164,9 +170,7 @@ def settings() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
 
 
-FIELD_TYPES: dict[str, Any] = {
-    name: get_origin(hint) or hint for name, hint in get_type_hints(TrainConfig).items()
-}
+FIELD_TYPES: dict[str, Any] = {name: get_origin(hint) or hint for name, hint in get_type_hints(TrainConfig).items()}
 
 
 def _positive_int(value: int, name: str) -> None:

@@ -84,7 +84,7 @@ def cpu_model() -> str:
 
 
 def cpu_name_from_cpuinfo(text: str) -> str | None:
-    """"AMD EPYC, family 26 model 2" from /proc/cpuinfo's first processor, or None without a model name.
+    """ "AMD EPYC, family 26 model 2" from /proc/cpuinfo's first processor, or None without a model name.
 
     Virtual machines often report only "AMD EPYC": the numbers tell its generations apart (family
     25: Zen 3 and Zen 4, 26: Zen 5), so benchmark figures measured on each stay apart.
@@ -97,7 +97,9 @@ def cpu_name_from_cpuinfo(text: str) -> str | None:
         fields.setdefault(key.strip(), value.strip())
     if "model name" not in fields:
         return None
-    numbers = f", family {fields['cpu family']} model {fields['model']}" if {"cpu family", "model"} <= fields.keys() else ""
+    numbers = (
+        f", family {fields['cpu family']} model {fields['model']}" if {"cpu family", "model"} <= fields.keys() else ""
+    )
     return fields["model name"] + numbers
 
 

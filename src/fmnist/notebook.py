@@ -179,7 +179,9 @@ class Comparison:
             rows.append([label, "ensemble", params, accuracy, "–"])
         table = _table(["name", "model", "params", "test accuracy", "train s (mean)"], rows)
         curves = _curve_png({name: run.history for name, run in self.runs.items()})
-        title = f"<b>{html.escape(self.summary.get('title', 'comparison'))}</b> <code>{html.escape(str(self.path))}</code>"
+        title = (
+            f"<b>{html.escape(self.summary.get('title', 'comparison'))}</b> <code>{html.escape(str(self.path))}</code>"
+        )
         return f"<div>{title}{table}{_figure(curves)}</div>"
 
     def __repr__(self) -> str:

@@ -88,10 +88,7 @@ def most_confused_pairs(cm: torch.Tensor, k: int = 5) -> list[ConfusedPair]:
     support = cm.sum(1)
     cells = [(int(off[t, p]), t, p) for t in range(n) for p in range(n) if t != p and off[t, p] > 0]
     cells.sort(key=lambda cell: (-cell[0], cell[1], cell[2]))
-    return [
-        ConfusedPair(t, p, count, count / int(support[t]) if support[t] > 0 else 0.0)
-        for count, t, p in cells[:k]
-    ]
+    return [ConfusedPair(t, p, count, count / int(support[t]) if support[t] > 0 else 0.0) for count, t, p in cells[:k]]
 
 
 def reliability_bins(probabilities: torch.Tensor, y_true: torch.Tensor, bins: int = 15) -> list[dict]:

@@ -14,14 +14,18 @@ from fmnist.cli.output import console, notify
 def ablate_cmd(
     base: str = typer.Option("cnn_seed004", "--base", help="Model whose parts to remove one at a time"),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat each variant with N seeds (mean ± std)"),
-    epochs: int | None = typer.Option(None, "--epochs", show_default=False,
-                                      help="Override the recipe's epochs [default: the model's recipe]"),  # fmt: skip
-    max_steps: int | None = typer.Option(None, "--max-steps", show_default=False,
-                                         help="Smoke mode: stop each run after N steps"),  # fmt: skip
-    val_size: int | None = typer.Option(None, "--val-size", show_default=False,
-                                        help="Validation images held out of training [default: 5000]"),  # fmt: skip
-    out: Path | None = typer.Option(None, "--out", "-o", show_default=False,
-                                    help="Output folder [default: runs/ablate-BASE-TIMESTAMP]"),  # fmt: skip
+    epochs: int | None = typer.Option(
+        None, "--epochs", show_default=False, help="Override the recipe's epochs [default: the model's recipe]"
+    ),  # fmt: skip
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", show_default=False, help="Smoke mode: stop each run after N steps"
+    ),  # fmt: skip
+    val_size: int | None = typer.Option(
+        None, "--val-size", show_default=False, help="Validation images held out of training [default: 5000]"
+    ),  # fmt: skip
+    out: Path | None = typer.Option(
+        None, "--out", "-o", show_default=False, help="Output folder [default: runs/ablate-BASE-TIMESTAMP]"
+    ),  # fmt: skip
     device: Device | None = typer.Option(None, "--device", show_default=False, help="Where to train [default: auto]"),
     seed: int | None = typer.Option(None, "--seed", show_default=False, help="First seed [default: 0]"),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md / report.html"),
@@ -43,13 +47,17 @@ def ablate_cmd(
     table = Table("variant", "change", "accuracy", "Δ vs full", "published", "published Δ",
                   title=comparison.summary["title"])  # fmt: skip
     for v in ablation["variants"]:
-        acc = f"{100 * v['accuracy_mean']:.2f}%" + (f" ± {100 * v['accuracy_std']:.2f}" if len(v["accuracy"]) > 1 else "")
+        acc = f"{100 * v['accuracy_mean']:.2f}%" + (
+            f" ± {100 * v['accuracy_std']:.2f}" if len(v["accuracy"]) > 1 else ""
+        )
         if v["name"] == ablation["reference"]:
             delta = "—"
         else:
             delta = points(v["delta_mean"]) + (f" ± {100 * v['delta_std']:.2f}" if len(v["delta"]) > 1 else "")
         pub = published_pct(v["published_accuracy"]) if v["published_accuracy"] is not None else ""
-        pub_delta = points(v["published_delta"], 1) if v["published_delta"] and v["name"] != ablation["reference"] else ""
+        pub_delta = (
+            points(v["published_delta"], 1) if v["published_delta"] and v["name"] != ablation["reference"] else ""
+        )
         table.add_row(v["name"], v["change"], acc, delta, pub, pub_delta)
     console.print(table)
     console.print(f"data: {ablation['data']['source']} ({ablation['data']['split']} split)  -> {comparison.path}",

@@ -52,7 +52,9 @@ def _version(show: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version, help="Print the version and exit"),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_version, help="Print the version and exit"
+    ),
 ) -> None:
     """Train, compare, explain and serve Fashion-MNIST classifiers."""
 

@@ -24,7 +24,9 @@ def data_info(data_dir: Path | None = DataDirOption) -> None:
     dataset = load(data_dir)
     prov = dataset.provenance
     console.print(f"source   {prov.source}  ({prov.location})")
-    console.print(f"split    {prov.split}" + ("  (Kaggle split: not the official test set)" if prov.split == "kaggle" else ""))
+    console.print(
+        f"split    {prov.split}" + ("  (Kaggle split: not the official test set)" if prov.split == "kaggle" else "")
+    )
     files = Table("file", "shape", "sha256", title="Files", title_justify="left")
     shapes = dataset.describe_shapes()
     for role, rec in prov.files.items():

@@ -14,19 +14,27 @@ from fmnist.inference.ensemble_select import DEFAULT_SELECT, MAX_STEPS
 
 def ensemble_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="Two or more finished run directories"),
-    out: Path | None = typer.Option(None, "--out", "-o", show_default=False,
-                                    help="Ensemble directory to write (required unless --validation-only)"),  # fmt: skip
-    select: Select = typer.Option(DEFAULT_SELECT, "--select",
-                                  help="greedy: forward selection with replacement on the members' shared validation "
-                                       "split, from the best member on (never below it there); all: average every "
-                                       "member"),  # fmt: skip
-    max_steps: int = typer.Option(MAX_STEPS, "--greedy-steps", min=0,
-                                  help="greedy: the most additions after the first member"),  # fmt: skip
-    weighted: bool = typer.Option(False, "--weighted",
-                                  help="With --select all: weight members by their best validation accuracy"),  # fmt: skip
-    validation_only: bool = typer.Option(False, "--validation-only",
-                                         help="Choose and score the ensemble on the members' shared validation split "
-                                              "only: no test set, nothing written"),  # fmt: skip
+    out: Path | None = typer.Option(
+        None, "--out", "-o", show_default=False, help="Ensemble directory to write (required unless --validation-only)"
+    ),  # fmt: skip
+    select: Select = typer.Option(
+        DEFAULT_SELECT,
+        "--select",
+        help="greedy: forward selection with replacement on the members' shared validation "
+        "split, from the best member on (never below it there); all: average every "
+        "member",
+    ),  # fmt: skip
+    max_steps: int = typer.Option(
+        MAX_STEPS, "--greedy-steps", min=0, help="greedy: the most additions after the first member"
+    ),  # fmt: skip
+    weighted: bool = typer.Option(
+        False, "--weighted", help="With --select all: weight members by their best validation accuracy"
+    ),  # fmt: skip
+    validation_only: bool = typer.Option(
+        False,
+        "--validation-only",
+        help="Choose and score the ensemble on the members' shared validation split only: no test set, nothing written",
+    ),  # fmt: skip
     precision: Precision = typer.Option("auto", "--precision", help="Precision the members are scored in"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an ensemble already in --out"),
     data_dir: Path | None = DataDirOption,

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 # Command path (as `fmnist --help` names it) -> example lines. "" is the app itself.
 EXAMPLES: dict[str, tuple[str, ...]] = {
-    "": ("fmnist compare                      # train the MLP baseline and fastcnn, write a report",
-         "fmnist train --model fastcnn --max-steps 20   # a smoke run in seconds"),
+    "": (
+        "fmnist compare                      # train the MLP baseline and fastcnn, write a report",
+        "fmnist train --model fastcnn --max-steps 20   # a smoke run in seconds",
+    ),
     "data": ("fmnist data info",),
     "data info": ("fmnist data info --data-dir ~/data/fashion-mnist",),
     "data samples": ("fmnist data samples --per-class 4 --out samples.png",),
     "data fetch": ("fmnist data fetch",),
     "models": ("fmnist models", "fmnist models mlp                   # its arguments and their defaults"),
     "recipes": ("fmnist recipes", "fmnist train --recipe cpu-94"),
-    "train": ("fmnist train --model fastcnn --out runs/cnn",
-              "fmnist train --model mlp --model-arg hidden=512,256 --epochs 5",
-              "fmnist train --config runs/cnn/config.toml --seed 1   # a run's settings, another seed",
-              "fmnist train --resume runs/cnn       # continue after Ctrl-C"),
+    "train": (
+        "fmnist train --model fastcnn --out runs/cnn",
+        "fmnist train --model mlp --model-arg hidden=512,256 --epochs 5",
+        "fmnist train --config runs/cnn/config.toml --seed 1   # a run's settings, another seed",
+        "fmnist train --resume runs/cnn       # continue after Ctrl-C",
+    ),
     "evaluate": ("fmnist evaluate runs/cnn",),
-    "compare": ("fmnist compare --models mlp_wide,fastcnn --seeds 3",
-                "fmnist compare --config configs/seed002.toml --max-steps 20",
-                "fmnist compare --config runs/cnn/config.toml --seeds 3   # one run's settings over 3 seeds"),
+    "compare": (
+        "fmnist compare --models mlp_wide,fastcnn --seeds 3",
+        "fmnist compare --config configs/seed002.toml --max-steps 20",
+        "fmnist compare --config runs/cnn/config.toml --seeds 3   # one run's settings over 3 seeds",
+    ),
     "report": ("fmnist report runs/cnn", "fmnist report runs/compare-20260101-120000 --detail all"),
     "ablate": ("fmnist ablate --base cnn_seed004 --epochs 5",),
     "ensemble": ("fmnist ensemble runs/cnn-seed0 runs/cnn-seed1 runs/cnn-seed2 --out runs/ens",),

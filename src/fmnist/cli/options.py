@@ -48,9 +48,12 @@ RayOption = typer.Option(None, "--ray", metavar="ADDRESS", show_default=False,
 JobsOption = typer.Option(None, "--jobs", "-j", min=1, show_default=False,
                           help="Train N runs at once here, each in its own process with 1/N of the CPU threads "
                                "(or sharing the GPU) [default: 1]")  # fmt: skip
-TensorBoardOption = typer.Option(None, "--tensorboard", show_default=False,
-                                 help="TensorBoard scalars for every run (tensorboard --logdir FOLDER)")
-RunDirArgument = typer.Argument(..., help="Run or ensemble directory (model.json + model.safetensors, or ensemble.json)")
+TensorBoardOption = typer.Option(
+    None, "--tensorboard", show_default=False, help="TensorBoard scalars for every run (tensorboard --logdir FOLDER)"
+)
+RunDirArgument = typer.Argument(
+    ..., help="Run or ensemble directory (model.json + model.safetensors, or ensemble.json)"
+)
 BackendOption = typer.Option("torch", "--backend", help="torch (PyTorch eager) or onnx (ONNX Runtime)")
 PrecisionOption = typer.Option("auto", "--precision",
                                help="torch backend: auto (bf16 where the CPU has it natively, else fp32), fp32 or bf16")  # fmt: skip
@@ -63,7 +66,9 @@ def ray_address(option: str | None) -> str | None:
 
 def _option(f: dataclasses.Field, default_note: Callable[[str], str]) -> inspect.Parameter:
     meta = f.metadata
-    kind: Any = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+    kind: Any = (
+        f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+    )
     flag = "--" + f.name.replace("_", "-")
     flags = list(meta["flags"]) or [flag]
     if kind is bool and meta["negatable"]:
@@ -75,7 +80,9 @@ def _option(f: dataclasses.Field, default_note: Callable[[str], str]) -> inspect
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None)
 
 
-def training_settings(default_note: Callable[[str], str], *, after: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def training_settings(
+    default_note: Callable[[str], str], *, after: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: add every TrainConfig setting as an option; the command gets them as `settings`,
     a dict of the ones given (config names, plain values; unset ones are absent).
 
@@ -117,4 +124,3 @@ def recipe_default(name: str) -> str:
 def every_run_default(name: str) -> str:
     """`fmnist compare`'s words: a flag replaces every run's value."""
     return "[for every run; default: each run's own]"
-

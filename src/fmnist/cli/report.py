@@ -16,8 +16,12 @@ Detail = choice("Detail", DETAIL_LEVELS)
 
 def report_cmd(
     folder: Path = typer.Argument(..., help="A run, compare or ensemble directory", show_default=False),
-    embedding: Embedding = typer.Option("auto", "--embedding", help="2-D map of the embeddings (auto: UMAP if installed, else t-SNE)"),
-    embedding_points: int = typer.Option(ReportOptions.embedding_points, "--embedding-points", help="Test images in the 2-D embedding"),
+    embedding: Embedding = typer.Option(
+        "auto", "--embedding", help="2-D map of the embeddings (auto: UMAP if installed, else t-SNE)"
+    ),
+    embedding_points: int = typer.Option(
+        ReportOptions.embedding_points, "--embedding-points", help="Test images in the 2-D embedding"
+    ),
     gradcam: bool = typer.Option(True, "--gradcam/--no-gradcam", help="Grad-CAM heatmaps for CNNs"),
     detail: Detail = typer.Option("first-seed", "--detail", help="Model-level analysis for the first seed or all runs"),
     data_dir: Path | None = DataDirOption,

@@ -15,17 +15,29 @@ TOP_TRIALS = 10  # rows of the closing table; sweep.json and the report have eve
 
 
 def sweep_cmd(
-    config: Path | None = typer.Argument(None, metavar="CONFIG.toml", show_default=False,
-                                         help="Training keys + [sweep] + [search] (see configs/sweep-example.toml)"),  # fmt: skip
-    resume: Path | None = typer.Option(None, "--resume", metavar="SWEEP_DIR", show_default=False,
-                                       help="Continue an interrupted sweep"),  # fmt: skip
-    ray: str | None = typer.Option(None, "--ray", metavar="ADDRESS", show_default=False,
-                                   help=f"A Ray cluster's head HOST:PORT, or '{LOCAL}' [default: ${ADDRESS_ENV}, "
-                                        f"else '{LOCAL}': a Ray started here for the sweep]"),  # fmt: skip
-    out: Path | None = typer.Option(None, "--out", "-o", show_default=False,
-                                    help="Sweep folder [default: runs/sweep-TIMESTAMP]"),  # fmt: skip
-    max_steps: int | None = typer.Option(None, "--max-steps", show_default=False,
-                                         help="Smoke mode: stop each trial after N steps"),  # fmt: skip
+    config: Path | None = typer.Argument(
+        None,
+        metavar="CONFIG.toml",
+        show_default=False,
+        help="Training keys + [sweep] + [search] (see configs/sweep-example.toml)",
+    ),  # fmt: skip
+    resume: Path | None = typer.Option(
+        None, "--resume", metavar="SWEEP_DIR", show_default=False, help="Continue an interrupted sweep"
+    ),  # fmt: skip
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        show_default=False,
+        help=f"A Ray cluster's head HOST:PORT, or '{LOCAL}' [default: ${ADDRESS_ENV}, "
+        f"else '{LOCAL}': a Ray started here for the sweep]",
+    ),  # fmt: skip
+    out: Path | None = typer.Option(
+        None, "--out", "-o", show_default=False, help="Sweep folder [default: runs/sweep-TIMESTAMP]"
+    ),  # fmt: skip
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", show_default=False, help="Smoke mode: stop each trial after N steps"
+    ),  # fmt: skip
     tensorboard: bool | None = TensorBoardOption,
     no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md / report.html"),
     data_dir: Path | None = DataDirOption,

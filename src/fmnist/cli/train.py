@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import signal
+import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import typer
 
 from fmnist.cli.options import DataDirOption, JobsOption, RayOption, ray_address, recipe_default, training_settings
@@ -32,19 +32,33 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
 
 @training_settings(recipe_default, after="config")
 def train_cmd(
-    model: str | None = typer.Option(None, "--model", "-m", show_default=False,
-                                     help="Registered model name, see `fmnist models` [default: fastcnn]"),  # fmt: skip
-    out: Path | None = typer.Option(None, "--out", "-o", show_default=False,
-                                    help="Run directory [default: runs/MODEL-TIMESTAMP]"),  # fmt: skip
-    recipe: str | None = typer.Option(None, "--recipe", "-r", show_default=False,
-                                      help="A named recipe: model and settings (see `fmnist recipes`); flags win"),  # fmt: skip
-    config: Path | None = typer.Option(None, "--config", "-c", show_default=False,
-                                       help="TOML file with any of the options below (flags win)"),  # fmt: skip
-    model_arg: list[str] | None = typer.Option(None, "--model-arg", metavar="KEY=VALUE", show_default=False,
-                                               help="Model argument, repeatable (see `fmnist models`)"),  # fmt: skip
+    model: str | None = typer.Option(
+        None, "--model", "-m", show_default=False, help="Registered model name, see `fmnist models` [default: fastcnn]"
+    ),  # fmt: skip
+    out: Path | None = typer.Option(
+        None, "--out", "-o", show_default=False, help="Run directory [default: runs/MODEL-TIMESTAMP]"
+    ),  # fmt: skip
+    recipe: str | None = typer.Option(
+        None,
+        "--recipe",
+        "-r",
+        show_default=False,
+        help="A named recipe: model and settings (see `fmnist recipes`); flags win",
+    ),  # fmt: skip
+    config: Path | None = typer.Option(
+        None, "--config", "-c", show_default=False, help="TOML file with any of the options below (flags win)"
+    ),  # fmt: skip
+    model_arg: list[str] | None = typer.Option(
+        None,
+        "--model-arg",
+        metavar="KEY=VALUE",
+        show_default=False,
+        help="Model argument, repeatable (see `fmnist models`)",
+    ),  # fmt: skip
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out"),
-    resume: Path | None = typer.Option(None, "--resume", metavar="RUN_DIR", show_default=False,
-                                       help="Continue an interrupted run in RUN_DIR"),  # fmt: skip
+    resume: Path | None = typer.Option(
+        None, "--resume", metavar="RUN_DIR", show_default=False, help="Continue an interrupted run in RUN_DIR"
+    ),  # fmt: skip
     seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat with N seeds (seed, seed+1, ...): mean ± std"),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
     ray: str | None = RayOption,

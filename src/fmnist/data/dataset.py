@@ -130,8 +130,7 @@ def _reject_mnist_digits(folder: Path, files: dict[str, FileRecord], train_image
     for rec in files.values():
         if rec.md5 in MNIST_GZ_MD5:
             raise DataError(
-                f"{folder / rec.name}: this is the MNIST digits file ({MNIST_GZ_MD5[rec.md5]}), "
-                "not Fashion-MNIST"
+                f"{folder / rec.name}: this is the MNIST digits file ({MNIST_GZ_MD5[rec.md5]}), not Fashion-MNIST"
             )
     mean = float(train_images.mean()) / 255.0 if train_images.size else 0.0
     if mean < MNIST_LIKE_MEAN_BELOW:

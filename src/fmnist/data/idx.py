@@ -44,9 +44,7 @@ def _decode(raw_stream: io.BufferedIOBase, name: str, kind: str) -> np.ndarray:
     expected_magic = IMAGES_MAGIC if kind == "images" else LABELS_MAGIC
     if magic != expected_magic:
         what = "image" if kind == "images" else "label"
-        raise DataError(
-            f"{name}: not an IDX {what} file (magic number {magic}, expected {expected_magic})"
-        )
+        raise DataError(f"{name}: not an IDX {what} file (magic number {magic}, expected {expected_magic})")
     ndim = 3 if kind == "images" else 1
     dims = struct.unpack(f">{ndim}I", _read_exact(raw_stream, 4 * ndim, name))
     count = dims[0]

@@ -159,4 +159,3 @@ def _how_to_supply(cache: Path) -> str:
         f"Fashion-MNIST not found and no source could provide it: put {names} in a folder and pass "
         f"--data-dir FOLDER (or set {DATA_ENV}=FOLDER), or copy them into {cache}"
     )
-

@@ -1,11 +1,11 @@
 """`fmnist compare`: train several models (optionally over several seeds) into one directory.
 
-    runs/compare-<timestamp>/
-      compare.json      what was run and each run's summary
-      <name>/ or <name>-seed<k>/   one run directory each (see fmnist.training.rundirs)
-      ensembles/<name>/            with --ensemble or [[ensembles]]: one ensemble directory each
-                                   (see fmnist.inference.ensemble_build), built here from the run directories
-      report.md, figures/          written by fmnist.report
+runs/compare-<timestamp>/
+  compare.json      what was run and each run's summary
+  <name>/ or <name>-seed<k>/   one run directory each (see fmnist.training.rundirs)
+  ensembles/<name>/            with --ensemble or [[ensembles]]: one ensemble directory each
+                               (see fmnist.inference.ensemble_build), built here from the run directories
+  report.md, figures/          written by fmnist.report
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from fmnist.inference.ensemble_select import selection_summary
 from fmnist.inference.rundir import RunLock, new_run_dir
 
 COMPARE_FILE = "compare.json"
+
+
 def summarize(name: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     accs = [r["test_accuracy"] for r in results]
     secs = [r["train_seconds"] for r in results]

@@ -60,8 +60,9 @@ def check_jobs(jobs: int | None, ray: str | None = None) -> int:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"jobs must be a whole number >= 1, not {jobs!r}")
     if jobs > 1 and ray:
-        raise UsageError("--jobs runs several runs at once on this machine and --ray places them on a cluster; "
-                         "give one")
+        raise UsageError(
+            "--jobs runs several runs at once on this machine and --ray places them on a cluster; give one"
+        )
     return jobs
 
 

@@ -224,7 +224,9 @@ def _ensemble_specs(path: Path, tables: Any) -> list[EnsembleSpec]:
             raise UsageError(f"{path}: ensemble {i} needs a name and members, a list of run names")
         extra = sorted(set(table) - {"name", "members", "select"})
         if extra:
-            raise UsageError(f"{path}: ensemble {table['name']!r}: unknown key {extra[0]!r} (known: members, name, select)")
+            raise UsageError(
+                f"{path}: ensemble {table['name']!r}: unknown key {extra[0]!r} (known: members, name, select)"
+            )
         select = table.get("select")
         if select is not None and select not in SELECT_RULES:
             raise UsageError(f"{path}: ensemble {table['name']!r}: select must be one of {', '.join(SELECT_RULES)}, "

@@ -151,7 +151,9 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
     if resume is not None:
         before = read_json(sweep_dir / SWEEP_FILE) if (sweep_dir / SWEEP_FILE).is_file() else {}
         if before.get("data", {}).get("array_sha256", digests) != digests:
-            raise DataError(f"{sweep_dir}: these data differ from the ones the sweep started with; resume it with those")
+            raise DataError(
+                f"{sweep_dir}: these data differ from the ones the sweep started with; resume it with those"
+            )
         started = before.get("started")
     else:
         sweep_dir = new_run_dir(out, "sweep", resume_hint="continue it with --resume").resolve()
@@ -176,7 +178,9 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
         from ray import tune
 
         trainable = tune.with_parameters(run_trial, spec=spec, sweep_dir=str(sweep_dir), shipped=ship_dataset(dataset))
-        trainable = tune.with_resources(trainable, {"cpu": spec.settings.cpus_per_trial, "gpu": spec.settings.gpus_per_trial})
+        trainable = tune.with_resources(
+            trainable, {"cpu": spec.settings.cpus_per_trial, "gpu": spec.settings.gpus_per_trial}
+        )
         display = SweepDisplay(console, spec, lambda trials: None)
         display.on_update = lambda trials: write_sweep_json(sweep_dir, spec, trials, display.final_outcome(), meta)
         with listening(display), _tune_log(notify):
@@ -231,7 +235,9 @@ def _trial_entry(spec: SweepSpec, sweep_dir: Path, trial: Any, outcome: dict[str
         "failures": trial.num_failures,
         "resumed_from_epoch": int(last.get("resumed_from_epoch", 0)),
         # Where its latest epoch ran (a retried trial: the node it finished on); None before any epoch.
-        "node": {"id": last[NODE_ID], "ip": last.get(NODE_IP), "hostname": last.get(NODE_HOST)} if NODE_ID in last else None,
+        "node": {"id": last[NODE_ID], "ip": last.get(NODE_IP), "hostname": last.get(NODE_HOST)}
+        if NODE_ID in last
+        else None,
         "epochs": history,
     }
 

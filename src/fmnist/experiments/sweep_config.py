@@ -130,7 +130,7 @@ class SweepSpec:
         """The base's config-file values with a trial's sampled ones on top."""
         sampled = {key: plain_value(value) for key, value in sampled.items()}
         values = {**self.base, **{k: v for k, v in sampled.items() if not k.startswith(MODEL_ARG)}}
-        args = {k[len(MODEL_ARG):]: v for k, v in sampled.items() if k.startswith(MODEL_ARG)}
+        args = {k[len(MODEL_ARG) :]: v for k, v in sampled.items() if k.startswith(MODEL_ARG)}
         if args:
             values["model_args"] = {**(values.get("model_args") or {}), **args}
         return values
@@ -172,7 +172,11 @@ def _settings(table: Any, where: str) -> SweepSettings:
         if key not in known:
             raise UsageError(f"{where}: [sweep] has no key {key!r} (known: {', '.join(known)})")
         kind = type(getattr(defaults, key))
-        ok = isinstance(value, kind) if kind is str else (_is_number(value) and (kind is float or isinstance(value, int)))
+        ok = (
+            isinstance(value, kind)
+            if kind is str
+            else (_is_number(value) and (kind is float or isinstance(value, int)))
+        )
         if not ok:
             expected = {str: "text", int: "an integer", float: "a number"}[kind]
             raise UsageError(f"{where}: [sweep] {key} must be {expected}, not {value!r}")
@@ -201,7 +205,7 @@ def _settings(table: Any, where: str) -> SweepSettings:
 
 def _search_dim(key: Any, spec: Any, where: str) -> SearchDim:
     searchable = sorted(k for k in FIELD_TYPES if k not in NOT_SEARCHABLE)
-    name = key[len(MODEL_ARG):] if key.startswith(MODEL_ARG) else None
+    name = key[len(MODEL_ARG) :] if key.startswith(MODEL_ARG) else None
     if name is None and (key not in FIELD_TYPES or key in NOT_SEARCHABLE) or name == "":
         raise UsageError(f"{where}: [search] key {key!r} is not a training option "
                          f"(searchable: {', '.join(searchable)}, model_args.NAME)")  # fmt: skip
@@ -240,7 +244,9 @@ def parse_sweep(data: dict[str, Any], where: str, overrides: dict[str, Any] | No
     settings = _settings(data.pop("sweep", {}), where)
     search_table = data.pop("search", None)
     if not isinstance(search_table, dict) or not search_table:
-        raise UsageError(f"{where}: needs a [search] table with at least one option, e.g. lr = {{ loguniform = [1e-4, 1e-2] }}")
+        raise UsageError(
+            f"{where}: needs a [search] table with at least one option, e.g. lr = {{ loguniform = [1e-4, 1e-2] }}"
+        )
     base = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     try:
         spec = SweepSpec(base, settings, tuple(_search_dim(k, v, where) for k, v in search_table.items()), where)

@@ -33,7 +33,9 @@ def format_values(values: dict[str, Any]) -> str:
 
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def failure_reason(trial: Trial) -> str:
@@ -151,7 +153,9 @@ class SweepDisplay:
         counts = {"running": 0, "done": 0, "stopped": 0, "failed": 0}
         for how in outcome.values():
             counts[how] += 1
-        counts["running"] = sum(t.status == Trial.RUNNING and trial_name(t.trial_id) not in outcome for t in self.trials)
+        counts["running"] = sum(
+            t.status == Trial.RUNNING and trial_name(t.trial_id) not in outcome for t in self.trials
+        )
         return counts
 
     def eta(self) -> str:

@@ -97,7 +97,9 @@ class TuneReporter(TrainCallback):
             for name in (STATE_META, meta["tensors_file"]):
                 shutil.copy2(self.run_dir / name, Path(folder) / name)
             atomic_write_json(Path(folder) / CHECKPOINT_INFO, {"epoch": record.epoch})
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))  # copied to storage before it returns
+            tune.report(
+                metrics, checkpoint=tune.Checkpoint.from_directory(folder)
+            )  # copied to storage before it returns
 
 
 def _reset_run_dir(run_dir: Path) -> None:

@@ -167,7 +167,9 @@ def _check_tensors(folder: Path, model: nn.Module, tensors: dict[str, torch.Tens
     if missing:
         raise CheckpointError(f"{folder}: weights lack {len(missing)} tensor(s) the model needs, e.g. {missing[0]!r}")
     if extra:
-        raise CheckpointError(f"{folder}: weights hold {len(extra)} tensor(s) the model does not have, e.g. {extra[0]!r}")
+        raise CheckpointError(
+            f"{folder}: weights hold {len(extra)} tensor(s) the model does not have, e.g. {extra[0]!r}"
+        )
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             raise CheckpointError(

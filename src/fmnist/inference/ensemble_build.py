@@ -15,12 +15,12 @@ instead of figures.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 import torch
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -76,7 +76,9 @@ def _relative(path: Path, start: Path) -> str:
         return str(path.resolve())
 
 
-def _manifest(members: list[Member], weights: list[float], out_dir: Path, select: str, weighted: bool) -> dict[str, Any]:
+def _manifest(
+    members: list[Member], weights: list[float], out_dir: Path, select: str, weighted: bool
+) -> dict[str, Any]:
     """ensemble.json: the chosen members only, so predict, export and serve run exactly the selection."""
     mean, std = normalization(members[0].meta)
     return {
@@ -88,9 +90,15 @@ def _manifest(members: list[Member], weights: list[float], out_dir: Path, select
         "class_names": list(members[0].meta["class_names"]),
         "normalization": {"mean": mean, "std": std},
         "members": [
-            {"path": _relative(m.folder, out_dir), "model": m.meta["model"], "weights_sha256": m.meta["weights_sha256"],
-             "weight": w, "tta": m.meta["tta"]}
-            for m, w in zip(members, weights) if w > 0
+            {
+                "path": _relative(m.folder, out_dir),
+                "model": m.meta["model"],
+                "weights_sha256": m.meta["weights_sha256"],
+                "weight": w,
+                "tta": m.meta["tta"],
+            }
+            for m, w in zip(members, weights)
+            if w > 0
         ],  # fmt: skip
     }
 
@@ -267,8 +275,15 @@ def build_ensemble(
         "ece": cal.ece,
         "mean_confidence": cal.mean_confidence,
         "members": [
-            {"run_dir": str(m.folder), "model": m.meta["model"], "tta": m.meta["tta"], "test_accuracy": acc,
-             "validation_accuracy": val, "weight": w, "chosen": w > 0}
+            {
+                "run_dir": str(m.folder),
+                "model": m.meta["model"],
+                "tta": m.meta["tta"],
+                "test_accuracy": acc,
+                "validation_accuracy": val,
+                "weight": w,
+                "chosen": w > 0,
+            }
             for m, acc, val, w in zip(members, member_accuracy, member_val, weights)
         ],
         "best_member": best,  # by test accuracy, among every member offered (chosen or not)

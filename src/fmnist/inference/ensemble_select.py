@@ -40,7 +40,9 @@ class Score:
     loss: float  # mean negative log-probability of the true class
 
     def better_than(self, other: Score) -> bool:
-        return self.correct > other.correct or (self.correct == other.correct and self.loss < other.loss - LOSS_TOLERANCE)
+        return self.correct > other.correct or (
+            self.correct == other.correct and self.loss < other.loss - LOSS_TOLERANCE
+        )
 
 
 @dataclass(frozen=True)

@@ -82,12 +82,15 @@ class Evaluation:
         return asdict(self)
 
 
-def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, class_names=CLASS_NAMES, top_pairs: int = 5) -> Evaluation:
+def evaluate_logits(
+    logits: torch.Tensor, labels: torch.Tensor, class_names=CLASS_NAMES, top_pairs: int = 5
+) -> Evaluation:
     labels = labels.long()
     predicted = logits.argmax(1)
     cm = metrics.confusion_matrix(labels, predicted, len(class_names))
     per_class = [
-        {**asdict(r), "accuracy": r.recall, "errors": r.errors} for r in metrics.per_class_report(cm, tuple(class_names))
+        {**asdict(r), "accuracy": r.recall, "errors": r.errors}
+        for r in metrics.per_class_report(cm, tuple(class_names))
     ]
     pairs = [
         {

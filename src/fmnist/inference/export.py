@@ -45,6 +45,7 @@ MIN_TOP1_AGREEMENT = 0.999
 MAX_INT8_DROP_PP = 0.5
 CALIBRATION_IMAGES = 1024
 
+
 def file_metadata(meta: dict[str, Any], quantization: str = "none") -> dict[str, str]:
     """The facts a consumer needs to use the file without fmnist, as strings."""
     from fmnist.inference.ensemble_model import tta_summary
@@ -187,8 +188,10 @@ def quantize_int8(blob: bytes, calibration: np.ndarray, meta: dict[str, Any]) ->
             op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_exclude=first_conv,
         )  # fmt: skip
         proto = onnx.load(str(int8))
-    note = (f"int8 static (QDQ, per-channel weights, MinMax calibration on {len(calibration)} training images; "
-            "first convolution and normalisation layers kept in float32)")
+    note = (
+        f"int8 static (QDQ, per-channel weights, MinMax calibration on {len(calibration)} training images; "
+        "first convolution and normalisation layers kept in float32)"
+    )
     _set_metadata(proto, file_metadata(meta, quantization=note))
     return proto.SerializeToString()
 

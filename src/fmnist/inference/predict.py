@@ -94,7 +94,9 @@ class Predictor:
         from fmnist.inference.evaluate import predict
 
         x = normalize(images, self.mean, self.std)
-        return predict(self.model, x, batch_size=batch_size, precision=self.precision, **tta_settings(self.meta)).numpy()
+        return predict(
+            self.model, x, batch_size=batch_size, precision=self.precision, **tta_settings(self.meta)
+        ).numpy()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return softmax(self.logits(images))

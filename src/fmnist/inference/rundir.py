@@ -85,7 +85,9 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise RunLockedError(f"{self.path.parent}: another fmnist process is writing to this run directory") from None
+                raise RunLockedError(
+                    f"{self.path.parent}: another fmnist process is writing to this run directory"
+                ) from None
             # The holder we waited on may have removed the file between our open and our lock:
             # a lock on that orphaned file guards nothing, so start again on the file there now.
             if _same_file(fd, self.path):

@@ -117,13 +117,20 @@ def lenet5(num_classes: int = NUM_CLASSES) -> Classifier:
 def conv_pool_block(c_in: int, c_out: int) -> list[nn.Module]:
     """3x3 conv, then 2x2 max-pool, then BatchNorm + ReLU: normalising after pooling touches
     4x fewer values, which on a CPU is most of a small net's time (as airbench orders it)."""
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 # fmnist 0.2.0's fastcnn ran its last conv at 7x7 and saved no `pool_before_last_conv`.
 @register_model(family="cnn", legacy_args={"pool_before_last_conv": False})
 def fastcnn(
-    widths: tuple[int, ...] = (16, 48, 96), pool_before_last_conv: bool = True, whiten: bool = False,
+    widths: tuple[int, ...] = (16, 48, 96),
+    pool_before_last_conv: bool = True,
+    whiten: bool = False,
     num_classes: int = NUM_CLASSES,
 ) -> Classifier:
     """fmnist's default: accuracy per CPU-second. Every conv pays for its pixels, so pool early.

@@ -128,8 +128,9 @@ def register_baseline(
 
 def get_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
-        raise UsageError(f"unknown model {name!r}{did_you_mean(name, list_models())}; "
-                         f"available: {', '.join(list_models())}")
+        raise UsageError(
+            f"unknown model {name!r}{did_you_mean(name, list_models())}; available: {', '.join(list_models())}"
+        )
     return _REGISTRY[name]
 
 

@@ -27,8 +27,18 @@ from fmnist.report.options import ReportOptions
 FIGURES_DIR = "figures"
 ABLATION_FILE = "ablation.json"
 BASELINE_IMAGES = 1000  # test images the untrained network is scored on
-__all__ = ["ABLATION_FILE", "BASELINE_IMAGES", "FIGURES_DIR", "EnsembleEntry", "ReportContext", "ReportOptions", "Run",
-           "find_dataset", "load_ensembles", "load_runs"]
+__all__ = [
+    "ABLATION_FILE",
+    "BASELINE_IMAGES",
+    "FIGURES_DIR",
+    "EnsembleEntry",
+    "ReportContext",
+    "ReportOptions",
+    "Run",
+    "find_dataset",
+    "load_ensembles",
+    "load_runs",
+]
 
 
 @dataclass
@@ -163,7 +173,9 @@ def load_ensembles(folder: Path, compare: dict[str, Any] | None) -> list[Ensembl
         seeds_of[entry.get("name", "")] = seeds_of.get(entry.get("name", ""), 0) + 1
     out = []
     for row in compare.get("ensembles", []):
-        names = [m["name"] if seeds_of.get(m["name"], 0) < 2 else f"{m['name']} seed {m['seed']}" for m in row["members"]]
+        names = [
+            m["name"] if seeds_of.get(m["name"], 0) < 2 else f"{m['name']} seed {m['seed']}" for m in row["members"]
+        ]
         path = folder / row["dir"]
         if row.get("error"):
             out.append(EnsembleEntry(row["name"], path, {}, names, row["error"]))

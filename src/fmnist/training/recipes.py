@@ -94,23 +94,45 @@ _WRN_SCHEDULE = {
 }  # fmt: skip
 
 _RECIPES = (
-    Recipe("fast", "fastcnn", "the default: over 93% in 3 epochs, made for accuracy per CPU-second", "cpu", FAST_SETTINGS),
+    Recipe(
+        "fast", "fastcnn", "the default: over 93% in 3 epochs, made for accuracy per CPU-second", "cpu", FAST_SETTINGS
+    ),
     Recipe("mlp-baseline", "mlp_wide", "the MLP baseline of every study", "cpu", MLP_WIDE_SETTINGS),
     Recipe("seed004", "cnn_seed004", "seed 004's CNN and set-up as written (20 epochs)", "cpu", SEED004_SETTINGS),
     # Wider fastcnn, longer, with shifts and the mirror+shift average: the frontier's 94% step.
     # Sized for 10 minutes on a 2-core AVX2 CPU: 555-593 s a run there. 12 epochs, not 10, on
     # validation (93.71% against 93.53% over seeds 0-2). fmnist 0.3.0's 32-96-192 net with its
     # last conv at 7x7 took 27 minutes there for 94.02%.
-    Recipe("cpu-94", "fastcnn", "94% in about 10 minutes: a wider fastcnn, crops, EMA, TTA (12 epochs)", "cpu", {
-        "model_args": {"widths": [24, 72, 144], "pool_before_last_conv": True, "whiten": False},  # the net measured for it
-        "epochs": 12, **_CPU_SCHEDULE,
-    }),  # fmt: skip
+    Recipe(
+        "cpu-94",
+        "fastcnn",
+        "94% in about 10 minutes: a wider fastcnn, crops, EMA, TTA (12 epochs)",
+        "cpu",
+        {
+            "model_args": {
+                "widths": [24, 72, 144],
+                "pool_before_last_conv": True,
+                "whiten": False,
+            },  # the net measured for it
+            "epochs": 12,
+            **_CPU_SCHEDULE,
+        },
+    ),  # fmt: skip
     # fastcnn's pooled design at twice the depth (two convs per stage), 30 epochs (cpu-94: 12) and
     # random erasing: the 95% step, sized for an hour on a 2-core AVX2 CPU. fmnist 0.3's
     # cpu-95, `resnet_small` 48-96-192 x2, trains at ~85 images/s there: 4.5 h a run.
-    Recipe("cpu-95", "fastcnn_deep", "95% on a CPU in an hour: fastcnn at twice the depth, erasing (30 epochs)", "cpu", {
-        "model_args": {"widths": [32, 96, 192]}, "epochs": 30, **_CPU_SCHEDULE, "erase": 0.25,
-    }),  # fmt: skip
+    Recipe(
+        "cpu-95",
+        "fastcnn_deep",
+        "95% on a CPU in an hour: fastcnn at twice the depth, erasing (30 epochs)",
+        "cpu",
+        {
+            "model_args": {"widths": [32, 96, 192]},
+            "epochs": 30,
+            **_CPU_SCHEDULE,
+            "erase": 0.25,
+        },
+    ),  # fmt: skip
     # GPU recipes (issue 29), chosen before any GPU measurement, each from a design already measured.
     # Their targets count training time on one H100 or H200, with --compile auto compiling the step
     # (its time is recorded apart); benchmarks/gpu_speed.py measures them.
@@ -120,33 +142,69 @@ _RECIPES = (
     # nothing more. On a GPU a small net's step is bound by launches, not arithmetic, so batch 256
     # halves the steps (2,580); the learning rate grows by about sqrt(2) with it, and the EMA's
     # horizon (1 / (1 - decay) = 500 steps) stays the ~2.3 epochs it is in cpu-94.
-    Recipe("gpu-fast", "fastcnn_deep", "94% in 5 s on one H100/H200: cpu-95's net, 12 epochs of batch 256", "gpu", {
-        "model_args": {"widths": [32, 96, 192]}, "epochs": 12, **_CPU_SCHEDULE, "batch_size": 256, "lr": 4e-3,
-        "ema": 0.998,
-    }),  # fmt: skip
+    Recipe(
+        "gpu-fast",
+        "fastcnn_deep",
+        "94% in 5 s on one H100/H200: cpu-95's net, 12 epochs of batch 256",
+        "gpu",
+        {
+            "model_args": {"widths": [32, 96, 192]},
+            "epochs": 12,
+            **_CPU_SCHEDULE,
+            "batch_size": 256,
+            "lr": 4e-3,
+            "ema": 0.998,
+        },
+    ),  # fmt: skip
     # gpu-95, >= 95% in <= 30 s: cpu-95 unchanged (95.36% ± 0.09 over 5 runs on a CPU), so the accuracy
     # is a measured one; 12,900 steps of a compiled step at ~2 ms fit the 30 s.
-    Recipe("gpu-95", "fastcnn_deep", "95% in 30 s on one H100/H200: cpu-95's design, compiled (30 epochs)", "gpu", {
-        "model_args": {"widths": [32, 96, 192]}, "epochs": 30, **_CPU_SCHEDULE, "erase": 0.25,
-    }),  # fmt: skip
+    Recipe(
+        "gpu-95",
+        "fastcnn_deep",
+        "95% in 30 s on one H100/H200: cpu-95's design, compiled (30 epochs)",
+        "gpu",
+        {
+            "model_args": {"widths": [32, 96, 192]},
+            "epochs": 30,
+            **_CPU_SCHEDULE,
+            "erase": 0.25,
+        },
+    ),  # fmt: skip
     # gpu-best, >= 96.3%: gpu-wrn16's recipe (95.91% ± 0.06 over 3 runs) on a twice-as-wide WRN-16-8
     # for twice the epochs. The leaderboard's 96.3% is WRN-28-10 with random erasing; WRN-16-8 has
     # 30% of its FLOPs (2.4 GFLOPs an image), so 80 epochs take minutes, not an hour.
-    Recipe("gpu-best", "wrn", "96.3%, the best single model, on a GPU: WRN-16-8, erasing, 80 epochs", "gpu", {
-        "model_args": {"depth": 16, "widen_factor": 8}, **_WRN_SCHEDULE, "epochs": 80,
-    }),  # fmt: skip
+    Recipe(
+        "gpu-best",
+        "wrn",
+        "96.3%, the best single model, on a GPU: WRN-16-8, erasing, 80 epochs",
+        "gpu",
+        {
+            "model_args": {"depth": 16, "widen_factor": 8},
+            **_WRN_SCHEDULE,
+            "epochs": 80,
+        },
+    ),  # fmt: skip
     # WRN-16-4 with random erasing, 40 epochs: gpu-best until issue 29 (its measured figures, recorded
     # under that name, are this recipe's).
-    Recipe("gpu-wrn16", "wrn16_4", "95.9% on a GPU in minutes: WRN-16-4, erasing (40 epochs)", "gpu", {
-        **_WRN_SCHEDULE, "epochs": 40,
-    }),  # fmt: skip
+    Recipe(
+        "gpu-wrn16",
+        "wrn16_4",
+        "95.9% on a GPU in minutes: WRN-16-4, erasing (40 epochs)",
+        "gpu",
+        {
+            **_WRN_SCHEDULE,
+            "epochs": 40,
+        },
+    ),  # fmt: skip
 )
 RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
 
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise UsageError(f"unknown recipe {name!r}{did_you_mean(name, tuple(RECIPES))}; available: {', '.join(RECIPES)}")
+        raise UsageError(
+            f"unknown recipe {name!r}{did_you_mean(name, tuple(RECIPES))}; available: {', '.join(RECIPES)}"
+        )
     return RECIPES[name]
 
 

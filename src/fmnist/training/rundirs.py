@@ -39,8 +39,11 @@ def environment_info() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_isa": cpu_isa(),  # the level fmnist used (after any ONEDNN_MAX_CPU_ISA cap)
         "cpu_isa_hardware": hardware_isa(),
-        "isa_caps": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
-                     if k in os.environ},
+        "isa_caps": {
+            k: os.environ[k]
+            for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+            if k in os.environ
+        },
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

@@ -293,7 +293,9 @@ class Trainer:
             return None, None
         val_logits = predict(self.evaluated_model, self.val_x, batch_size=self.eval_batch_size,
                              precision=self.precision, tta=self.config.tta, blank=self.blank)  # fmt: skip
-        return F.cross_entropy(val_logits, self.val_y).item(), (val_logits.argmax(1) == self.val_y).float().mean().item()
+        return F.cross_entropy(val_logits, self.val_y).item(), (
+            val_logits.argmax(1) == self.val_y
+        ).float().mean().item()
 
     def _end_epoch(self) -> bool:
         """Validate, record, keep the best weights, save state; True when training should stop."""
@@ -346,7 +348,9 @@ class Trainer:
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
         model.eval()
-        test_x = normalize(torch.from_numpy(self.dataset.test_images).to(self.device), config.input_mean, config.input_std)
+        test_x = normalize(
+            torch.from_numpy(self.dataset.test_images).to(self.device), config.input_mean, config.input_std
+        )
         test_logits = predict(model, test_x, batch_size=self.eval_batch_size, precision=self.precision,
                               tta=config.tta, blank=self.blank)  # fmt: skip
         result = RunResult(

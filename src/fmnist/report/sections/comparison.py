@@ -133,7 +133,9 @@ def _ensemble_rows(ctx: ReportContext, published: dict[str, Any], first_mean: fl
         weights = [m["weight"] for m in r["members"]]
         chosen = {name for name, w in zip(e.member_names, weights) if w > 0}
         size = sum(m.results.get("size_mb") or 0.0 for m in ctx.runs if m.name in chosen)
-        rule = selection_summary(r.get("select"), e.member_names, weights, bool(r.get("model_args", {}).get("weighted")))
+        rule = selection_summary(
+            r.get("select"), e.member_names, weights, bool(r.get("model_args", {}).get("weighted"))
+        )
         rows.append([label, "`ensemble`", count(r["params"]), f"{size:.2f}",
                      f"{pct(r['test_accuracy'])} ({points(r['gain_over_best_member'])} vs best member; {rule})",
                      points(r["test_accuracy"] - first_mean), pub, "—", "—"])  # fmt: skip
