@@ -135,7 +135,8 @@ def test_seeds_1_with_ensemble_is_a_usage_error(tmp_path):
 
 def test_greedy_ensembles_of_seeds_need_one_split_seed(tmp_path):
     """Each seed draws its own hold-out unless --split-seed is given: greedy would have nothing to choose on."""
-    result = run_cli("compare", "--models", "mlp", "--seeds", "2", "--ensemble", "--out", str(tmp_path / "x"))
+    result = run_cli("compare", "--models", "mlp", "--seeds", "2", "--ensemble", "--ensemble-select", "greedy",
+                     "--split-seed", "-1", "--out", str(tmp_path / "x"))  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.strip()]
     assert "chosen greedily" in line and "--split-seed" in line and "--ensemble-select all" in line
@@ -201,7 +202,7 @@ def test_an_ensembles_table_can_ask_for_a_plain_average(tmp_path):
     with pytest.raises(UsageError, match="unknown ensemble selection"):
         plan.resolve()
     # a table asking for greedy over runs that hold out different images is refused before training
-    no_holdout = plan_from_file(_config(tmp_path, '[[ensembles]]\nname = "ab"\nmembers = ["a", "b"]\n',
+    no_holdout = plan_from_file(_config(tmp_path, '[[ensembles]]\nname = "ab"\nmembers = ["a", "b"]\nselect = "greedy"\n',
                                          top="[defaults]\nval_size = 0\n"))  # fmt: skip
     with pytest.raises(UsageError, match="hold out no validation images"):
         no_holdout.resolve()

@@ -184,7 +184,7 @@ def test_bad_ensembles_are_refused_with_one_line(runs, built, tmp_path: Path):
         build_ensemble(members, tmp_path / "wg", dataset=dataset, weighted=True)
     # greedy chooses on a validation split the members share; these two drew theirs from their own seeds
     with pytest.raises(UsageError, match="shared validation split.*held out different.*--select all"):
-        build_ensemble(members, tmp_path / "g", dataset=dataset)
+        build_ensemble(members, tmp_path / "g", dataset=dataset, select="greedy")
     assert not (tmp_path / "g").exists()  # refused before the folder was made
     with pytest.raises(UsageError, match="member's run directory"):
         build_ensemble(members, members[0], dataset=dataset)

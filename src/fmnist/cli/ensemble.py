@@ -17,12 +17,13 @@ def ensemble_cmd(
     out: Path | None = typer.Option(
         None, "--out", "-o", show_default=False, help="Ensemble directory to write (required unless --validation-only)"
     ),  # fmt: skip
-    select: Select = typer.Option(
-        DEFAULT_SELECT,
+    select: Select | None = typer.Option(
+        None,
         "--select",
+        show_default=False,
         help="greedy: forward selection with replacement on the members' shared validation "
         "split, from the best member on (never below it there); all: average every "
-        "member",
+        f"member [default: {DEFAULT_SELECT}, or all when the runs share no validation split]",
     ),  # fmt: skip
     max_steps: int = typer.Option(
         MAX_STEPS, "--greedy-steps", min=0, help="greedy: the most additions after the first member"
@@ -48,7 +49,7 @@ def ensemble_cmd(
         raise UsageError("--validation-only writes nothing; drop --out")
     if not validation_only and out is None:
         raise UsageError("--out DIR is required: where to write the ensemble (or score it with --validation-only)")
-    rule = str(value(select))
+    rule = value(select)
     check_select(rule, weighted)
     dataset = resolve_dataset(str(data_dir) if data_dir else None, notify=notify)
 
@@ -60,15 +61,16 @@ def ensemble_cmd(
         from fmnist.inference.ensemble_build import validate_ensemble
 
         scores = validate_ensemble(run_dirs, dataset=dataset, **options)
-        table = Table("member", "validation accuracy", "weight", title=f"Ensemble members (validation, select {rule})")
+        title = f"Ensemble members (validation, select {scores['selection']['rule']})"
+        table = Table("member", "validation accuracy", "weight", title=title)
         for run_dir, acc, w in zip(scores["run_dirs"], scores["members"], scores["weights"]):
             table.add_row(run_dir, f"{100 * acc:.2f}%", _weight(w))
         console.print(table)
         console.print(f"ensemble: {_validation_line(scores)}", markup=False, highlight=False)
         return
-    results = build_ensemble(run_dirs, out, dataset=dataset, overwrite=overwrite, **options)
+    results = build_ensemble(run_dirs, out, dataset=dataset, overwrite=overwrite, notify=notify, **options)
     table = Table("member", "model", "validation accuracy", "test accuracy", "weight",
-                  title=f"Ensemble members (select {rule})")  # fmt: skip
+                  title=f"Ensemble members (select {results['select']})")  # fmt: skip
     for m in results["members"]:
         val = m.get("validation_accuracy")
         table.add_row(str(m.get("run_dir", "")), m["model"], "–" if val is None else f"{100 * val:.2f}%",

@@ -88,6 +88,8 @@ def build_planned_ensemble(planned: PlannedEnsemble, out_dir: Path, dataset: Fas
     row: dict[str, Any] = {"name": planned.name, "kind": planned.kind, "dir": planned.folder, "select": planned.select,
                            "members": members}  # fmt: skip
     device = resolve_device(planned.members[0].config.device).type
+    if planned.note:
+        step(f"ensemble {planned.name}: {planned.note}")
     try:
         results = build_ensemble([out_dir / m.run_name for m in planned.members], out_dir / planned.folder,
                                  dataset=dataset, select=planned.select, device=device, overwrite=True,

@@ -13,7 +13,7 @@ from typing import Any
 
 from fmnist.config import FIELD_TYPES, LEGACY_KEYS, TrainConfig, read_toml
 from fmnist.errors import UsageError
-from fmnist.inference.ensemble_select import DEFAULT_SELECT, SELECT_RULES
+from fmnist.inference.ensemble_select import DEFAULT_SELECT, SELECT_RULES, fallback_note
 from fmnist.inference.rundir import CONFIG_FILE
 from fmnist.models.registry import get_entry
 from fmnist.training.recipes import build_config
@@ -64,6 +64,7 @@ class PlannedEnsemble:
     kind: str  # "seeds": one run name's seeds; "runs": runs named in [[ensembles]]
     members: tuple[PlannedRun, ...]
     select: str = DEFAULT_SELECT  # how its members are chosen (fmnist.inference.ensemble_select)
+    note: str = ""  # why the default rule became "all": its members share no validation split
 
     @property
     def folder(self) -> str:
@@ -81,8 +82,9 @@ class ComparePlan:
     ensembles: list[EnsembleSpec] = field(default_factory=list)
     select: str | None = None  # `compare --ensemble-select`: every ensemble's rule, over each table's own
 
-    def select_for(self, spec: EnsembleSpec | None = None) -> str:
-        return self.select or (spec.select if spec else None) or DEFAULT_SELECT
+    def select_for(self, spec: EnsembleSpec | None = None) -> str | None:
+        """The rule asked for, or None for the default (`_planned_ensemble`)."""
+        return self.select or (spec.select if spec else None)
 
     def check_ensembles(self, where: str = "compare") -> None:
         """Ensemble settings that cannot work fail here, before anything trains."""
@@ -116,13 +118,13 @@ class ComparePlan:
             by_name.setdefault(run.spec_name, []).append(run)
         out = []
         if self.ensemble:
-            out += [PlannedEnsemble(name, "seeds", tuple(runs), self.select_for())
+            out += [_planned_ensemble(name, "seeds", tuple(runs), self.select_for())
                     for name, runs in by_name.items() if len(runs) > 1]  # fmt: skip
         for e in self.ensembles:
             for k in range(self.seeds):  # with several seeds, one ensemble of the k-th seed of each member
                 members = tuple(by_name[m][k] for m in e.members)
                 name = e.name if self.seeds == 1 else f"{e.name}-seed{members[0].config.seed}"
-                out.append(PlannedEnsemble(name, "runs", members, self.select_for(e)))
+                out.append(_planned_ensemble(name, "runs", members, self.select_for(e)))
         return out
 
     def resolve(self, overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
@@ -140,16 +142,28 @@ class ComparePlan:
         return planned
 
 
+def _holdout_problem(members: tuple[PlannedRun, ...]) -> str:
+    """Why `members` share no validation split to choose on, or "" when they do."""
+    holdouts = {(run.config.val_size, run.config.validation_seed) for run in members}
+    if any(size <= 0 for size, _ in holdouts):
+        return "some of its runs hold out no validation images (val_size 0)"
+    if len(holdouts) > 1:
+        return "its runs hold out different validation images (the split seed follows each run's seed)"
+    return ""
+
+
+def _planned_ensemble(name: str, kind: str, members: tuple[PlannedRun, ...], select: str | None) -> PlannedEnsemble:
+    """With no rule asked for, greedy where the members share a validation split, else all of them with a note."""
+    if select is None and _holdout_problem(members):
+        size_zero = any(run.config.val_size <= 0 for run in members)
+        note = fallback_note("some of these runs held out no validation images") if size_zero else fallback_note()
+        return PlannedEnsemble(name, kind, members, "all", note)
+    return PlannedEnsemble(name, kind, members, select or DEFAULT_SELECT)
+
+
 def check_greedy_holdout(ensemble: PlannedEnsemble) -> None:
     """Greedy selection needs one validation split its members all held out: fail before anything trains."""
-    if ensemble.select != "greedy":
-        return
-    holdouts = {(run.config.val_size, run.config.validation_seed) for run in ensemble.members}
-    if any(size <= 0 for size, _ in holdouts):
-        problem = "some of its runs hold out no validation images (val_size 0)"
-    elif len(holdouts) > 1:
-        problem = "its runs hold out different validation images (the split seed follows each run's seed)"
-    else:
+    if ensemble.select != "greedy" or not (problem := _holdout_problem(ensemble.members)):
         return
     raise UsageError(f"ensemble {ensemble.name!r} is chosen greedily on its members' shared validation split, but "
                      f"{problem}: give them one --split-seed (split_seed in [defaults]) and a val_size, or average "

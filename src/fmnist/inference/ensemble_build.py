@@ -9,7 +9,7 @@ Each run holds out `val_size` training images drawn by its split seed (`split_se
 seed when that is -1). Only members that held out the same images, from the same training file,
 can be averaged on them: any other member trained on some of those images. Train the runs that
 an ensemble will compare with one `split_seed`; runs with different hold-outs get a reason
-instead of figures.
+instead of figures, and unless greedy selection was asked for by name, every one of them is averaged.
 """
 
 from __future__ import annotations
@@ -43,15 +43,24 @@ from fmnist.inference.ensemble_model import (
     member_probabilities,
     members_of,
 )
-from fmnist.inference.ensemble_select import DEFAULT_SELECT, MAX_STEPS, SELECT_RULES, greedy_select, score
+from fmnist.inference.ensemble_select import (
+    DEFAULT_SELECT,
+    DIFFERENT_HOLDOUTS,
+    MAX_STEPS,
+    SELECT_RULES,
+    fallback_note,
+    greedy_select,
+    score,
+)
 from fmnist.inference.evaluate import evaluate_logits
 from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, prepare_run_dir, read_results
 
 
-def check_select(select: str, weighted: bool) -> None:
-    if select not in SELECT_RULES:
+def check_select(select: str | None, weighted: bool) -> None:
+    """`select` None is the default rule: greedy where the members share a validation split, else all."""
+    if select is not None and select not in SELECT_RULES:
         raise UsageError(f"unknown selection rule {select!r} (known: {', '.join(SELECT_RULES)})")
-    if weighted and select != "all":
+    if weighted and (select or DEFAULT_SELECT) != "all":
         raise UsageError("--weighted weights a plain average of every member: use it with --select all "
                          "(greedy selection sets its own weights)")  # fmt: skip
 
@@ -121,6 +130,9 @@ def _pairwise_disagreement(predicted: torch.Tensor) -> list[dict[str, Any]]:
     ]
 
 
+_DIFFERENT = "the members held out different validation images"  # shared_holdout's reason, as it begins
+
+
 def _holdout(member: Member) -> tuple[int, int] | str:
     """(val_size, hold-out seed) from a member's config.toml, or why it has none to share."""
     path = Path(member.folder) / CONFIG_FILE
@@ -147,7 +159,7 @@ def shared_holdout(members: list[Member], dataset) -> tuple[int, int] | str:
         holdouts.append(holdout)
     if len(set(holdouts)) > 1:
         listed = ", ".join(f"{m.folder.name}: {size} by seed {seed}" for m, (size, seed) in zip(members, holdouts))
-        return (f"the members held out different validation images ({listed}); "
+        return (f"{_DIFFERENT} ({listed}); "
                 "train them with one --split-seed to compare them on validation")  # fmt: skip
     val_size, seed = holdouts[0]
     if val_size >= len(dataset.train_labels):
@@ -177,11 +189,26 @@ def _no_shared_split(reason: str) -> str:
             "(or average every member with --select all)")  # fmt: skip
 
 
+def applied_rule(select: str | None, holdout: tuple[int, int] | str) -> tuple[str, str | None]:
+    """(the rule that runs, a note for the user or None): the default falls back to `all` without a shared split.
+
+    `holdout` is `shared_holdout`'s answer; greedy asked for by name without one is refused.
+    """
+    shared = not isinstance(holdout, str)
+    if select is None:
+        if shared:
+            return DEFAULT_SELECT, None
+        return "all", fallback_note(DIFFERENT_HOLDOUTS if holdout.startswith(_DIFFERENT) else holdout)
+    if select == "greedy" and not shared:
+        raise UsageError(_no_shared_split(holdout))
+    return select, None
+
+
 def choose(
     members: list[Member],
     dataset,
     *,
-    select: str = DEFAULT_SELECT,
+    select: str | None = None,
     weighted: bool = False,
     max_steps: int = MAX_STEPS,
     precision: str = "auto",
@@ -192,12 +219,12 @@ def choose(
     The validation scores are {"shared": True, "val_size", "split_seed", "accuracy", "loss",
     "members": [accuracy, ...], "best_member", "gain_over_best_member"} for the chosen weights, or
     {"shared": False, "reason"} when the members held out different images: `all` then still
-    averages them, `greedy` has nothing to choose on and raises a UsageError.
+    averages them, `greedy` has nothing to choose on and raises a UsageError, and the default
+    (None) averages them all (`applied_rule`).
     """
     check_select(select, weighted)
     holdout = shared_holdout(members, dataset)
-    if isinstance(holdout, str) and select == "greedy":
-        raise UsageError(_no_shared_split(holdout))
+    select, _ = applied_rule(select, holdout)
     weights = member_weights(members, weighted) if select == "all" else []
     if isinstance(holdout, str):
         return weights, {"shared": False, "reason": holdout}, {"rule": select, "weighted": weighted}
@@ -220,20 +247,22 @@ def build_ensemble(
     out_dir: Path,
     *,
     dataset,
-    select: str = DEFAULT_SELECT,
+    select: str | None = None,
     weighted: bool = False,
     max_steps: int = MAX_STEPS,
     precision: str = "auto",
     device: str = "cpu",
     overwrite: bool = False,
     step: Callable[[str], None] = lambda _: None,
+    notify: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Choose the members on validation (`select`), then score the ensemble on `dataset`'s test split once; write it.
 
     Returns what results.json holds. Members must share class names; each is run with its own
     normalisation and TTA. `select` is "greedy" (fmnist.inference.ensemble_select; needs a shared
-    validation split) or "all" (every member; `weighted` weights each by its best validation
-    accuracy). Every member is still scored on the test set for its own row; members not chosen
+    validation split), "all" (every member; `weighted` weights each by its best validation
+    accuracy) or None: greedy where the members share a validation split, else all, and `notify`
+    hears why (ensemble_select.fallback_note). Every member is still scored on the test set for its own row; members not chosen
     get weight 0 and take no part in the ensemble's figure. `step` hears a label before each
     member is scored (for a progress display).
     """
@@ -243,11 +272,12 @@ def build_ensemble(
     if any(out_dir.resolve() == m.folder.resolve() for m in members):
         raise UsageError(f"{out_dir}: is a member's run directory; choose another --out")
     # What can be refused is refused before any folder is made.
-    if select == "greedy" and isinstance(holdout := shared_holdout(members, dataset), str):
-        raise UsageError(_no_shared_split(holdout))
+    select, note = applied_rule(select, shared_holdout(members, dataset))
     if select == "all":
         member_weights(members, weighted)
     prepare_run_dir(out_dir, overwrite=overwrite)
+    if note:
+        notify(note)
 
     precision = resolve_precision(precision, torch.device(device))
     weights, validation, selection = choose(members, dataset, select=select, weighted=weighted, max_steps=max_steps,
@@ -311,7 +341,7 @@ def validate_ensemble(
     run_dirs: list[Path],
     *,
     dataset,
-    select: str = DEFAULT_SELECT,
+    select: str | None = None,
     weighted: bool = False,
     max_steps: int = MAX_STEPS,
     precision: str = "auto",

@@ -34,6 +34,14 @@ STOPPED_NO_GAIN = "no addition improves validation"
 STOPPED_MAX_STEPS = "max steps reached"
 
 
+DIFFERENT_HOLDOUTS = "these runs held out different validation images"
+
+
+def fallback_note(cause: str = DIFFERENT_HOLDOUTS) -> str:
+    """The one line a user hears when no rule was asked for and greedy has no shared split to choose on."""
+    return f"note: {cause}, so every member is averaged (greedy selection needs one shared split)"
+
+
 @dataclass(frozen=True)
 class Score:
     correct: int  # validation images the (weighted) average gets right
