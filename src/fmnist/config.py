@@ -15,7 +15,7 @@ from typing import Any, get_origin, get_type_hints
 import tomli_w
 
 from fmnist.constants import EVAL_BATCH_SIZE, FMNIST_MEAN, FMNIST_STD, NUM_CLASSES, TTA_LEVELS
-from fmnist.data.splits import FOLLOW_RUN_SEED, holdout_seed
+from fmnist.data.splits import FOLLOW_RUN_SEED, SHARED_SPLIT_SEED, holdout_seed, saved_split_seed
 from fmnist.device import COMPILE_MODES, DEVICES, PRECISIONS
 from fmnist.errors import UsageError
 
@@ -77,8 +77,8 @@ class TrainConfig:
     std: float = FMNIST_STD
     val_size: int = setting(5000, "Validation images held out.")
     # draws the validation hold-out; -1 = the run's seed (fmnist.data.splits)
-    split_seed: int = setting(FOLLOW_RUN_SEED, "Seed of the validation hold-out; one value for runs an ensemble "
-                              "will compare (-1 = --seed).")  # fmt: skip
+    split_seed: int = setting(SHARED_SPLIT_SEED, "Seed of the validation hold-out: runs with one split seed hold "
+                              "out the same images, so an ensemble can choose among them (-1 = --seed).")  # fmt: skip
     early_stopping: int = setting(0, "Patience in epochs (0 = off).")
     seed: int = setting(0, "Seed of every random draw.")
     device: str = setting("auto", "Where to train.", choices=DEVICES)
@@ -251,9 +251,22 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
         raise UsageError(f"{path}: invalid TOML ({exc})") from None
 
 
+def saved_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's values (a run's config.toml, its resumable state) as the fmnist that wrote them
+    meant them: a split_seed it lacks follows the run's seed, model arguments it lacks take the values
+    that rebuild its checkpoints (fmnist.models.registry.saved_model_args); other keys, today's defaults."""
+    from fmnist.models.registry import saved_model_args
+
+    values = {**values, "split_seed": saved_split_seed(values)}
+    model, args = values.get("model", TrainConfig.model), values.get("model_args") or {}
+    if isinstance(model, str) and isinstance(args, dict):
+        values["model_args"] = saved_model_args(model, args)
+    return values
+
+
 def load_config_file(path: Path) -> TrainConfig:
     """A saved `config.toml` (as written into run directories) back into a TrainConfig."""
-    values = read_toml(path)
+    values = saved_values(read_toml(path))
     config = TrainConfig()
     apply_overrides(config, values, f"{path}")
     return config.validate()

@@ -9,9 +9,11 @@ import numpy as np
 
 from fmnist.constants import NUM_CLASSES
 
-# split_seed's value meaning "no seed of its own: the run's seed draws the hold-out" (the default,
-# so each seed of a study holds out other images; set one split_seed to share a validation split).
+# split_seed's value meaning "no seed of its own: the run's seed draws the hold-out", so each seed of
+# a study holds out other images. The default is a split seed of its own (0, which draws what seed 0's
+# run always drew), so runs of one model with different seeds share their validation split.
 FOLLOW_RUN_SEED = -1
+SHARED_SPLIT_SEED = 0
 
 
 def holdout_seed(seed: int, split_seed: int = FOLLOW_RUN_SEED) -> int:
@@ -19,11 +21,16 @@ def holdout_seed(seed: int, split_seed: int = FOLLOW_RUN_SEED) -> int:
     return seed if split_seed == FOLLOW_RUN_SEED else split_seed
 
 
+def saved_split_seed(config: Mapping[str, Any]) -> int:
+    """A saved run's split_seed (config.toml, resumable state): a file without one was written before
+    split_seed existed (fmnist 0.3.1 and before), when the run's seed drew the hold-out."""
+    return int(config.get("split_seed", FOLLOW_RUN_SEED))
+
+
 def saved_holdout(config: Mapping[str, Any]) -> tuple[int, int]:
-    """(val_size, hold-out seed) of a run from its saved config values (config.toml); keys it lacks take
-    their defaults, as in files from before split_seed existed."""
+    """(val_size, hold-out seed) of a run from its saved config values (config.toml)."""
     val_size, seed = int(config.get("val_size", 0) or 0), int(config.get("seed", 0) or 0)
-    return val_size, holdout_seed(seed, int(config.get("split_seed", FOLLOW_RUN_SEED)))
+    return val_size, holdout_seed(seed, saved_split_seed(config))
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
