@@ -59,7 +59,7 @@ def train_members(out: Path, data, max_steps: int | None, val_size: int | None) 
         started = time.perf_counter()
         train(out=run_dir, data=data, progress=False, overwrite=True, split_seed=SPLIT_SEED, max_steps=max_steps,
               val_size=val_size, **settings)  # fmt: skip
-        best_val = read_results(run_dir)["best_val_accuracy"]  # its test accuracy stays unread until the choice
+        best_val = read_results(run_dir).best_val_accuracy  # its test accuracy stays unread until the choice
         print(f"  {name}: validation {100 * best_val:.2f}% in {time.perf_counter() - started:.0f} s", flush=True)
     return reused
 
@@ -76,7 +76,7 @@ def main() -> None:
     data = load_data(args.data_dir)
     print(f"training {len(MEMBERS)} runs into {args.out} (split seed {SPLIT_SEED}) ...", flush=True)
     reused = train_members(args.out, data, args.max_steps, args.val_size)
-    train_seconds = {name: read_results(args.out / name).get("train_seconds") for name in MEMBERS}
+    train_seconds = {name: read_results(args.out / name).train_seconds for name in MEMBERS}
 
     validation = {}
     for design, names in DESIGNS.items():

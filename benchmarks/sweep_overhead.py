@@ -27,7 +27,7 @@ from fmnist.device import cpu_model
 from fmnist.experiments.ray_runtime import RaySession
 from fmnist.inference.rundir import prepare_run_dir
 from fmnist.training.recipes import build_config
-from fmnist.training.rundirs import train_into
+from fmnist.training.run_writer import train_into
 
 LRS = [1e-3 * 1.5**k for k in range(16)]  # learning rates of the runs, all sensible for the MLP
 

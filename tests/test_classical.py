@@ -20,7 +20,7 @@ from fmnist.models import create_model
 from fmnist.models.registry import check_model_args, get_entry
 from fmnist.training.baselines import fit_baseline
 from fmnist.training.recipes import build_config
-from fmnist.training.rundirs import RunDirWriter
+from fmnist.training.run_writer import RunDirWriter
 from fmnist.training.trainer import fit
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fmnist"
@@ -44,7 +44,7 @@ def test_each_baseline_learns_and_writes_a_run_directory(name, tiny_dataset, tmp
     assert net_keys <= set(results), net_keys - set(results)
     assert results["model"] == name and results["classical"]["library"] == "scikit-learn"
     assert results["params"] > 0 and results["size_mb"] > 0
-    assert [r["epoch"] for r in read_history(run_dir)] == [1]
+    assert [r.epoch for r in read_history(run_dir)] == [1]
     assert (run_dir / "config.toml").is_file() and (run_dir / "environment.json").is_file()
     linear = name in ("logreg", "linear_svc")
     assert (run_dir / "model.safetensors").is_file() == linear

@@ -73,7 +73,7 @@ def test_a_compiled_run_trains_like_the_eager_one_and_keeps_compile_time_apart(t
     assert calls.calls == ["start compiled=True", "compiled", "step", "step", "step", "step"]
     assert compiled.compiled and compiled.compile_seconds > 0
     assert not eager.compiled and eager.compile_seconds == 0
-    summary = compiled.summary()
+    summary = compiled.to_results().to_json()
     assert summary["compiled"] is True and summary["compile_seconds"] > 0
     assert summary["train_seconds"] < summary["compile_seconds"]  # 4 tiny steps against a compile
     (e,), (c,) = eager.history, compiled.history

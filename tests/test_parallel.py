@@ -94,12 +94,12 @@ def test_jobs_give_the_bits_of_the_same_runs_trained_here_with_as_many_threads(r
     for name in names:
         a, b = tmp_path / "here" / name, tmp_path / "jobs" / name
         assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-        history_a, history_b = read_history(a), read_history(b)
+        history_a, history_b = ([row.to_json() for row in read_history(p)] for p in (a, b))
         assert len(history_a) == len(history_b) >= 1
         for row_a, row_b in zip(history_a, history_b):
             for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "steps"):
                 assert row_a[key] == row_b[key], (name, key)
-        ra, rb = read_results(a), read_results(b)
+        ra, rb = read_results(a).to_json(), read_results(b).to_json()
         for key in ("test_accuracy", "test_loss", "best_epoch", "best_val_accuracy", "confusion", "steps"):
             assert ra[key] == rb[key], (name, key)
     assert heard[0] == "4 run(s), 2 at a time, 1 CPU thread(s) each"
@@ -201,7 +201,7 @@ def test_every_multi_run_command_takes_jobs(command, runs, real_data_dir, tmp_pa
     assert {p.name for p in out.iterdir()} >= runs | {"compare.json"}
     for name in runs:
         assert f"{name}: test accuracy" in result.stdout + result.stderr
-        assert read_results(out / name)["test_accuracy"] > 0.1
+        assert read_results(out / name).test_accuracy > 0.1
 
 
 @pytest.mark.parametrize(
@@ -245,7 +245,7 @@ def test_jobs_share_one_cuda_gpu(real_dataset, tmp_path):
     summary = run_compare(_plan(), tmp_path / "gpu", real_dataset, overrides=overrides, executor=executor)
     assert len(summary["runs"]) == 4
     for run in summary["runs"]:
-        assert read_results(tmp_path / "gpu" / run["run_dir"])["device"].startswith("cuda")
+        assert read_results(tmp_path / "gpu" / run["run_dir"]).device.startswith("cuda")
     assert _all_ended(executor)
 
 

@@ -23,7 +23,7 @@ from fmnist.inference.predict import Predictor, softmax
 from fmnist.inference.rundir import prepare_run_dir
 from fmnist.models import create_model
 from fmnist.training.recipes import build_config
-from fmnist.training.rundirs import RunDirWriter
+from fmnist.training.run_writer import RunDirWriter
 from fmnist.training.trainer import fit
 
 Image = pytest.importorskip("PIL.Image")

@@ -43,7 +43,7 @@ from fmnist.report.sections import explain
 from fmnist.report.sections.comparison import class_winners
 from fmnist.report.sections.results import group_share
 from fmnist.training.recipes import build_config
-from fmnist.training.rundirs import RunDirWriter
+from fmnist.training.run_writer import RunDirWriter
 from fmnist.training.trainer import fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

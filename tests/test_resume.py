@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -9,12 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 from safetensors.torch import load_file
 
 from conftest import default_sigint, run_cli
+from fmnist.config import TrainConfig, setting
+from fmnist.errors import CheckpointError
+from fmnist.training.recipes import build_config
+from fmnist.training.results import StopSignal, TrainCallback
+from fmnist.training.trainer import Trainer, TrainingInterrupted, fit
 
 TRAIN_ARGS = ["--model", "mlp", "--model-arg", "hidden=[64]", "--epochs", "6", "--batch-size", "32",
               "--val-size", "100", "--flip", "--translate", "1", "--erase", "0.2", "--scheduler", "onecycle",
@@ -149,3 +157,79 @@ def test_second_run_on_a_locked_directory_fails_clearly(reference):
     finally:
         first.kill()
         first.wait()
+
+
+class StopAt(TrainCallback):
+    """Asks the run to stop after step `step`, as Ctrl-C would."""
+
+    def __init__(self, stop: StopSignal, step: int) -> None:
+        self.stop, self.step = stop, step
+
+    def on_step(self, step, *args) -> None:
+        if step == self.step:
+            self.stop.request()
+
+
+@dataclasses.dataclass
+class NewerConfig(TrainConfig):
+    """TrainConfig as a later fmnist may declare it: one setting more, which older states never saved."""
+
+    new_setting: float = setting(0.5, "A setting added after the state was saved.")
+
+
+def test_a_setting_added_since_the_state_was_saved_takes_its_default_and_the_run_resumes(tiny_dataset, tmp_path):
+    config = build_config("mlp", cli_values={"model_args": {"hidden": [32]}, "epochs": 3, "batch_size": 64,
+                                             "val_size": 100, "seed": 1, "flip": True, "ema": 0.9})  # fmt: skip
+    reference = fit(config, tiny_dataset)
+    stop = StopSignal()
+    with pytest.raises(TrainingInterrupted):  # mid-epoch 2: a state with history, best weights and sums
+        Trainer(config, tiny_dataset, [StopAt(stop, 14)], state_dir=tmp_path, stop=stop).run()
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 2
+    newer = NewerConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+    trainer = Trainer(newer, tiny_dataset, state_dir=tmp_path)
+    trainer.resume()
+    resumed = trainer.run()
+    assert resumed.test_logits.equal(reference.test_logits)
+    assert [dataclasses.replace(r, seconds=0, images_per_second=0) for r in resumed.history] == [
+        dataclasses.replace(r, seconds=0, images_per_second=0) for r in reference.history
+    ]
+    for (name, a), b in zip(resumed.model.state_dict().items(), reference.model.state_dict().values(), strict=True):
+        assert a.equal(b), name
+
+
+def test_a_setting_both_configs_have_but_with_another_value_still_refuses(tiny_dataset, tmp_path):
+    config = build_config("mlp", cli_values={"model_args": {"hidden": [16]}, "epochs": 2, "batch_size": 64,
+                                             "val_size": 100})  # fmt: skip
+    stop = StopSignal()
+    with pytest.raises(TrainingInterrupted):
+        Trainer(config, tiny_dataset, [StopAt(stop, 3)], state_dir=tmp_path, stop=stop).run()
+    for changed, said in ((dataclasses.replace(config, lr=2e-3), "lr: 0.001 -> 0.002"),
+                          (NewerConfig(**{**config.to_dict(), "new_setting": 0.7}), "new_setting: 0.5 -> 0.7"),
+                          (dataclasses.replace(config, model_args={"hidden": (32,)}), "model_args")):  # fmt: skip
+        with pytest.raises(CheckpointError, match=rf"saved state belongs to a different configuration \(.*{said}"):
+            Trainer(changed.validate(), tiny_dataset, state_dir=tmp_path).resume()
+
+
+def _drop_setting(run_dir: Path, *keys: str) -> None:
+    """Make a run directory look written by an fmnist from before `keys` existed: config.toml and state."""
+    config = tomllib.loads((run_dir / "config.toml").read_text())
+    state = json.loads((run_dir / "state.json").read_text())
+    for key in keys:
+        del config[key], state["config"][key]
+    (run_dir / "config.toml").write_text(tomli_w.dumps(config))
+    (run_dir / "state.json").write_text(json.dumps(state))
+
+
+def test_a_run_saved_before_split_seed_existed_resumes_on_the_split_of_its_own_seed(reference):
+    """0.3.1 wrote no split_seed: its runs held out what their seed drew, which the new default (0) must not change."""
+    base, data, env = reference
+    seed_1 = ["--seed", "1", "--split-seed", "-1"]  # as every run before split_seed's default became 0
+    expected = train(base / "seed1-follow", data, env, seed_1)
+    assert expected.returncode == 0, expected.stderr
+    run_dir = base / "seed1-old"
+    killed = train(run_dir, data, {**env, "FMNIST_FAULT_KILL_WRITE": "state-:3"}, seed_1)
+    assert killed.returncode == -signal.SIGKILL and json.loads((run_dir / "state.json").read_text())["epoch"] == 3
+    _drop_setting(run_dir, "split_seed", "cutmix")  # cutmix: a setting "added since", left at its default
+    result = resume(run_dir, data, env)
+    assert result.returncode == 0, result.stderr
+    assert_identical(base / "seed1-follow", run_dir)

@@ -13,7 +13,7 @@ from fmnist.inference.checkpoint import load_checkpoint
 from fmnist.inference.rundir import prepare_run_dir, read_history
 from fmnist.training.recipes import build_config
 from fmnist.training.results import TrainCallback
-from fmnist.training.rundirs import RunDirWriter
+from fmnist.training.run_writer import RunDirWriter
 from fmnist.training.trainer import fit
 
 
@@ -30,7 +30,7 @@ def test_learns_the_synthetic_task(tiny_dataset):
     assert result.epochs_run == 3 and len(result.history) == 3
     assert result.history[-1].train_loss < result.history[0].train_loss
     assert 1 <= result.best_epoch <= 3
-    summary = result.summary()
+    summary = result.to_results().to_json()
     for key in ("model", "params", "test_accuracy", "test_loss", "best_epoch", "epochs_run", "train_seconds", "data"):
         assert key in summary
     assert 0 <= summary["test_accuracy"] <= 1
@@ -204,7 +204,7 @@ def test_run_directory_contents(tiny_dataset, tmp_path: Path):
     } <= names
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test_accuracy"] == pytest.approx(result.test_accuracy)
-    assert [row["epoch"] for row in read_history(run_dir)] == [1, 2, 3]
+    assert [row.epoch for row in read_history(run_dir)] == [1, 2, 3]
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["torch"] == torch.__version__
     assert env["precision"] == results["precision"] and env["cpu_isa"] == results["cpu_isa"] and env["cpu_model"]

@@ -13,7 +13,7 @@ from fmnist.inference.rundir import prepare_run_dir
 from fmnist.models import create_model
 from fmnist.models.whitening import PatchWhitening, fit_to_data
 from fmnist.training.recipes import build_config
-from fmnist.training.rundirs import RunDirWriter
+from fmnist.training.run_writer import RunDirWriter
 from fmnist.training.trainer import fit
 
 

@@ -87,7 +87,7 @@ def resume(run_dir: str | Path, *, data: FashionMNIST | None = None, progress: b
 def _train_with_progress(config: TrainConfig, run_dir: Path, data: FashionMNIST, progress: bool | Any, report: bool,
                          callbacks: Sequence[TrainCallback], stop: StopSignal | None, resume: bool) -> Run:  # fmt: skip
     from fmnist.training.progress import RichProgress
-    from fmnist.training.rundirs import train_into
+    from fmnist.training.run_writer import train_into
 
     console = _progress(progress)
     bar = RichProgress(console) if console is not None else None

@@ -76,11 +76,11 @@ def report_with_progress(result, **options):
 def print_comparison(comparison, title: str) -> None:
     """The comparison table and where the results are (compare, ablate and `train --seeds`)."""
     from fmnist.experiments.compare import ensemble_row_text
-    from fmnist.training.results import smoke_steps
+    from fmnist.inference.rundir import RunResults
 
     cut: dict[str, list[int]] = {}  # run name -> steps of each seed cut by --max-steps
     for run in comparison.summary.get("runs", []):
-        steps = smoke_steps(run)
+        steps = RunResults.from_json(run).smoke_steps
         if steps is not None:
             cut.setdefault(run.get("name", ""), []).append(steps)
     table = Table("model", "params", "size MB", "test accuracy", "best ep", "train s", title=title)

@@ -133,13 +133,11 @@ def _with_ctrl_c(train):
 
 def _say_result(run, report: bool) -> None:
     """The result as soon as the test set is scored; then the report (some seconds), with progress."""
-    from fmnist.training.results import smoke_steps, trained_words
-
-    r = run.results
-    compiling = f" (+{r['compile_seconds']:.1f}s compiling)" if r.get("compiled") else ""
-    say(f"{r['model']}: test accuracy {100 * r['test_accuracy']:.2f}%  loss {r['test_loss']:.4f}  "
-        f"{trained_words(r)}  {r['train_seconds']:.1f}s{compiling}  -> {run.path}")  # fmt: skip
-    steps = smoke_steps(r)
+    r = run.record.results
+    compiling = f" (+{r.compile_seconds:.1f}s compiling)" if r.compiled else ""
+    say(f"{r.model}: test accuracy {100 * r.test_accuracy:.2f}%  loss {r.test_loss:.4f}  "
+        f"{r.trained_words()}  {r.train_seconds:.1f}s{compiling}  -> {run.path}")  # fmt: skip
+    steps = r.smoke_steps
     if steps is not None:
         notify(f"smoke run: {steps:,} steps, not a trained model")
     if report:

@@ -23,11 +23,11 @@ from fmnist.experiments.compare import run_compare
 from fmnist.experiments.executor import Executor
 from fmnist.experiments.plan import ComparePlan, PlannedRun, RunSpec
 from fmnist.fsutil import atomic_write_json
+from fmnist.inference.rundir import ABLATION_FILE
 from fmnist.models.registry import get_entry
 from fmnist.training.recipes import model_settings
 from fmnist.training.results import RunResult, TrainCallback
 
-ABLATION_FILE = "ablation.json"
 REFERENCE = "full"
 
 # Seed 004's published ablation table (its own split; best epoch picked on the test set).

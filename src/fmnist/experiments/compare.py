@@ -2,7 +2,7 @@
 
 runs/compare-<timestamp>/
   compare.json      what was run and each run's summary
-  <name>/ or <name>-seed<k>/   one run directory each (see fmnist.training.rundirs)
+  <name>/ or <name>-seed<k>/   one run directory each (see fmnist.inference.rundir)
   ensembles/<name>/            with --ensemble or [[ensembles]]: one ensemble directory each
                                (see fmnist.inference.ensemble_build), built here from the run directories
   report.md, figures/          written by fmnist.report

@@ -16,7 +16,7 @@ from fmnist.data.dataset import FashionMNIST
 from fmnist.experiments.plan import PlannedRun
 from fmnist.inference.rundir import prepare_run_dir
 from fmnist.training.results import RunResult, TrainCallback
-from fmnist.training.rundirs import train_into
+from fmnist.training.run_writer import train_into
 
 MakeCallbacks = Callable[[str, TrainConfig], list[TrainCallback]]  # (run name, config) -> its progress callbacks
 OnResult = Callable[[str, RunResult], None]  # hears each finished run (name, result)
@@ -39,5 +39,5 @@ class InProcessExecutor:
             result = train_into(run.config, prepare_run_dir(out_dir / run.run_name), dataset,
                                 make_callbacks(run.run_name, run.config))  # fmt: skip
             on_result(run.run_name, result)
-            results.append(result.summary())
+            results.append(result.to_results().to_json())
         return results

@@ -39,7 +39,7 @@ from fmnist.experiments.plan import PlannedRun
 from fmnist.inference.rundir import prepare_run_dir, read_results
 from fmnist.training.progress import epoch_line
 from fmnist.training.results import EpochRecord, TrainCallback
-from fmnist.training.rundirs import result_from_dir, train_into
+from fmnist.training.run_writer import result_from_dir, train_into
 
 STOP_SECONDS = 10.0  # how long a worker may take to end after SIGTERM before it is killed
 PARENT_CHECK_SECONDS = 1.0  # how soon a worker notices that its parent died without stopping it
@@ -201,7 +201,7 @@ class ProcessExecutor:
                     else:  # done
                         run = planned[index]
                         on_result(run.run_name, result_from_dir(run_dirs[index], run.config))
-                        results[index] = read_results(run_dirs[index])
+                        results[index] = read_results(run_dirs[index]).to_json()
                         remaining -= 1
                         worker.hand(waiting.pop() if waiting else None, planned)
         finally:

@@ -31,7 +31,7 @@ from fmnist.experiments.ray_runtime import (
 )
 from fmnist.fsutil import atomic_write_bytes
 from fmnist.inference.rundir import LOCK_FILE, RunLock, prepare_run_dir, read_results
-from fmnist.training.rundirs import result_from_dir, train_into
+from fmnist.training.run_writer import result_from_dir, train_into
 
 # A task whose worker dies is run again from the start (its scratch folder died with it);
 # the run is deterministic, so the retry gives the same result.
@@ -111,7 +111,7 @@ class RayExecutor:
                     raise task_error(exc, run.run_name) from None
                 write_home(run_dir, files)
                 on_result(run.run_name, result_from_dir(run_dir, run.config))
-                results[index] = read_results(run_dir)
+                results[index] = read_results(run_dir).to_json()
         finally:
             for ref in pending:  # an error or Ctrl-C: nothing keeps running on the cluster
                 ray.cancel(ref, force=True)

@@ -206,7 +206,7 @@ def _trial_entry(spec: SweepSpec, sweep_dir: Path, trial: Any, outcome: dict[str
 
     name, metric = trial_name(trial.trial_id), spec.settings.metric
     run_dir = sweep_dir / TRIALS_DIR / name
-    history = read_history(run_dir)
+    history = [row.to_json() for row in read_history(run_dir)]
     scored = [row for row in history if row.get(metric) is not None]
     pick = max if spec.mode == "max" else min
     best = pick(scored, key=lambda row: row[metric]) if scored else None

@@ -24,7 +24,7 @@ from fmnist.fsutil import atomic_write_json, read_json
 from fmnist.inference.checkpoint import META_FILE
 from fmnist.inference.rundir import RESULTS_FILE, prepare_run_dir, read_history
 from fmnist.training.results import EpochRecord, RunInfo, TrainCallback
-from fmnist.training.rundirs import train_into
+from fmnist.training.run_writer import train_into
 from fmnist.training.state import STATE_META, clear_state
 
 CHECKPOINT_INFO = "fmnist-trial.json"  # in each Tune checkpoint: which epoch's state it holds
@@ -125,7 +125,7 @@ def report_finished(run_dir: Path, after_epoch: int, resumed_from: int) -> None:
     from ray import tune
 
     node = this_node()
-    rows = [row for row in read_history(run_dir) if row["epoch"] > after_epoch]
+    rows = [row.to_json() for row in read_history(run_dir) if row.epoch > after_epoch]
     for index, row in enumerate(rows):
         tune.report({**row, "resumed_from_epoch": resumed_from, **node, "finished": index == len(rows) - 1})
 
@@ -158,7 +158,7 @@ def run_trial(sampled: dict[str, Any], *, spec: SweepSpec, sweep_dir: str, shipp
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None and (run_dir / RESULTS_FILE).is_file():  # finished after Tune's last snapshot
         epoch = checkpoint_epoch(checkpoint)
-        if any(row["epoch"] > epoch for row in read_history(run_dir)):
+        if any(row.epoch > epoch for row in read_history(run_dir)):
             report_finished(run_dir, epoch, epoch)
             return
     if checkpoint is not None:

@@ -71,7 +71,7 @@ def member_weights(members: list[Member], weighted: bool) -> list[float]:
         return [1.0 / len(members)] * len(members)
     raw = []
     for m in members:
-        value = read_results(m.folder).get("best_val_accuracy")
+        value = read_results(m.folder).best_val_accuracy
         if not isinstance(value, (int, float)) or not value > 0:
             raise UsageError(f"{m.folder}: no best validation accuracy to weight by (trained without validation?)")
         raw.append(float(value))

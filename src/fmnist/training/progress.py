@@ -12,7 +12,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fmnist.training.results import EpochRecord, RunInfo, RunResult, TrainCallback, plural, smoke_steps
+from fmnist.inference.rundir import plural
+from fmnist.training.results import EpochRecord, RunInfo, RunResult, TrainCallback
 
 # Redrawing more often than this costs more than it tells on a 2-core CPU.
 REFRESH_SECONDS = 0.25
@@ -103,8 +104,7 @@ class RichProgress(TrainCallback):
 
 def _trained(result: RunResult) -> str:
     """'1 epoch', '4 epochs', or '20 steps, smoke run' where --max-steps cut the run."""
-    steps = smoke_steps({"steps": result.steps, "planned_steps": result.planned_steps,
-                         "stopped_early": result.stopped_early})  # fmt: skip
+    steps = result.to_results().smoke_steps
     if steps is not None:
         return f"{plural(steps, 'step')}, smoke run"
     return plural(result.epochs_run, "epoch") if result.epochs_run else "fitted"

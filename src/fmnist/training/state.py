@@ -1,7 +1,8 @@
 """Resumable training state on disk: tensors in safetensors, everything else in JSON. Never a pickle.
 
-What the state holds is the Trainer's business (`Trainer.state_dict()` / `load_state_dict()`);
-this module only writes and reads it, and snapshots the random generators.
+What the state holds is the Trainer's business (`Trainer.state_dict()` / `load_state_dict()`, its
+progress declared once as a dataclass); this module writes and reads it, turns such a dataclass into
+tensors and JSON values and back (`pack` / `unpack`), and snapshots the random generators.
 
     RUN_DIR/state-<step>.safetensors   model, best-so-far weights, optimizer tensors, RNG states
     RUN_DIR/state.json                  counters, history, scheduler, optimizer hyper-parameters,
@@ -13,10 +14,13 @@ files: a kill at any moment leaves a JSON whose tensor file exists and matches.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -29,6 +33,80 @@ from fmnist.fsutil import atomic_write_bytes, atomic_write_json
 STATE_META = "state.json"
 STATE_TENSORS_GLOB = "state-*.safetensors"
 STATE_VERSION = 2  # 2: named epoch sums (with the epoch's own training seconds), EMA weights
+
+T = TypeVar("T")
+
+
+def pack(state: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A dataclass of resumable state as (tensors, JSON values), field by field: a tensor under its
+    field's name, a dict of tensors under `FIELD.KEY`, anything else (numbers, dataclasses, named
+    tuples, lists of them) as JSON under the field's name. A None tensor field is left out."""
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        if isinstance(value, torch.Tensor):
+            tensors[f.name] = value.detach().cpu()
+        elif _holds_tensors(_hints(type(state))[f.name]):
+            tensors.update({f"{f.name}.{k}": v.detach().cpu() for k, v in (value or {}).items()})
+        else:
+            values[f.name] = _to_json(value)
+    return tensors, values
+
+
+def unpack(kind: type[T], tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> T:
+    """`pack`'s output back into `kind`; a field the saved state lacks (one added since) takes its default."""
+    found: dict[str, Any] = {}
+    for name, hint in _hints(kind).items():
+        if _holds_tensors(hint):
+            prefix = f"{name}."
+            part = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if part:  # else the default (None: none saved)
+                found[name] = part
+        elif name in tensors:
+            found[name] = tensors[name]
+        elif name in values:
+            found[name] = _from_json(hint, values[name])
+    return kind(**found)
+
+
+def _hints(kind: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(kind)
+    return {f.name: hints[f.name] for f in dataclasses.fields(kind)}
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _holds_tensors(hint: Any) -> bool:
+    """A `dict[str, torch.Tensor]` field (optionally `| None`): saved in the tensor file."""
+    inner = [a for a in typing.get_args(hint) if a is not type(None)] if _is_union(hint) else [hint]
+    return any(typing.get_origin(h) is dict and typing.get_args(h)[1:] == (torch.Tensor,) for h in inner)
+
+
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if _is_union(hint):
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return hint(**{k: _from_json(hints[k], v) for k, v in value.items() if k in hints})
+    if isinstance(hint, type) and issubclass(hint, tuple) and hasattr(hint, "_fields"):  # a NamedTuple
+        return hint(*value)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return [_from_json(item, v) for v in value]
+    return value
 
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -13,18 +13,17 @@ bit for bit on the CPU.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from fmnist.config import TrainConfig
+from fmnist.config import TrainConfig, saved_values
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.loader import Augmentation, TensorLoader
 from fmnist.data.normalize import blank_value, normalize
@@ -33,7 +32,7 @@ from fmnist.device import cpu_isa, enable_determinism, resolve_device, resolve_p
 from fmnist.errors import INTERRUPTED, CheckpointError, FmnistError, UsageError
 from fmnist.inference.evaluate import evaluate_logits, predict
 from fmnist.models.base import Classifier
-from fmnist.models.registry import count_parameters, create_model, get_entry, model_size_mb
+from fmnist.models.registry import count_parameters, create_model, get_entry, model_size_mb, resolve_model_args
 from fmnist.models.whitening import FIT_IMAGES, fit_to_data
 from fmnist.seeding import seed_everything
 from fmnist.training.compiled import TrainStep, should_compile
@@ -44,10 +43,12 @@ from fmnist.training.state import (
     flatten_optimizer,
     has_state,
     load_state,
+    pack,
     rng_restore,
     rng_snapshot,
     save_state,
     unflatten_optimizer,
+    unpack,
 )
 
 # Validation and test batches on a GPU: one launch per few thousand images instead of per 1,024.
@@ -83,6 +84,51 @@ class BestKey(NamedTuple):
 
 
 WORST = BestKey(-math.inf, -math.inf)
+
+
+@dataclass
+class Progress:
+    """Where a run stands, besides its weights, optimizer, schedule and RNGs: what a resumed run restores.
+
+    Declared once: fmnist.training.state saves and loads it field by field (`pack` / `unpack`), so a
+    field added here needs nothing else, and a state saved before it existed loads with its default.
+    """
+
+    epoch: int = 1  # the epoch running, or about to
+    batch_in_epoch: int = 0
+    step: int = 0
+    elapsed: float = 0.0  # training and validation seconds so far
+    compile_seconds: float = 0.0
+    sums: EpochSums = field(default_factory=EpochSums)
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_key: BestKey = WORST
+    epochs_without_gain: int = 0
+    stopped_early: bool = False
+    epoch_order: torch.Tensor | None = None  # the running epoch's shuffled order (a tensor in the state file)
+    best: dict[str, torch.Tensor] | None = None  # the best epoch's weights so far (tensors in the state file)
+
+
+# Settings that do not shape the saved state: where the data files are (their sha256 is checked
+# instead), TensorBoard logging, and the recipe's name (its settings are the other keys).
+NOT_IN_STATE = ("data_dir", "tensorboard", "recipe")
+
+
+def changed_settings(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """The settings `config` gives other values than the saved state's config, as "key: saved -> now".
+
+    Keys the saved config lacks (settings added since) take the values they meant then
+    (fmnist.config.saved_values), so a new setting left at its default resumes an older run.
+    """
+    now = config.to_dict()
+    then = {**type(config)().to_dict(), **saved_values(saved)}
+    try:
+        then["model_args"] = resolve_model_args(then["model"], then["model_args"])
+        now["model_args"] = resolve_model_args(config.model, config.model_args)
+    except FmnistError:  # a model or argument this version no longer has
+        return ["model"]
+    return [f"{key}: {then.get(key)!r} -> {value!r}" for key, value in now.items()
+            if key not in NOT_IN_STATE and then.get(key) != value]  # fmt: skip
 
 
 class Trainer:
@@ -132,48 +178,28 @@ class Trainer:
         self.compiled = should_compile(config.compile, self.device, self.total_steps, self.isa)
         self.train_step = TrainStep(self.model, device=self.device, precision=self.precision,
                                     label_smoothing=config.label_smoothing, compiled=self.compiled)  # fmt: skip
-        self.compile_seconds = 0.0
-
-        # Progress: everything a resumed run needs besides weights and RNGs.
-        self.epoch, self.batch_in_epoch, self.step, self.elapsed = 1, 0, 0, 0.0
-        self.epoch_order: torch.Tensor | None = None
-        self.sums = EpochSums()
-        self.history: list[EpochRecord] = []
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_epoch, self.best_key, self.epochs_without_gain = 0, WORST, 0
-        self.stopped_early = False
+        self.progress = Progress()
 
     # -- resumable state (fmnist.training.state writes and reads the files) ---------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything `load_state_dict` needs to continue this run exactly: (tensors, JSON values)."""
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        if self.best_state is not None:
-            tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
+        tensors, meta = pack(self.progress)
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
         if self.average is not None:
             tensors.update({f"ema.{k}": v for k, v in self.average.model.state_dict().items()})
         optim_tensors, optim_meta = flatten_optimizer(self.optimizer.state_dict())
         rng_tensors, rng_meta = rng_snapshot(self.loader.generator)
         tensors.update(optim_tensors)
         tensors.update(rng_tensors)
-        if self.epoch_order is not None:
-            tensors["epoch_order"] = self.epoch_order.cpu()
-        meta = {
-            "config": self.config.to_dict(),
-            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-            "elapsed": self.elapsed, "compile_seconds": self.compile_seconds, "sums": dataclasses.asdict(self.sums),
-            "history": [dataclasses.asdict(r) for r in self.history],
-            "best_epoch": self.best_epoch, "best_key": list(self.best_key),
-            "epochs_without_gain": self.epochs_without_gain, "stopped_early": self.stopped_early,
-            "optimizer": optim_meta, "scheduler": self.schedule.state_dict(),
-            "rng": rng_meta, "data_sha256": self.dataset.provenance.to_dict()["sha256"],
-        }  # fmt: skip
+        meta.update(config=self.config.to_dict(), optimizer=optim_meta, scheduler=self.schedule.state_dict(),
+                    rng=rng_meta, data_sha256=self.dataset.provenance.to_dict()["sha256"])  # fmt: skip
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str = "state") -> None:
-        """Continue from `state_dict()`'s output; the config and data must be the saved ones."""
-        # State saved before --compile existed has no such key, and ran as the default (auto) would.
-        if {"compile": "auto", **meta["config"]} != self.config.to_dict():
-            raise CheckpointError(f"{where}: saved state belongs to a different configuration")
+        """Continue from `state_dict()`'s output; the settings that shape it and the data must be the saved ones."""
+        changed = changed_settings(meta["config"], self.config)
+        if changed:
+            raise CheckpointError(f"{where}: saved state belongs to a different configuration ({', '.join(changed)})")
         if meta["data_sha256"] != self.dataset.provenance.to_dict()["sha256"]:
             raise CheckpointError(f"{where}: the run was trained on different data files")
 
@@ -182,7 +208,6 @@ class Trainer:
 
         try:
             self.model.load_state_dict(part("model."))
-            self.best_state = part("best.") or None
             if self.average is not None:
                 self.average.model.load_state_dict(part("ema."))
             self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
@@ -190,19 +215,13 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{where}: saved state does not fit this model ({exc})") from None
         rng_restore(tensors, meta["rng"], self.loader.generator)
-        self.epoch_order = tensors.get("epoch_order")
-        self.epoch, self.batch_in_epoch, self.step = meta["epoch"], meta["batch_in_epoch"], meta["step"]
-        self.elapsed, self.sums = meta["elapsed"], EpochSums(**meta["sums"])
-        self.compile_seconds = meta.get("compile_seconds", 0.0)
-        self.history = [EpochRecord(**r) for r in meta["history"]]
-        self.best_epoch, self.best_key = meta["best_epoch"], BestKey(*meta["best_key"])
-        self.epochs_without_gain, self.stopped_early = meta["epochs_without_gain"], meta["stopped_early"]
+        self.progress = unpack(Progress, tensors, meta)
 
     def save_state(self) -> None:
         if self.state_dir is None:
             return
         tensors, meta = self.state_dict()
-        save_state(self.state_dir, tensors, meta, generation=self.step)
+        save_state(self.state_dir, tensors, meta, generation=self.progress.step)
         for cb in self.callbacks:
             cb.on_state_saved(self.state_dir)
 
@@ -222,45 +241,45 @@ class Trainer:
         return self.average.model if self.average else self.model
 
     def info(self) -> RunInfo:
-        return RunInfo(self.config, self.total_steps, self.steps_per_epoch, self.step, self.epoch,
-                       tuple(self.history), str(self.device), self.precision, self.isa, self.compiled)  # fmt: skip
+        return RunInfo(self.config, self.total_steps, self.steps_per_epoch, self.progress.step, self.progress.epoch,
+                       tuple(self.progress.history), str(self.device), self.precision, self.isa, self.compiled)  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------
     def _train_epoch(self) -> None:
         """Run (the rest of) the current epoch; stops early on max_steps, raises on a stop request."""
-        config, device = self.config, self.device
-        if self.epoch_order is None:
-            self.epoch_order = self.loader.epoch_order()
+        config, device, p = self.config, self.device, self.progress
+        if p.epoch_order is None:
+            p.epoch_order = self.loader.epoch_order()
         t0 = time.perf_counter()
         # Running sums stay on the device: reading them every step (.item()) would make a GPU
         # wait for each step to finish. Float64, so the sums match a plain Python float's.
-        loss_sum = torch.tensor(float(self.sums.loss), dtype=torch.float64, device=device)
-        correct_sum = torch.tensor(int(self.sums.correct), dtype=torch.int64, device=device)
-        seen, seconds_before = self.sums.seen, self.sums.seconds
+        loss_sum = torch.tensor(float(p.sums.loss), dtype=torch.float64, device=device)
+        correct_sum = torch.tensor(int(p.sums.correct), dtype=torch.int64, device=device)
+        seen, seconds_before = p.sums.seen, p.sums.seconds
         self.model.train()
-        for x, y, targets in self.loader.batches(self.epoch_order, self.batch_in_epoch):
+        for x, y, targets in self.loader.batches(p.epoch_order, p.batch_in_epoch):
             loss, logits = self.train_step(x, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.schedule.after_batch()
             if self.average:
-                self.average.update(self.model, self.step)
-            self.step += 1
-            self.batch_in_epoch += 1
+                self.average.update(self.model, p.step)
+            p.step += 1
+            p.batch_in_epoch += 1
             batch_loss = loss.detach()
             batch_correct = (logits.argmax(1) == y).sum()
             loss_sum += batch_loss.double() * len(y)
             correct_sum += batch_correct
             seen += len(y)
-            rate = (seen - self.sums.seen) / max(time.perf_counter() - t0, 1e-9)
+            rate = (seen - p.sums.seen) / max(time.perf_counter() - t0, 1e-9)
             for cb in self.callbacks:
-                cb.on_step(self.step, self.epoch, batch_loss, batch_correct / len(y), rate)
-            if (config.max_steps and self.step >= config.max_steps) or self.stop.requested:
+                cb.on_step(p.step, p.epoch, batch_loss, batch_correct / len(y), rate)
+            if (config.max_steps and p.step >= config.max_steps) or self.stop.requested:
                 break
         spent = time.perf_counter() - t0
-        self.sums = EpochSums(loss_sum.item(), int(correct_sum), seen, seconds_before + spent)
-        self.elapsed += spent
+        p.sums = EpochSums(loss_sum.item(), int(correct_sum), seen, seconds_before + spent)
+        p.elapsed += spent
         if self.stop.requested:
             self.save_state()
             raise TrainingInterrupted(self._interrupt_message())
@@ -278,12 +297,12 @@ class Trainer:
         x, _, targets = next(self.loader.batches(torch.arange(n, device=self.device)))
         self.loader.generator.set_state(drawn)
         seconds = self.train_step.warm_up(x, targets, sizes)
-        self.compile_seconds += seconds
+        self.progress.compile_seconds += seconds
         for cb in self.callbacks:
             cb.on_compiled(seconds)
 
     def _interrupt_message(self) -> str:
-        where = f"epoch {self.epoch}, step {self.step}"
+        where = f"epoch {self.progress.epoch}, step {self.progress.step}"
         if self.state_dir is None:
             return f"interrupted at {where}; nothing was saved"
         return f"interrupted at {where}; state saved. Resume with: fmnist train --resume {self.state_dir}"
@@ -299,33 +318,33 @@ class Trainer:
 
     def _end_epoch(self) -> bool:
         """Validate, record, keep the best weights, save state; True when training should stop."""
-        config = self.config
+        config, p = self.config, self.progress
         t0 = time.perf_counter()
         val_loss, val_acc = self._validate()
         if val_loss is not None:
             self.schedule.after_epoch(val_loss)
-        self.elapsed += time.perf_counter() - t0
-        sums = self.sums
+        p.elapsed += time.perf_counter() - t0
+        sums = p.sums
         record = EpochRecord(
-            epoch=self.epoch, train_loss=sums.loss / max(sums.seen, 1), train_accuracy=sums.correct / max(sums.seen, 1),
-            val_loss=val_loss, val_accuracy=val_acc, lr=self.optimizer.param_groups[0]["lr"], steps=self.step,
-            seconds=self.elapsed, images_per_second=sums.seen / max(sums.seconds, 1e-9),
+            epoch=p.epoch, train_loss=sums.loss / max(sums.seen, 1), train_accuracy=sums.correct / max(sums.seen, 1),
+            val_loss=val_loss, val_accuracy=val_acc, lr=self.optimizer.param_groups[0]["lr"], steps=p.step,
+            seconds=p.elapsed, images_per_second=sums.seen / max(sums.seconds, 1e-9),
         )  # fmt: skip
-        self.history.append(record)
-        key = BestKey.of(self.epoch, val_acc, val_loss)
-        is_best = key > self.best_key
+        p.history.append(record)
+        key = BestKey.of(p.epoch, val_acc, val_loss)
+        is_best = key > p.best_key
         if is_best:
-            self.best_key, self.best_epoch, self.epochs_without_gain = key, self.epoch, 0
-            self.best_state = copy.deepcopy(self.evaluated_model.state_dict())
+            p.best_key, p.best_epoch, p.epochs_without_gain = key, p.epoch, 0
+            p.best = copy.deepcopy(self.evaluated_model.state_dict())
         else:
-            self.epochs_without_gain += 1
+            p.epochs_without_gain += 1
         for cb in self.callbacks:
             cb.on_epoch_end(record, is_best)
-        done = bool(config.max_steps and self.step >= config.max_steps) or self.epoch >= config.epochs
-        if config.early_stopping and self.epochs_without_gain >= config.early_stopping and not done:
-            self.stopped_early = done = True
-        self.epoch += 1
-        self.batch_in_epoch, self.epoch_order, self.sums = 0, None, EpochSums()
+        done = bool(config.max_steps and p.step >= config.max_steps) or p.epoch >= config.epochs
+        if config.early_stopping and p.epochs_without_gain >= config.early_stopping and not done:
+            p.stopped_early = done = True
+        p.epoch += 1
+        p.batch_in_epoch, p.epoch_order, p.sums = 0, None, EpochSums()
         if not done:
             self.save_state()
         return done
@@ -334,7 +353,7 @@ class Trainer:
         info = self.info()
         for cb in self.callbacks:
             cb.on_start(info)
-        finished = self.epoch > self.config.epochs or self.stopped_early
+        finished = self.progress.epoch > self.config.epochs or self.progress.stopped_early
         if not finished:
             self._compile()
         while not finished:
@@ -343,10 +362,10 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> RunResult:
-        config = self.config
+        config, p = self.config, self.progress
         model = self.evaluated_model
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
+        if p.best is not None:
+            model.load_state_dict(p.best)
         model.eval()
         test_x = normalize(
             torch.from_numpy(self.dataset.test_images).to(self.device), config.input_mean, config.input_std
@@ -354,13 +373,13 @@ class Trainer:
         test_logits = predict(model, test_x, batch_size=self.eval_batch_size, precision=self.precision,
                               tta=config.tta, blank=self.blank)  # fmt: skip
         result = RunResult(
-            config=config, model=model, history=self.history, best_epoch=self.best_epoch,
-            epochs_run=len(self.history), steps=self.step, train_seconds=self.elapsed,
+            config=config, model=model, history=p.history, best_epoch=p.best_epoch,
+            epochs_run=len(p.history), steps=p.step, train_seconds=p.elapsed,
             test=evaluate_logits(test_logits, torch.from_numpy(self.dataset.test_labels)), test_logits=test_logits,
             params=count_parameters(model), size_mb=model_size_mb(model), data=self.dataset.provenance.to_dict(),
-            device=str(self.device), precision=self.precision, isa=self.isa, stopped_early=self.stopped_early,
+            device=str(self.device), precision=self.precision, isa=self.isa, stopped_early=p.stopped_early,
             planned_steps=self.steps_per_epoch * config.epochs,
-            compiled=self.compiled, compile_seconds=self.compile_seconds,
+            compiled=self.compiled, compile_seconds=p.compile_seconds,
         )  # fmt: skip
         for cb in self.callbacks:
             cb.on_end(result)
