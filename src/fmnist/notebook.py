@@ -11,14 +11,17 @@ import html
 import io
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fmnist.errors import FmnistError
 
+if TYPE_CHECKING:
+    from fmnist.inference.rundir import EpochRecord
 
-def _curve_png(histories: dict[str, list[dict[str, Any]]]) -> str:
+
+def _curve_png(histories: dict[str, list[EpochRecord]]) -> str:
     """Validation (or training) accuracy per epoch, one line per run, as a base64 PNG ('' if no epochs)."""
     import matplotlib
 
@@ -30,8 +33,10 @@ def _curve_png(histories: dict[str, list[dict[str, Any]]]) -> str:
         return ""
     fig, ax = plt.subplots(figsize=(4.8, 2.6), dpi=90)
     for name, rows in drawn.items():
-        key = "val_accuracy" if rows[0].get("val_accuracy") is not None else "train_accuracy"
-        ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], marker=".", label=f"{name} ({key[:-9]})")
+        key = "val_accuracy" if rows[0].val_accuracy is not None else "train_accuracy"
+        ax.plot(
+            [r.epoch for r in rows], [100 * getattr(r, key) for r in rows], marker=".", label=f"{name} ({key[:-9]})"
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
@@ -54,27 +59,33 @@ def _figure(png: str) -> str:
 
 
 class Run:
-    """A finished run directory: its numbers, its model, and what you can do with them."""
+    """A finished run directory: its numbers, its model, and what you can do with them.
+
+    `record` is the directory as typed records (fmnist.inference.rundir.RunRecord); `results` and
+    `history` show the same numbers as results.json and metrics.jsonl hold them, as dicts.
+    """
 
     def __init__(self, path: str | Path):
-        from fmnist.inference.rundir import read_results
+        from fmnist.inference.rundir import RunRecord
 
         self.path = Path(path)
-        self.results: dict[str, Any] = read_results(self.path)
+        self.record = RunRecord.read(self.path)
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return self.record.results.to_json()
 
     @property
     def name(self) -> str:
-        return self.results["model"]
+        return self.record.model
 
     @property
     def test_accuracy(self) -> float:
-        return self.results["test_accuracy"]
+        return self.record.results.test_accuracy
 
-    @cached_property
+    @property
     def history(self) -> list[dict[str, Any]]:
-        from fmnist.inference.rundir import read_history
-
-        return read_history(self.path)
+        return [row.to_json() for row in self.record.history]
 
     @cached_property
     def config(self):
@@ -87,7 +98,7 @@ class Run:
     def _predictor(self):
         from fmnist.inference.predict import Predictor
 
-        if not self.results.get("checkpoint", True):
+        if not self.record.results.checkpoint:
             raise FmnistError(f"{self.path}: {self.name} keeps results only; it has no model to predict with")
         return Predictor(self.path)
 
@@ -110,16 +121,13 @@ class Run:
         return write_report(self.path, **options)
 
     def summary_row(self) -> list[str]:
-        from fmnist.training.results import trained_words
-
-        r = self.results
-        return [r["model"], f"{r['params']:,}", f"{100 * r['test_accuracy']:.2f}%", trained_words(r),
-                f"{r['train_seconds']:.1f}"]  # fmt: skip
+        r = self.record.results
+        return [r.model, f"{r.params:,}", f"{100 * r.test_accuracy:.2f}%", r.trained_words(), f"{r.train_seconds:.1f}"]
 
     def _repr_html_(self) -> str:
         table = _table(["model", "params", "test accuracy", "trained", "train s"], [self.summary_row()])
         title = f"<b>fmnist run</b> <code>{html.escape(str(self.path))}</code>"
-        return f"<div>{title}{table}{_figure(_curve_png({self.name: self.history}))}</div>"
+        return f"<div>{title}{table}{_figure(_curve_png({self.name: self.record.history}))}</div>"
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, model={self.name!r}, test_accuracy={self.test_accuracy:.4f})"
@@ -134,30 +142,38 @@ class Comparison:
         cmp.models[0]["test_accuracy_mean"]                        # per run name, over its seeds
         cmp.runs["fastcnn-seed0"].predict(images)                  # each run is a `Run`
         cmp.report()                                               # report.html of the whole comparison
+
+    `record` is compare.json as a typed record (fmnist.inference.records.CompareFile); `summary`,
+    `models` and `ensembles` show the same as compare.json holds it, as dicts.
     """
 
     def __init__(self, path: str | Path):
         from fmnist.experiments.compare import read_compare
 
         self.path = Path(path)
-        self.summary: dict[str, Any] = read_compare(self.path)
+        self.record = read_compare(self.path)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """compare.json as it holds it."""
+        return self.record.to_json()
 
     @property
     def models(self) -> list[dict[str, Any]]:
         """One row per run name (a model with its settings), over its seeds: name, model, params,
         size_mb, seeds, test_accuracy (a list), test_accuracy_mean / _std, best_epoch, epochs_run,
         train_seconds_mean."""
-        return self.summary["models"]
+        return [m.to_json() for m in self.record.models]
 
     @property
     def ensembles(self) -> list[dict[str, Any]]:
         """The rows of `--ensemble` / [[ensembles]]: members, test accuracy, gain over the best member."""
-        return self.summary.get("ensembles", [])
+        return [e.to_json() for e in self.record.ensembles or []]
 
     @cached_property
     def runs(self) -> dict[str, Run]:
         """Every run as a `Run`, by its folder in the comparison ("fastcnn", or "fastcnn-seed1" with seeds)."""
-        return {r["run_dir"]: Run(self.path / r["run_dir"]) for r in self.summary["runs"]}
+        return {r.run_dir: Run(self.path / r.run_dir) for r in self.record.runs}
 
     def report(self, **options: Any) -> Path:
         """Write the comparison's report.html and report.md (options as `fmnist report`); returns the HTML path."""
@@ -169,20 +185,20 @@ class Comparison:
         from fmnist.experiments.compare import ensemble_row_text
 
         rows = []
-        for m in self.models:
-            acc = f"{100 * m['test_accuracy_mean']:.2f}%"
-            if len(m["seeds"]) > 1:
-                acc += f" ± {100 * m['test_accuracy_std']:.2f}"
-            rows.append([m["name"], m["model"], f"{m['params']:,}", acc, f"{m['train_seconds_mean']:.1f}"])
-        for e in self.ensembles:
+        for m in self.record.models:
+            acc = f"{100 * m.test_accuracy_mean:.2f}%"
+            if len(m.seeds) > 1:
+                acc += f" ± {100 * m.test_accuracy_std:.2f}"
+            rows.append([m.name, m.model, f"{m.params:,}", acc, f"{m.train_seconds_mean:.1f}"])
+        for e in self.record.ensembles or []:
             label, params, accuracy = ensemble_row_text(e)
             rows.append([label, "ensemble", params, accuracy, "–"])
         table = _table(["name", "model", "params", "test accuracy", "train s (mean)"], rows)
-        curves = _curve_png({name: run.history for name, run in self.runs.items()})
+        curves = _curve_png({name: run.record.history for name, run in self.runs.items()})
         title = (
-            f"<b>{html.escape(self.summary.get('title', 'comparison'))}</b> <code>{html.escape(str(self.path))}</code>"
+            f"<b>{html.escape(self.record.title or 'comparison')}</b> <code>{html.escape(str(self.path))}</code>"
         )
         return f"<div>{title}{table}{_figure(curves)}</div>"
 
     def __repr__(self) -> str:
-        return f"Comparison({str(self.path)!r}, models={[m['name'] for m in self.models]})"
+        return f"Comparison({str(self.path)!r}, models={[m.name for m in self.record.models]})"

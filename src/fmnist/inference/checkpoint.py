@@ -24,12 +24,11 @@ from fmnist.constants import CLASS_NAMES, TTA_LEVELS
 from fmnist.data.normalize import blank_value
 from fmnist.errors import CheckpointError, FmnistError, RunPathError, UsageError
 from fmnist.fsutil import atomic_write_bytes, atomic_write_json
+from fmnist.inference.rundir import META_FILE, WEIGHTS_FILE
 from fmnist.inference.tta import TestTimeAugmentation, tta_level
 
 FORMAT = "fmnist-checkpoint"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
 
 
 @dataclass

@@ -1,38 +1,257 @@
-"""The layout of a run directory, which every layer reads: file names, creating and locking a
-run directory for writing, and reading a finished run's results and history.
+"""The run-directory format: the name of every file fmnist writes into a results folder, the
+types its JSON files are written and read through, creating and locking a folder for writing.
 
-    RUN_DIR/
-      config.toml        the full, resolved TrainConfig
-      environment.json   versions of Python, torch, numpy, fmnist; device; precision; host CPU
-      metrics.jsonl      one JSON object per finished epoch
-      model.safetensors  best-by-validation weights
-      model.json         how to rebuild the model (fmnist.inference.checkpoint)
-      results.json       summary: model, params, test accuracy/loss, best epoch, timings, data
-      .lock              held while a process writes the run (fmnist.inference.rundir.RunLock)
+    RUN_DIR/                     (fmnist train; each run of a compare, ablation or sweep)
+      config.toml                CONFIG_FILE: the full, resolved TrainConfig
+      environment.json           ENVIRONMENT_FILE: versions of Python, torch, numpy, fmnist; device; CPU
+      metrics.jsonl              METRICS_FILE: one EpochRecord per finished epoch
+      model.safetensors          WEIGHTS_FILE: best-by-validation weights (fmnist.inference.checkpoint)
+      model.json                 META_FILE: how to rebuild the model (fmnist.inference.checkpoint)
+      results.json               RESULTS_FILE: RunResults
+      state.json, state-<step>.safetensors
+                                 STATE_FILE, STATE_TENSORS_GLOB: resumable state, until the run ends
+                                 (fmnist.training.state)
+      tensorboard/               TENSORBOARD_DIR: with --tensorboard
+      report.md, report.html     REPORT_MARKDOWN_FILE, REPORT_HTML_FILE (+ FIGURES_DIR/)
+      .lock                      LOCK_FILE: held while a process writes the run (RunLock)
 
-Writing a run as it trains is fmnist.training.rundirs' job.
+    COMPARE_DIR/                 (fmnist compare, fmnist ablate, fmnist train --seeds N)
+      compare.json               COMPARE_FILE: the plan and one row per run and per ensemble
+      ablation.json              ABLATION_FILE: fmnist ablate's variants and their Δ
+      <name>/, <name>-seed<k>/   one RUN_DIR per run and seed
+      ensembles/<name>/          ENSEMBLES_DIR: one ENSEMBLE_DIR per --ensemble / [[ensembles]]
+      report.md, report.html, figures/, .lock
+
+    ENSEMBLE_DIR/                (fmnist ensemble)
+      ensemble.json              ENSEMBLE_FILE: members (paths, weights' sha256, weights), selection
+      predictions.safetensors    PREDICTIONS_FILE: labels, test probabilities, each member's top-1
+      results.json               RESULTS_FILE: the ensemble's scores (its own fields, not RunResults)
+      report.md, report.html, figures/
+
+    SWEEP_DIR/                   (fmnist sweep)
+      sweep.toml                 SWEEP_SPEC_FILE: the search as given
+      sweep.json                 SWEEP_FILE: every trial's status, settings and epochs; the best
+      best.toml                  BEST_FILE: the best trial's settings, for fmnist train --config
+      trials/trial-NNN/          TRIALS_DIR: one RUN_DIR per trial
+      ray/                       TUNE_DIR: Ray Tune's own state, for --resume
+      report.md, report.html, figures/
+
+Writing a run as it trains is fmnist.training.run_writer's job; everything that reads a results
+folder reads it through this module. Files written by older versions load: every field they lack
+takes its default here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fmnist.errors import FmnistError, RunLockedError, RunPathError, UsageError
 from fmnist.fsutil import read_json
-from fmnist.inference.checkpoint import META_FILE
 
-RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.jsonl"
+# --- file names: each declared here once ---------------------------------------------------------
 CONFIG_FILE = "config.toml"
+ENVIRONMENT_FILE = "environment.json"
+METRICS_FILE = "metrics.jsonl"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+RESULTS_FILE = "results.json"
+STATE_FILE = "state.json"
+STATE_TENSORS_GLOB = "state-*.safetensors"
+TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
+REPORT_MARKDOWN_FILE = "report.md"
+REPORT_HTML_FILE = "report.html"
+FIGURES_DIR = "figures"
+COMPARE_FILE = "compare.json"
+ABLATION_FILE = "ablation.json"
+ENSEMBLES_DIR = "ensembles"
+ENSEMBLE_FILE = "ensemble.json"
+PREDICTIONS_FILE = "predictions.safetensors"
+SWEEP_SPEC_FILE = "sweep.toml"
+SWEEP_FILE = "sweep.json"
+BEST_FILE = "best.toml"
+TRIALS_DIR = "trials"
+TUNE_DIR = "ray"
 RUNS_ROOT = Path("runs")  # where new results go when no --out is given
 
 
+# --- a run directory's records --------------------------------------------------------------------
+def _from_json(kind: type, row: Any, where: Path) -> Any:
+    """`kind` from a JSON object: keys it lacks take their defaults (written by an older fmnist),
+    keys `kind` does not know go to its `extra` field if it has one (written by a newer one)."""
+    if not isinstance(row, dict):
+        raise RunPathError(f"{where}: expected a JSON object, found {type(row).__name__}")
+    names = {f.name for f in dataclasses.fields(kind)}
+    known = {k: v for k, v in row.items() if k in names and k != "extra"}
+    if "extra" in names:
+        known["extra"] = {k: v for k, v in row.items() if k not in names}
+    try:
+        return kind(**known)
+    except TypeError:
+        missing = sorted(f.name for f in dataclasses.fields(kind)
+                         if f.name not in row and f.default is dataclasses.MISSING
+                         and f.default_factory is dataclasses.MISSING)  # fmt: skip
+        raise RunPathError(f"{where}: not an fmnist {kind.__name__} (missing {', '.join(missing)})") from None
+
+
+@dataclass
+class EpochRecord:
+    """One line of metrics.jsonl: a finished epoch."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    lr: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0  # training time so far, validation included
+    images_per_second: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, row: Any, where: Path = Path(METRICS_FILE)) -> EpochRecord:
+        return _from_json(cls, row, where)
+
+
+@dataclass(kw_only=True)
+class RunResults:
+    """results.json of a run directory, in the order its keys are written.
+
+    A run trained by fmnist 0.3 lacks planned_steps, compiled and compile_seconds: they read as
+    0, False and 0.0. A scikit-learn baseline adds `classical` (its estimator and settings).
+    """
+
+    model: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    params: int = 0
+    size_mb: float = 0.0
+    test_accuracy: float
+    test_loss: float = 0.0
+    best_epoch: int = 0
+    best_val_accuracy: float | None = None
+    epochs_run: int = 0
+    steps: int = 0
+    planned_steps: int = 0  # steps `epochs` would take; more than `steps` when --max-steps cut the run
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    compiled: bool = False
+    compile_seconds: float = 0.0  # compiling the step, before training: not in train_seconds
+    seed: int = 0
+    device: str = ""
+    precision: str = ""
+    cpu_isa: str = ""
+    checkpoint: bool = True  # whether the run saved weights (a random forest keeps results only)
+    data: dict[str, Any] = field(default_factory=dict)  # the dataset's provenance (fmnist.data.sources)
+    confusion: list[list[int]] = field(default_factory=list)
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    most_confused: list[dict[str, Any]] = field(default_factory=list)
+    classical: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
+
+    def to_json(self) -> dict[str, Any]:
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("classical", "extra")}
+        if self.classical is not None:
+            row["classical"] = self.classical
+        return {**row, **self.extra}
+
+    @classmethod
+    def from_json(cls, row: Any, where: Path = Path(RESULTS_FILE)) -> RunResults:
+        return _from_json(cls, row, where)
+
+    @property
+    def smoke_steps(self) -> int | None:
+        """The steps trained when --max-steps cut the run short of its epochs (a smoke run), else
+        None (also for runs written before fmnist recorded `planned_steps`)."""
+        cut = self.planned_steps and self.steps < self.planned_steps and not self.stopped_early
+        return self.steps if cut else None
+
+    def trained_words(self) -> str:
+        """How much the run trained, truthfully: "best epoch 3 of 4", or "20 steps of ... (smoke run: ...)"."""
+        if self.smoke_steps is not None:
+            return f"{plural(self.smoke_steps, 'step')} of {self.planned_steps:,} planned (smoke run: --max-steps)"
+        if not self.epochs_run:  # a scikit-learn baseline: fitted, no epochs
+            return "fitted"
+        early = " (stopped early)" if self.stopped_early else ""
+        return f"best epoch {self.best_epoch} of {self.epochs_run}{early}"
+
+
+def plural(n: int, word: str) -> str:
+    """'1 epoch', '2 epochs', '1,000 steps'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def read_results(run_dir: Path) -> RunResults:
+    """A run directory's results.json (not an ensemble's: that file has its own fields)."""
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.is_file():
+        raise RunPathError(f"{run_dir}: no {RESULTS_FILE} (not a finished run directory)")
+    return RunResults.from_json(read_json(path), path)
+
+
+def read_history(run_dir: Path) -> list[EpochRecord]:
+    """metrics.jsonl's epochs; a line cut short by a crash ends the readable history."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(EpochRecord.from_json(json.loads(line), path))
+            except (json.JSONDecodeError, RunPathError):
+                break
+    return rows
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """config.toml as written ({} when missing or unreadable: the results stand without it)."""
+    from fmnist.config import read_toml
+
+    try:
+        return read_toml(Path(run_dir) / CONFIG_FILE)
+    except FmnistError:
+        return {}
+
+
+@dataclass
+class RunRecord:
+    """A finished run directory as its files record it: what `fmnist.Run` and reports build on."""
+
+    path: Path
+    results: RunResults
+    history: list[EpochRecord]
+    config: dict[str, Any]  # config.toml as written ({} when unreadable)
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunRecord:
+        path = Path(path)
+        return cls(path, read_results(path), read_history(path), read_config(path))
+
+    @property
+    def model(self) -> str:
+        return self.results.model
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return (self.path / META_FILE).is_file()
+
+
+# --- compare, ensemble and sweep records ---------------------------------------------------------
+# compare.json, ensemble.json and the sweep's records are declared here, beside RunResults.
+
+
+# --- writing: creating and locking a results folder ---------------------------------------------
 def new_run_dir(out: str | Path | None, name: str, *, overwrite: bool = False, resume_hint: str = "") -> Path:
     """Name and create the folder for a new run, comparison, ablation, ensemble or sweep.
 
@@ -114,25 +333,3 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
     held = os.fstat(fd)
     return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
-
-
-def read_results(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / RESULTS_FILE
-    if not path.is_file():
-        raise RunPathError(f"{run_dir}: no {RESULTS_FILE} (not a finished run directory)")
-    return read_json(path)
-
-
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a crash ends the readable history
-    return rows

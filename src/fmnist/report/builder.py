@@ -11,9 +11,9 @@ from pathlib import Path
 from fmnist import __version__
 from fmnist.analysis.embeddings import resolve_method
 from fmnist.errors import UsageError
-from fmnist.experiments.sweep_config import SWEEP_FILE
 from fmnist.fsutil import atomic_write_text
 from fmnist.inference.ensemble_model import is_ensemble_dir
+from fmnist.inference.rundir import REPORT_HTML_FILE, REPORT_MARKDOWN_FILE, SWEEP_FILE
 from fmnist.report.context import ReportContext
 from fmnist.report.document import Bullets, Document, Heading, Section, Text, render_markdown
 from fmnist.report.html import render_html
@@ -29,8 +29,6 @@ from fmnist.report.sections.training import training_section
 from fmnist.report.text import join_words
 
 Progress = Callable[[str, int, int], None]  # (what starts now, parts done, parts in all)
-MARKDOWN_FILE = "report.md"
-HTML_FILE = "report.html"
 BUILDERS = (
     data_section, models_section, training_section, test_results_section, per_class_section, confusion_section,
     pairs_section, mistakes_section, calibration_section, explanations_section, comparison_section, ablation_section,
@@ -68,16 +66,16 @@ def build_document(ctx: ReportContext, progress: Progress = _quiet) -> Document:
             ctx.timings[section.title] = time.perf_counter() - started
             sections.append(section)
     if ctx.is_comparison:
-        title = ctx.compare.get("title") or f"Comparison of {join_words(list(ctx.groups))}"
-        seeds = ctx.compare.get("seeds", 1)
+        title = ctx.compare.title or f"Comparison of {join_words(list(ctx.groups))}"
+        seeds = ctx.compare.seeds
         what = (f"{len(ctx.groups)} model(s), {seeds} seed(s) each, {len(ctx.runs)} run(s)"
                 if seeds > 1 else f"{len(ctx.runs)} run(s)")  # fmt: skip
     else:
         title = f"{ctx.runs[0].name} on Fashion-MNIST"
         what = "one run"
     intro: list = [*trained_blocks(ctx), Text(f"Report on {what} in `{ctx.folder}`.")]
-    if ctx.compare and ctx.compare.get("notes"):
-        intro.append(Text(str(ctx.compare["notes"]).strip()))
+    if ctx.compare and ctx.compare.notes:
+        intro.append(Text(str(ctx.compare.notes).strip()))
     findings = [f"**{s.title}:** {s.takeaways()[0]}" for s in _summary_order(sections) if s.takeaways()]
     if findings:
         intro += [Heading("Key findings"), Bullets(findings)]
@@ -122,9 +120,9 @@ def write_report(folder: Path, *, progress: Progress = _quiet, **options) -> Pat
 def _write(doc: Document, folder: Path, opts: ReportOptions) -> Path:
     written = None
     if opts.markdown:
-        written = folder / MARKDOWN_FILE
+        written = folder / REPORT_MARKDOWN_FILE
         atomic_write_text(written, render_markdown(doc, folder))
     if opts.html:
-        written = folder / HTML_FILE
+        written = folder / REPORT_HTML_FILE
         atomic_write_text(written, render_html(doc))
     return written

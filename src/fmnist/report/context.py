@@ -21,11 +21,10 @@ from fmnist.data.dataset import FashionMNIST
 from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError, RunPathError
 from fmnist.experiments.compare import COMPARE_FILE, read_compare
-from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, read_history, read_results
+from fmnist.inference.records import CompareFile, EnsembleResults
+from fmnist.inference.rundir import ABLATION_FILE, CONFIG_FILE, FIGURES_DIR, RESULTS_FILE, read_history, read_results
 from fmnist.report.options import ReportOptions
 
-FIGURES_DIR = "figures"
-ABLATION_FILE = "ablation.json"
 BASELINE_IMAGES = 1000  # test images the untrained network is scored on
 __all__ = [
     "ABLATION_FILE",
@@ -86,7 +85,7 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def load_runs(folder: Path) -> tuple[dict[str, Any] | None, list[Run]]:
+def load_runs(folder: Path) -> tuple[CompareFile | None, list[Run]]:
     """(compare.json or None, runs) for a compare directory or a single run directory.
 
     Runs are named by what the user chose, never by where they happen to lie: a compare's run
@@ -95,24 +94,25 @@ def load_runs(folder: Path) -> tuple[dict[str, Any] | None, list[Run]]:
     folder = Path(folder)
     if (folder / COMPARE_FILE).is_file():
         compare = read_compare(folder)
-        entries = compare.get("runs", [])
+        entries = compare.runs
         if not entries:
             raise FmnistError(f"{folder}: {COMPARE_FILE} lists no runs")
-        labels = [entry.get("name") or entry.get("model") or entry["run_dir"] for entry in entries]
+        labels = [entry.name for entry in entries]
         runs = []
         for entry, label in zip(entries, labels):
-            path = folder / entry["run_dir"]
-            results = read_results(path)
+            path = folder / entry.run_dir
+            results = read_results(path).to_json()
             name, slug = label, label
             if labels.count(label) > 1:
-                seed = results.get("seed", entry.get("seed"))
+                seed = results.get("seed", entry.results.seed)
                 name, slug = f"{label} seed {seed}", f"{label}-seed{seed}"
-            runs.append(Run(name, label, _slug(slug), path, results, read_history(path), _read_config(path)))
+            history = [row.to_json() for row in read_history(path)]
+            runs.append(Run(name, label, _slug(slug), path, results, history, _read_config(path)))
         return compare, runs
     if (folder / RESULTS_FILE).is_file():
-        results = read_results(folder)
-        model = results["model"]
-        return None, [Run(model, model, _slug(model), folder, results, read_history(folder), _read_config(folder))]
+        results = read_results(folder).to_json()
+        model, history = results["model"], [row.to_json() for row in read_history(folder)]
+        return None, [Run(model, model, _slug(model), folder, results, history, _read_config(folder))]
     raise RunPathError(f"{folder}: neither a run directory ({RESULTS_FILE}) nor a comparison ({COMPARE_FILE})")
 
 
@@ -150,12 +150,12 @@ class EnsembleEntry:
 
     name: str
     path: Path
-    results: dict[str, Any]  # its results.json ({} when it was not built)
+    results: EnsembleResults | None  # its results.json (None when it was not built)
     member_names: list[str]  # what the report calls each member, in the ensemble's order
     error: str = ""  # why a compare could not build it
 
 
-def load_ensembles(folder: Path, compare: dict[str, Any] | None) -> list[EnsembleEntry]:
+def load_ensembles(folder: Path, compare: CompareFile | None) -> list[EnsembleEntry]:
     """A compare's ensembles, or the one ensemble when `folder` is an ensemble directory."""
     from fmnist.inference.ensemble_model import is_ensemble_dir
 
@@ -163,24 +163,22 @@ def load_ensembles(folder: Path, compare: dict[str, Any] | None) -> list[Ensembl
     if compare is None:
         if not is_ensemble_dir(folder):
             return []
-        results = read_results(folder)
-        names = [Path(m["run_dir"]).name for m in results.get("members", [])]
+        results = EnsembleResults.read(folder / RESULTS_FILE)  # an ensemble's own fields, not a run's
+        names = [Path(m.run_dir).name for m in results.members]
         if len(set(names)) < len(names):  # members from same-named folders: their paths tell them apart
-            names = [str(m["run_dir"]) for m in results["members"]]
+            names = [m.run_dir for m in results.members]
         return [EnsembleEntry(folder.resolve().name, folder, results, names)]  # named as the user named it
     seeds_of: dict[str, int] = {}
-    for entry in compare.get("runs", []):
-        seeds_of[entry.get("name", "")] = seeds_of.get(entry.get("name", ""), 0) + 1
+    for entry in compare.runs:
+        seeds_of[entry.name] = seeds_of.get(entry.name, 0) + 1
     out = []
-    for row in compare.get("ensembles", []):
-        names = [
-            m["name"] if seeds_of.get(m["name"], 0) < 2 else f"{m['name']} seed {m['seed']}" for m in row["members"]
-        ]
-        path = folder / row["dir"]
-        if row.get("error"):
-            out.append(EnsembleEntry(row["name"], path, {}, names, row["error"]))
+    for row in compare.ensembles or []:
+        names = [m.name if seeds_of.get(m.name, 0) < 2 else f"{m.name} seed {m.seed}" for m in row.members]
+        path = folder / row.dir
+        if row.error:
+            out.append(EnsembleEntry(row.name, path, None, names, row.error))
         else:
-            out.append(EnsembleEntry(row["name"], path, read_results(path), names))
+            out.append(EnsembleEntry(row.name, path, EnsembleResults.read(path / RESULTS_FILE), names))
     return out
 
 

@@ -1,5 +1,8 @@
 """What a run reports while it goes (`RunInfo`, `EpochRecord`, callbacks) and when it ends (`RunResult`).
 
+An EpochRecord is a line of metrics.jsonl and `RunResult.to_results()` is results.json: both types
+are the run-directory format's (fmnist.inference.rundir).
+
 Networks and scikit-learn baselines produce the same types, so progress displays, run
 directories, `compare` and reports handle both without asking which is which.
 """
@@ -14,20 +17,8 @@ import torch
 
 from fmnist.config import TrainConfig
 from fmnist.inference.evaluate import Evaluation
+from fmnist.inference.rundir import EpochRecord, RunResults
 from fmnist.models.base import Classifier
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float | None
-    val_accuracy: float | None
-    lr: float
-    steps: int
-    seconds: float  # training time so far, validation included
-    images_per_second: float
 
 
 @dataclass(frozen=True)
@@ -82,35 +73,51 @@ class RunResult:
     def best_val_accuracy(self) -> float | None:
         return self.history[self.best_epoch - 1].val_accuracy if self.best_epoch else None
 
-    def summary(self) -> dict[str, Any]:
+    @classmethod
+    def from_results(cls, config: TrainConfig, results: RunResults, history: list[EpochRecord]) -> RunResult:
+        """A run rebuilt from its results.json and history, without the model or test logits: what a run
+        trained in another process (a Ray task, a --jobs worker) hands back to the caller."""
+        r = results
+        test = Evaluation(r.test_accuracy, r.test_loss, r.confusion, r.per_class, r.most_confused,
+                          sum(map(sum, r.confusion)))  # fmt: skip
+        extra = {**r.extra, **({"classical": r.classical} if r.classical is not None else {})}
+        return cls(config=config, model=None, history=history, best_epoch=r.best_epoch, epochs_run=r.epochs_run,
+                   steps=r.steps, train_seconds=r.train_seconds, test=test, test_logits=torch.empty(0),
+                   params=r.params, size_mb=r.size_mb, data=r.data, device=r.device, precision=r.precision,
+                   isa=r.cpu_isa, stopped_early=r.stopped_early, compiled=r.compiled,
+                   compile_seconds=r.compile_seconds, extra=extra, planned_steps=r.planned_steps)  # fmt: skip
+
+    def to_results(self) -> RunResults:
         """What results.json holds."""
-        return {
-            "model": self.config.model,
-            "model_args": self.config.to_dict()["model_args"],
-            "params": self.params,
-            "size_mb": round(self.size_mb, 4),
-            "test_accuracy": self.test.accuracy,
-            "test_loss": self.test.loss,
-            "best_epoch": self.best_epoch,
-            "best_val_accuracy": self.best_val_accuracy,
-            "epochs_run": self.epochs_run,
-            "steps": self.steps,
-            "planned_steps": self.planned_steps,
-            "stopped_early": self.stopped_early,
-            "train_seconds": round(self.train_seconds, 3),
-            "compiled": self.compiled,
-            "compile_seconds": round(self.compile_seconds, 3),
-            "seed": self.config.seed,
-            "device": self.device,
-            "precision": self.precision,
-            "cpu_isa": self.isa,
-            "checkpoint": self.has_checkpoint,
-            "data": self.data,
-            "confusion": self.test.confusion,
-            "per_class": self.test.per_class,
-            "most_confused": self.test.most_confused,
-            **self.extra,
-        }
+        classical = self.extra.get("classical")
+        return RunResults(
+            model=self.config.model,
+            model_args=self.config.to_dict()["model_args"],
+            params=self.params,
+            size_mb=round(self.size_mb, 4),
+            test_accuracy=self.test.accuracy,
+            test_loss=self.test.loss,
+            best_epoch=self.best_epoch,
+            best_val_accuracy=self.best_val_accuracy,
+            epochs_run=self.epochs_run,
+            steps=self.steps,
+            planned_steps=self.planned_steps,
+            stopped_early=self.stopped_early,
+            train_seconds=round(self.train_seconds, 3),
+            compiled=self.compiled,
+            compile_seconds=round(self.compile_seconds, 3),
+            seed=self.config.seed,
+            device=self.device,
+            precision=self.precision,
+            cpu_isa=self.isa,
+            checkpoint=self.has_checkpoint,
+            data=self.data,
+            confusion=self.test.confusion,
+            per_class=self.test.per_class,
+            most_confused=self.test.most_confused,
+            classical=classical,
+            extra={k: v for k, v in self.extra.items() if k != "classical"},
+        )
 
 
 class TrainCallback:
@@ -139,27 +146,3 @@ class StopSignal:
 
     def request(self) -> None:
         self.requested = True
-
-
-def smoke_steps(results: dict[str, Any]) -> int | None:
-    """The steps a run trained when --max-steps cut it short of its epochs (a smoke run), else None
-    (also for runs written before fmnist recorded `planned_steps`)."""
-    steps, planned = results.get("steps") or 0, results.get("planned_steps") or 0
-    return steps if planned and steps < planned and not results.get("stopped_early") else None
-
-
-def trained_words(results: dict[str, Any]) -> str:
-    """How much a run trained, truthfully: "best epoch 3 of 4", or "20 steps (smoke run: ...)"."""
-    epochs, best = results.get("epochs_run", 0), results.get("best_epoch", 0)
-    smoke = smoke_steps(results)
-    if smoke is not None:
-        return f"{plural(smoke, 'step')} of {results['planned_steps']:,} planned (smoke run: --max-steps)"
-    if not epochs:  # a scikit-learn baseline: fitted, no epochs
-        return "fitted"
-    early = " (stopped early)" if results.get("stopped_early") else ""
-    return f"best epoch {best} of {epochs}{early}"
-
-
-def plural(n: int, word: str) -> str:
-    """'1 epoch', '2 epochs', '1,000 steps'."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"

@@ -1,13 +1,12 @@
 """Writing run directories as a run trains: config, environment, metrics, checkpoint, results.
 
-The files and their names are fmnist.inference.rundir's; this module writes them
+The files, their names and types are fmnist.inference.rundir's; this module writes them
 (`RunDirWriter`), trains into a locked run directory (`train_into`), and rebuilds a RunResult
 from a finished one (`result_from_dir`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -24,7 +23,15 @@ from fmnist.config import TrainConfig
 from fmnist.device import cpu_isa, cpu_model, hardware_isa
 from fmnist.fsutil import append_line, atomic_write_json, atomic_write_text
 from fmnist.inference.checkpoint import CheckpointMeta, save_checkpoint
-from fmnist.inference.rundir import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, RunLock, read_history, read_results
+from fmnist.inference.rundir import (
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    METRICS_FILE,
+    RESULTS_FILE,
+    RunLock,
+    read_history,
+    read_results,
+)
 from fmnist.training.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
 
 
@@ -73,21 +80,21 @@ class RunDirWriter(TrainCallback):
 
     def on_start(self, info: RunInfo) -> None:
         atomic_write_text(self.run_dir / CONFIG_FILE, info.config.to_toml())
-        atomic_write_json(self.run_dir / "environment.json",
+        atomic_write_json(self.run_dir / ENVIRONMENT_FILE,
                           {**environment_info(), "device": info.device, "precision": info.precision})  # fmt: skip
         # A resumed run rewrites the history it restored: a line appended just before a crash
         # but after the last saved state would otherwise appear twice.
-        lines = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in info.history)
+        lines = "".join(json.dumps(r.to_json()) + "\n" for r in info.history)
         atomic_write_text(self.run_dir / METRICS_FILE, lines)
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
-        append_line(self.run_dir / METRICS_FILE, json.dumps(dataclasses.asdict(record)))
+        append_line(self.run_dir / METRICS_FILE, json.dumps(record.to_json()))
 
     def on_end(self, result: RunResult) -> None:
         if result.model is not None:
             extra = {"test_accuracy": result.test_accuracy, "data": result.data}
             save_checkpoint(self.run_dir, result.model, checkpoint_meta(result.config, result.model, extra))
-        atomic_write_json(self.run_dir / RESULTS_FILE, result.summary())
+        atomic_write_json(self.run_dir / RESULTS_FILE, result.to_results().to_json())
 
 
 def train_into(config: TrainConfig, run_dir: Path, dataset: Any, callbacks: list[TrainCallback] | tuple = (), *,
@@ -105,17 +112,5 @@ def train_into(config: TrainConfig, run_dir: Path, dataset: Any, callbacks: list
 
 
 def result_from_dir(run_dir: Path, config: TrainConfig) -> RunResult:
-    """A RunResult rebuilt from a run directory's files (without the model), for progress displays.
-
-    What a run trained in another process (a Ray task, a --jobs worker) hands back to the caller.
-    """
-    from fmnist.inference.evaluate import Evaluation
-
-    s = read_results(run_dir)
-    test = Evaluation(s["test_accuracy"], s["test_loss"], s["confusion"], s["per_class"], s["most_confused"],
-                      sum(map(sum, s["confusion"])))  # fmt: skip
-    history = [EpochRecord(**row) for row in read_history(run_dir)]
-    return RunResult(config, None, history, s["best_epoch"], s["epochs_run"], s["steps"], s["train_seconds"], test,
-                     torch.empty(0), s["params"], s["size_mb"], s["data"], s["device"], s["precision"],
-                     s.get("cpu_isa", ""), s["stopped_early"], compiled=s.get("compiled", False),
-                     compile_seconds=s.get("compile_seconds", 0.0), planned_steps=s.get("planned_steps", 0))  # fmt: skip
+    """A RunResult rebuilt from a run directory's files (without the model), for progress displays."""
+    return RunResult.from_results(config, read_results(run_dir), read_history(run_dir))

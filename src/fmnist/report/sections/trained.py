@@ -6,9 +6,9 @@ a real run of its recipe, or a smoke run of a few steps that proves only that th
 
 from __future__ import annotations
 
+from fmnist.inference.rundir import RunResults, plural
 from fmnist.report.context import ReportContext, Run
 from fmnist.report.document import Banner, Block, Heading, Table
-from fmnist.training.results import plural, smoke_steps
 
 
 def _row(run: Run) -> list[str]:
@@ -22,7 +22,7 @@ def _row(run: Run) -> list[str]:
     else:
         epochs_text = f"{epochs} of {planned}" if planned else str(epochs)
         steps_text = f"{r.get('steps', 0):,}"
-        if smoke_steps(r) is not None:
+        if RunResults.from_json(r).smoke_steps is not None:
             steps_text += f" of {r['planned_steps']:,} (cut by --max-steps)"
         elif r.get("stopped_early"):
             epochs_text += " (early stopping)"
@@ -33,7 +33,7 @@ def _row(run: Run) -> list[str]:
 def trained_blocks(ctx: ReportContext) -> list[Block]:
     """A smoke-run banner (if any run was cut) and the table of how every run was trained."""
     blocks: list[Block] = []
-    cut = {run.name: smoke_steps(run.results) for run in ctx.runs}
+    cut = {run.name: RunResults.from_json(run.results).smoke_steps for run in ctx.runs}
     cut = {name: steps for name, steps in cut.items() if steps is not None}
     if cut:
         steps = sorted(set(cut.values()))
