@@ -73,7 +73,7 @@ def measure_side_by_side(name: str, seeds: int, jobs: int, data, max_steps: int 
     folder = out / f"{name}-jobs"
     shutil.rmtree(folder, ignore_errors=True)  # this script's own output: replaced, as measure() overwrites
     config = make_config(recipe=name, max_steps=max_steps, val_size=val_size)
-    plan = ComparePlan([RunSpec(name, config.to_dict())], seeds=seeds, title=f"{name} over {seeds} seeds")
+    plan = ComparePlan([RunSpec(name, {}, resolved=config)], seeds=seeds, title=f"{name} over {seeds} seeds")
     runs = run_plan(plan, folder, data=data, progress=False, report=False, jobs=jobs).summary["runs"]
     run_dirs = [folder / r["run_dir"] for r in runs]
     # From config.toml (written as a run starts) to results.json (its last file): the run's own wall time.

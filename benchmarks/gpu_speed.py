@@ -38,8 +38,9 @@ from fmnist.errors import FmnistError
 from fmnist.inference.evaluate import predict
 from fmnist.models.flops import forward_flops
 from fmnist.models.registry import create_model
-from fmnist.training.recipes import MEASURED_FILE, build_config, measured, record_measurement
+from fmnist.training.recipes import MEASURED_FILE, measured, record_measurement
 from fmnist.training.results import TrainCallback
+from fmnist.training.settings import resolve_config
 from fmnist.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ class TestCurve(TrainCallback):
 
 def one_run(recipe: str, seed: int, data, device: str, max_steps: int | None, val_size: int | None) -> dict:
     overrides = {"seed": seed, "device": device, "max_steps": max_steps, "val_size": val_size}
-    config = build_config(recipe=recipe, cli_values=overrides)
+    config = resolve_config(recipe=recipe, options=overrides)
     on_gpu = device == "cuda"
     if on_gpu:
         torch.cuda.empty_cache()
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             accuracies = [r["test_accuracy"] for r in runs[name]]
             record_measurement(recorded, name, {
-                "model": build_config(recipe=name).model, "runs": len(accuracies), "accuracy": accuracies,
+                "model": resolve_config(recipe=name).model, "runs": len(accuracies), "accuracy": accuracies,
                 "accuracy_mean": statistics.fmean(accuracies),
                 "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
                 "seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs[name]),

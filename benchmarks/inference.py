@@ -65,10 +65,10 @@ def build(name: str, train_steps: int, dataset, tta: str | None):
 
     tta = tta or tta_level(model_settings(name))
     if train_steps and dataset is not None:
-        from fmnist.training.recipes import build_config
+        from fmnist.training.settings import resolve_config
         from fmnist.training.trainer import fit
 
-        cfg = build_config(name, cli_values={"epochs": 1, "max_steps": train_steps, "val_size": 0, "precision": "fp32"})
+        cfg = resolve_config(name, options={"epochs": 1, "max_steps": train_steps, "val_size": 0, "precision": "fp32"})
         model = fit(cfg, dataset).model.eval()
     else:
         model = create_model(name).eval()

@@ -26,8 +26,8 @@ from fmnist import api
 from fmnist.device import cpu_model
 from fmnist.experiments.ray_runtime import RaySession
 from fmnist.inference.rundir import prepare_run_dir
-from fmnist.training.recipes import build_config
 from fmnist.training.run_writer import train_into
+from fmnist.training.settings import resolve_config
 
 LRS = [1e-3 * 1.5**k for k in range(16)]  # learning rates of the runs, all sensible for the MLP
 
@@ -47,7 +47,7 @@ def sequential(work: Path, data, model: str, epochs: int, lrs: list[float]) -> l
     """Seconds of each run, trained one after another in this process."""
     seconds = []
     for i, lr in enumerate(lrs):
-        config = build_config(model, cli_values={"epochs": epochs, "lr": lr})
+        config = resolve_config(model, options={"epochs": epochs, "lr": lr})
         started = time.perf_counter()
         train_into(config, prepare_run_dir(work / f"seq-{i}"), data)
         seconds.append(time.perf_counter() - started)
@@ -104,7 +104,7 @@ def main() -> None:
             started = time.perf_counter()
             summary = api.sweep(config, out=work / f"sweep-cpus{cpus}", data=data, progress=False, report=False)
             wall = time.perf_counter() - started
-            results[label] = (wall, images_trained(summary, build_config(args.model).batch_size) / wall)
+            results[label] = (wall, images_trained(summary, resolve_config(args.model).batch_size) / wall)
         stopping = time.perf_counter()
     ray_stop = time.perf_counter() - stopping
 

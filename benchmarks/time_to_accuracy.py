@@ -3,7 +3,7 @@
 (a) seed 004 as written: a per-sample Dataset + DataLoader (batch 128, shuffled), Normalize(0.5,
     0.5), Adam 1e-3, `cnn_seed004` in fp32, evaluated on the test split after every epoch and
     timed until it first reaches the target (or --seed-max-epochs).
-(b) fmnist's default recipe exactly as `fmnist compare` runs it (`fit(build_config("fastcnn"))`):
+(b) fmnist's default recipe exactly as `fmnist compare` runs it (`fit(resolve_config("fastcnn"))`):
     a fixed number of epochs chosen in advance, the best epoch picked on a validation split,
     the test set touched once at the end. Timed for the whole `fit` call, over --seeds seeds.
 
@@ -41,7 +41,7 @@ from fmnist.data.loader import TensorLoader
 from fmnist.data.sources import resolve_dataset
 from fmnist.device import autocast_context, resolve_precision
 from fmnist.models import create_model
-from fmnist.training.recipes import build_config
+from fmnist.training.settings import resolve_config
 from fmnist.training.trainer import fit
 
 TARGET = 0.93
@@ -116,7 +116,7 @@ def run_seed_recipe(data, max_epochs: int) -> dict:
 def run_fmnist_recipe(data, seeds: int) -> dict:
     runs = []
     for seed in range(seeds):
-        config = build_config("fastcnn", cli_values={"seed": seed})
+        config = resolve_config("fastcnn", options={"seed": seed})
         t0 = time.perf_counter()
         result = fit(config, data)
         wall = time.perf_counter() - t0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,46 @@ def test_compare_takes_a_runs_config_and_names_the_file_of_a_bad_value(tiny_data
     plan = tmp_path / "plan.toml"
     plan.write_text('[[runs]]\nname = "wide"\nmodel = "mlp"\nlr = -1\n')
     assert_one_line_error(run_cli("compare", "--config", str(plan), env=isolated_env), 2, f"{plan}, run 'wide': lr")
+
+
+def test_show_config_prints_each_setting_with_its_source_and_trains_nothing(tmp_path: Path, isolated_env):
+    proc = run_cli("train", "--show-config", env=isolated_env, cwd=tmp_path)  # no data anywhere: none is loaded
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in proc.stdout.splitlines()[1:]}
+    assert rows["model"] == ['"fastcnn"', "default"] and rows["recipe"] == ['"fast"', "model fastcnn"]
+    assert rows["optimizer"] == ['"muon"', "model fastcnn"] and rows["momentum"] == ["0.9", "default"]
+    assert proc.stderr == "" and not (tmp_path / "runs").exists()
+    file = tmp_path / "my.toml"
+    file.write_text("epochs = 2\n[model_args]\nwidths = [12, 36, 72]\n")
+    proc = run_cli("train", "--show-config", "--recipe", "cpu-94", "--config", str(file), "--model-arg",
+                   "pool_before_last_conv=false", "--lr", "0.01", "--no-flip", env=isolated_env, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in proc.stdout.splitlines()[1:]}
+    assert rows["epochs"] == ["2", f"file {file}"] and rows["model_args.widths"][1].endswith(f"file {file}")
+    assert rows["model_args.pool_before_last_conv"] == ["false", "option"] and rows["lr"] == ["0.01", "option"]
+    assert rows["tta"] == ['"none"', "rule: --no-flip turns off mirror TTA"]
+    assert rows["crop_pad"] == ["2", "recipe cpu-94"] and rows["recipe"] == ['"cpu-94"', "option"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_runs_config_toml_records_where_each_setting_came_from(tiny_data_dir: Path, tmp_path: Path, isolated_env):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--model", "mlp", "--model-arg", "hidden=16", "--max-steps", "2", "--no-report",
+                   "--out", str(out), *TINY, "--data-dir", str(tiny_data_dir), env=isolated_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    sources = tomllib.loads((out / "config.toml").read_text())["sources"]
+    assert sources["model"] == sources["max_steps"] == sources["model_args.hidden"] == "option"
+    assert sources["epochs"] == "default" and sources["model_args.dropout"] == "default"
+    proc = run_cli("train", "--resume", str(out), "--show-config", env=isolated_env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1].split() == ["model", '"mlp"', "option"]
+
+
+@pytest.mark.parametrize("command", ["train", "train-with-model-arg", "compare", "sweep"])
+def test_a_malformed_config_file_is_one_line_naming_the_file_and_the_line(command, tmp_path: Path, isolated_env):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = 2\n[model_args]\nhidden = [16,\nlr = 0.1\n")
+    args = {"train": ["train", "--config"], "train-with-model-arg": ["train", "--model-arg", "hidden=8", "--config"],
+            "compare": ["compare", "--config"], "sweep": ["sweep"]}[command]  # fmt: skip
+    proc = run_cli(*args, str(bad), env=isolated_env, cwd=tmp_path)
+    assert_one_line_error(proc, 2, f"{bad}:4: invalid TOML (")

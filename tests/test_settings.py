@@ -13,11 +13,12 @@ import tomli_w
 from fmnist import api
 from fmnist.cli.app import main
 from fmnist.config import TrainConfig, load_config_file, settings
-from fmnist.training.recipes import build_config
+from fmnist.training.settings import resolve_config
 
 # Fields that are not options of their own (each command spells --model, --model-arg and
-# --data-dir itself; mean/std follow --normalize and recipes; eval_batch_size is internal).
-NOT_OPTIONS = {"model", "model_args", "recipe", "mean", "std", "eval_batch_size", "data_dir"}
+# --data-dir itself; mean/std follow --normalize and recipes; eval_batch_size is internal; sources
+# records which layer set each of the others).
+NOT_OPTIONS = {"model", "model_args", "recipe", "mean", "std", "eval_batch_size", "data_dir", "sources"}
 # Values the generic rule below would make invalid.
 SPECIAL = {"ema": 0.99, "crop_pad": 3, "device": "cpu", "precision": "fp32"}
 
@@ -74,8 +75,8 @@ def test_cli_toml_and_config_agree(field, monkeypatch, tmp_path: Path):
     assert from_flag == {field.name: value}
     toml = tmp_path / "config.toml"
     toml.write_text(tomli_w.dumps({field.name: value}))
-    by_flag = build_config("mlp", cli_values=from_flag)
-    by_file = build_config("mlp", file_values={field.name: value})
+    by_flag = resolve_config("mlp", options=from_flag)
+    by_file = resolve_config("mlp", file_values={field.name: value})
     assert getattr(by_flag, field.name) == getattr(by_file, field.name) == value
     saved = tmp_path / "saved.toml"
     saved.write_text(by_flag.to_toml())

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fmnist.config import TrainConfig, load_config_file, read_toml
+from fmnist.config import TrainConfig, load_config_file
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import UsageError
 from fmnist.inference.rundir import new_run_dir
-from fmnist.training.recipes import build_config
 from fmnist.training.results import StopSignal, TrainCallback
+from fmnist.training.settings import resolve_config
 
 
 def load_data(data_dir: str | Path | None = None, notify=lambda _message: None) -> FashionMNIST:
@@ -42,15 +42,13 @@ def _progress(progress: bool | Any) -> Any | None:
 
 def make_config(model: str | None = None, *, recipe: str | None = None, config_file: str | Path | None = None,
                 **options: Any) -> TrainConfig:  # fmt: skip
-    """A validated TrainConfig: defaults -> the model's recipe -> a named `recipe` -> `config_file` -> `options`."""
-    if not config_file:
-        return build_config(model, cli_values=options, recipe=recipe)
-    file_values = read_toml(Path(config_file))
-    try:  # a bad value of the file is the file's: say so before the options join in
-        build_config(model, file_values=file_values, recipe=recipe)
-    except UsageError as exc:
-        raise UsageError(f"{config_file}: {exc}") from None
-    return build_config(model, file_values=file_values, cli_values=options, recipe=recipe)
+    """A validated TrainConfig: defaults -> the model's settings -> a named `recipe` -> `config_file` -> `options`.
+
+    Its `sources` say which of those layers set each key ("default", "model fastcnn", "recipe
+    cpu-94", "file my.toml", "option", or the rule that turns a mirror TTA off with the flips);
+    `describe()` renders them as `fmnist train --show-config` prints them.
+    """
+    return resolve_config(model, recipe=recipe, config_file=config_file or None, options=options)
 
 
 def train(model: str | None = None, *, recipe: str | None = None, out: str | Path | None = None,
@@ -61,9 +59,14 @@ def train(model: str | None = None, *, recipe: str | None = None, out: str | Pat
     """Train one model into a run directory and return it as a `Run`.
 
     `options` are any `fmnist train` settings by their config name (epochs=3, lr=1e-3,
-    model_args={"hidden": [256]}). Unset ones come from the model's recipe.
+    model_args={"hidden": [256]}). Unset ones come from the model's recipe. With `config` (a
+    TrainConfig from `make_config`), `options` apply on top of it, as flags over a config file;
+    a `recipe` or `config_file` beside it is a UsageError (give those to `make_config`).
     """
-    config = config or make_config(model, recipe=recipe, config_file=config_file, **options)
+    if config is None:
+        config = make_config(model, recipe=recipe, config_file=config_file, **options)
+    else:
+        config = resolve_config(model, recipe=recipe, config_file=config_file or None, options=options, base=config)
     run_dir = new_run_dir(out, config.model, overwrite=overwrite)
     data = data or load_data(config.data_dir or None)
     return _train_with_progress(config, run_dir, data, progress, report, callbacks, stop, resume=False)

@@ -1,12 +1,14 @@
 """Typed training configuration: TOML in, validated, saved beside every checkpoint.
 
-Layers, later ones winning: built-in defaults -> the model's recipe -> a config file -> CLI flags.
+Layers, later ones winning: built-in defaults -> the model's settings -> a named recipe -> a config
+file -> flags; fmnist.training.settings.resolve_config applies them and records each key's source.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,9 @@ LEGACY_KEYS = {
     "tta_flip": ("tta", lambda on: "flip" if on in (True, "true", "1", "on", "yes") else "none"),
     "translate": ("crop_pad", lambda pixels: pixels),  # a shift of up to N pixels is a pad-and-crop
 }
+# The table of a run's config.toml that says which layer set each key (TrainConfig.sources); not a
+# setting, so a file that holds it (a run's config.toml, a sweep's best.toml) still reads as settings.
+SOURCES_KEY = "sources"
 
 
 def setting(default: Any, help: str, *, flags: tuple[str, ...] = (), choices: tuple[str, ...] = (),
@@ -93,6 +98,10 @@ class TrainConfig:
     eval_batch_size: int = EVAL_BATCH_SIZE
     data_dir: str = ""
     tensorboard: bool = setting(False, "TensorBoard scalars in RUN_DIR/tensorboard.", negatable=False)
+    # Which layer set each key ("default", "model fastcnn", "recipe cpu-94", "file x.toml", "option",
+    # "rule: ..."), model arguments as "model_args.NAME"; empty where nobody recorded it (a config
+    # built by hand, a run saved before fmnist 0.5). Not a setting: configs compare without it.
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def validate(self) -> TrainConfig:
         from fmnist.models.registry import check_model_args
@@ -157,12 +166,41 @@ class TrainConfig:
         return self.std if self.normalize else 1.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings (sources left out)."""
         data = dataclasses.asdict(self)
+        del data[SOURCES_KEY]
         data["model_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_args.items()}
         return data
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_dict())
+        """The settings, then a [sources] table where the sources are known (a run's config.toml)."""
+        data = self.to_dict()
+        if self.sources:
+            data[SOURCES_KEY] = dict(self.sources)
+        return tomli_w.dumps(data)
+
+    def source_rows(self) -> list[tuple[str, str, str]]:
+        """(key, value, source) for every TOML key, model arguments one by one: what --show-config prints."""
+        rows = []
+        for name, value in self.to_dict().items():
+            items = [(f"model_args.{k}", v) for k, v in value.items()] if name == "model_args" else [(name, value)]
+            rows += [(key, _plain(v), self.sources.get(key, "not recorded")) for key, v in items]
+        return rows
+
+    def describe(self) -> str:
+        """The resolved settings, one a line, each with the layer that set it (`fmnist train --show-config`)."""
+        rows = [("key", "value", "source"), *self.source_rows()]
+        key_width, value_width = (max(len(row[i]) for row in rows) for i in (0, 1))
+        return "\n".join(f"{k:<{key_width}}  {v:<{value_width}}  {s}".rstrip() for k, v, s in rows)
+
+
+def _plain(value: Any) -> str:
+    """A value as a config file writes it, on one line: 0.02, true, "muon", [16, 32, 64]."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    if value is None or isinstance(value, dict):  # not TOML scalars: only a builder's default can be one
+        return repr(value)
+    return tomli_w.dumps({"v": value}).partition("=")[2].strip()
 
 
 def settings() -> list[dataclasses.Field]:
@@ -170,7 +208,10 @@ def settings() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
 
 
-FIELD_TYPES: dict[str, Any] = {name: get_origin(hint) or hint for name, hint in get_type_hints(TrainConfig).items()}
+# Every key a config file may set (sources is the record of them, not one of them).
+FIELD_TYPES: dict[str, Any] = {
+    name: get_origin(hint) or hint for name, hint in get_type_hints(TrainConfig).items() if name != SOURCES_KEY
+}
 
 
 def _positive_int(value: int, name: str) -> None:
@@ -226,18 +267,59 @@ def coerce_field(name: str, value: Any, source: str = "config") -> Any:
     return dict(value)
 
 
-def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str = "config") -> TrainConfig:
-    for key, value in overrides.items():
+def apply_layer(config: TrainConfig, values: dict[str, Any], label: str, what: str = "config") -> TrainConfig:
+    """Set one layer's `values` (TOML keys, fmnist 0.1's too) on `config`, each checked against its
+    field's type, and record `label` as their source; model arguments merge key by key, so
+    `--model-arg whiten=false` keeps the recipe's widths. `what` names the layer in an unknown key's
+    message ("unknown config key 'colour'")."""
+    for key, value in values.items():
         if value is None:
             continue
         if key in LEGACY_KEYS:
             key, convert = LEGACY_KEYS[key]
             value = convert(value)
-        setattr(config, key, coerce_field(key, value, source))
+        value = coerce_field(key, value, what)
+        if key == "model_args":
+            config.model_args = {**config.model_args, **value}
+            config.sources.update({f"model_args.{name}": label for name in value})
+        else:
+            setattr(config, key, value)
+            config.sources[key] = label
     return config
 
 
+def merged(*tables: dict[str, Any]) -> dict[str, Any]:
+    """Tables of settings as one layer (a compare file's [defaults] and a run, a sweep's base and a
+    trial's draws): later keys win, model arguments key by key."""
+    out: dict[str, Any] = {}
+    for table in tables:
+        for key, value in table.items():
+            both = isinstance(value, dict) and isinstance(out.get(key), dict) and key == "model_args"
+            out[key] = {**out[key], **value} if both else value
+    return out
+
+
+def parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    """`--model-arg hidden=[512,256]` pairs; values are TOML (numbers, booleans, lists) or text."""
+    args: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--model-arg expects KEY=VALUE, got {item!r}")
+        try:
+            parsed = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = raw  # plain text: a list written hidden=512,256, a name
+        args[key.strip()] = parsed
+    return args
+
+
+# Where tomllib says a file went wrong: "Invalid value (at line 3, column 7)", "... (at end of document)".
+_TOML_PLACE = re.compile(r"^(?P<reason>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$")
+
+
 def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's table; a missing, unreadable or malformed file is one line naming it (and the line)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -248,7 +330,25 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: invalid TOML ({exc})") from None
+        place = _TOML_PLACE.match(str(exc))
+        if place is None:
+            raise UsageError(f"{path}: invalid TOML ({exc})") from None
+        reason = place["reason"][:1].lower() + place["reason"][1:]
+        if place["line"] is None:
+            line, where = max(1, len(text.splitlines())), "at the end of the file"
+        else:
+            line, where = int(place["line"]), f"column {place['column']}"
+        raise UsageError(f"{path}:{line}: invalid TOML ({reason}, {where})") from None
+
+
+def split_sources(values: dict[str, Any], where: Path | str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the settings, the recorded sources) of a config file's table; the [sources] table of a run's
+    config.toml is the record of its settings, not one of them."""
+    values = dict(values)
+    sources = values.pop(SOURCES_KEY, {})
+    if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+        raise UsageError(f"{where}: [{SOURCES_KEY}] must be a table of texts (which layer set each key)")
+    return values, sources
 
 
 def saved_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -265,8 +365,10 @@ def saved_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config_file(path: Path) -> TrainConfig:
-    """A saved `config.toml` (as written into run directories) back into a TrainConfig."""
-    values = saved_values(read_toml(path))
-    config = TrainConfig()
-    apply_overrides(config, values, f"{path}")
-    return config.validate()
+    """A saved `config.toml` (as written into run directories) back into a TrainConfig, with the
+    sources it records (none for a run saved before fmnist 0.5)."""
+    values, sources = split_sources(read_toml(path), path)
+    values = saved_values(values)
+    config = apply_layer(TrainConfig(), values, f"file {path}", f"{path}").validate()
+    config.sources = sources
+    return config

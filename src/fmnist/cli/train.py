@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -11,23 +10,9 @@ import typer
 
 from fmnist.cli.options import DataDirOption, JobsOption, RayOption, ray_address, recipe_default, training_settings
 from fmnist.cli.output import console, err_console, notify, print_comparison, report_with_progress, say
+from fmnist.config import parse_model_args
 from fmnist.errors import UsageError
 from fmnist.training.results import RunInfo, TrainCallback
-
-
-def parse_model_args(items: list[str] | None) -> dict[str, Any]:
-    """`--model-arg hidden=[512,256]` pairs; values are TOML (numbers, booleans, lists) or text."""
-    args: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--model-arg expects KEY=VALUE, got {item!r}")
-        try:
-            parsed = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed = raw
-        args[key.strip()] = parsed
-    return args
 
 
 @training_settings(recipe_default, after="config")
@@ -61,6 +46,9 @@ def train_cmd(
     ),  # fmt: skip
     seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat with N seeds (seed, seed+1, ...): mean ± std"),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
+    show_config: bool = typer.Option(
+        False, "--show-config", help="Print the resolved settings, each with the layer that set it; train nothing"
+    ),  # fmt: skip
     ray: str | None = RayOption,
     jobs: int | None = JobsOption,
     data_dir: Path | None = DataDirOption,
@@ -77,20 +65,27 @@ def train_cmd(
     if resume is not None:
         if any(v is not None for v in (model, out, config)):
             raise UsageError("--resume takes the settings saved in the run directory; drop --model/--out/--config")
+        if show_config:
+            from fmnist.config import load_config_file
+            from fmnist.inference.rundir import CONFIG_FILE
+
+            say(load_config_file(resume / CONFIG_FILE).describe())
+            return
         run = _with_ctrl_c(lambda stop: api.resume(resume, data=api.load_data(data_dir, notify=notify), stop=stop,
                                                    progress=console, callbacks=[SayResume()]))  # fmt: skip
         _say_result(run, report=not no_report)
         return
     options = dict(settings or {})
-    extra_args = parse_model_args(model_arg)
-    if extra_args:
-        file_args = tomllib.loads(config.read_text()).get("model_args", {}) if config and config.is_file() else {}
-        options["model_args"] = {**file_args, **extra_args}
+    if model_arg:
+        options["model_args"] = parse_model_args(model_arg)  # key by key over the file's and the recipe's
     cfg = api.make_config(model, recipe=recipe, config_file=config, **options)
+    if show_config:
+        say(cfg.describe())
+        return
     if seeds > 1:
         from fmnist.experiments.plan import ComparePlan, RunSpec
 
-        plan = ComparePlan([RunSpec(cfg.model, cfg.to_dict())], seeds=seeds, title=f"{cfg.model} over {seeds} seeds")
+        plan = ComparePlan([RunSpec(cfg.model, {}, resolved=cfg)], seeds=seeds, title=f"{cfg.model} over {seeds} seeds")
         comparison = api.run_plan(plan, out, f"{cfg.model}-seeds",
                                   progress=console, report=False, data_dir=data_dir,
                                   notify=notify, ray=ray_address(ray), jobs=jobs)  # fmt: skip

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmnist.config import FIELD_TYPES, LEGACY_KEYS, TrainConfig, read_toml
+from fmnist.config import FIELD_TYPES, LEGACY_KEYS, SOURCES_KEY, TrainConfig, merged, read_toml
 from fmnist.errors import UsageError
 from fmnist.inference.ensemble_select import DEFAULT_SELECT, SELECT_RULES, fallback_note
 from fmnist.inference.rundir import CONFIG_FILE
 from fmnist.models.registry import get_entry
-from fmnist.training.recipes import build_config
+from fmnist.training.settings import resolve_config
 
 ENSEMBLES_DIR = "ensembles"
 # The seeds' experiment: the MLP baseline against fmnist's default CNN, each with its recipe.
@@ -26,16 +26,21 @@ DEFAULT_RUNS: tuple[tuple[str, str], ...] = (("mlp", "mlp_wide"), ("cnn", "fastc
 @dataclass
 class RunSpec:
     name: str
-    values: dict[str, Any]  # TrainConfig fields (model, epochs, ...) for this run
-    origin: str = ""  # where the values were written ("FILE, run 'NAME'"), for error messages
+    values: dict[str, Any]  # TrainConfig fields (model, epochs, ...) for this run, as its file gives them
+    origin: str = ""  # where the values were written ("FILE, run 'NAME'"): its errors and sources name it
+    # A config resolved already (`train --seeds`, a benchmark's recipe): each seed's run is a copy of
+    # it, the plan's overrides on top; `values` are then empty.
+    resolved: TrainConfig | None = None
+
+    @property
+    def model(self) -> Any:
+        return self.resolved.model if self.resolved is not None else self.values.get("model")
 
     def config(self, overrides: dict[str, Any], seed_offset: int = 0) -> TrainConfig:
-        if self.origin:  # a bad value of the file is the file's: say so before the options join in
-            try:
-                build_config(self.values.get("model"), file_values=self.values)
-            except UsageError as exc:
-                raise UsageError(f"{self.origin}: {exc}") from None
-        config = build_config(self.values.get("model"), file_values=self.values, cli_values=overrides)
+        if self.resolved is not None:
+            config = resolve_config(options=overrides, base=self.resolved)
+        else:
+            config = resolve_config(file_values=self.values, options=overrides, origin=self.origin)
         config.seed += seed_offset
         return config
 
@@ -94,7 +99,7 @@ class ComparePlan:
             raise UsageError(f"{where}: --ensemble (ensemble = true) averages each run's seeds, so it needs "
                              f"--seeds 2 or more (got {self.seeds})")  # fmt: skip
         run_names = [s.name for s in self.runs]
-        models = {s.name: s.values.get("model") for s in self.runs}
+        models = {s.name: s.model for s in self.runs}
         seen: set[str] = set()
         for e in self.ensembles:
             if e.name in seen or e.name in run_names:
@@ -185,7 +190,7 @@ def plan_from_models(models: Sequence[str]) -> ComparePlan:
 
 def is_run_config(data: dict[str, Any]) -> bool:
     """Whether a TOML table is one run's settings (a run directory's config.toml), not a plan."""
-    return "runs" not in data and "model" in data and set(data) <= set(FIELD_TYPES) | set(LEGACY_KEYS)
+    return "runs" not in data and "model" in data and set(data) <= set(FIELD_TYPES) | set(LEGACY_KEYS) | {SOURCES_KEY}
 
 
 def plan_from_file(path: Path) -> ComparePlan:
@@ -208,9 +213,7 @@ def plan_from_file(path: Path) -> ComparePlan:
     for i, run in enumerate(runs, start=1):
         if not isinstance(run, dict) or "model" not in run:
             raise UsageError(f"{path}: run {i} needs a model")
-        values = {**defaults, **{k: v for k, v in run.items() if k != "name"}}
-        if isinstance(defaults.get("model_args"), dict) and isinstance(run.get("model_args"), dict):
-            values["model_args"] = {**defaults["model_args"], **run["model_args"]}
+        values = merged(defaults, {k: v for k, v in run.items() if k != "name"})
         name = str(run.get("name") or run["model"])
         specs.append(RunSpec(name, values, f"{path}, run {name!r}"))
     if len({s.name for s in specs}) != len(specs):

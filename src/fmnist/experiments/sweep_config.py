@@ -35,9 +35,9 @@ from typing import Any
 
 import tomli_w
 
-from fmnist.config import FIELD_TYPES, TrainConfig, read_toml
+from fmnist.config import FIELD_TYPES, TrainConfig, merged, read_toml
 from fmnist.errors import UsageError
-from fmnist.training.recipes import build_config
+from fmnist.training.settings import resolve_config
 
 # A sweep directory:
 #   sweep.toml        the sweep config as given (what --resume reads)
@@ -111,7 +111,7 @@ class SweepSpec:
     base_config: TrainConfig = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.base_config = build_config(None, file_values=self.base)
+        self.base_config = resolve_config(file_values=self.base, origin=self.source)
 
     @property
     def mode(self) -> str:
@@ -129,14 +129,13 @@ class SweepSpec:
     def trial_values(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """The base's config-file values with a trial's sampled ones on top."""
         sampled = {key: plain_value(value) for key, value in sampled.items()}
-        values = {**self.base, **{k: v for k, v in sampled.items() if not k.startswith(MODEL_ARG)}}
+        values = {k: v for k, v in sampled.items() if not k.startswith(MODEL_ARG)}
         args = {k[len(MODEL_ARG) :]: v for k, v in sampled.items() if k.startswith(MODEL_ARG)}
-        if args:
-            values["model_args"] = {**(values.get("model_args") or {}), **args}
-        return values
+        return merged(self.base, {**values, "model_args": args} if args else values)
 
     def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
-        return build_config(None, file_values=self.trial_values(sampled))
+        """A trial's config: its draws are the sweep file's values, as its [search] table wrote them."""
+        return resolve_config(file_values=self.trial_values(sampled), origin=self.source)
 
     def param_space(self) -> dict[str, Any]:
         return {dim.key: dim.tune_domain() for dim in self.search}
@@ -257,7 +256,8 @@ def parse_sweep(data: dict[str, Any], where: str, overrides: dict[str, Any] | No
             try:
                 config = spec.trial_config({dim.key: value})
             except UsageError as exc:
-                raise UsageError(f"{where}: [search] {dim.key} = {value!r}: {exc}") from None
+                reason = str(exc).removeprefix(f"{where}: ")
+                raise UsageError(f"{where}: [search] {dim.key} = {value!r}: {reason}") from None
             if settings.metric.startswith("val_") and config.val_size == 0:
                 raise UsageError(f"{where}: [sweep] metric {settings.metric} needs a validation split, "
                                  f"but [search] {dim.key} = {value!r} leaves val_size at 0")  # fmt: skip

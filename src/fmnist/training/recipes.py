@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmnist.config import LEGACY_KEYS, TrainConfig, apply_overrides
+from fmnist.config import TrainConfig
 from fmnist.errors import UsageError, did_you_mean
 
 MEASURED_FILE = Path(__file__).with_name("recipes_measured.json")
@@ -33,9 +33,9 @@ class Recipe:
         return {"model": self.model, **self.settings}
 
 
-# The settings a model is tuned for: `fmnist train --model NAME` starts from them (before a
-# named recipe, a config file and flags). A model without an entry starts from TrainConfig's
-# defaults.
+# The settings a model is tuned for, each a recipe's (MODEL_RECIPES below): `fmnist train --model
+# NAME` starts from them (before a named recipe, a config file and flags). A model without an entry
+# starts from TrainConfig's defaults.
 
 # 3 epochs of a narrower fastcnn (16-32-64) with a frozen patch-whitening first conv, trained
 # with Muon (conv filters) and AdamW (the rest) on a one-cycle schedule peaking at 2e-2. Chosen on
@@ -69,16 +69,18 @@ MLP_WIDE_SETTINGS = {
     "scheduler": "onecycle", "label_smoothing": 0.1, "flip": True,
 }  # fmt: skip
 
-MODEL_SETTINGS: dict[str, dict[str, Any]] = {
-    "fastcnn": FAST_SETTINGS,
-    "cnn_seed004": SEED004_SETTINGS,
-    "mlp_wide": MLP_WIDE_SETTINGS,
-}
+# The recipe whose settings each model starts from, by name: its run records that recipe.
+MODEL_RECIPES: dict[str, str] = {"fastcnn": "fast", "cnn_seed004": "seed004", "mlp_wide": "mlp-baseline"}
+
+
+def own_recipe(model: str) -> str:
+    """The recipe `fmnist train --model MODEL` starts from ("fast" for fastcnn), or "" for none."""
+    return MODEL_RECIPES.get(model, "")
 
 
 def model_settings(model: str) -> dict[str, Any]:
     """The training settings `model` starts from (a copy; empty for a model with none)."""
-    return dict(MODEL_SETTINGS.get(model, {}))
+    return dict(RECIPES[MODEL_RECIPES[model]].settings) if model in MODEL_RECIPES else {}
 
 
 # The training set-up that cpu-94 was measured with and cpu-95 reuses (cpu-95 adds erasing).
@@ -237,12 +239,6 @@ def accuracy_label(figures: dict[str, Any]) -> str:
     return f"{100 * figures['accuracy_mean']:.2f}%{spread} ({runs} run{'s' if runs > 1 else ''})"
 
 
-def own_recipe(model: str) -> str:
-    """The recipe `fmnist train --model MODEL` starts from ("fast" for fastcnn), or "" for none."""
-    own = MODEL_SETTINGS.get(model)
-    return next((r.name for r in _RECIPES if r.model == model and r.settings is own), "") if own else ""
-
-
 def build_config(
     model: str | None = None,
     *,
@@ -250,34 +246,8 @@ def build_config(
     cli_values: dict[str, Any] | None = None,
     recipe: str | None = None,
 ) -> TrainConfig:
-    """Defaults -> the model's own settings -> a named recipe -> file -> CLI flags, then validated."""
-    file_values = dict(file_values or {})
-    cli_values = {k: v for k, v in (cli_values or {}).items() if v is not None}
-    chosen = recipe or file_values.pop("recipe", None) or None
-    if chosen is not None and not isinstance(chosen, str):
-        raise UsageError(f"recipe must be a recipe's name, not {chosen!r}")
-    named = get_recipe(chosen) if chosen else None
-    asked = cli_values.get("model") or file_values.get("model") or model
-    if named and asked and asked != named.model:
-        raise UsageError(f"recipe {named.name!r} trains {named.model}, not {asked}; drop --model or the recipe")
-    name = asked or (named.model if named else TrainConfig.model)
-    if not isinstance(name, str):
-        raise UsageError(f"model must be a name, not {name!r}")
-    config = TrainConfig(model=name)
-    apply_overrides(config, model_settings(name), "recipe")
-    if named:
-        apply_overrides(config, named.settings, f"recipe {named.name}")
-    apply_overrides(config, file_values, "config")
-    apply_overrides(config, cli_values, "option")
-    # Model arguments merge key by key, so `--model-arg whiten=false` keeps the recipe's widths.
-    layers = (model_settings(name), named.settings if named else {}, file_values, cli_values)
-    config.model_args = {k: v for layer in layers for k, v in (layer.get("model_args") or {}).items()}
-    config.model = name
-    config.recipe = named.name if named else own_recipe(name)
-    user_keys = file_values.keys() | cli_values.keys()
-    tta_keys = {"tta"} | {old for old, (new, _) in LEGACY_KEYS.items() if new == "tta"}
-    if "flip" in user_keys and not config.flip and not user_keys & tta_keys:
-        # Mirrored views hurt a net never trained on them (`--recipe fast --no-flip` scored 85.85%
-        # with the mirror average), so a default mirror TTA goes with the flips unless asked for.
-        config.tta = "none"
-    return config.validate()
+    """Deprecated spelling of fmnist.training.settings.resolve_config (cli_values are its options),
+    kept for scripts and tests written against fmnist 0.4."""
+    from fmnist.training.settings import resolve_config
+
+    return resolve_config(model, recipe=recipe, file_values=file_values, options=cli_values)
