@@ -130,7 +130,7 @@ def test_missing_run_directory(tmp_path: Path):
     "name, built_with, saved_args, new_default",
     [
         # fmnist 0.2.0's fastcnn ran its last conv at 7x7 and saved no `pool_before_last_conv`.
-        ("fastcnn", {"widths": [16, 64, 128], "pool_before_last_conv": False},
+        ("fastcnn", {"widths": [16, 64, 128], "pool_before_last_conv": False, "whiten": False},
          {"widths": [16, 64, 128], "num_classes": 10}, {"pool_before_last_conv": True}),
         # fmnist 0.2.0's mlp_wide (784-1024-512, dropout 0.2) took and saved no arguments.
         ("mlp_wide", {"hidden": [1024, 512], "dropout": 0.2}, {"num_classes": 10}, {"hidden": (768, 384)}),

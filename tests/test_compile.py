@@ -11,6 +11,7 @@ from torch.overrides import TorchFunctionMode
 from fmnist.api import make_config
 from fmnist.errors import UsageError
 from fmnist.models.registry import create_model
+from fmnist.models.whitening import fit_to_data
 from fmnist.training.compiled import CUDA_MIN_STEPS, TrainStep, compile_unavailable, should_compile
 from fmnist.training.results import TrainCallback
 from fmnist.training.trainer import fit
@@ -43,6 +44,7 @@ class Calls(TrainCallback):
 def test_the_compiled_step_gives_the_eager_loss_and_gradients_and_its_warm_up_leaves_no_trace():
     torch.manual_seed(0)
     model = create_model("fastcnn").place(CPU).train()
+    fit_to_data(model, lambda: torch.randn(64, 1, 28, 28))  # its whitening filters, as training sets them
     twin = copy.deepcopy(model)
     x = model.layout(torch.randn(16, 1, 28, 28))
     y = torch.randint(0, 10, (16,))

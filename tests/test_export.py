@@ -19,6 +19,7 @@ from fmnist.inference.checkpoint import load_checkpoint, tta_settings
 from fmnist.inference.evaluate import predict
 from fmnist.inference.export import ExportPlan, onnx_bytes, onnx_for_run, onnx_metadata
 from fmnist.models import create_model
+from fmnist.models.whitening import fit_to_data
 from test_predict import cached_real_run, tiny_run_dir
 
 ort = pytest.importorskip("onnxruntime")
@@ -67,6 +68,7 @@ def test_onnx_export_roundtrip_metadata_and_dynamic_batch(tiny, exported):
 def test_every_tta_level_is_inside_the_onnx_graph(level: str):
     torch.manual_seed(0)
     model = create_model("fastcnn").place("cpu").eval()
+    fit_to_data(model, lambda: torch.randn(64, 1, 28, 28))  # its whitening filters, as training sets them
     meta = {"model": "fastcnn", "model_args": model.model_args, "class_names": [str(i) for i in range(10)],
             "normalization": {"mean": 0.3, "std": 0.4}, "tta": level}  # fmt: skip
     session = ort.InferenceSession(onnx_bytes(model, meta), providers=["CPUExecutionProvider"])

@@ -11,6 +11,7 @@ from fmnist.errors import UsageError
 from fmnist.models import count_parameters, create_model, list_models, register_model
 from fmnist.models.base import Classifier, GlobalAvgPool
 from fmnist.models.registry import check_model_args, get_entry, list_networks
+from fmnist.models.whitening import fit_to_data
 
 ALL = list_networks()
 # The largest nets' forward/backward passes take tens of seconds on 2 cores; test_model_zoo.py
@@ -24,11 +25,12 @@ def test_forward_backward_on_random_input(name: str):
     torch.manual_seed(0)
     model = create_model(name)
     x = torch.randn(4, 1, 28, 28)
+    fit_to_data(model, lambda: x)  # layers set from the data (fastcnn's whitening) are, before training
     logits = model(x)
     assert logits.shape == (4, 10)
     assert torch.isfinite(logits).all()
     logits.logsumexp(1).mean().backward()
-    grads = [p.grad for p in model.parameters()]
+    grads = [p.grad for p in model.parameters() if p.requires_grad]  # frozen ones take no gradient
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
 
@@ -81,11 +83,23 @@ def test_fastcnn_deep_has_two_convs_per_stage_with_the_second_on_the_pooled_map(
 
 
 def test_fastcnn_parameter_count_is_pinned():
-    # convs 144 + 6,912 + 41,472 + 82,944, BN 2*(16+48+96+96), FC 864->10: 140,634.
-    assert count_parameters(create_model("fastcnn")) == 140_634
+    # fmnist 0.3's net: convs 144 + 6,912 + 41,472 + 82,944, BN 2*(16+48+96+96), FC 864->10: 140,634.
+    v03 = {"widths": [16, 48, 96], "whiten": False}
+    assert count_parameters(create_model("fastcnn", **v03)) == 140_634
     # Where the last conv runs does not change the parameters, only the MACs.
-    assert count_parameters(create_model("fastcnn", pool_before_last_conv=False)) == 140_634
-    assert count_parameters(create_model("fastcnn", widths=[16, 64, 128])) == 242_746
+    assert count_parameters(create_model("fastcnn", **v03, pool_before_last_conv=False)) == 140_634
+    assert count_parameters(create_model("fastcnn", widths=[16, 64, 128], whiten=False)) == 242_746
+    # The default: convs 144 (the frozen whitening filters) + 4,608 + 18,432 + 36,864, BN 2*(16+32+64+64),
+    # FC 576->10: 66,170. Whitening swaps a conv for one of the same shape: the count is the same without it.
+    assert count_parameters(create_model("fastcnn")) == 66_170
+    assert count_parameters(create_model("fastcnn", whiten=False)) == 66_170
+
+
+def test_create_model_builds_the_net_fmnist_train_trains():
+    from fmnist.training.recipes import build_config
+
+    for name in list_networks():
+        assert create_model(name).model_args == build_config(name).model_args, name
 
 
 def test_fastcnn_with_its_last_conv_at_7x7_is_fmnist_0_2_0s_net_weight_for_weight():
@@ -96,7 +110,7 @@ def test_fastcnn_with_its_last_conv_at_7x7_is_fmnist_0_2_0s_net_weight_for_weigh
     layers = [*conv_pool_block(1, 16), *conv_pool_block(16, 64), *conv_block(64, 128, True), *conv_pool_block(128, 128)]
     old = nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 9, 10))
     torch.manual_seed(0)
-    new = create_model("fastcnn", widths=[16, 64, 128], pool_before_last_conv=False)
+    new = create_model("fastcnn", widths=[16, 64, 128], pool_before_last_conv=False, whiten=False)
     new_tensors = list(new.features.state_dict().values()) + list(new.head.state_dict().values())
     assert len(new_tensors) == len(old.state_dict())
     for a, b in zip(old.state_dict().values(), new_tensors, strict=True):

@@ -8,9 +8,10 @@ import torch
 
 from fmnist.data.normalize import normalize
 from fmnist.data.splits import stratified_split
-from fmnist.inference.checkpoint import load_checkpoint
+from fmnist.errors import UsageError
+from fmnist.inference.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from fmnist.inference.rundir import prepare_run_dir
-from fmnist.models import create_model
+from fmnist.models import count_parameters, create_model
 from fmnist.models.whitening import PatchWhitening, fit_to_data
 from fmnist.training.recipes import build_config
 from fmnist.training.run_writer import RunDirWriter
@@ -82,10 +83,42 @@ def test_fastcnn_whiten_keeps_its_first_conv_frozen_through_training(tiny_datase
 
 def test_without_whiten_fastcnn_is_unchanged():
     torch.manual_seed(0)
-    plain = create_model("fastcnn")
+    plain = create_model("fastcnn", whiten=False)
     torch.manual_seed(0)
-    whitened = create_model("fastcnn", whiten=True)
+    whitened = create_model("fastcnn")  # whitened by default, as the fast recipe trains it
+    assert isinstance(whitened.features[0], PatchWhitening)
     assert not isinstance(plain.features[0], PatchWhitening)
     # Every layer after the stem draws the same initial weights, so the two differ only where whitening acts.
     for (name, a), (_, b) in zip(list(plain.state_dict().items())[1:], list(whitened.state_dict().items())[1:]):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_an_unfit_whitening_layer_refuses_to_train_and_a_fit_or_loaded_one_trains():
+    model = create_model("fastcnn").train()
+    x = torch.randn(8, 1, 28, 28)
+    with pytest.raises(UsageError, match="fit_to_data"):
+        model(model.layout(x))  # zeros in the first conv: every later layer would see nothing
+    model.eval()(model.layout(x))  # shape probes (FLOPs, layer summaries) still run
+    assert fit_to_data(model, lambda: correlated_images()) == 1
+    out = model.train()(model.layout(x))
+    assert out.std(0).max() > 0  # the images now tell apart
+    twin = create_model("fastcnn")
+    twin.load_state_dict(model.state_dict())  # as a checkpoint or a resumed state loads it
+    twin.train()(twin.layout(x))
+
+
+def test_a_checkpoint_saved_before_whiten_existed_rebuilds_its_learned_first_conv(tmp_path):
+    """fastcnn whitens by default since fmnist 0.5; checkpoints before it record no `whiten` and learned the conv."""
+    torch.manual_seed(0)
+    old = create_model("fastcnn", widths=[16, 48, 96], whiten=False).eval()
+    saved_args = {"widths": [16, 48, 96], "pool_before_last_conv": True, "num_classes": 10}  # as 0.3.1 wrote them
+    save_checkpoint(tmp_path, old, CheckpointMeta("fastcnn", saved_args, 0.3, 0.4, params=count_parameters(old)))
+    model, _ = load_checkpoint(tmp_path)
+    assert not any(isinstance(m, PatchWhitening) for m in model.modules())
+    assert count_parameters(model) == 140_634
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(model(model.layout(x)), old(old.layout(x)))
+    # And a run directory's config.toml from then reads back as the net it trained.
+    from fmnist.config import saved_values
+
+    assert saved_values({"model": "fastcnn", "model_args": saved_args})["model_args"]["whiten"] is False

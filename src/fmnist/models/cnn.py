@@ -125,20 +125,25 @@ def conv_pool_block(c_in: int, c_out: int) -> list[nn.Module]:
     ]
 
 
-# fmnist 0.2.0's fastcnn ran its last conv at 7x7 and saved no `pool_before_last_conv`.
-@register_model(family="cnn", legacy_args={"pool_before_last_conv": False})
+# Checkpoints record every argument they were built with, save those older than the argument:
+# fmnist 0.2.0's fastcnn ran its last conv at 7x7 (no `pool_before_last_conv`), and every fastcnn
+# before fmnist 0.5 learned its first conv (no `whiten`). Widths were always recorded.
+@register_model(family="cnn", legacy_args={"pool_before_last_conv": False, "whiten": False})
 def fastcnn(
-    widths: tuple[int, ...] = (16, 48, 96),
+    widths: tuple[int, ...] = (16, 32, 64),
     pool_before_last_conv: bool = True,
-    whiten: bool = False,
+    whiten: bool = True,
     num_classes: int = NUM_CLASSES,
 ) -> Classifier:
-    """fmnist's default: accuracy per CPU-second. Every conv pays for its pixels, so pool early.
+    """fmnist's default, the net `fmnist train` trains: 16-32-64, a patch-whitening first conv, pooled early.
 
     The 28x28 stage is pure memory traffic on a CPU, so it gets only 16 channels; normalising
     after pooling touches 4x fewer values; the last conv runs on the pooled 3x3 map (5.4x
     fewer MACs than at 7x7). The README's "Performance" section measures each step.
-    `whiten`: the first conv is a frozen PatchWhitening set from the training data.
+    `whiten`: the first conv is a frozen PatchWhitening, set from the training images before the
+    first step (fmnist.models.whitening.fit_to_data; the trainer does it, a checkpoint carries it).
+    The defaults are the `fast` recipe's net (fmnist.training.recipes); fmnist 0.3's was
+    `widths=16,48,96 whiten=false`.
     """
     c1, c2, c3 = tuple(widths)
     # Layers draw their initial weights in the order they are built. The 3x3 last conv is

@@ -8,8 +8,11 @@ pass: nothing before it needs a gradient, so autograd also skips the max-pool's 
 Screening on validation, single view (fastcnn, 4 epochs of the fast schedule at lr 5e-3, seeds 0-1, one
 thread each on a 2-core Zen 4): 93.04/92.90% frozen and 92.88/93.00% trained from the
 whitened start, against 92.76/92.46% for the learned first conv and 92.84/92.38% for the
-5-epoch `fast` recipe. It is opt-in (`fmnist train --model fastcnn --model-arg whiten=true`) until the
-recipe built on it is measured at every ISA level.
+5-epoch `fast` recipe of the time. fastcnn whitens by default (`--model-arg whiten=false` learns the first conv).
+
+Until it is fit the layer is zeros, and a net built on it learns nothing: training it unfit is an
+error, not a silent 10%. The trainer fits it before the first step; a checkpoint's weights carry
+the fitted filters, so loading them counts as fit.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fmnist.errors import UsageError
 
 # How many training images the patch statistics come from: 7.5 million patches, a fraction of
 # a second, and the filters no longer move with the sample.
@@ -34,6 +39,7 @@ class PatchWhitening(nn.Conv2d):
         super().__init__(1, out_channels, 3, padding=1, bias=False)
         self.eps = eps
         self.weight.requires_grad_(False)
+        self.fitted = False
 
     def reset_parameters(self) -> None:
         # Zeros until `fit`, and no draw from the RNG: fastcnn builds the learned conv first and
@@ -55,6 +61,20 @@ class PatchWhitening(nn.Conv2d):
         filters = (directions / torch.sqrt(variances + self.eps)).T  # (k,9)
         weight = torch.cat([filters, -filters]).view(self.out_channels, 1, 3, 3)
         self.weight.copy_(weight.to(self.weight.dtype))
+        self.fitted = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Only training is refused: shape probes (FLOPs, layer summaries) run unfit nets in eval mode.
+        if self.training and not self.fitted:
+            raise UsageError("the patch-whitening first conv is set from the training images before training: "
+                             "call fmnist.models.whitening.fit_to_data(model, images) first (fmnist train does), "
+                             "or build the net with whiten=False")  # fmt: skip
+        return super().forward(x)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "weight" in state_dict:  # filters fit when the weights were saved (a checkpoint, a state)
+            self.fitted = True
 
 
 def fit_to_data(model: nn.Module, images: Callable[[], torch.Tensor]) -> int:
