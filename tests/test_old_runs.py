@@ -103,3 +103,17 @@ def test_old_ensemble_reports_as_a_plain_average(old, real_data_dir):
 def test_old_comparison_loads(old):
     comparison = fmnist.api.Comparison(old / "compare")
     assert [m["name"] for m in comparison.models] == ["mlp", "lenet5"]
+
+
+@pytest.mark.parametrize("run", ["run-a", "run-b", "compare/mlp-seed0", "sweep/trials/trial-000"])
+def test_old_results_read_with_defaults_and_back_unchanged(old, run):
+    """0.3.1 wrote no planned_steps, compiled or compile_seconds: they read as their defaults (not a
+    smoke run, not compiled), and the results written back hold exactly the keys and values read."""
+    from fmnist.inference.rundir import read_history, read_results
+
+    results = read_results(old / run)
+    assert (results.planned_steps, results.compiled, results.compile_seconds) == (0, False, 0.0)
+    assert results.smoke_steps is None and results.trained_words().startswith("best epoch")
+    assert json.loads(json.dumps(results.to_json())) == recorded(old / run)
+    lines = (old / run / "metrics.jsonl").read_text().splitlines()
+    assert [row.to_json() for row in read_history(old / run)] == [json.loads(line) for line in lines]

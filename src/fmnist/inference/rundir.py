@@ -36,9 +36,10 @@ types its JSON files are written and read through, creating and locking a folder
       ray/                       TUNE_DIR: Ray Tune's own state, for --resume
       report.md, report.html, figures/
 
-Writing a run as it trains is fmnist.training.run_writer's job; everything that reads a results
-folder reads it through this module. Files written by older versions load: every field they lack
-takes its default here.
+A run directory's records are declared here (RunResults, EpochRecord, RunRecord); compare.json,
+an ensemble's ensemble.json and results.json, and sweep.json build on them in fmnist.inference.records.
+Writing a run as it trains is fmnist.training.run_writer's job. Files written by older versions
+load: every field they lack takes its default, and is left out when the record is written back.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ RUNS_ROOT = Path("runs")  # where new results go when no --out is given
 
 # --- a run directory's records --------------------------------------------------------------------
 def _from_json(kind: type, row: Any, where: Path) -> Any:
-    """`kind` from a JSON object: keys it lacks take their defaults (written by an older fmnist),
-    keys `kind` does not know go to its `extra` field if it has one (written by a newer one)."""
+    """`kind` from a JSON object: keys it lacks take their defaults (written by an older fmnist) and
+    are not written back; keys `kind` does not know go to its `extra` field if it has one (written
+    by a newer one), else are dropped."""
     if not isinstance(row, dict):
         raise RunPathError(f"{where}: expected a JSON object, found {type(row).__name__}")
     names = {f.name for f in dataclasses.fields(kind)}
@@ -93,12 +95,20 @@ def _from_json(kind: type, row: Any, where: Path) -> Any:
     if "extra" in names:
         known["extra"] = {k: v for k, v in row.items() if k not in names}
     try:
-        return kind(**known)
+        record = kind(**known)
     except TypeError:
         missing = sorted(f.name for f in dataclasses.fields(kind)
                          if f.name not in row and f.default is dataclasses.MISSING
                          and f.default_factory is dataclasses.MISSING)  # fmt: skip
         raise RunPathError(f"{where}: not an fmnist {kind.__name__} (missing {', '.join(missing)})") from None
+    record._not_read = names - row.keys() - {"extra"}
+    return record
+
+
+def _to_json(record: Any, leave_out: tuple[str, ...] = ()) -> dict[str, object]:
+    """A record's fields in order, less those its file lacked when it was read."""
+    skip = set(leave_out) | getattr(record, "_not_read", set())
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name not in skip}
 
 
 @dataclass
@@ -115,8 +125,8 @@ class EpochRecord:
     seconds: float = 0.0  # training time so far, validation included
     images_per_second: float = 0.0
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_json(self) -> dict[str, object]:
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, row: Any, where: Path = Path(METRICS_FILE)) -> EpochRecord:
@@ -158,8 +168,8 @@ class RunResults:
     classical: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
-    def to_json(self) -> dict[str, Any]:
-        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("classical", "extra")}
+    def to_json(self) -> dict[str, object]:
+        row = _to_json(self, ("classical", "extra"))
         if self.classical is not None:
             row["classical"] = self.classical
         return {**row, **self.extra}
@@ -245,10 +255,6 @@ class RunRecord:
     @property
     def has_checkpoint(self) -> bool:
         return (self.path / META_FILE).is_file()
-
-
-# --- compare, ensemble and sweep records ---------------------------------------------------------
-# compare.json, ensemble.json and the sweep's records are declared here, beside RunResults.
 
 
 # --- writing: creating and locking a results folder ---------------------------------------------
