@@ -75,8 +75,8 @@ def test_the_api_hears_the_note_and_records_every_member(split_runs, tmp_path: P
     heard: list[str] = []
     results = build_ensemble(runs, tmp_path / "ens", dataset=resolve_dataset(str(data)), precision="fp32",
                              notify=heard.append)  # fmt: skip
-    assert heard == [fallback_note()] and results["select"] == "all"
-    assert all(m["chosen"] for m in results["members"]) and len(results["members"]) == 2
+    assert heard == [fallback_note()] and results.select == "all"
+    assert all(m.chosen for m in results.members) and len(results.members) == 2
 
 
 def test_compare_ensemble_of_seeds_with_their_own_splits_averages_them(split_runs, tmp_path: Path):

@@ -83,7 +83,7 @@ def test_greedy_chooses_what_a_plain_reimplementation_chooses(seed: int):
     assert len(chosen.steps) == sum(chosen.counts)
     assert chosen.stopped == (STOPPED_MAX_STEPS if len(chosen.steps) == max_steps + 1 else STOPPED_NO_GAIN)
     final = _evaluate(probs, labels, list(chosen.counts))
-    assert chosen.steps[-1]["accuracy"] == final[0] / n and chosen.steps[-1]["loss"] == pytest.approx(final[1])
+    assert chosen.steps[-1].accuracy == final[0] / n and chosen.steps[-1].loss == pytest.approx(final[1])
 
 
 def test_greedy_stops_at_the_step_limit_and_breaks_ties_by_loss_then_order():
@@ -114,9 +114,9 @@ def test_greedy_is_never_below_its_best_member_on_validation(shape, coarse, max_
     singles = [score(probs, labels, [int(j == i) for j in range(members)]).correct for i in range(members)]
     ensemble = score(probs, labels, chosen.weights)
     assert ensemble.correct >= max(singles)
-    assert singles[chosen.steps[0]["member"]] == max(singles)  # it starts from a best member
+    assert singles[chosen.steps[0].member] == max(singles)  # it starts from a best member
     assert 1 <= sum(chosen.counts) <= max_steps + 1 and sum(chosen.weights) == pytest.approx(1)
-    assert [s["accuracy"] for s in chosen.steps] == sorted(s["accuracy"] for s in chosen.steps)
+    assert [s.accuracy for s in chosen.steps] == sorted(s.accuracy for s in chosen.steps)
 
 
 # -- end to end on tiny real runs -----------------------------------------------------------------------

@@ -25,8 +25,9 @@ COMMON = {"model_args": {"hidden": [16]}, "max_steps": 6, "epochs": 1, "val_size
 
 
 def test_split_seed_draws_the_holdout_and_minus_one_follows_the_run_seed():
-    assert TrainConfig(seed=3).validation_seed == 3
+    assert TrainConfig(seed=3, split_seed=-1).validation_seed == 3
     assert TrainConfig(seed=3, split_seed=0).validation_seed == 0
+    assert TrainConfig(seed=3).validation_seed == TrainConfig(seed=4).validation_seed  # one split by default
     with pytest.raises(UsageError, match="split_seed must be"):
         TrainConfig(split_seed=-2).validate()
 
@@ -45,7 +46,8 @@ def runs(tmp_path_factory):
 
 def test_shared_holdout_scores_match_training_and_the_average(runs):
     (a, b, _), _, dataset = runs
-    scores = validate_ensemble([a, b], dataset=dataset, select="all", precision="fp32")
+    chosen = validate_ensemble([a, b], dataset=dataset, select="all", precision="fp32")
+    scores = chosen.scores.to_json()
     # Oracle 1: each member's accuracy is the one its training measured on its own hold-out.
     recorded = [json.loads((m / "results.json").read_text())["best_val_accuracy"] for m in (a, b)]
     assert scores["members"] == pytest.approx(recorded)
@@ -57,14 +59,14 @@ def test_shared_holdout_scores_match_training_and_the_average(runs):
     best = int(np.argmax(recorded))
     assert scores["best_member"] == best and scores["gain_over_best_member"] == pytest.approx(
         scores["accuracy"] - recorded[best])  # fmt: skip
-    assert (scores["val_size"], scores["split_seed"], scores["weights"]) == (120, 5, [0.5, 0.5])
+    assert (scores["val_size"], scores["split_seed"], chosen.weights) == (120, 5, [0.5, 0.5])
 
 
 def test_different_holdouts_are_refused_or_recorded_with_the_reason(runs, tmp_path: Path):
     (a, _, c), _, dataset = runs
     with pytest.raises(UsageError, match="held out different validation images.*--split-seed"):
         validate_ensemble([a, c], dataset=dataset, precision="fp32")
-    results = build_ensemble([a, c], tmp_path / "ens", dataset=dataset, select="all", precision="fp32")
+    results = build_ensemble([a, c], tmp_path / "ens", dataset=dataset, select="all", precision="fp32").to_json()
     assert results["validation"]["shared"] is False and "--split-seed" in results["validation"]["reason"]
     text = render_markdown(ensemble_document(tmp_path / "ens", ReportOptions(html=False)), tmp_path / "ens")
     assert "Not scored on validation: the members held out different validation images" in text
@@ -72,11 +74,12 @@ def test_different_holdouts_are_refused_or_recorded_with_the_reason(runs, tmp_pa
 
 def test_build_ensemble_records_the_validation_scores_and_the_report_says_them(runs, tmp_path: Path):
     (a, b, _), data_dir, dataset = runs
-    results = build_ensemble([a, b], tmp_path / "ens", dataset=dataset, precision="fp32")  # greedy: they share split 5
-    scores = validate_ensemble([a, b], dataset=dataset, precision="fp32")
-    assert results["validation"] == {k: v for k, v in scores.items() if k not in ("run_dirs", "weights", "selection")}
-    assert results["selection"] == scores["selection"] and results["select"] == "greedy"
-    assert [m["weight"] for m in results["members"]] == scores["weights"]
+    results = build_ensemble([a, b], tmp_path / "ens", dataset=dataset, precision="fp32").to_json()  # greedy: split 5
+    chosen = validate_ensemble([a, b], dataset=dataset, precision="fp32")
+    scores = chosen.scores.to_json()
+    assert results["validation"] == scores
+    assert results["selection"] == chosen.selection.to_json() and results["select"] == "greedy"
+    assert [m["weight"] for m in results["members"]] == chosen.weights
     assert results["validation"]["accuracy"] >= max(results["validation"]["members"])
     doc = ensemble_document(tmp_path / "ens", ReportOptions(data_dir=data_dir, html=False))
     text = render_markdown(doc, tmp_path / "ens")

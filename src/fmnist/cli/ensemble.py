@@ -10,6 +10,7 @@ from rich.table import Table
 from fmnist.cli.options import DataDirOption, Precision, Select, value
 from fmnist.cli.output import console, err_console, notify
 from fmnist.inference.ensemble_select import DEFAULT_SELECT, MAX_STEPS
+from fmnist.inference.records import ValidationScores
 
 
 def ensemble_cmd(
@@ -60,28 +61,28 @@ def ensemble_cmd(
     if validation_only:
         from fmnist.inference.ensemble_build import validate_ensemble
 
-        scores = validate_ensemble(run_dirs, dataset=dataset, **options)
-        title = f"Ensemble members (validation, select {scores['selection']['rule']})"
+        chosen = validate_ensemble(run_dirs, dataset=dataset, **options)
+        title = f"Ensemble members (validation, select {chosen.selection.rule})"
         table = Table("member", "validation accuracy", "weight", title=title)
-        for run_dir, acc, w in zip(scores["run_dirs"], scores["members"], scores["weights"]):
+        for run_dir, acc, w in zip(chosen.run_dirs, chosen.scores.members, chosen.weights):
             table.add_row(run_dir, f"{100 * acc:.2f}%", _weight(w))
         console.print(table)
-        console.print(f"ensemble: {_validation_line(scores)}", markup=False, highlight=False)
+        console.print(f"ensemble: {_validation_line(chosen.scores)}", markup=False, highlight=False)
         return
     results = build_ensemble(run_dirs, out, dataset=dataset, overwrite=overwrite, notify=notify, **options)
     table = Table("member", "model", "validation accuracy", "test accuracy", "weight",
-                  title=f"Ensemble members (select {results['select']})")  # fmt: skip
-    for m in results["members"]:
-        val = m.get("validation_accuracy")
-        table.add_row(str(m.get("run_dir", "")), m["model"], "–" if val is None else f"{100 * val:.2f}%",
-                      f"{100 * m['test_accuracy']:.2f}%", _weight(m["weight"]))  # fmt: skip
+                  title=f"Ensemble members (select {results.select})")  # fmt: skip
+    for m in results.members:
+        val = m.validation_accuracy
+        table.add_row(m.run_dir, m.model, "–" if val is None else f"{100 * val:.2f}%", f"{100 * m.test_accuracy:.2f}%",
+                      _weight(m.weight))  # fmt: skip
     console.print(table)
-    validation = results["validation"]
-    line = _validation_line(validation) if validation["shared"] else f"not scored: {validation['reason']}"
+    validation = results.validation
+    line = _validation_line(validation) if validation.shared else f"not scored: {validation.reason}"
     console.print(f"validation: {line}", markup=False, highlight=False)
-    console.print(f"ensemble: test accuracy {100 * results['test_accuracy']:.2f}% "
-                  f"({100 * results['gain_over_best_member']:+.2f} points over the best member; "
-                  f"fixes {results['fixed']}, introduces {results['introduced']} errors) -> {out}",
+    console.print(f"ensemble: test accuracy {100 * results.test_accuracy:.2f}% "
+                  f"({100 * results.gain_over_best_member:+.2f} points over the best member; "
+                  f"fixes {results.fixed}, introduces {results.introduced} errors) -> {out}",
                   markup=False, highlight=False)  # fmt: skip
 
 
@@ -89,7 +90,7 @@ def _weight(w: float) -> str:
     return f"{w:.3f}" if w > 0 else "not chosen"
 
 
-def _validation_line(scores: dict) -> str:
-    return (f"validation accuracy {100 * scores['accuracy']:.2f}% "
-            f"({100 * scores['gain_over_best_member']:+.2f} points over the best member, "
-            f"{scores['val_size']:,} images held out by split seed {scores['split_seed']})")  # fmt: skip
+def _validation_line(scores: ValidationScores) -> str:
+    return (f"validation accuracy {100 * scores.accuracy:.2f}% "
+            f"({100 * scores.gain_over_best_member:+.2f} points over the best member, "
+            f"{scores.val_size:,} images held out by split seed {scores.split_seed})")  # fmt: skip

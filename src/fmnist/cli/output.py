@@ -76,27 +76,27 @@ def report_with_progress(result, **options):
 def print_comparison(comparison, title: str) -> None:
     """The comparison table and where the results are (compare, ablate and `train --seeds`)."""
     from fmnist.experiments.compare import ensemble_row_text
-    from fmnist.inference.rundir import RunResults
 
+    record = comparison.record  # compare.json (fmnist.inference.records.CompareFile)
     cut: dict[str, list[int]] = {}  # run name -> steps of each seed cut by --max-steps
-    for run in comparison.summary.get("runs", []):
-        steps = RunResults.from_json(run).smoke_steps
+    for run in record.runs:
+        steps = run.results.smoke_steps
         if steps is not None:
-            cut.setdefault(run.get("name", ""), []).append(steps)
+            cut.setdefault(run.name, []).append(steps)
     table = Table("model", "params", "size MB", "test accuracy", "best ep", "train s", title=title)
-    for m in comparison.models:
-        acc = f"{100 * m['test_accuracy_mean']:.2f}%"
-        if len(m["seeds"]) > 1:
-            acc += f" ± {100 * m['test_accuracy_std']:.2f}"
-        label = m["name"] if m["name"] == m["model"] else f"{m['name']} ({m['model']})"
-        best = f"{max(cut[m['name']]):,} steps" if m["name"] in cut else ",".join(map(str, m["best_epoch"]))
-        table.add_row(label, f"{m['params']:,}", f"{m['size_mb']:.2f}", acc, best, f"{m['train_seconds_mean']:.1f}")
-    for e in comparison.summary.get("ensembles", []):
+    for m in record.models:
+        acc = f"{100 * m.test_accuracy_mean:.2f}%"
+        if len(m.seeds) > 1:
+            acc += f" ± {100 * m.test_accuracy_std:.2f}"
+        label = m.name if m.name == m.model else f"{m.name} ({m.model})"
+        best = f"{max(cut[m.name]):,} steps" if m.name in cut else ",".join(map(str, m.best_epoch))
+        table.add_row(label, f"{m.params:,}", f"{m.size_mb:.2f}", acc, best, f"{m.train_seconds_mean:.1f}")
+    for e in record.ensembles or []:
         label, params, acc = ensemble_row_text(e)
-        table.add_row(label, params, "–" if "error" in e else f"{e['size_mb']:.2f}", acc, "–", "–")
+        table.add_row(label, params, "–" if e.error else f"{e.size_mb:.2f}", acc, "–", "–")
     console.print(table)
     if cut:
         steps = max(s for seeds in cut.values() for s in seeds)
         notify(f"smoke run: {steps:,} steps, not a trained model (--max-steps cut training short)")
-    data = comparison.summary["data"]
+    data = record.data
     say(f"data: {data['source']} ({data['split']} split)  -> {comparison.path}")

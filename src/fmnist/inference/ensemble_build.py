@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,12 +29,11 @@ from fmnist.analysis.calibration import DEFAULT_BINS, calibration
 from fmnist.data.splits import saved_holdout, stratified_split
 from fmnist.device import resolve_precision
 from fmnist.errors import UsageError
-from fmnist.fsutil import atomic_write_bytes, atomic_write_json
+from fmnist.fsutil import atomic_write_bytes
 from fmnist.inference.checkpoint import normalization
 from fmnist.inference.ensemble_model import (
     FORMAT,
     FORMAT_VERSION,
-    MANIFEST_FILE,
     MODEL_NAME,
     PREDICTIONS_FILE,
     Member,
@@ -53,7 +52,27 @@ from fmnist.inference.ensemble_select import (
     score,
 )
 from fmnist.inference.evaluate import evaluate_logits
-from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, prepare_run_dir, read_results
+from fmnist.inference.records import (
+    Disagreement,
+    EnsembleArgs,
+    EnsembleManifest,
+    EnsembleMember,
+    EnsembleResults,
+    ManifestMember,
+    SelectionRecord,
+    ValidationScores,
+)
+from fmnist.inference.rundir import CONFIG_FILE, ENSEMBLE_FILE, RESULTS_FILE, prepare_run_dir, read_results
+
+
+@dataclass(frozen=True)
+class EnsembleValidation:
+    """An ensemble chosen and scored on its members' shared validation split only (`validate_ensemble`)."""
+
+    scores: ValidationScores
+    run_dirs: list[str]
+    weights: list[float]  # per member, in run_dirs' order (0: not chosen)
+    selection: SelectionRecord
 
 
 def check_select(select: str | None, weighted: bool) -> None:
@@ -87,29 +106,15 @@ def _relative(path: Path, start: Path) -> str:
 
 def _manifest(
     members: list[Member], weights: list[float], out_dir: Path, select: str, weighted: bool
-) -> dict[str, Any]:
+) -> EnsembleManifest:
     """ensemble.json: the chosen members only, so predict, export and serve run exactly the selection."""
     mean, std = normalization(members[0].meta)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fmnist_version": __version__,
-        "select": select,
-        "weighted": weighted,
-        "class_names": list(members[0].meta["class_names"]),
-        "normalization": {"mean": mean, "std": std},
-        "members": [
-            {
-                "path": _relative(m.folder, out_dir),
-                "model": m.meta["model"],
-                "weights_sha256": m.meta["weights_sha256"],
-                "weight": w,
-                "tta": m.meta["tta"],
-            }
-            for m, w in zip(members, weights)
-            if w > 0
-        ],  # fmt: skip
-    }
+    chosen = [ManifestMember(path=_relative(m.folder, out_dir), model=m.meta["model"],
+                             weights_sha256=m.meta["weights_sha256"], weight=w, tta=m.meta["tta"])
+              for m, w in zip(members, weights) if w > 0]  # fmt: skip
+    return EnsembleManifest(format=FORMAT, format_version=FORMAT_VERSION, fmnist_version=__version__, select=select,
+                            weighted=weighted, class_names=list(members[0].meta["class_names"]),
+                            normalization={"mean": mean, "std": std}, members=chosen)  # fmt: skip
 
 
 def score_members(
@@ -121,10 +126,10 @@ def score_members(
     return average_probabilities(member_probs, weights), predicted, accuracy, int(np.argmax(accuracy))
 
 
-def _pairwise_disagreement(predicted: torch.Tensor) -> list[dict[str, Any]]:
+def _pairwise_disagreement(predicted: torch.Tensor) -> list[Disagreement]:
     m = predicted.shape[0]
     return [
-        {"a": i, "b": j, "fraction": (predicted[i] != predicted[j]).double().mean().item()}
+        Disagreement(a=i, b=j, fraction=(predicted[i] != predicted[j]).double().mean().item())
         for i in range(m)
         for j in range(i + 1, m)
     ]
@@ -168,20 +173,13 @@ def shared_holdout(members: list[Member], dataset) -> tuple[int, int] | str:
 
 
 def _validation_scores(member_probs: torch.Tensor, labels: torch.Tensor, weights: list[float],
-                       holdout: tuple[int, int]) -> dict[str, Any]:  # fmt: skip
+                       holdout: tuple[int, int]) -> ValidationScores:  # fmt: skip
     _, _, member_accuracy, best = score_members(member_probs, weights, labels)
     ensemble = score(member_probs, labels, weights)
     accuracy = ensemble.correct / len(labels)
-    return {
-        "shared": True,
-        "val_size": holdout[0],
-        "split_seed": holdout[1],
-        "accuracy": accuracy,
-        "loss": ensemble.loss,
-        "members": member_accuracy,
-        "best_member": best,
-        "gain_over_best_member": accuracy - member_accuracy[best],
-    }
+    return ValidationScores(shared=True, val_size=holdout[0], split_seed=holdout[1], accuracy=accuracy,
+                            loss=ensemble.loss, members=member_accuracy, best_member=best,
+                            gain_over_best_member=accuracy - member_accuracy[best])  # fmt: skip
 
 
 def _no_shared_split(reason: str) -> str:
@@ -213,32 +211,31 @@ def choose(
     max_steps: int = MAX_STEPS,
     precision: str = "auto",
     step: Callable[[str], None] = lambda _: None,
-) -> tuple[list[float], dict[str, Any], dict[str, Any]]:
+) -> tuple[list[float], ValidationScores, SelectionRecord]:
     """(weights, validation scores, selection record): the members chosen on their shared validation split.
 
-    The validation scores are {"shared": True, "val_size", "split_seed", "accuracy", "loss",
-    "members": [accuracy, ...], "best_member", "gain_over_best_member"} for the chosen weights, or
-    {"shared": False, "reason"} when the members held out different images: `all` then still
-    averages them, `greedy` has nothing to choose on and raises a UsageError, and the default
-    (None) averages them all (`applied_rule`).
+    The validation scores are the chosen weights' on that split, or (shared False) the reason
+    there is none when the members held out different images: `all` then still averages them,
+    `greedy` has nothing to choose on and raises a UsageError, and the default (None) averages
+    them all (`applied_rule`).
     """
     check_select(select, weighted)
     holdout = shared_holdout(members, dataset)
     select, _ = applied_rule(select, holdout)
     weights = member_weights(members, weighted) if select == "all" else []
     if isinstance(holdout, str):
-        return weights, {"shared": False, "reason": holdout}, {"rule": select, "weighted": weighted}
+        return weights, ValidationScores(shared=False, reason=holdout), SelectionRecord(rule=select, weighted=weighted)
     val_size, seed = holdout
     _, val_idx = stratified_split(dataset.train_labels, val_size, seed)
     labels = torch.from_numpy(dataset.train_labels[val_idx].astype(np.int64))
     member_probs = member_probabilities(members, dataset.train_images[val_idx], precision,
                                         lambda label: step(f"validation: {label}"))  # fmt: skip
-    selection: dict[str, Any] = {"rule": select, "weighted": weighted}
+    selection = SelectionRecord(rule=select, weighted=weighted)
     if select == "greedy":
         chosen = greedy_select(member_probs, labels, max_steps)
         weights = chosen.weights
-        selection.update(max_steps=max_steps, counts=list(chosen.counts), steps=list(chosen.steps),
-                         stopped=chosen.stopped)  # fmt: skip
+        selection = SelectionRecord(rule=select, weighted=weighted, max_steps=max_steps, counts=list(chosen.counts),
+                                    steps=list(chosen.steps), stopped=chosen.stopped)  # fmt: skip
     return weights, _validation_scores(member_probs, labels, weights, holdout), selection
 
 
@@ -255,7 +252,7 @@ def build_ensemble(
     overwrite: bool = False,
     step: Callable[[str], None] = lambda _: None,
     notify: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
+) -> EnsembleResults:
     """Choose the members on validation (`select`), then score the ensemble on `dataset`'s test split once; write it.
 
     Returns what results.json holds. Members must share class names; each is run with its own
@@ -291,49 +288,48 @@ def build_ensemble(
     ensemble_right, best_right = probs.argmax(1) == labels, member_predicted[best] == labels
     cal = calibration(probs, labels, DEFAULT_BINS)
     chosen = [m for m, w in zip(members, weights) if w > 0]
-    member_val = validation["members"] if validation["shared"] else [None] * len(members)
-
-    results = {
-        "model": MODEL_NAME,
-        "model_args": {"members": [m.meta["model"] for m in chosen], "select": select, "weighted": weighted},
-        "params": sum(int(m.meta.get("params") or 0) for m in chosen),
-        "select": select,
-        "selection": selection,
-        "test_accuracy": evaluation.accuracy,
-        "test_loss": evaluation.loss,
-        "validation_accuracy": validation.get("accuracy"),
-        "ece": cal.ece,
-        "mean_confidence": cal.mean_confidence,
-        "members": [
-            {
-                "run_dir": str(m.folder),
-                "model": m.meta["model"],
-                "tta": m.meta["tta"],
-                "test_accuracy": acc,
-                "validation_accuracy": val,
-                "weight": w,
-                "chosen": w > 0,
-            }
+    member_val = validation.members if validation.shared else [None] * len(members)
+    results = EnsembleResults(
+        model=MODEL_NAME,
+        model_args=EnsembleArgs(members=[m.meta["model"] for m in chosen], select=select, weighted=weighted),
+        params=sum(int(m.meta.get("params") or 0) for m in chosen),
+        select=select,
+        selection=selection,
+        test_accuracy=evaluation.accuracy,
+        test_loss=evaluation.loss,
+        validation_accuracy=validation.accuracy if validation.shared else None,
+        ece=cal.ece,
+        mean_confidence=cal.mean_confidence,
+        members=[
+            EnsembleMember(
+                run_dir=str(m.folder),
+                model=m.meta["model"],
+                tta=m.meta["tta"],
+                test_accuracy=acc,
+                validation_accuracy=val,
+                weight=w,
+                chosen=w > 0,
+            )
             for m, acc, val, w in zip(members, member_accuracy, member_val, weights)
-        ],
-        "best_member": best,  # by test accuracy, among every member offered (chosen or not)
-        "gain_over_best_member": evaluation.accuracy - member_accuracy[best],
-        "fixed": int((ensemble_right & ~best_right).sum()),  # the best member wrong, the ensemble right
-        "introduced": int((~ensemble_right & best_right).sum()),
-        "pairwise_disagreement": _pairwise_disagreement(member_predicted),
-        "validation": validation,  # the chosen weights on the members' shared validation split (see `choose`)
-        "device": device,
-        "precision": precision,
-        "data": dataset.provenance.to_dict(),
-        "num_images": evaluation.num_images,
-        "confusion": evaluation.confusion,
-        "per_class": evaluation.per_class,
-        "most_confused": evaluation.most_confused,
-    }
+        ],  # fmt: skip
+        best_member=best,
+        gain_over_best_member=evaluation.accuracy - member_accuracy[best],
+        fixed=int((ensemble_right & ~best_right).sum()),
+        introduced=int((~ensemble_right & best_right).sum()),
+        pairwise_disagreement=_pairwise_disagreement(member_predicted),
+        validation=validation,
+        device=device,
+        precision=precision,
+        data=dataset.provenance.to_dict(),
+        num_images=evaluation.num_images,
+        confusion=evaluation.confusion,
+        per_class=evaluation.per_class,
+        most_confused=evaluation.most_confused,
+    )
     tensors = {"labels": labels, "probabilities": probs.contiguous(), "member_predicted": member_predicted.contiguous()}
     atomic_write_bytes(out_dir / PREDICTIONS_FILE, save_safetensors_bytes(tensors))
-    atomic_write_json(out_dir / MANIFEST_FILE, _manifest(members, weights, out_dir, select, weighted))
-    atomic_write_json(out_dir / RESULTS_FILE, results)
+    _manifest(members, weights, out_dir, select, weighted).write(out_dir / ENSEMBLE_FILE)
+    results.write(out_dir / RESULTS_FILE)
     return results
 
 
@@ -347,16 +343,15 @@ def validate_ensemble(
     precision: str = "auto",
     device: str = "cpu",
     step: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
+) -> EnsembleValidation:
     """Choose and score an ensemble of `run_dirs` on their shared validation split only: nothing touches the test set.
 
-    What `choose` returns as validation scores, plus "run_dirs", "weights" and "selection". A
-    UsageError says why when the members held out different images, since then there is nothing to report.
+    A UsageError says why when the members held out different images, since then there is nothing to report.
     """
     check_select(select, weighted)
     members = members_of(run_dirs, device)
     weights, scores, selection = choose(members, dataset, select=select, weighted=weighted, max_steps=max_steps,
                                         precision=resolve_precision(precision, torch.device(device)), step=step)  # fmt: skip
-    if not scores["shared"]:
-        raise UsageError(scores["reason"])
-    return {**scores, "run_dirs": [str(m.folder) for m in members], "weights": weights, "selection": selection}
+    if not scores.shared:
+        raise UsageError(scores.reason)
+    return EnsembleValidation(scores, [str(m.folder) for m in members], weights, selection)

@@ -31,13 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmnist.errors import CheckpointError, UsageError
+from fmnist.errors import CheckpointError, RunPathError, UsageError
 from fmnist.fsutil import read_json
 from fmnist.inference.checkpoint import checkpoint_folder, load_checkpoint, normalization, tta_settings, with_tta
+from fmnist.inference.records import EnsembleManifest, EnsembleResults
+from fmnist.inference.rundir import ENSEMBLE_FILE as MANIFEST_FILE
+from fmnist.inference.rundir import PREDICTIONS_FILE, RESULTS_FILE
 from fmnist.models.base import Classifier
 
-MANIFEST_FILE = "ensemble.json"
-PREDICTIONS_FILE = "predictions.safetensors"
 FORMAT = "fmnist-ensemble"
 FORMAT_VERSION = 1
 MODEL_NAME = "ensemble"
@@ -129,58 +130,69 @@ def is_ensemble_dir(path: Path) -> bool:
     return (Path(path) / MANIFEST_FILE).is_file()
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
+def _read_manifest(folder: Path) -> EnsembleManifest:
     path = folder / MANIFEST_FILE
-    manifest = read_json(path)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    raw = read_json(path)
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an fmnist ensemble manifest (missing format marker)")
-    version = manifest.get("format_version")
+    version = raw.get("format_version")
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(f"{path}: ensemble format version {version!r} is not one this fmnist reads")
-    members = manifest.get("members")
-    norm = manifest.get("normalization")
+    members, norm = raw.get("members"), raw.get("normalization")
     ok = isinstance(members, list) and members and isinstance(norm, dict) and all(
         isinstance(m, dict) and isinstance(m.get("path"), str) and isinstance(m.get("weights_sha256"), str)
         and isinstance(m.get("weight"), (int, float)) and m["weight"] > 0 for m in members
     ) and all(isinstance(norm.get(k), (int, float)) for k in ("mean", "std")) and norm["std"] > 0  # fmt: skip
     if not ok:
         raise CheckpointError(f"{path}: members or normalization missing or malformed")
-    return manifest
+    try:
+        return EnsembleManifest.from_json(raw, path)
+    except RunPathError as exc:  # a key a manifest always has is missing
+        raise CheckpointError(str(exc)) from None
 
 
 def load_ensemble(path: Path, device: str | torch.device = "cpu") -> tuple[EnsembleModel, dict[str, Any]]:
     """(EnsembleModel in eval mode, metadata) for an ensemble directory, members checked against the manifest."""
     folder = Path(path)
     manifest = _read_manifest(folder)
-    entries = manifest["members"]
-    members = load_members([folder / e["path"] for e in entries], device)
+    entries = manifest.members
+    members = load_members([folder / e.path for e in entries], device)
     for member, entry in zip(members, entries):
-        if member.meta["weights_sha256"] != entry["weights_sha256"]:
+        if member.meta["weights_sha256"] != entry.weights_sha256:
             raise CheckpointError(f"ensemble member {member.folder} has other weights than when the ensemble was built")
-    if members[0].meta["class_names"] != manifest.get("class_names"):
+    if members[0].meta["class_names"] != manifest.class_names:
         raise CheckpointError(f"{folder / MANIFEST_FILE}: class names differ from the members'")
-    mean, std = normalization(manifest)
-    model = EnsembleModel(members, [e["weight"] for e in entries], mean, std).eval()
+    mean, std = float(manifest.normalization["mean"]), float(manifest.normalization["std"])
+    model = EnsembleModel(members, [e.weight for e in entries], mean, std).eval()
     pairs = list(zip(members, entries))
-    described = [{"model": m.meta["model"], "tta": m.meta["tta"], "weight": e["weight"]} for m, e in pairs]
+    described = [{"model": m.meta["model"], "tta": m.meta["tta"], "weight": e.weight} for m, e in pairs]
     # What identifies the graph: each member's weights, TTA and normalisation, and the weight given it.
-    identity = [[m.meta["weights_sha256"], m.meta["tta"], normalization(m.meta), e["weight"]] for m, e in pairs]
-    from fmnist.inference.rundir import RESULTS_FILE
-
-    results_path = folder / RESULTS_FILE
-    results = read_json(results_path) if results_path.is_file() else {}
+    identity = [[m.meta["weights_sha256"], m.meta["tta"], normalization(m.meta), e.weight] for m, e in pairs]
+    results = _read_ensemble_results(folder)
     meta = {
         "model": MODEL_NAME,
         "model_args": {"members": [m.meta["model"] for m in members]},
         "family": MODEL_NAME,
-        "class_names": manifest["class_names"],
+        "class_names": manifest.class_names,
         "normalization": {"mean": mean, "std": std},
         "params": sum(int(m.meta.get("params") or 0) for m in members),
         "weights_sha256": hashlib.sha256(json.dumps([identity, mean, std]).encode()).hexdigest(),
         "members": described,
-        "extra": {"test_accuracy": results.get("test_accuracy"), "data": results.get("data")},
+        "extra": {
+            "test_accuracy": results.test_accuracy if results else None,
+            "data": results.data if results else None,
+        },
     }
     return model, meta
+
+
+def _read_ensemble_results(folder: Path) -> EnsembleResults | None:
+    """An ensemble directory's results.json, or None when it has none (or not one this fmnist reads)."""
+    path = folder / RESULTS_FILE
+    try:
+        return EnsembleResults.read(path) if path.is_file() else None
+    except RunPathError:
+        return None
 
 
 def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tuple[Path, nn.Module, dict[str, Any]]:

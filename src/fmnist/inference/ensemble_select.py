@@ -17,11 +17,11 @@ Pure functions of probability tensors: fmnist.inference.ensemble_build feeds the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from fmnist.inference.ensemble_model import average_probabilities
+from fmnist.inference.records import GreedyStep
 
 SELECT_RULES = ("greedy", "all")
 DEFAULT_SELECT = "greedy"  # the rule of `fmnist ensemble`, `compare --ensemble` and [[ensembles]]
@@ -56,7 +56,7 @@ class Score:
 @dataclass(frozen=True)
 class Selection:
     counts: tuple[int, ...]  # times each member was added (0: not chosen)
-    steps: tuple[dict[str, Any], ...]  # the first member, then each addition: member, accuracy, loss
+    steps: tuple[GreedyStep, ...]  # the first member, then each addition
     stopped: str
 
     @property
@@ -90,7 +90,7 @@ def greedy_select(probabilities: torch.Tensor, labels: torch.Tensor, max_steps: 
     singles = [score(probabilities, labels, _one_hot(m, i)) for i in range(m)]
     first = min(range(m), key=lambda i: (-singles[i].correct, singles[i].loss, i))
     counts, current = _one_hot(m, first), singles[first]
-    steps = [{"member": first, "accuracy": current.correct / n, "loss": current.loss}]
+    steps = [GreedyStep(member=first, accuracy=current.correct / n, loss=current.loss)]
     stopped = STOPPED_MAX_STEPS
     for _ in range(max_steps):
         tried = [(score(probabilities, labels, [c + (j == i) for j, c in enumerate(counts)]), i) for i in range(m)]
@@ -100,7 +100,7 @@ def greedy_select(probabilities: torch.Tensor, labels: torch.Tensor, max_steps: 
             break
         counts[added] += 1
         current = best
-        steps.append({"member": added, "accuracy": best.correct / n, "loss": best.loss})
+        steps.append(GreedyStep(member=added, accuracy=best.correct / n, loss=best.loss))
     return Selection(tuple(counts), tuple(steps), stopped)
 
 

@@ -21,6 +21,7 @@ from fmnist import __version__
 from fmnist.constants import CLASS_NAMES
 from fmnist.errors import FmnistError
 from fmnist.inference.ensemble_select import STOPPED_NO_GAIN, selection_summary
+from fmnist.inference.records import ValidationScores
 from fmnist.report.context import FIGURES_DIR, EnsembleEntry, ReportContext, _slug, find_dataset, load_ensembles
 from fmnist.report.document import Block, Document, Heading, Image, Note, Section, Table, Takeaway, Text
 from fmnist.report.figures import RED, plt, save
@@ -110,11 +111,11 @@ def changed_images(images: np.ndarray, changes: Changes, rows: list[tuple[str, l
 
 def _takeaway(entry: EnsembleEntry, changes: Changes | None) -> Takeaway:
     r = entry.results
-    best = entry.member_names[r["best_member"]]
-    fixed = len(changes.fixed) if changes else r["fixed"]
-    introduced = len(changes.introduced) if changes else r["introduced"]
-    headline = (f"{entry.name} ({_rule(entry)}) reaches {pct(r['test_accuracy'])}, "
-                f"{points(r['gain_over_best_member'])} over its best member {best}")  # fmt: skip
+    best = entry.member_names[r.best_member]
+    fixed = len(changes.fixed) if changes else r.fixed
+    introduced = len(changes.introduced) if changes else r.introduced
+    headline = (f"{entry.name} ({_rule(entry)}) reaches {pct(r.test_accuracy)}, "
+                f"{points(r.gain_over_best_member)} over its best member {best}")  # fmt: skip
     verdict = ("averaging helps" if fixed > introduced else "averaging hurts" if fixed < introduced
                else "averaging breaks even")  # fmt: skip
     text = (f"{headline}: it fixes {plural(fixed, 'test error')} of that member and introduces {introduced} "
@@ -125,34 +126,32 @@ def _takeaway(entry: EnsembleEntry, changes: Changes | None) -> Takeaway:
 def _rule(entry: EnsembleEntry) -> str:
     """The selection rule and the weights in one phrase (results.json from before selection rules: all, averaged)."""
     r = entry.results
-    return selection_summary(r.get("select"), entry.member_names, [m["weight"] for m in r["members"]],
-                             bool(r.get("model_args", {}).get("weighted")))  # fmt: skip
+    return selection_summary(r.select, entry.member_names, [m.weight for m in r.members], r.model_args.weighted)
 
 
 def _members_table(entry: EnsembleEntry) -> Table:
     r = entry.results
-    validation = r.get("validation") or {}
-    val = validation.get("members") if validation.get("shared") else None
-    rows = [[name + (" (best)" if i == r["best_member"] else ""), f"`{m['model']}`",
-             pct(val[i]) if val else "—", pct(m["test_accuracy"]), f"{m['weight']:.3f}" if m["weight"] > 0 else "not chosen"]
-            for i, (name, m) in enumerate(zip(entry.member_names, r["members"]))]  # fmt: skip
-    rows.append([f"**{entry.name} (ensemble)**", "`ensemble`", f"**{pct(validation['accuracy'])}**" if val else "—",
-                 f"**{pct(r['test_accuracy'])}**", "—"])  # fmt: skip
+    validation = r.validation
+    val = validation.members if validation and validation.shared else None
+    rows = [[name + (" (best)" if i == r.best_member else ""), f"`{m.model}`",
+             pct(val[i]) if val else "—", pct(m.test_accuracy), f"{m.weight:.3f}" if m.weight > 0 else "not chosen"]
+            for i, (name, m) in enumerate(zip(entry.member_names, r.members))]  # fmt: skip
+    rows.append([f"**{entry.name} (ensemble)**", "`ensemble`", f"**{pct(validation.accuracy)}**" if val else "—",
+                 f"**{pct(r.test_accuracy)}**", "—"])  # fmt: skip
     return Table(["name", "model", "validation accuracy", "test accuracy", "weight"], rows, "llrrr")
 
 
 def _selection_text(entry: EnsembleEntry) -> str:
     """How the members and their weights were chosen."""
     r = entry.results
-    selection = r.get("selection") or {}
-    if r.get("select") != "greedy":
-        how = "each member's best validation accuracy" if r.get("model_args", {}).get("weighted") else "equal"
+    if r.select != "greedy" or r.selection is None:
+        how = "each member's best validation accuracy" if r.model_args.weighted else "equal"
         return f"Selection: every member, weights {how}."
-    steps = selection.get("steps", [])
+    steps = r.selection.steps or []
     added = len(steps) - 1
     why = ("no further addition improved validation accuracy (or, at equal accuracy, its log-loss)"
-           if selection.get("stopped") == STOPPED_NO_GAIN else f"it reached {selection.get('max_steps')} additions")  # fmt: skip
-    first = entry.member_names[steps[0]["member"]] if steps else "the best member"
+           if r.selection.stopped == STOPPED_NO_GAIN else f"it reached {r.selection.max_steps} additions")  # fmt: skip
+    first = entry.member_names[steps[0].member] if steps else "the best member"
     return (f"Selection: greedy forward selection with replacement on the members' shared validation split "
             f"(Caruana et al. 2004). It started from the best member there, {first}, added "
             f"{plural(added, 'member')} (repeats allowed) and stopped because {why}; each member's weight is the "
@@ -161,28 +160,28 @@ def _selection_text(entry: EnsembleEntry) -> str:
 
 
 def _disagreement_blocks(entry: EnsembleEntry) -> list[Block]:
-    pairs = entry.results.get("pairwise_disagreement", [])
+    pairs = entry.results.pairwise_disagreement
     if not pairs:
         return []
     names = entry.member_names
-    fractions = [p["fraction"] for p in pairs]
-    lo, hi = min(pairs, key=lambda p: p["fraction"]), max(pairs, key=lambda p: p["fraction"])
+    fractions = [p.fraction for p in pairs]
+    lo, hi = min(pairs, key=lambda p: p.fraction), max(pairs, key=lambda p: p.fraction)
     if len(pairs) == 1:
-        text = f"The two members give different answers on {pct(lo['fraction'], 1)} of the test images"
+        text = f"The two members give different answers on {pct(lo.fraction, 1)} of the test images"
     else:
         text = (f"Members give different answers on {pct(float(np.mean(fractions)), 1)} of the test images on "
-                f"average (from {pct(lo['fraction'], 1)}, {names[lo['a']]} and {names[lo['b']]}, to "
-                f"{pct(hi['fraction'], 1)}, {names[hi['a']]} and {names[hi['b']]})")  # fmt: skip
+                f"average (from {pct(lo.fraction, 1)}, {names[lo.a]} and {names[lo.b]}, to "
+                f"{pct(hi.fraction, 1)}, {names[hi.a]} and {names[hi.b]})")  # fmt: skip
     text += "; an average can only fix errors where members disagree."
     blocks: list[Block] = [Heading("Pairwise disagreement"), Text(text)]
     if len(names) <= MATRIX_MEMBERS:
-        cell = {(p["a"], p["b"]): pct(p["fraction"], 1) for p in pairs}
+        cell = {(p.a, p.b): pct(p.fraction, 1) for p in pairs}
         cell.update({(b, a): v for (a, b), v in list(cell.items())})
         rows = [[names[i], *("—" if i == j else cell.get((i, j), "") for j in range(len(names)))]
                 for i in range(len(names))]  # fmt: skip
         blocks.append(Table(["", *names], rows))
     else:
-        rows = [[names[p["a"]], names[p["b"]], pct(p["fraction"], 1)] for p in pairs]
+        rows = [[names[p.a], names[p.b], pct(p.fraction, 1)] for p in pairs]
         blocks.append(Table(["member", "member", "test images they disagree on"], rows, "llr"))
     return blocks
 
@@ -200,16 +199,16 @@ def _per_class_table(changes: Changes) -> Table:
     return Table(["class", "best member", "ensemble", "fixed", "introduced", "net"], rows)
 
 
-def _validation_text(validation: dict | None) -> str:
+def _validation_text(validation: ValidationScores | None) -> str:
     """The ensemble against its best member on validation, where the members held out the same images."""
     if not validation:  # built before fmnist recorded it
         return ""
-    if not validation.get("shared"):
-        return f"Not scored on validation: {validation.get('reason', 'no shared hold-out')}."
-    best = validation["members"][validation["best_member"]]
-    return (f"On the members' shared validation split ({count(validation['val_size'])} training images held out "
-            f"by split seed {validation['split_seed']}) the ensemble scores {pct(validation['accuracy'])}, "
-            f"{points(validation['gain_over_best_member'])} over the best member there ({pct(best)}): the figure "
+    if not validation.shared:
+        return f"Not scored on validation: {validation.reason or 'no shared hold-out'}."
+    best = validation.members[validation.best_member]
+    return (f"On the members' shared validation split ({count(validation.val_size)} training images held out "
+            f"by split seed {validation.split_seed}) the ensemble scores {pct(validation.accuracy)}, "
+            f"{points(validation.gain_over_best_member)} over the best member there ({pct(best)}): the figure "
             f"to choose ensembles by, since it leaves the test set alone.")  # fmt: skip
 
 
@@ -218,33 +217,33 @@ def ensemble_blocks(entry: EnsembleEntry, dataset, data_problem: str, figure: Pa
     if entry.error:
         return [Note(f"{entry.name} was not built: {entry.error}")]
     r = entry.results
-    best_name = entry.member_names[r["best_member"]]
+    best_name = entry.member_names[r.best_member]
     changes, problem = None, ""
     try:
-        changes = read_changes(entry.path, r["best_member"])
+        changes = read_changes(entry.path, r.best_member)
     except FmnistError as exc:
         problem = str(exc)
     blocks: list[Block] = [_takeaway(entry, changes), _members_table(entry)]
-    best_acc = r["members"][r["best_member"]]["test_accuracy"]
+    best_acc = r.members[r.best_member].test_accuracy
     blocks.append(Text(_selection_text(entry)))
     blocks.append(Text(f"Gain over the best member on the test set ({best_name}, {pct(best_acc)}): "
-                       f"{points(r['gain_over_best_member'])}. The ensemble answers the argmax of the weighted mean "
+                       f"{points(r.gain_over_best_member)}. The ensemble answers the argmax of the weighted mean "
                        f"probability."))  # fmt: skip
-    validation = _validation_text(r.get("validation"))
+    validation = _validation_text(r.validation)
     if validation:
         blocks.append(Text(validation))
     blocks += _disagreement_blocks(entry)
     blocks.append(Heading(f"Errors fixed and introduced against {best_name}"))
     if changes is None:
-        blocks.append(Note(f"No per-image breakdown: {problem}. From results.json: {r['fixed']} fixed, "
-                           f"{r['introduced']} introduced."))  # fmt: skip
+        blocks.append(Note(f"No per-image breakdown: {problem}. From results.json: {r.fixed} fixed, "
+                           f"{r.introduced} introduced."))  # fmt: skip
         return blocks
     fixed, introduced = len(changes.fixed), len(changes.introduced)
     blocks.append(Text(f"Of the best member's {count(int((changes.best_predicted != changes.labels).sum()))} test "
                        f"errors the ensemble fixes **{count(fixed)}**; it introduces **{count(introduced)}** new ones "
                        f"(net {fixed - introduced:+,d} images, {points((fixed - introduced) / len(changes.labels))})."))  # fmt: skip
-    if (fixed, introduced) != (r["fixed"], r["introduced"]):
-        blocks.append(Note(f"results.json says {r['fixed']} fixed and {r['introduced']} introduced; the saved "
+    if (fixed, introduced) != (r.fixed, r.introduced):
+        blocks.append(Note(f"results.json says {r.fixed} fixed and {r.introduced} introduced; the saved "
                            f"predictions say otherwise, so one of the two files was changed after the build."))  # fmt: skip
     blocks.append(_per_class_table(changes))
     fixed_by, introduced_by = (np.bincount(changes.labels[i], minlength=len(CLASS_NAMES))
@@ -281,7 +280,7 @@ def ensemble_section(ctx: ReportContext) -> Section | None:
             else:
                 section.blocks.append(block)
     if takeaways:
-        best = max((e for e in ctx.ensembles if e.name in takeaways), key=lambda e: e.results["test_accuracy"])
+        best = max((e for e in ctx.ensembles if e.name in takeaways), key=lambda e: e.results.test_accuracy)
         text = " ".join(t.text for t in takeaways.values())
         section.blocks.insert(0, Takeaway(text, takeaways[best.name].headline))
     return section
@@ -292,7 +291,7 @@ def ensemble_document(folder: Path, options: ReportOptions) -> Document:
     started = time.perf_counter()
     folder = Path(folder)
     (entry,) = load_ensembles(folder, None)
-    dataset, problem = find_dataset(entry.results.get("data", {}), options.data_dir)
+    dataset, problem = find_dataset(entry.results.data, options.data_dir)
     section = Section(None, "ensemble", "Ensemble")
     section.blocks = ensemble_blocks(entry, dataset, problem, folder / FIGURES_DIR / "ensemble.png")
     members = len(entry.member_names)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from matplotlib import pyplot as plt
 from matplotlib.colors import to_hex
@@ -19,7 +18,8 @@ from matplotlib.ticker import PercentFormatter
 
 from fmnist import __version__
 from fmnist.experiments.sweep_config import BEST_FILE, SWEEP_FILE, format_metric
-from fmnist.fsutil import atomic_write_text, read_json
+from fmnist.fsutil import atomic_write_text
+from fmnist.inference.records import SearchValue, SweepFile
 from fmnist.report import figures  # first: it selects matplotlib's headless backend
 from fmnist.report.document import Document, Image, Note, Section, Table, Takeaway, Text, render_markdown
 from fmnist.report.text import join_words
@@ -28,11 +28,11 @@ FIGURES_DIR = "figures"
 MIN_TRIALS_FOR_TREND = 6  # fewer scored trials say little about a trend
 
 
-def _value_text(value: Any) -> str:
+def _value_text(value: SearchValue) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _is_numeric(values: list[Any]) -> bool:
+def _is_numeric(values: list[SearchValue]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
@@ -45,27 +45,31 @@ def _trend(xs: list[float], ys: list[float]) -> float | None:
     return float(spearmanr(xs, ys).statistic)
 
 
-def metric_vs_options(sweep: dict[str, Any], path: Path) -> Path:
+def _best_name(sweep: SweepFile) -> str | None:
+    return sweep.best.trial if sweep.best else None
+
+
+def metric_vs_options(sweep: SweepFile, path: Path) -> Path:
     """One panel per searched option: each trial's best metric against its value (hollow: stopped early)."""
-    metric, keys = sweep["metric"], list(sweep["search"])
-    best_name = (sweep.get("best") or {}).get("trial")
-    trials = [t for t in sweep["trials"] if t["best"] is not None and all(k in t["config"] for k in keys)]
+    metric, keys = sweep.metric, list(sweep.search)
+    best_name = _best_name(sweep)
+    trials = [t for t in sweep.trials if t.best is not None and all(k in t.config for k in keys)]
     cols = min(3, len(keys))
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
     color = figures.colors()[0]
     for ax, key in zip(axes.flat, keys):
-        values = [t["config"][key] for t in trials]
+        values = [t.config[key] for t in trials]
         numeric = _is_numeric(values)
         labels = sorted({_value_text(v) for v in values}) if not numeric else []
         for t, v in zip(trials, values):
             x = v if numeric else labels.index(_value_text(v))
-            y = t["best"]["value"]
-            filled = t["status"] == "finished"
+            y = t.best.value
+            filled = t.status == "finished"
             ax.plot([x], [y], "o", color=color, markerfacecolor=color if filled else "none", markersize=6)
-            if t["name"] == best_name:
+            if t.name == best_name:
                 ax.plot([x], [y], "*", color=figures.RED, markersize=14)
-        if numeric and "loguniform" in sweep["search"][key]:
+        if numeric and "loguniform" in sweep.search[key]:
             ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels), default=0) > 6 else 0,
@@ -83,20 +87,20 @@ def metric_vs_options(sweep: dict[str, Any], path: Path) -> Path:
     return figures.save(fig, path)
 
 
-def all_curves(sweep: dict[str, Any], path: Path) -> Path:
+def all_curves(sweep: SweepFile, path: Path) -> Path:
     """The metric per epoch for every trial; trials ASHA stopped are thin and grey, the best is bold."""
-    metric = sweep["metric"]
-    best_name = (sweep.get("best") or {}).get("trial")
+    metric = sweep.metric
+    best_name = _best_name(sweep)
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     palette = [c for c in figures.colors() if to_hex(c) != "#d62728"]  # red marks the best trial
-    for i, t in enumerate(sweep["trials"]):
-        rows = [r for r in t["epochs"] if r.get(metric) is not None]
+    for i, t in enumerate(sweep.trials):
+        rows = [r for r in t.epochs if getattr(r, metric, None) is not None]
         if not rows:
             continue
-        xs, ys = [r["epoch"] for r in rows], [r[metric] for r in rows]
-        if t["name"] == best_name:
-            ax.plot(xs, ys, "-", marker="o", color=figures.RED, linewidth=2.5, label=f"{t['name']} (best)", zorder=3)
-        elif t["status"] == "finished":
+        xs, ys = [r.epoch for r in rows], [getattr(r, metric) for r in rows]
+        if t.name == best_name:
+            ax.plot(xs, ys, "-", marker="o", color=figures.RED, linewidth=2.5, label=f"{t.name} (best)", zorder=3)
+        elif t.status == "finished":
             ax.plot(xs, ys, "-", marker=".", color=palette[i % len(palette)], linewidth=1.2, alpha=0.8)
         else:
             ax.plot(xs, ys, "-", marker=".", color="grey", linewidth=0.8, alpha=0.6)
@@ -111,25 +115,25 @@ def all_curves(sweep: dict[str, Any], path: Path) -> Path:
     return figures.save(fig, path)
 
 
-def _takeaway(sweep: dict[str, Any]) -> Takeaway:
-    metric, best = sweep["metric"], sweep.get("best")
+def _takeaway(sweep: SweepFile) -> Takeaway:
+    metric, best = sweep.metric, sweep.best
     if not best:
         return Takeaway("No trial reported a validation metric; see the table for why each trial ended.")
-    options = ", ".join(f"{k} {_value_text(v)}" for k, v in best["config"].items())
-    counts = sweep["counts"]
-    text = (f"The best trial, {best['trial']} ({options}), reached {metric} {format_metric(metric, best['value'])} at "
-            f"epoch {best['epoch']}.")  # fmt: skip
-    trained = sum(len(t["epochs"]) for t in sweep["trials"])
-    budget = sweep["total_trials"] * sweep["scheduler"].get("max_epochs", 0)
+    options = ", ".join(f"{k} {_value_text(v)}" for k, v in best.config.items())
+    counts = sweep.counts
+    text = (f"The best trial, {best.trial} ({options}), reached {metric} {format_metric(metric, best.value)} at "
+            f"epoch {best.epoch}.")  # fmt: skip
+    trained = sum(len(t.epochs) for t in sweep.trials)
+    budget = sweep.total_trials * int(sweep.scheduler.get("max_epochs", 0))
     if counts.get("stopped") and budget:
-        text += (f" ASHA stopped {counts['stopped']} of {len(sweep['trials'])} trials early: they trained "
+        text += (f" ASHA stopped {counts['stopped']} of {len(sweep.trials)} trials early: they trained "
                  f"{trained} epochs where running every trial to the end would take {budget} "
                  f"({100 * (1 - trained / budget):.0f}% saved).")  # fmt: skip
     trends = []
-    scored = [t for t in sweep["trials"] if t["best"] is not None]
-    sign = 1 if sweep["mode"] == "max" else -1
-    for key in sweep["search"]:
-        pairs = [(t["config"][key], t["best"]["value"]) for t in scored if key in t["config"]]
+    scored = [t for t in sweep.trials if t.best is not None]
+    sign = 1 if sweep.mode == "max" else -1
+    for key in sweep.search:
+        pairs = [(t.config[key], t.best.value) for t in scored if key in t.config]
         if pairs and _is_numeric([p[0] for p in pairs]):
             rho = _trend([float(p[0]) for p in pairs], [sign * p[1] for p in pairs])
             if rho is not None and abs(rho) >= 0.5:
@@ -139,27 +143,25 @@ def _takeaway(sweep: dict[str, Any]) -> Takeaway:
     return Takeaway(text, text.split(". ")[0] + ".")
 
 
-def sweep_section(folder: Path, sweep: dict[str, Any]) -> Section:
+def sweep_section(folder: Path, sweep: SweepFile) -> Section:
     section = Section(None, "sweep", "Hyperparameter sweep")
-    metric, keys = sweep["metric"], list(sweep["search"])
+    metric, keys = sweep.metric, list(sweep.search)
     blocks = section.blocks
     blocks.append(_takeaway(sweep))
-    scheduler = sweep["scheduler"]
+    scheduler = sweep.scheduler
     how = (f"ASHA (grace period {scheduler['grace_period']} epochs, reduction factor {scheduler['reduction_factor']:g},"
            f" at most {scheduler['max_epochs']} epochs)" if scheduler["name"] == "asha" else "no early stopping")  # fmt: skip
-    search = "; ".join(f"`{k}` {kind} {v}" for k, spec in sweep["search"].items() for kind, v in spec.items())
-    blocks.append(
-        Text(f"{len(sweep['trials'])} trials chosen on `{metric}` ({sweep['mode']}), {how}. Search: {search}.")
-    )
-    sign = 1 if sweep["mode"] == "max" else -1
-    ranked = sorted(sweep["trials"], key=lambda t: -sign * t["best"]["value"] if t["best"] else float("inf"))
-    rows = [[t["name"], t["status"], str(len(t["epochs"])), *(_value_text(t["config"].get(k, "")) for k in keys),
-             format_metric(metric, (t["best"] or {}).get("value")), str((t["best"] or {}).get("epoch", "")), t["why"]]
+    search = "; ".join(f"`{k}` {kind} {v}" for k, spec in sweep.search.items() for kind, v in spec.items())
+    blocks.append(Text(f"{len(sweep.trials)} trials chosen on `{metric}` ({sweep.mode}), {how}. Search: {search}."))
+    sign = 1 if sweep.mode == "max" else -1
+    ranked = sorted(sweep.trials, key=lambda t: -sign * t.best.value if t.best else float("inf"))
+    rows = [[t.name, t.status, str(len(t.epochs)), *(_value_text(t.config.get(k, "")) for k in keys),
+             format_metric(metric, t.best.value if t.best else None), str(t.best.epoch if t.best else ""), t.why]
             for t in ranked]  # fmt: skip
     blocks.append(Table(["trial", "status", "epochs", *keys, f"best {metric}", "at epoch", "why it ended"], rows,
                         "llr" + "r" * len(keys) + "rrl"))  # fmt: skip
     fig_dir = folder / FIGURES_DIR
-    if any(t["best"] for t in sweep["trials"]):
+    if any(t.best for t in sweep.trials):
         blocks.append(Image(metric_vs_options(sweep, fig_dir / "sweep-options.png"), f"{metric} against each option"))
         blocks.append(Image(all_curves(sweep, fig_dir / "sweep-curves.png"), f"{metric} per epoch of every trial"))
     if (folder / BEST_FILE).is_file():
@@ -175,9 +177,9 @@ def write_sweep_report(folder: Path, markdown: bool = True, html: bool = True) -
 
     started = time.perf_counter()
     folder = Path(folder)
-    sweep = read_json(folder / SWEEP_FILE)
+    sweep = SweepFile.read(folder / SWEEP_FILE)
     section = sweep_section(folder, sweep)
-    model = sweep.get("base", {}).get("model", "fmnist")
+    model = sweep.base.get("model", "fmnist")
     doc = Document(f"Sweep of {model} on Fashion-MNIST", [Text(f"Report on the sweep in `{folder}`.")], [section])
     doc.footer = (f"Generated by fmnist {__version__} on {datetime.now():%Y-%m-%d %H:%M} in "
                   f"{time.perf_counter() - started:.1f} s.")  # fmt: skip
