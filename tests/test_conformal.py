@@ -58,6 +58,9 @@ def test_held_out_coverage_is_within_the_guarantee(method, alpha):
     assert result["mean_set_size"] >= 1
     sizes = conformal.sets(p[n_cal:]).sum(1)
     assert sizes.min() >= 1
+    # Without the top class forced in, coverage is the guarantee's alone (and never above the forced one's).
+    exact = summary(conformal.sets(p[n_cal:], allow_empty=True), y[n_cal:])
+    assert 1 - alpha - 4 * sd <= exact["coverage"] <= min(result["coverage"], 1 - alpha + 1 / (n_cal + 1) + 4 * sd)
 
 
 def test_mean_coverage_over_many_splits_is_the_exact_finite_sample_value():

@@ -10,7 +10,8 @@ Scores (higher = the label fits worse):
 - "aps": the probability mass of the classes ranked at or above the true one (Romano et al., 2020),
   without the randomisation, so a set is a deterministic function of the probabilities.
 
-A set is never empty: the top class is always in it, which can only raise coverage.
+A set is never empty by default: the top class is always in it, which can only raise coverage, and
+so a target below the top-1 accuracy is overshot (`sets(..., allow_empty=True)` keeps the exact sets).
 """
 
 from __future__ import annotations
@@ -75,11 +76,14 @@ class Conformal:
     quantile: float
     calibration_size: int
 
-    def sets(self, probabilities: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(N, C) boolean membership; each row holds at least its most probable class."""
+    def sets(self, probabilities: np.ndarray | torch.Tensor, allow_empty: bool = False) -> np.ndarray:
+        """(N, C) boolean membership. Each row holds at least its most probable class unless
+        `allow_empty`: a never-empty set covers at least the top-1 accuracy, so a target below that
+        accuracy is only met (to within the guarantee's slack) with empty sets allowed."""
         p = _probabilities(probabilities)
         members = class_scores(p, self.method) <= self.quantile
-        members[np.arange(len(p)), p.argmax(axis=1)] = True
+        if not allow_empty:
+            members[np.arange(len(p)), p.argmax(axis=1)] = True
         return members
 
     def to_dict(self) -> dict:
@@ -114,5 +118,6 @@ def summary(sets: np.ndarray, labels: np.ndarray | torch.Tensor, num_classes: in
         "coverage": float(covered.mean()),
         "mean_set_size": float(size.mean()),
         "singletons": float((size == 1).mean()),
+        "empty": float((size == 0).mean()),
         "per_class": per_class,
     }
