@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from fmnist.api import load_data, make_config, run_plan, train
+from fmnist.api import load_data, make_config, make_session, run_plan, train
 from fmnist.device import cpu_isa, cpu_model
 from fmnist.experiments.jobs import threads_per_job
 from fmnist.experiments.plan import ComparePlan, RunSpec
@@ -74,7 +74,8 @@ def measure_side_by_side(name: str, seeds: int, jobs: int, data, max_steps: int 
     shutil.rmtree(folder, ignore_errors=True)  # this script's own output: replaced, as measure() overwrites
     config = make_config(recipe=name, max_steps=max_steps, val_size=val_size)
     plan = ComparePlan([RunSpec(name, {}, resolved=config)], seeds=seeds, title=f"{name} over {seeds} seeds")
-    runs = run_plan(plan, folder, data=data, progress=False, report=False, jobs=jobs).summary["runs"]
+    session = make_session(folder, data=data, progress=False, jobs=jobs)
+    runs = run_plan(plan, plan.resolve(), session, report=False).summary["runs"]
     run_dirs = [folder / r["run_dir"] for r in runs]
     # From config.toml (written as a run starts) to results.json (its last file): the run's own wall time.
     seconds = [(d / "results.json").stat().st_mtime - (d / "config.toml").stat().st_mtime for d in run_dirs]

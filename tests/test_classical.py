@@ -14,6 +14,7 @@ from fmnist.data.normalize import normalize
 from fmnist.errors import UsageError
 from fmnist.experiments.compare import run_compare
 from fmnist.experiments.plan import plan_from_models
+from fmnist.experiments.session import Session
 from fmnist.inference.checkpoint import load_checkpoint
 from fmnist.inference.rundir import prepare_run_dir, read_history
 from fmnist.models import create_model
@@ -89,7 +90,9 @@ def test_dispatch_and_argument_errors(tiny_dataset):
 
 def test_compare_places_baselines_beside_networks(tiny_dataset, tmp_path: Path):
     plan = plan_from_models(["logreg", "rbf_svc", "mlp_seed002"])
-    summary = run_compare(plan, tmp_path / "cmp", tiny_dataset, overrides={"epochs": 1, "val_size": 100})
+    summary = run_compare(
+        plan, plan.resolve({"epochs": 1, "val_size": 100}), Session(tmp_path / "cmp", data=tiny_dataset)
+    ).to_json()
     assert [m["name"] for m in summary["models"]] == ["logreg", "rbf_svc", "mlp_seed002"]
     assert all(m["test_accuracy_mean"] > 0.5 for m in summary["models"])
     assert not (tmp_path / "cmp" / "rbf_svc" / "model.json").exists()

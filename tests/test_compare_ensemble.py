@@ -178,11 +178,13 @@ def test_unknown_ensemble_members_fail_at_plan_time(tmp_path):
 def test_explicit_ensembles_across_runs(tiny_dataset, tmp_path):
     """[[ensembles]] of two different models, per seed, on the synthetic data (no real data needed)."""
     from fmnist.experiments.compare import run_compare
+    from fmnist.experiments.session import Session
 
     plan = plan_from_file(_config(tmp_path, '[[ensembles]]\nname = "ab"\nmembers = ["a", "b"]\n'))
     plan.seeds = 2
     out = tmp_path / "cmp"
-    summary = run_compare(plan, out, tiny_dataset, overrides={"epochs": 1, "max_steps": 2, "val_size": 100})
+    summary = run_compare(plan, plan.resolve({"epochs": 1, "max_steps": 2, "val_size": 100}),
+                          Session(out, data=tiny_dataset)).to_json()  # fmt: skip
     names = [e["name"] for e in summary["ensembles"]]
     assert names == ["ab-seed0", "ab-seed1"]
     assert [e["select"] for e in summary["ensembles"]] == ["greedy", "greedy"]  # a-seedK and b-seedK share a hold-out

@@ -11,6 +11,7 @@ import torch
 from fmnist.experiments.ablate import ablation_plan
 from fmnist.experiments.compare import run_compare
 from fmnist.experiments.plan import plan_from_file
+from fmnist.experiments.session import Session
 from fmnist.models import count_parameters, create_model
 from fmnist.report.text import published_accuracy, published_pct
 
@@ -55,8 +56,7 @@ def test_configs_hold_the_seeds_set_ups():
 
 def test_seed004_config_matches_the_ablate_command():
     from_file = {s.name: s.config({}) for s in plan_from_file(CONFIGS[4]).runs}
-    plan, _ = ablation_plan("cnn_seed004")
-    from_ablate = {s.name: s.config({}) for s in plan.runs}
+    from_ablate = {run.spec_name: run.config for run in ablation_plan("cnn_seed004").planned}
     assert list(from_file) == list(from_ablate)
     for name, config in from_file.items():
         assert config.to_dict() == from_ablate[name].to_dict(), name
@@ -68,7 +68,8 @@ def test_published_figures_appear_in_the_report(tiny_dataset, tmp_path: Path):
 
     path = CONFIGS[2]
     out = tmp_path / "seed002"
-    run_compare(plan_from_file(path), out, tiny_dataset, overrides=TINY)
+    plan = plan_from_file(path)
+    run_compare(plan, plan.resolve(TINY), Session(out, data=tiny_dataset))
     write_report(out, embedding="none")
     for name in ("report.md", "report.html"):
         text = (out / name).read_text()
@@ -86,7 +87,7 @@ def test_every_configs_published_figures_reach_the_comparison(path: Path, tiny_d
     plan = plan_from_file(path)
     plan.runs = plan.runs[:2]  # two runs show the published column; training all of seed 001 adds nothing
     out = tmp_path / path.stem
-    run_compare(plan, out, tiny_dataset, overrides=TINY)
+    run_compare(plan, plan.resolve(TINY), Session(out, data=tiny_dataset))
     ctx = ReportContext(out, ReportOptions())
     text = render_markdown(Document("t", [], [comparison_section(ctx)]), out)
     for key, value in plan.published.items():
@@ -126,7 +127,7 @@ def test_the_benchmark_configs_ensemble_row_shows_its_published_figure(tiny_data
     plan.runs = [s for s in plan.runs if s.name in cheap]
     plan.ensembles = [EnsembleSpec(e.name, tuple(m for m in e.members if m in cheap)) for e in plan.ensembles]
     out = tmp_path / "bench"
-    summary = run_compare(plan, out, tiny_dataset, overrides=TINY)
+    summary = run_compare(plan, plan.resolve(TINY), Session(out, data=tiny_dataset))
     (row,) = summary["ensembles"]
     assert row["name"] == "ensemble5" and [m["name"] for m in row["members"]] == cheap
     text = render_markdown(Document("t", [], [comparison_section(ReportContext(out, ReportOptions()))]), out)

@@ -21,7 +21,9 @@ from fmnist.errors import FmnistError, UsageError
 from fmnist.experiments.compare import run_compare
 from fmnist.experiments.jobs import ProcessExecutor, check_jobs, threads_per_job
 from fmnist.experiments.plan import ComparePlan, RunSpec
+from fmnist.experiments.session import Session
 from fmnist.inference.rundir import LOCK_FILE, read_history, read_results
+from fmnist.training.progress import MultiRunProgress
 
 TINY = {"max_steps": 12, "val_size": 500}
 
@@ -36,6 +38,21 @@ def real_dataset() -> FashionMNIST:
 
 def _plan(seeds: int = 2) -> ComparePlan:
     return ComparePlan([RunSpec("fastcnn", {"model": "fastcnn"}), RunSpec("mlp", {"model": "mlp"})], seeds=seeds)
+
+
+def _compare(plan: ComparePlan, out: Path, dataset: FashionMNIST, overrides: dict | None = None, **session) -> dict:
+    return run_compare(plan, plan.resolve(overrides), Session(out, data=dataset, **session)).to_json()
+
+
+class _Heard(MultiRunProgress):
+    """A display that writes each finished run into a list instead of onto a console."""
+
+    def __init__(self, heard: list[str]):
+        super().__init__(console=None)
+        self.heard = heard
+
+    def announce(self, name, result) -> None:
+        self.heard.append(f"result {name}")
 
 
 def _all_ended(executor: ProcessExecutor) -> bool:
@@ -82,13 +99,13 @@ def test_jobs_give_the_bits_of_the_same_runs_trained_here_with_as_many_threads(r
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        here = run_compare(_plan(), tmp_path / "here", real_dataset, overrides=TINY)
+        here = _compare(_plan(), tmp_path / "here", real_dataset, TINY)
     finally:
         torch.set_num_threads(threads)
     heard: list[str] = []
-    executor = ProcessExecutor(2, threads_per_run=1, notify=heard.append)
-    side_by_side = run_compare(_plan(), tmp_path / "jobs", real_dataset, overrides=TINY, executor=executor,
-                               on_result=lambda name, result: heard.append(f"result {name}"))  # fmt: skip
+    executor = ProcessExecutor(2, threads_per_run=1)
+    side_by_side = _compare(_plan(), tmp_path / "jobs", real_dataset, TINY, executor=executor, notify=heard.append,
+                            display=_Heard(heard))  # fmt: skip
     names = ["fastcnn-seed0", "fastcnn-seed1", "mlp-seed0", "mlp-seed1"]
     assert [r["run_dir"] for r in here["runs"]] == [r["run_dir"] for r in side_by_side["runs"]] == names
     for name in names:
@@ -115,7 +132,7 @@ def test_a_failing_run_stops_every_worker_with_one_line_naming_it(tmp_path):
     too_small = FashionMNIST(images, labels, images[:10], labels[:10], Provenance("synthetic", "memory", "unknown"))
     executor = ProcessExecutor(2, threads_per_run=1)
     with pytest.raises(FmnistError) as info:
-        run_compare(_plan(), tmp_path / "c", too_small, overrides=TINY, executor=executor)
+        _compare(_plan(), tmp_path / "c", too_small, TINY, executor=executor)
     message = str(info.value)
     assert "\n" not in message
     assert message.split(":")[0] in {"fastcnn-seed0", "fastcnn-seed1", "mlp-seed0", "mlp-seed1"}
@@ -130,7 +147,7 @@ def test_a_run_that_fails_while_another_trains_stops_that_one_too(real_dataset, 
     executor = ProcessExecutor(2, threads_per_run=1)
     started = time.monotonic()
     with pytest.raises(FmnistError, match="^bad: "):
-        run_compare(plan, tmp_path / "c", real_dataset, executor=executor)
+        _compare(plan, tmp_path / "c", real_dataset, executor=executor)
     assert _all_ended(executor)
     assert time.monotonic() - started < 60  # long before the long run's 4 epochs could end
     assert not (tmp_path / "c" / "long" / "results.json").exists()
@@ -144,8 +161,7 @@ def test_a_worker_killed_mid_run_is_reported_and_nothing_is_left_running(real_da
 
     def run() -> None:
         try:
-            run_compare(plan, out, real_dataset, overrides={"max_steps": 100_000, "val_size": 500},
-                        executor=executor)  # fmt: skip
+            _compare(plan, out, real_dataset, {"max_steps": 100_000, "val_size": 500}, executor=executor)
         except BaseException as exc:  # noqa: BLE001  (the test reads what the executor raised)
             outcome["error"] = exc
 
@@ -242,7 +258,7 @@ def test_ctrl_c_ends_the_workers_and_keeps_their_finished_epochs(real_data_dir, 
 def test_jobs_share_one_cuda_gpu(real_dataset, tmp_path):
     overrides = {**TINY, "device": "cuda"}
     executor = ProcessExecutor(2)
-    summary = run_compare(_plan(), tmp_path / "gpu", real_dataset, overrides=overrides, executor=executor)
+    summary = _compare(_plan(), tmp_path / "gpu", real_dataset, overrides, executor=executor)
     assert len(summary["runs"]) == 4
     for run in summary["runs"]:
         assert read_results(tmp_path / "gpu" / run["run_dir"]).device.startswith("cuda")

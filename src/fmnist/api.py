@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmnist.config import TrainConfig, load_config_file
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import UsageError
 from fmnist.inference.rundir import new_run_dir
 from fmnist.training.results import StopSignal, TrainCallback
+
+if TYPE_CHECKING:  # imported where used: `import fmnist` stays fast
+    from fmnist.experiments.plan import ComparePlan, PlannedRun
+    from fmnist.experiments.session import Session
 from fmnist.training.settings import resolve_config
 
 
@@ -133,55 +137,43 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
         plan.ensemble = ensemble
     if ensemble_select is not None:
         plan.select = ensemble_select
-    return run_plan(plan, out, "compare", data=data, data_dir=data_dir,
-                    progress=progress, report=report, overrides=overrides, notify=notify, ray=ray,
-                    jobs=jobs)  # fmt: skip
+    session = make_session(out, "compare", data=data, data_dir=data_dir, progress=progress, notify=notify, ray=ray,
+                           jobs=jobs)  # fmt: skip
+    return run_plan(plan, plan.resolve(overrides), session, report=report)
 
 
-def run_plan(plan: Any, out: str | Path | None, name: str = "compare", *, data: FashionMNIST | None = None, progress: bool | Any = True,
-             report: bool = True, overrides: dict[str, Any] | None = None, ablation: tuple[str, Any] | None = None,
-             data_dir: str | Path | None = None, notify=lambda _message: None, ray: str | None = None,
-             jobs: int | None = None) -> Comparison:  # fmt: skip
-    """Run a ComparePlan (or, with `ablation` = (base, variants), that model's ablation) into `out`;
-    `ray`, `jobs` as in `compare`.
+def make_session(out: str | Path | None = None, name: str = "compare", *, data: FashionMNIST | None = None,
+                 data_dir: str | Path | None = None, progress: bool | Any = True, notify=lambda _message: None,
+                 ray: str | None = None, jobs: int | None = None) -> Session:  # fmt: skip
+    """The Session of a study (compare, ablate, `train --seeds`, sweep): the API's options, turned into it once.
 
-    Without `out` the results go to runs/NAME-TIMESTAMP.
+    `out` or runs/NAME-TIMESTAMP is made on first use; `data`, else loaded from `data_dir` on
+    first use; `progress` (True: this console, a rich Console, or False/None) becomes its display;
+    `ray` and `jobs` (checked here) its executor, as in `compare`.
     """
-    from contextlib import nullcontext
-
-    from fmnist.experiments.compare import run_compare
-    from fmnist.experiments.jobs import ProcessExecutor, check_jobs
+    from fmnist.experiments.session import Session, make_executor
     from fmnist.training.progress import MultiRunProgress
 
-    jobs = check_jobs(jobs, ray)
-    planned = plan.resolve(overrides)  # every config built and checked before any data loads
-    if ray:  # only here is Ray ever imported: without it nothing of Ray loads
-        from fmnist.experiments.ray_runtime import require_ray
-        from fmnist.experiments.ray_tasks import ray_executor
-
-        require_ray()
-    out = new_run_dir(out, name)  # after the plan is checked: a bad plan leaves no empty folder
-    data = data or load_data(data_dir, notify=notify)
+    executor = make_executor(ray, jobs)
     console = _progress(progress)
     display = MultiRunProgress(console) if console is not None else None
-    hooks: dict[str, Any] = {"make_callbacks": display.callbacks, "on_result": display.announce} if display else {}
-    try:
-        local = ProcessExecutor(jobs, notify=notify) if jobs > 1 else None
-        with ray_executor(ray, notify) if ray else nullcontext(local) as executor:
-            if ablation:
-                from fmnist.experiments.ablate import run_ablation
+    return Session(out, name, data=data, data_dir=data_dir, executor=executor, display=display, notify=notify)
 
-                base, variants = ablation
-                run_ablation(base, out, data, seeds=plan.seeds, overrides=overrides, ablation=(plan, variants),
-                             planned=planned, executor=executor, **hooks)  # fmt: skip
-            else:
-                run_compare(plan, out, data, planned=planned, executor=executor, step=notify, **hooks)
-    finally:
-        if display is not None:
-            display.close()
-    comparison = Comparison(out)
+
+def run_plan(plan: ComparePlan, planned: list[PlannedRun], session: Session, *, report: bool = True) -> Comparison:
+    """Train `planned` (`plan.resolve(...)`, resolved before the session makes its folder, so a bad plan
+    leaves none) in `session`; returns the Comparison in the session's folder, with its report."""
+    from fmnist.experiments.compare import run_compare
+
+    with session:
+        run_compare(plan, planned, session)
+    return _comparison(session, report)
+
+
+def _comparison(session: Session, report: bool) -> Comparison:
+    comparison = Comparison(session.folder)
     if report:
-        comparison.report(data_dir=data_dir)
+        comparison.report(data_dir=session.data_dir)
     return comparison
 
 
@@ -191,13 +183,17 @@ def ablate(base: str = "cnn_seed004", *, seeds: int = 1, out: str | Path | None 
            **overrides: Any) -> Comparison:  # fmt: skip
     """Train `base` and variants with one part removed; ablation.json has each variant's Δ.
 
-    `ray` and `jobs` as in `compare`.
+    Each variant is the full model's resolved config with one setting changed (see
+    fmnist.experiments.ablate). `ray` and `jobs` as in `compare`.
     """
-    from fmnist.experiments.ablate import ablation_plan
+    from fmnist.experiments.ablate import ablation_plan, run_ablation
 
-    plan, variants = ablation_plan(base, seeds)
-    return run_plan(plan, out, f"ablate-{base}", data=data, data_dir=data_dir, progress=progress, report=report, overrides=overrides,
-                    ablation=(base, variants), notify=notify, ray=ray, jobs=jobs)  # fmt: skip
+    session = make_session(out, f"ablate-{base}", data=data, data_dir=data_dir, progress=progress, notify=notify,
+                           ray=ray, jobs=jobs)  # fmt: skip
+    ablation = ablation_plan(base, seeds, overrides)  # every config resolved before the folder is made
+    with session:
+        run_ablation(ablation, session)
+    return _comparison(session, report)
 
 
 def sweep(config_file: str | Path | None = None, *, resume: str | Path | None = None, out: str | Path | None = None,
@@ -212,8 +208,8 @@ def sweep(config_file: str | Path | None = None, *, resume: str | Path | None = 
     """
     from fmnist.experiments.sweep import run_sweep
 
-    summary = run_sweep(config_file, resume=resume, out=out, ray=ray, data=data, data_dir=data_dir,
-                        console=_progress(progress), notify=notify, overrides=overrides)  # fmt: skip
+    session = make_session(out, "sweep", data=data, data_dir=data_dir, progress=progress, notify=notify)
+    summary = run_sweep(config_file, session, resume=resume, ray=ray, overrides=overrides)
     if report:
         from fmnist.report.sections.sweep import write_sweep_report
 

@@ -86,9 +86,9 @@ def train_cmd(
         from fmnist.experiments.plan import ComparePlan, RunSpec
 
         plan = ComparePlan([RunSpec(cfg.model, {}, resolved=cfg)], seeds=seeds, title=f"{cfg.model} over {seeds} seeds")
-        comparison = api.run_plan(plan, out, f"{cfg.model}-seeds",
-                                  progress=console, report=False, data_dir=data_dir,
-                                  notify=notify, ray=ray_address(ray), jobs=jobs)  # fmt: skip
+        session = api.make_session(out, f"{cfg.model}-seeds", data_dir=data_dir, progress=console, notify=notify,
+                                   ray=ray_address(ray), jobs=jobs)  # fmt: skip
+        comparison = api.run_plan(plan, plan.resolve(), session, report=False)
         print_comparison(comparison, plan.title)
         if not no_report:
             say(f"report: {report_with_progress(comparison, data_dir=data_dir)}")

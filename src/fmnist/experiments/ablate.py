@@ -1,32 +1,35 @@
 """`fmnist ablate`: train a model and variants with one part removed or shrunk, over seeds,
 and report each variant's accuracy and its difference (Δ) to the full model.
 
-The variants are derived from the base model's arguments (any dropout -> 0, the second
-convolution off, the fully connected layer halved, ...) plus "no input normalisation". For
-`cnn_seed004` they are exactly seed 004's ablation (full, no dropout, single conv, FC 128->64,
-no normalisation), trained with that study's set-up, and its published table is shown beside.
+An ablation is a change to a plan of resolved configs, not a mode of its own: the full model's
+config is resolved like any run's (its recipe, then the options), each variant is that resolved
+config with the one setting it names changed (any dropout -> 0, the second convolution off, the
+fully connected layer halved, ..., no input normalisation), and the runs train through the
+compare path. The variants read the model arguments the full run trains with (the recipe's
+16-32-64 for fastcnn, not the builder's default), and no resolution rule runs again on a
+variant, so it differs from "full" in its named setting only. (For that reason no variant turns
+flips off: with its mirror TTA kept, a net never trained on mirrors would be scored on them, and
+turning the TTA off too would be a second setting.) For `cnn_seed004` the variants are exactly
+seed 004's ablation (full, no dropout, single conv, FC 128->64, no normalisation), trained with
+that study's set-up, and its published table is shown beside.
 
-Built on fmnist.experiments.compare: an ablation directory is a compare directory plus ablation.json.
+An ablation directory is a compare directory plus ablation.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fmnist.config import TrainConfig
-from fmnist.data.dataset import FashionMNIST
 from fmnist.experiments.compare import run_compare
-from fmnist.experiments.executor import Executor
 from fmnist.experiments.plan import ComparePlan, PlannedRun, RunSpec
+from fmnist.experiments.session import Session
 from fmnist.fsutil import atomic_write_json
 from fmnist.inference.rundir import ABLATION_FILE
-from fmnist.models.registry import get_entry
 from fmnist.training.recipes import model_settings
-from fmnist.training.results import RunResult, TrainCallback
 
 REFERENCE = "full"
 
@@ -41,29 +44,39 @@ PUBLISHED: dict[str, dict[str, float]] = {
 class Variant:
     name: str
     change: str
-    values: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields; model_args merge over the base's
+    values: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields; model_args merge over the full run's
+
+    def apply(self, full: TrainConfig) -> TrainConfig:
+        """`full` (a resolved config) with this variant's setting changed, and nothing else; the keys
+        it changes are recorded as set by the ablation (config.toml's [sources])."""
+        new_args = self.values.get("model_args", {})
+        others = {k: v for k, v in self.values.items() if k != "model_args"}
+        changed = [*others, *(f"model_args.{k}" for k in new_args)]
+        sources = {**full.sources, **dict.fromkeys(changed, f"ablation {self.name}")} if full.sources else {}
+        return dataclasses.replace(full, **others, model_args={**full.model_args, **new_args},
+                                   sources=sources).validate()  # fmt: skip
 
 
 def _halve(sizes: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(max(1, s // 2) for s in sizes)
 
 
-def ablation_variants(base: str) -> list[Variant]:
-    """The full model first, then one variant per part the base model lets us remove or shrink."""
-    defaults = get_entry(base).defaults
+def ablation_variants(full: TrainConfig) -> list[Variant]:
+    """The full model first, then one variant per part of `full`'s model that can be removed or shrunk."""
+    args = full.model_args  # resolved: every argument the full run's net is built with
     variants = [Variant(REFERENCE, "none (the full model)")]
-    dropout = {k: v for k, v in defaults.items() if "dropout" in k and isinstance(v, float) and v > 0}
+    dropout = {k: v for k, v in args.items() if "dropout" in k and isinstance(v, float) and v > 0}
     if dropout:
         change = "remove dropout (" + ", ".join(f"{k} {v:g} → 0" for k, v in dropout.items()) + ")"
         variants.append(Variant("no_dropout", change, {"model_args": {k: 0.0 for k in dropout}}))
-    if defaults.get("second_conv") is True:
+    if args.get("second_conv") is True:
         variants.append(Variant("single_conv", "remove the second convolution", {"model_args": {"second_conv": False}}))
-    elif isinstance(defaults.get("channels"), tuple) and len(defaults["channels"]) > 1:
-        ch = defaults["channels"]
+    elif isinstance(args.get("channels"), tuple) and len(args["channels"]) > 1:
+        ch = args["channels"]
         variants.append(Variant("fewer_convs", f"drop the last conv stage ({list(ch)} → {list(ch[:-1])})",
                                 {"model_args": {"channels": list(ch[:-1])}}))  # fmt: skip
     for arg, label in (("fc", "fully connected"), ("hidden", "hidden"), ("widths", "conv")):
-        value = defaults.get(arg)
+        value = args.get(arg)
         if isinstance(value, int) and not isinstance(value, bool) and value > 1:
             variants.append(
                 Variant(f"smaller_{arg}", f"{label} layer {value} → {value // 2}", {"model_args": {arg: value // 2}})
@@ -71,25 +84,39 @@ def ablation_variants(base: str) -> list[Variant]:
         elif isinstance(value, tuple) and value and all(v > 1 for v in value):
             variants.append(Variant(f"smaller_{arg}", f"{label} sizes {list(value)} → {list(_halve(value))}",
                                     {"model_args": {arg: list(_halve(value))}}))  # fmt: skip
-    if defaults.get("batch_norm") is True:
+    if args.get("batch_norm") is True:
         variants.append(Variant("no_batch_norm", "remove batch normalisation", {"model_args": {"batch_norm": False}}))
     variants.append(Variant("no_normalization", "raw pixels / 255, no mean/std standardisation", {"normalize": False}))
     return variants
 
 
-def ablation_plan(base: str, seeds: int = 1) -> tuple[ComparePlan, list[Variant]]:
-    variants = ablation_variants(base)
-    specs = []
-    for v in variants:
-        values = {"model": base, **{k: x for k, x in v.values.items() if k != "model_args"}}
-        if "model_args" in v.values:
-            values["model_args"] = dict(v.values["model_args"])
-        specs.append(RunSpec(v.name, values))
+@dataclass(frozen=True)
+class Ablation:
+    """An ablation of `base`, planned: every variant x seed with its config, resolved and changed."""
+
+    base: str
+    seeds: int
+    overrides: dict[str, Any]  # the options every run took (epochs=1, ...)
+    variants: list[Variant]
+    plan: ComparePlan  # one run name per variant (each resolves to the full model: the change is in `planned`)
+    planned: list[PlannedRun]
+
+
+def ablation_plan(base: str, seeds: int = 1, overrides: dict[str, Any] | None = None) -> Ablation:
+    """Resolve `base` with its recipe and `overrides`, once per seed, and derive every variant from that config."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    full = ComparePlan([RunSpec(REFERENCE, {"model": base})]).resolve(overrides)[0].config
+    variants = ablation_variants(full)
     notes = (f"Ablation of `{base}`: each variant removes or shrinks one part; Δ is its accuracy minus the full "
              f"model's with the same seed.")  # fmt: skip
     if base in PUBLISHED:
         notes += " Training set-up (the model's recipe) and published figures: seed study 004."
-    return ComparePlan(specs, seeds, f"Ablation of {base}", notes, dict(PUBLISHED.get(base, {}))), variants
+    plan = ComparePlan([RunSpec(v.name, {"model": base}) for v in variants], seeds, f"Ablation of {base}", notes,
+                       dict(PUBLISHED.get(base, {})))  # fmt: skip
+    by_name = {v.name: v for v in variants}
+    planned = [dataclasses.replace(run, config=by_name[run.spec_name].apply(run.config))
+               for run in plan.resolve(overrides)]  # fmt: skip
+    return Ablation(base, seeds, overrides, variants, plan, planned)
 
 
 def summarize_ablation(
@@ -126,36 +153,20 @@ def summarize_ablation(
     return out
 
 
-def run_ablation(
-    base: str,
-    out_dir: Path,
-    dataset: FashionMNIST,
-    *,
-    seeds: int = 1,
-    overrides: dict[str, Any] | None = None,
-    ablation: tuple[ComparePlan, list[Variant]] | None = None,
-    planned: list[PlannedRun] | None = None,
-    make_callbacks: Callable[[str, TrainConfig], list[TrainCallback]] = lambda name, cfg: [],
-    on_result: Callable[[str, RunResult], None] = lambda name, result: None,
-    executor: Executor | None = None,
-) -> dict[str, Any]:
-    """Train every variant x seeds into `out_dir` (a compare directory) and write ablation.json.
-
-    `ablation` is `ablation_plan(base, seeds)` and `planned` its resolved runs, where the caller
-    has built them already.
-    """
-    plan, variants = ablation or ablation_plan(base, seeds)
-    summary = run_compare(plan, out_dir, dataset, planned=planned, overrides=overrides, make_callbacks=make_callbacks,
-                          on_result=on_result, executor=executor)  # fmt: skip
-    ablation = {
-        "base": base,
-        "seeds": seeds,
+def run_ablation(ablation: Ablation, session: Session) -> dict[str, Any]:
+    """Train every variant x seed through the compare path into the session's folder, then write ablation.json."""
+    summary = run_compare(ablation.plan, ablation.planned, session)
+    result = {
+        "base": ablation.base,
+        "seeds": ablation.seeds,
         "reference": REFERENCE,
-        "setup": model_settings(base),
-        "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
-        "variants": summarize_ablation(summary["runs"], variants, plan.published),
-        "published_source": "seed study 004" if base in PUBLISHED else None,
-        "data": summary["data"],
+        "setup": model_settings(ablation.base),
+        "overrides": ablation.overrides,
+        "variants": summarize_ablation(
+            [r.to_json() for r in summary.runs], ablation.variants, ablation.plan.published
+        ),  # fmt: skip
+        "published_source": "seed study 004" if ablation.base in PUBLISHED else None,
+        "data": summary.data,
     }
-    atomic_write_json(Path(out_dir) / ABLATION_FILE, ablation)
-    return ablation
+    atomic_write_json(session.folder / ABLATION_FILE, result)
+    return result

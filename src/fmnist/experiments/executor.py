@@ -2,42 +2,37 @@
 
 Three implementations: `InProcessExecutor` (here, one after another: the default),
 `fmnist.experiments.jobs.ProcessExecutor` (`--jobs N` worker processes on this machine) and
-`fmnist.experiments.ray_tasks.RayExecutor` (`--ray`: each run a Ray task on a cluster).
+`fmnist.experiments.ray_tasks.RayExecutor` (`--ray`: each run a Ray task on a cluster). Each
+takes what it needs from the study's session: its folder, its data, its display and notifications.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from fmnist.config import TrainConfig
-from fmnist.data.dataset import FashionMNIST
 from fmnist.experiments.plan import PlannedRun
 from fmnist.inference.rundir import prepare_run_dir
-from fmnist.training.results import RunResult, TrainCallback
 from fmnist.training.run_writer import train_into
 
-MakeCallbacks = Callable[[str, TrainConfig], list[TrainCallback]]  # (run name, config) -> its progress callbacks
-OnResult = Callable[[str, RunResult], None]  # hears each finished run (name, result)
+if TYPE_CHECKING:  # the session holds an executor: only its type is needed here
+    from fmnist.experiments.session import Session
 
 
 class Executor(Protocol):
-    def __call__(self, planned: list[PlannedRun], out_dir: Path, dataset: FashionMNIST, make_callbacks: MakeCallbacks,
-                 on_result: OnResult) -> list[dict[str, Any]]:  # fmt: skip
-        """Train `planned` into their folders under `out_dir`; return each run's results.json, in plan order."""
+    def __call__(self, planned: list[PlannedRun], session: Session) -> list[dict[str, Any]]:
+        """Train `planned` into their folders under `session.folder`, on `session.dataset`; return each
+        run's results.json, in plan order, announcing each finished run to the session."""
         ...
 
 
 class InProcessExecutor:
     """Trains the runs here, one after another."""
 
-    def __call__(self, planned: list[PlannedRun], out_dir: Path, dataset: FashionMNIST, make_callbacks: MakeCallbacks,
-                 on_result: OnResult) -> list[dict[str, Any]]:  # fmt: skip
-        results = []
+    def __call__(self, planned: list[PlannedRun], session: Session) -> list[dict[str, Any]]:
+        dataset, results = session.dataset, []
         for run in planned:
-            result = train_into(run.config, prepare_run_dir(out_dir / run.run_name), dataset,
-                                make_callbacks(run.run_name, run.config))  # fmt: skip
-            on_result(run.run_name, result)
+            result = train_into(run.config, prepare_run_dir(session.folder / run.run_name), dataset,
+                                session.callbacks(run.run_name, run.config))  # fmt: skip
+            session.announce(run.run_name, result)
             results.append(result.to_results().to_json())
         return results

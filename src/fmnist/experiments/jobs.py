@@ -25,21 +25,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmnist.config import TrainConfig
-from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import FmnistError, UsageError, first_line
-from fmnist.experiments.executor import MakeCallbacks, OnResult
 from fmnist.experiments.plan import PlannedRun
 from fmnist.inference.rundir import prepare_run_dir, read_results
 from fmnist.training.progress import epoch_line
 from fmnist.training.results import EpochRecord, TrainCallback
 from fmnist.training.run_writer import result_from_dir, train_into
+
+if TYPE_CHECKING:
+    from fmnist.experiments.session import Session
 
 STOP_SECONDS = 10.0  # how long a worker may take to end after SIGTERM before it is killed
 PARENT_CHECK_SECONDS = 1.0  # how soon a worker notices that its parent died without stopping it
@@ -159,21 +159,21 @@ class _Worker:
 
 
 class ProcessExecutor:
-    """A comparison.Executor that trains up to `jobs` planned runs at once, each in a worker process."""
+    """An Executor that trains up to `jobs` planned runs at once, each in a worker process; each finished
+    epoch is a line of the session's notifications (the live bars need the run in this process)."""
 
-    def __init__(self, jobs: int, threads_per_run: int | None = None, notify: Callable[[str], None] = lambda _m: None):
+    def __init__(self, jobs: int, threads_per_run: int | None = None):
         self.jobs = check_jobs(jobs)
         self.threads = threads_per_run or threads_per_job(jobs)
-        self.notify = notify
         self.pids: list[int] = []  # the worker processes of the last call, for whoever checks they ended
 
-    def __call__(self, planned: list[PlannedRun], out_dir: Path, dataset: FashionMNIST, make_callbacks: MakeCallbacks,
-                 on_result: OnResult) -> list[dict[str, Any]]:  # fmt: skip
-        run_dirs = [prepare_run_dir(out_dir / run.run_name) for run in planned]  # refuse a bad folder before any work
+    def __call__(self, planned: list[PlannedRun], session: Session) -> list[dict[str, Any]]:
+        dataset = session.dataset
+        run_dirs = [prepare_run_dir(session.folder / run.run_name) for run in planned]  # refuse a bad folder first
         waiting = [_Task(index, run.config, run_dir) for index, (run, run_dir) in enumerate(zip(planned, run_dirs))]
         waiting.reverse()  # handed out from the end: in plan order
         count = min(self.jobs, len(planned))
-        self.notify(f"{len(planned)} run(s), {count} at a time, {self.threads} CPU thread(s) each")
+        session.notify(f"{len(planned)} run(s), {count} at a time, {self.threads} CPU thread(s) each")
         results: list[dict[str, Any]] = [{} for _ in planned]
         workers: list[_Worker] = []
         try:
@@ -195,12 +195,12 @@ class ProcessExecutor:
                         worker.hand(waiting.pop() if waiting else None, planned)
                     elif kind == "epoch":
                         run = planned[index]
-                        self.notify(epoch_line(run.run_name, event[2], run.config.epochs, event[3]))
+                        session.notify(epoch_line(run.run_name, event[2], run.config.epochs, event[3]))
                     elif kind == "error":
                         raise FmnistError(f"{planned[index].run_name}: {event[2]}")
                     else:  # done
                         run = planned[index]
-                        on_result(run.run_name, result_from_dir(run_dirs[index], run.config))
+                        session.announce(run.run_name, result_from_dir(run_dirs[index], run.config))
                         results[index] = read_results(run_dirs[index]).to_json()
                         remaining -= 1
                         worker.hand(waiting.pop() if waiting else None, planned)

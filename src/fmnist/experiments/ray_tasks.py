@@ -10,15 +10,12 @@ and report are the ones a local run writes, bit for bit on the CPU.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.errors import FmnistError
-from fmnist.experiments.executor import MakeCallbacks, OnResult
 from fmnist.experiments.plan import PlannedRun
 from fmnist.experiments.ray_runtime import (
     RaySession,
@@ -32,6 +29,9 @@ from fmnist.experiments.ray_runtime import (
 from fmnist.fsutil import atomic_write_bytes
 from fmnist.inference.rundir import LOCK_FILE, RunLock, prepare_run_dir, read_results
 from fmnist.training.run_writer import result_from_dir, train_into
+
+if TYPE_CHECKING:
+    from fmnist.experiments.session import Session
 
 # A task whose worker dies is run again from the start (its scratch folder died with it);
 # the run is deterministic, so the retry gives the same result.
@@ -66,39 +66,46 @@ def write_home(run_dir: Path, files: dict[str, bytes]) -> None:
 
 
 class RayExecutor:
-    """A comparison.Executor that runs every planned run as a Ray task (inside a RaySession)."""
+    """An Executor that runs every planned run as a Ray task, inside a RaySession on `address`
+    ('local' or HOST:PORT) for the length of the call."""
 
-    def __init__(self, threads_per_run: int | None = None, notify: Callable[[str], None] = lambda _m: None):
+    def __init__(self, address: str, threads_per_run: int | None = None):
         import torch
 
+        require_ray()  # before any folder or data: a missing extra is one line
+        self.address = address
         # The local loop trains with torch's default thread count; so do the tasks, pinned.
         self.threads = threads_per_run or torch.get_num_threads()
-        self.notify = notify
 
-    def _fitting_threads(self, ray: Any) -> int:
+    def _fitting_threads(self, ray: Any, session: Session) -> int:
         """The threads per run, cut to the CPUs of the largest live node: Ray would otherwise hold the
         tasks forever, without a word, on a cluster whose nodes are smaller than this machine."""
         largest = max((int(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")),
                       default=0)  # fmt: skip
         if largest < 1 or largest >= self.threads:
             return self.threads
-        self.notify(f"each run trains with {largest} thread(s), the CPUs of the largest Ray node "
-                    f"(here torch would use {self.threads}; results match a local run with that many threads)")  # fmt: skip
+        session.notify(f"each run trains with {largest} thread(s), the CPUs of the largest Ray node "
+                       f"(here torch would use {self.threads}; results match a local run with that many threads)")  # fmt: skip
         return largest
 
-    def __call__(self, planned: list[PlannedRun], out_dir: Path, dataset: FashionMNIST, make_callbacks: MakeCallbacks,
-                 on_result: OnResult) -> list[dict[str, Any]]:  # fmt: skip
+    def __call__(self, planned: list[PlannedRun], session: Session) -> list[dict[str, Any]]:
+        dataset = session.dataset
+        run_dirs = [prepare_run_dir(session.folder / run.run_name) for run in planned]  # refuse a bad folder first
+        with RaySession(self.address, notify=session.notify):
+            return self._train(planned, run_dirs, dataset, session)
+
+    def _train(self, planned: list[PlannedRun], run_dirs: list[Path], dataset: FashionMNIST,
+               session: Session) -> list[dict[str, Any]]:  # fmt: skip
         ray = require_ray()
-        run_dirs = [prepare_run_dir(out_dir / run.run_name) for run in planned]  # refuse a bad folder before any work
         shipped = ship_dataset(dataset)
         remote = ray.remote(train_remote)
-        threads = self._fitting_threads(ray)
+        threads = self._fitting_threads(ray, session)
         pending: dict[Any, int] = {}
         for index, run in enumerate(planned):
             options = {"num_cpus": threads, "num_gpus": gpus_for(run.config), "max_retries": TASK_RETRIES,
                        "name": f"fmnist {run.run_name}"}  # fmt: skip
             pending[remote.options(**options).remote(run.config, shipped, threads)] = index
-        self.notify(f"{len(planned)} run(s) sent to Ray, {threads} CPU(s) each")
+        session.notify(f"{len(planned)} run(s) sent to Ray, {threads} CPU(s) each")
         results: list[dict[str, Any]] = [{} for _ in planned]
         try:
             while pending:
@@ -110,16 +117,9 @@ class RayExecutor:
                 except ray.exceptions.RayError as exc:
                     raise task_error(exc, run.run_name) from None
                 write_home(run_dir, files)
-                on_result(run.run_name, result_from_dir(run_dir, run.config))
+                session.announce(run.run_name, result_from_dir(run_dir, run.config))
                 results[index] = read_results(run_dir).to_json()
         finally:
             for ref in pending:  # an error or Ctrl-C: nothing keeps running on the cluster
                 ray.cancel(ref, force=True)
         return results
-
-
-@contextmanager
-def ray_executor(address: str, notify: Callable[[str], None] = lambda _m: None) -> Iterator[RayExecutor]:
-    """A RayExecutor inside a RaySession on `address` ('local' or HOST:PORT)."""
-    with RaySession(address, notify=notify):
-        yield RayExecutor(notify=notify)

@@ -11,6 +11,7 @@ from the run directories and best.toml (`fmnist.api.sweep` then writes the repor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -20,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from fmnist import __version__
-from fmnist.data.dataset import FashionMNIST
-from fmnist.data.sources import resolve_dataset
 from fmnist.errors import INTERRUPTED, DataError, FmnistError, UsageError
 from fmnist.experiments.ray_runtime import LOCAL, require_ray
+from fmnist.experiments.session import Notify, Session
 from fmnist.experiments.sweep_config import (
     BEST_FILE,
     SPEC_FILE,
@@ -36,8 +36,9 @@ from fmnist.experiments.sweep_config import (
     read_sweep,
 )
 from fmnist.experiments.sweep_trial import NODE_HOST, NODE_ID, NODE_IP, trial_name
-from fmnist.fsutil import atomic_write_json, atomic_write_text, read_json
-from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, new_run_dir, read_history
+from fmnist.fsutil import atomic_write_text
+from fmnist.inference.records import SweepBest, SweepFile, SweepTrial, TrialBest, TrialNode
+from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, new_run_dir, read_history, read_results
 
 # Tune's CSV and TensorBoard result logs would repeat what every run directory holds (and show
 # up twice in `tensorboard --logdir SWEEP_DIR`); fmnist's progress display replaces its console output.
@@ -56,7 +57,7 @@ class _TuneLog(logging.Handler):
     """Tune's log during a sweep. fmnist's display says what happens (a failed trial's traceback is
     in SWEEP_DIR/ray/trial-NNN/error.txt), so only Tune's notice that Ctrl-C was seen is kept."""
 
-    def __init__(self, notify) -> None:
+    def __init__(self, notify: Notify) -> None:
         super().__init__()
         self.notify = notify
 
@@ -66,7 +67,7 @@ class _TuneLog(logging.Handler):
 
 
 @contextmanager
-def _tune_log(notify) -> Iterator[None]:
+def _tune_log(notify: Notify) -> Iterator[None]:
     logger = logging.getLogger("ray.tune")
     handler, propagate = _TuneLog(notify), logger.propagate
     logger.addHandler(handler)
@@ -95,7 +96,7 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 def _resumable(sweep_dir: Path) -> SweepSpec:
     if not (sweep_dir / SPEC_FILE).is_file() or not (sweep_dir / TUNE_DIR).is_dir():
         raise UsageError(f"{sweep_dir}: not a sweep folder (no {SPEC_FILE} and {TUNE_DIR}/); nothing to resume")
-    if (sweep_dir / SWEEP_FILE).is_file() and read_json(sweep_dir / SWEEP_FILE).get("complete"):
+    if (sweep_dir / SWEEP_FILE).is_file() and SweepFile.read(sweep_dir / SWEEP_FILE).complete:
         raise UsageError(f"{sweep_dir}: this sweep finished; nothing to resume")
     return read_sweep(sweep_dir / SPEC_FILE)
 
@@ -128,14 +129,16 @@ def _tuner(spec: SweepSpec, sweep_dir: Path, trainable: Any, resume: bool) -> An
     return tune.Tuner(trainable, param_space=spec.param_space(), tune_config=tune_config, run_config=run_config)
 
 
-def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | None = None,
-              out: str | Path | None = None, ray: str | None = None, data: FashionMNIST | None = None,
-              data_dir: str | Path | None = None, console: Any = None,
-              notify=lambda _message: None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run (or, with `resume`, continue) a sweep; returns what sweep.json holds (see the module docstring)."""
+def run_sweep(config_file: str | Path | None, session: Session, *, resume: str | Path | None = None,
+              ray: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run (or, with `resume`, continue) a sweep in `session`; returns what sweep.json holds (see the module docstring).
+
+    The sweep's folder is `session.out` (or runs/sweep-TIMESTAMP), made once the config and the data
+    are checked; a resumed sweep keeps its own. The session's console shows the trials.
+    """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if resume is not None:
-        if config_file is not None or out is not None or overrides:
+        if config_file is not None or session.out is not None or overrides:
             raise UsageError("--resume continues with the sweep's saved settings; drop the config, --out and options")
         sweep_dir = Path(resume).resolve()
         spec = _resumable(sweep_dir)
@@ -146,22 +149,24 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
     require_ray()
     from fmnist.experiments.ray_runtime import RaySession, dataset_digests, ship_dataset
 
-    dataset = data or resolve_dataset(str(data_dir or spec.base_config.data_dir or "") or None, notify=notify)
+    if not session.data_dir:  # the command named no data folder: the sweep config's, if it names one
+        session.data_dir = spec.base_config.data_dir or None
+    dataset = session.dataset
     digests = dataset_digests(dataset)
     if resume is not None:
-        before = read_json(sweep_dir / SWEEP_FILE) if (sweep_dir / SWEEP_FILE).is_file() else {}
-        if before.get("data", {}).get("array_sha256", digests) != digests:
+        before = SweepFile.read(sweep_dir / SWEEP_FILE) if (sweep_dir / SWEEP_FILE).is_file() else None
+        if before and before.data.get("array_sha256", digests) != digests:
             raise DataError(
                 f"{sweep_dir}: these data differ from the ones the sweep started with; resume it with those"
             )
-        started = before.get("started")
+        started = before.started if before else None
     else:
-        sweep_dir = new_run_dir(out, "sweep", resume_hint="continue it with --resume").resolve()
+        sweep_dir = new_run_dir(session.out, session.name, resume_hint="continue it with --resume").resolve()
         header = f"# fmnist sweep config, as run (from {config_file}); `fmnist sweep --resume` reads it\n"
         atomic_write_text(sweep_dir / SPEC_FILE, header + spec.to_toml())
         started = None
-    meta = {"started": started or datetime.now().isoformat(timespec="seconds"), "ray": ray or LOCAL,
-            "data": {**dataset.provenance.to_dict(), "array_sha256": digests}}  # fmt: skip
+    meta = _sweep_header(spec, started or datetime.now().isoformat(timespec="seconds"), ray or LOCAL,
+                         {**dataset.provenance.to_dict(), "array_sha256": digests})  # fmt: skip
     if resume is None:
         write_sweep_json(sweep_dir, spec, [], {}, meta)  # from the start: it records the data a resume must match
 
@@ -174,42 +179,41 @@ def run_sweep(config_file: str | Path | None = None, *, resume: str | Path | Non
         return (f"lost the Ray cluster's head at {ray} (no answer for {waited:.0f} s); the finished trials are in "
                 f"{sweep_dir / TRIALS_DIR}; once the cluster is back, continue with: {carry_on}")  # fmt: skip
 
-    with RaySession(ray or LOCAL, notify=notify, head_lost=head_lost), _env(TUNE_ENV):
+    with RaySession(ray or LOCAL, notify=session.notify, head_lost=head_lost), _env(TUNE_ENV):
         from ray import tune
 
         trainable = tune.with_parameters(run_trial, spec=spec, sweep_dir=str(sweep_dir), shipped=ship_dataset(dataset))
         trainable = tune.with_resources(
             trainable, {"cpu": spec.settings.cpus_per_trial, "gpu": spec.settings.gpus_per_trial}
         )
-        display = SweepDisplay(console, spec, lambda trials: None)
+        display = SweepDisplay(session.console, spec, lambda trials: None)
         display.on_update = lambda trials: write_sweep_json(sweep_dir, spec, trials, display.final_outcome(), meta)
-        with listening(display), _tune_log(notify):
+        with listening(display), _tune_log(session.notify):
             _tuner(spec, sweep_dir, trainable, resume is not None).fit()
         trials, outcome = display.trials, display.final_outcome()
     summary = write_sweep_json(sweep_dir, spec, trials, outcome, meta)
-    if not summary["complete"]:
-        left = spec.total_trials - sum(t["status"] != "unfinished" for t in summary["trials"])
+    if not summary.complete:
+        left = spec.total_trials - sum(t.status != "unfinished" for t in summary.trials)
         raise SweepInterrupted(f"sweep interrupted with {left} of {spec.total_trials} trial(s) unfinished; "
                                f"continue it with: {carry_on}")  # fmt: skip
-    if summary["best"] is None:
+    if summary.best is None:
         raise FmnistError(f"{sweep_dir}: no trial reported {spec.settings.metric}; see {SWEEP_FILE} for why")
     write_best_toml(sweep_dir, summary)
-    summary["folder"] = str(sweep_dir)
-    return summary
+    return {**summary.to_json(), "folder": str(sweep_dir)}
 
 
 # -- sweep.json and best.toml -------------------------------------------------------------
 
 
-def _trial_entry(spec: SweepSpec, sweep_dir: Path, trial: Any, outcome: dict[str, str]) -> dict[str, Any]:
+def _trial_entry(spec: SweepSpec, sweep_dir: Path, trial: Any, outcome: dict[str, str]) -> SweepTrial:
     from fmnist.experiments.sweep_progress import failure_reason
 
     name, metric = trial_name(trial.trial_id), spec.settings.metric
     run_dir = sweep_dir / TRIALS_DIR / name
-    history = [row.to_json() for row in read_history(run_dir)]
-    scored = [row for row in history if row.get(metric) is not None]
+    history = read_history(run_dir)
+    scored = [row for row in history if getattr(row, metric) is not None]
     pick = max if spec.mode == "max" else min
-    best = pick(scored, key=lambda row: row[metric]) if scored else None
+    best = pick(scored, key=lambda row: getattr(row, metric)) if scored else None
     last = trial.last_result or {}
     how = outcome.get(name)
     if how is None:
@@ -217,68 +221,63 @@ def _trial_entry(spec: SweepSpec, sweep_dir: Path, trial: Any, outcome: dict[str
     elif how == "failed":
         status, why = "failed", f"failed after {trial.num_failures} attempt(s): {failure_reason(trial)}"
     elif how == "done":
-        results = read_json(run_dir / RESULTS_FILE) if (run_dir / RESULTS_FILE).is_file() else {}
-        early = " (early stopping: no gain in validation accuracy)" if results.get("stopped_early") else ""
-        status, why = "finished", f"trained all {len(history)} epoch(s){early}"
+        early = (run_dir / RESULTS_FILE).is_file() and read_results(run_dir).stopped_early
+        status, why = "finished", f"trained all {len(history)} epoch(s)" + (
+            " (early stopping: no gain in validation accuracy)" if early else "")  # fmt: skip
     else:
         by = "the ASHA scheduler" if spec.settings.scheduler == "asha" else "Tune"
         status = "stopped"
         why = f"stopped by {by} after epoch {len(history)} ({metric} {format_metric(metric, last.get(metric))})"
-    return {
-        "name": name,
-        "trial_id": trial.trial_id,
-        "run_dir": f"{TRIALS_DIR}/{name}",
-        "status": status,
-        "why": why,
-        "config": {k: plain_value(v) for k, v in trial.config.items()},
-        "best": {"value": best[metric], "epoch": best["epoch"]} if best else None,
-        "failures": trial.num_failures,
-        "resumed_from_epoch": int(last.get("resumed_from_epoch", 0)),
-        # Where its latest epoch ran (a retried trial: the node it finished on); None before any epoch.
-        "node": {"id": last[NODE_ID], "ip": last.get(NODE_IP), "hostname": last.get(NODE_HOST)}
-        if NODE_ID in last
-        else None,
-        "epochs": history,
-    }
+    # Where its latest epoch ran (a retried trial: the node it finished on); None before any epoch.
+    node = TrialNode(id=last[NODE_ID], ip=last.get(NODE_IP), hostname=last.get(NODE_HOST)) if NODE_ID in last else None
+    return SweepTrial(name=name, trial_id=trial.trial_id, run_dir=f"{TRIALS_DIR}/{name}", status=status, why=why,
+                      config={k: plain_value(v) for k, v in trial.config.items()},
+                      best=TrialBest(value=getattr(best, metric), epoch=best.epoch) if best else None,
+                      failures=trial.num_failures, resumed_from_epoch=int(last.get("resumed_from_epoch", 0)), node=node,
+                      epochs=history)  # fmt: skip
+
+
+def _sweep_header(spec: SweepSpec, started: str, ray: str, data: dict[str, Any]) -> SweepFile:
+    """sweep.json before any trial: the search, where it runs and the data a resume must match."""
+    s = spec.settings
+    scheduler = ({"name": s.scheduler, "grace_period": s.grace_period, "reduction_factor": s.reduction_factor,
+                  "max_epochs": spec.max_epochs} if s.scheduler == "asha" else {"name": "none"})  # fmt: skip
+    return SweepFile(fmnist=__version__, metric=s.metric, mode=spec.mode, scheduler=scheduler,
+                     num_samples=s.num_samples, total_trials=spec.total_trials,
+                     search={d.key: d.to_toml() for d in spec.search}, base=spec.base,
+                     resources={"cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial},
+                     started=started, ray=ray, data=data)  # fmt: skip
 
 
 def write_sweep_json(sweep_dir: Path, spec: SweepSpec, trials: list[Any], outcome: dict[str, str],
-                     meta: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+                     header: SweepFile) -> SweepFile:  # fmt: skip
     """sweep.json from Tune's trials, how each ended (done/stopped/failed; absent: unfinished) and the run dirs."""
-    entries = sorted((_trial_entry(spec, sweep_dir, t, outcome) for t in trials), key=lambda e: e["name"])
-    scored = [e for e in entries if e["best"] is not None]
+    entries = sorted((_trial_entry(spec, sweep_dir, t, outcome) for t in trials), key=lambda e: e.name)
+    scored = [e for e in entries if e.best is not None]
     sign = 1 if spec.mode == "max" else -1
-    best = max(scored, key=lambda e: sign * e["best"]["value"]) if scored else None  # ties: the first trial
-    s = spec.settings
-    summary = {
-        "fmnist": __version__,
-        "metric": s.metric,
-        "mode": spec.mode,
-        "scheduler": {"name": s.scheduler, "grace_period": s.grace_period, "reduction_factor": s.reduction_factor,
-                      "max_epochs": spec.max_epochs} if s.scheduler == "asha" else {"name": "none"},
-        "num_samples": s.num_samples,
-        "total_trials": spec.total_trials,
-        "search": {d.key: d.to_toml() for d in spec.search},
-        "base": spec.base,
-        "resources": {"cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial},
-        **meta,
-        "updated": datetime.now().isoformat(timespec="seconds"),
-        "complete": len(entries) == spec.total_trials and all(e["status"] != "unfinished" for e in entries),
-        "counts": {k: sum(e["status"] == k for e in entries) for k in ("finished", "stopped", "failed", "unfinished")},
-        "best": {"trial": best["name"], "run_dir": best["run_dir"], "value": best["best"]["value"],
-                 "epoch": best["best"]["epoch"], "config": best["config"]} if best else None,
-        "trials": entries,
-    }  # fmt: skip
-    atomic_write_json(sweep_dir / SWEEP_FILE, summary)
+    best = max(scored, key=lambda e: sign * e.best.value) if scored else None  # ties: the first trial
+    summary = dataclasses.replace(
+        header,
+        updated=datetime.now().isoformat(timespec="seconds"),
+        complete=len(entries) == spec.total_trials and all(e.status != "unfinished" for e in entries),
+        counts={k: sum(e.status == k for e in entries) for k in ("finished", "stopped", "failed", "unfinished")},
+        best=SweepBest(
+            trial=best.name, run_dir=best.run_dir, value=best.best.value, epoch=best.best.epoch, config=best.config
+        )
+        if best
+        else None,  # fmt: skip
+        trials=entries,
+    )
+    summary.write(sweep_dir / SWEEP_FILE)
     return summary
 
 
-def write_best_toml(sweep_dir: Path, summary: dict[str, Any]) -> Path:
+def write_best_toml(sweep_dir: Path, summary: SweepFile) -> Path:
     """The best trial's full config (its run directory's config.toml), ready for `fmnist train --config`."""
-    best = summary["best"]
-    value = format_metric(summary["metric"], best["value"])
-    header = (f"# Best trial of the sweep in {sweep_dir}: {best['trial']}, {summary['metric']} {value} at epoch "
-              f"{best['epoch']}.\n# Train it: fmnist train --config {sweep_dir / BEST_FILE}\n")  # fmt: skip
-    text = (sweep_dir / best["run_dir"] / CONFIG_FILE).read_text(encoding="utf-8")
+    best = summary.best
+    value = format_metric(summary.metric, best.value)
+    header = (f"# Best trial of the sweep in {sweep_dir}: {best.trial}, {summary.metric} {value} at epoch "
+              f"{best.epoch}.\n# Train it: fmnist train --config {sweep_dir / BEST_FILE}\n")  # fmt: skip
+    text = (sweep_dir / best.run_dir / CONFIG_FILE).read_text(encoding="utf-8")
     atomic_write_text(sweep_dir / BEST_FILE, header + text)
     return sweep_dir / BEST_FILE
