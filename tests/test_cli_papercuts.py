@@ -93,7 +93,7 @@ def test_models_shows_arguments_and_defaults_uncut_off_a_terminal(isolated_env):
     assert "hidden=256,128" in proc.stdout
     proc = run_cli("models", "fastcnn", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "--model-arg widths=16,48,96" in proc.stdout and "recipes: fast, cpu-94" in proc.stdout
+    assert "--model-arg widths=16,32,64" in proc.stdout and "recipes: fast, cpu-94" in proc.stdout
 
 
 def test_train_says_its_result_before_the_report_and_flags_a_smoke_run(tiny_data_dir: Path, tmp_path: Path,
