@@ -36,7 +36,7 @@ from fmnist.errors import FmnistError, UsageError
 from fmnist.experiments.compare import run_compare
 from fmnist.experiments.plan import ComparePlan, RunSpec
 from fmnist.fsutil import atomic_write_text
-from fmnist.inference.rundir import prepare_run_dir
+from fmnist.inference.rundir import EpochRecord, prepare_run_dir
 from fmnist.models import count_parameters, create_model
 from fmnist.report import figures, figures_images, write_report
 from fmnist.report.sections import explain
@@ -209,7 +209,10 @@ def test_html_renders_in_headless_chromium_without_console_errors(tiny_compare: 
 
 
 def _history(val, train):
-    return [{"epoch": i + 1, "val_loss": v, "train_loss": t} for i, (v, t) in enumerate(zip(val, train))]
+    return [
+        EpochRecord(epoch=i + 1, val_loss=v, train_loss=t, train_accuracy=0.5)
+        for i, (v, t) in enumerate(zip(val, train))
+    ]
 
 
 def test_overfitting_hand_examples():
@@ -227,7 +230,7 @@ def test_overfitting_hand_examples():
         ).min_epoch
         == 4
     )
-    assert detect_overfitting([{"epoch": 1, "val_loss": None, "train_loss": 1.0}] * 6) is None
+    assert detect_overfitting([EpochRecord(epoch=1, val_loss=None, train_loss=1.0, train_accuracy=0.5)] * 6) is None
 
 
 def test_mistake_selection_hand_example():
@@ -419,8 +422,8 @@ def test_accuracy_axes_start_at_zero_or_say_they_are_cut(monkeypatch, tmp_path: 
     kept = _capture(monkeypatch)
     figures.per_class_bars(list(CLASS_NAMES), [0.6 + 0.03 * c for c in range(10)], tmp_path / "a.png", "t")
     figures.grouped_class_bars({"a": [0.9] * 10, "b": [0.88] * 10}, tmp_path / "b.png")
-    history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.8 + 0.01 * e, "val_loss": 1 / e,
-                "val_accuracy": 0.79 + 0.01 * e} for e in range(1, 6)]  # fmt: skip
+    history = [EpochRecord(epoch=e, train_loss=1 / e, train_accuracy=0.8 + 0.01 * e, val_loss=1 / e,
+                           val_accuracy=0.79 + 0.01 * e) for e in range(1, 6)]  # fmt: skip
     figures.training_curves({"m": history}, tmp_path / "c.png", {"m": 5})
     figures.mean_curves({"m": [history, history]}, tmp_path / "d.png")
     bars, grouped, curves, means = kept

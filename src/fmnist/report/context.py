@@ -16,13 +16,12 @@ import torch
 
 from fmnist.analysis.embeddings import METHOD_NAMES
 from fmnist.analysis.map_worker import Map2D, MapsJob, start_maps
-from fmnist.config import read_toml
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError, RunPathError
 from fmnist.experiments.compare import COMPARE_FILE, read_compare
 from fmnist.inference.records import CompareFile, EnsembleResults
-from fmnist.inference.rundir import ABLATION_FILE, CONFIG_FILE, FIGURES_DIR, RESULTS_FILE, read_history, read_results
+from fmnist.inference.rundir import ABLATION_FILE, FIGURES_DIR, RESULTS_FILE, RunRecord, read_results
 from fmnist.report.options import ReportOptions
 
 BASELINE_IMAGES = 1000  # test images the untrained network is scored on
@@ -33,7 +32,7 @@ __all__ = [
     "EnsembleEntry",
     "ReportContext",
     "ReportOptions",
-    "Run",
+    "ReportedRun",
     "find_dataset",
     "load_ensembles",
     "load_runs",
@@ -41,26 +40,16 @@ __all__ = [
 
 
 @dataclass
-class Run:
-    name: str  # what the report calls it: the compare's run name (+ seed), or the model for a single run
+class ReportedRun(RunRecord):
+    """A run directory as the report names it."""
+
+    name: str  # the compare's run name (+ seed), or the model for a single run
     label: str  # the name its seeds share (a compare's run name, or the model)
     slug: str  # file-name form of `name`, for figures
-    path: Path
-    results: dict[str, Any]
-    history: list[dict[str, Any]]
-    config: dict[str, Any]
-
-    @property
-    def model(self) -> str:
-        return self.results["model"]
 
     @property
     def classical(self) -> dict[str, Any] | None:
-        return self.results.get("classical")
-
-    @property
-    def has_checkpoint(self) -> bool:
-        return (self.path / "model.json").is_file()
+        return self.results.classical
 
     @property
     def family(self) -> str:
@@ -74,18 +63,16 @@ class Run:
             return "unknown"
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        return read_toml(path / CONFIG_FILE)
-    except FmnistError:
-        return {}
-
-
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def load_runs(folder: Path) -> tuple[CompareFile | None, list[Run]]:
+def _reported(path: Path, name: str, label: str, slug: str) -> ReportedRun:
+    record = RunRecord.read(path)
+    return ReportedRun(record.path, record.results, record.history, record.config, name, label, _slug(slug))
+
+
+def load_runs(folder: Path) -> tuple[CompareFile | None, list[ReportedRun]]:
     """(compare.json or None, runs) for a compare directory or a single run directory.
 
     Runs are named by what the user chose, never by where they happen to lie: a compare's run
@@ -100,19 +87,14 @@ def load_runs(folder: Path) -> tuple[CompareFile | None, list[Run]]:
         labels = [entry.name for entry in entries]
         runs = []
         for entry, label in zip(entries, labels):
-            path = folder / entry.run_dir
-            results = read_results(path).to_json()
-            name, slug = label, label
+            run = _reported(folder / entry.run_dir, label, label, label)
             if labels.count(label) > 1:
-                seed = results.get("seed", entry.results.seed)
-                name, slug = f"{label} seed {seed}", f"{label}-seed{seed}"
-            history = [row.to_json() for row in read_history(path)]
-            runs.append(Run(name, label, _slug(slug), path, results, history, _read_config(path)))
+                run.name, run.slug = f"{label} seed {run.results.seed}", _slug(f"{label}-seed{run.results.seed}")
+            runs.append(run)
         return compare, runs
     if (folder / RESULTS_FILE).is_file():
-        results = read_results(folder).to_json()
-        model, history = results["model"], [row.to_json() for row in read_history(folder)]
-        return None, [Run(model, model, _slug(model), folder, results, history, _read_config(folder))]
+        model = read_results(folder).model
+        return None, [_reported(folder, model, model, model)]
     raise RunPathError(f"{folder}: neither a run directory ({RESULTS_FILE}) nor a comparison ({COMPARE_FILE})")
 
 
@@ -189,7 +171,7 @@ class ReportContext:
         self.compare, self.runs = load_runs(self.folder)
         self.ensembles = load_ensembles(self.folder, self.compare)
         self.fig_dir = self.folder / FIGURES_DIR
-        self.groups: dict[str, list[Run]] = {}
+        self.groups: dict[str, list[ReportedRun]] = {}
         for run in self.runs:
             self.groups.setdefault(run.label, []).append(run)
         if options.detail == "all":
@@ -216,16 +198,16 @@ class ReportContext:
 
     @property
     def data_info(self) -> dict[str, Any]:
-        return self.runs[0].results.get("data", {})
+        return self.runs[0].results.data
 
     def takeaway(self, sentences: dict[str, str]):
         """One Takeaway from per-run sentences; its headline is the best run's sentence."""
         from fmnist.report.document import Takeaway
 
-        best = max(self.detail_runs, key=lambda r: r.results["test_accuracy"]).name
+        best = max(self.detail_runs, key=lambda r: r.results.test_accuracy).name
         return Takeaway(" ".join(sentences.values()), sentences.get(best, ""))
 
-    def figure(self, kind: str, run: Run | None = None) -> Path:
+    def figure(self, kind: str, run: ReportedRun | None = None) -> Path:
         """figures/<kind>-<run>.png; a single run's report drops the run (figures/curves.png)."""
         if run is None or not self.is_comparison:
             return self.fig_dir / f"{kind}.png"
@@ -245,7 +227,7 @@ class ReportContext:
         dataset, self.data_problem = find_dataset(self.data_info, self.options.data_dir)
         return dataset
 
-    def predictions(self, run: Run):
+    def predictions(self, run: ReportedRun):
         """RunPredictions for `run`, or None with the reason in prediction_problems[run.name]."""
         from fmnist.inference.predictions import predict_run
 
@@ -270,7 +252,7 @@ class ReportContext:
         self._predictions[run.name] = result
         return result
 
-    def untrained_baseline(self, run: Run) -> dict[str, float] | None:
+    def untrained_baseline(self, run: ReportedRun) -> dict[str, float] | None:
         """Accuracy and loss of `run`'s network with its starting weights, or None (no network or
         no predictions). Scored on a class-stratified BASELINE_IMAGES: an untrained network sits
         near 10% whatever the sample, and this measures it to about a point at a fraction of the cost."""
@@ -283,7 +265,7 @@ class ReportContext:
             started = time.perf_counter()
             chosen = torch.from_numpy(stratified_subsample(preds.labels.numpy(), BASELINE_IMAGES, self.options.seed))
             self._baselines[run.name] = random_baseline(preds.meta, preds.x[chosen], preds.labels[chosen],
-                                                        int(run.results.get("seed", 0)))  # fmt: skip
+                                                        run.results.seed)  # fmt: skip
             self.timings[f"untrained baseline of {run.name}"] = time.perf_counter() - started
         return self._baselines[run.name]
 
@@ -308,7 +290,7 @@ class ReportContext:
             self._maps_job = start_maps(jobs, self.options.embedding, self.options.seed)
             self._map_names = names
 
-    def embedding_map(self, run: Run) -> Map2D | None:
+    def embedding_map(self, run: ReportedRun) -> Map2D | None:
         """The 2-D map of `run`'s embedding started by prepare() (waiting for it if need be), or None."""
         if self._maps_job is None or run.name not in self._map_names:
             return None

@@ -22,6 +22,7 @@ from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
 
 from fmnist.constants import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES  # noqa: E402
 from fmnist.fsutil import atomic_save  # noqa: E402
+from fmnist.inference.rundir import EpochRecord  # noqa: E402
 
 DPI = 100
 MIN_BIN_COUNT = 50  # reliability bins with fewer images are drawn hollow: their accuracy is mostly noise
@@ -88,7 +89,7 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, path: Path, per_class: i
 
 
 def training_curves(
-    histories: dict[str, list[dict]],
+    histories: dict[str, list[EpochRecord]],
     path: Path,
     best_epochs: dict[str, int] | None = None,
     overfit_from: dict[str, int] | None = None,
@@ -104,21 +105,21 @@ def training_curves(
         if not rows:
             continue
         color = palette[i % len(palette)]
-        epochs = [r["epoch"] for r in rows]
-        ax_loss.plot(epochs, [r["train_loss"] for r in rows], "--", color=color, label=f"{name} train")
-        ax_acc.plot(epochs, [r["train_accuracy"] for r in rows], "--", color=color, label=f"{name} train")
-        has_val = rows[0].get("val_loss") is not None
+        epochs = [r.epoch for r in rows]
+        ax_loss.plot(epochs, [r.train_loss for r in rows], "--", color=color, label=f"{name} train")
+        ax_acc.plot(epochs, [r.train_accuracy for r in rows], "--", color=color, label=f"{name} train")
+        has_val = rows[0].val_loss is not None
         if has_val:
-            ax_loss.plot(epochs, [r["val_loss"] for r in rows], "-", marker=".", color=color, label=f"{name} val")
-            ax_acc.plot(epochs, [r["val_accuracy"] for r in rows], "-", marker=".", color=color, label=f"{name} val")
+            ax_loss.plot(epochs, [r.val_loss for r in rows], "-", marker=".", color=color, label=f"{name} val")
+            ax_acc.plot(epochs, [r.val_accuracy for r in rows], "-", marker=".", color=color, label=f"{name} val")
         best = (best_epochs or {}).get(name)
         if best:
             for ax in (ax_loss, ax_acc):
                 ax.axvline(best, color=color, alpha=0.35, linewidth=1)
-            row = next((r for r in rows if r["epoch"] == best), None)
+            row = next((r for r in rows if r.epoch == best), None)
             if row is not None and has_val:
-                ax_loss.plot([best], [row["val_loss"]], "*", color=color, markersize=12)
-                ax_acc.plot([best], [row["val_accuracy"]], "*", color=color, markersize=12)
+                ax_loss.plot([best], [row.val_loss], "*", color=color, markersize=12)
+                ax_acc.plot([best], [row.val_accuracy], "*", color=color, markersize=12)
         start = (overfit_from or {}).get(name)
         if start:
             ax_loss.axvspan(start - 0.5, epochs[-1] + 0.5, color=color, alpha=0.08)
@@ -133,13 +134,17 @@ def training_curves(
     return save(fig, path)
 
 
-def mean_curves(groups: dict[str, list[list[dict]]], path: Path) -> Path:
+def mean_curves(groups: dict[str, list[list[EpochRecord]]], path: Path) -> Path:
     """Validation accuracy and loss per epoch, one line per model: mean over seeds, band = ± std."""
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
     palette = colors()
     for ax, metric in zip(axes, ("val_accuracy", "val_loss")):
         for i, (name, histories) in enumerate(groups.items()):
-            series = [[r.get(metric) for r in rows] for rows in histories if rows and rows[0].get(metric) is not None]
+            series = [
+                [getattr(r, metric) for r in rows]
+                for rows in histories
+                if rows and getattr(rows[0], metric) is not None
+            ]
             if not series:
                 continue
             length = min(len(s) for s in series)

@@ -4,29 +4,28 @@ compare's ensembles are rows too) and the ablation table written by `fmnist abla
 from __future__ import annotations
 
 import statistics
-from typing import Any
 
 from fmnist.constants import CLASS_NAMES
 from fmnist.fsutil import read_json
 from fmnist.inference.ensemble_select import selection_summary
 from fmnist.report import figures
-from fmnist.report.context import ABLATION_FILE, ReportContext, Run
+from fmnist.report.context import ABLATION_FILE, ReportContext, ReportedRun
 from fmnist.report.document import Heading, Image, Note, Section, Table, Takeaway, Text
 from fmnist.report.text import count, join_words, mean_std, pct, points, published_accuracy, published_pct
 
 
-def _accs(runs: list[Run]) -> list[float]:
-    return [r.results["test_accuracy"] for r in runs]
+def _accs(runs: list[ReportedRun]) -> list[float]:
+    return [r.results.test_accuracy for r in runs]
 
 
-def paired_delta(runs: list[Run], reference: list[Run]) -> list[float]:
+def paired_delta(runs: list[ReportedRun], reference: list[ReportedRun]) -> list[float]:
     """Per seed: this model's accuracy minus the reference's with the same seed offset."""
-    return [a.results["test_accuracy"] - b.results["test_accuracy"] for a, b in zip(runs, reference)]
+    return [a.results.test_accuracy - b.results.test_accuracy for a, b in zip(runs, reference)]
 
 
-def class_accuracy(runs: list[Run]) -> list[float]:
+def class_accuracy(runs: list[ReportedRun]) -> list[float]:
     """Per-class accuracy averaged over a model's seeds."""
-    return [statistics.fmean(r.results["per_class"][c]["accuracy"] for r in runs) for c in range(len(CLASS_NAMES))]
+    return [statistics.fmean(r.results.per_class[c]["accuracy"] for r in runs) for c in range(len(CLASS_NAMES))]
 
 
 def class_winners(series: dict[str, list[float]]) -> list[tuple[int, str, float]]:
@@ -40,8 +39,8 @@ def class_winners(series: dict[str, list[float]]) -> list[tuple[int, str, float]
     return out
 
 
-def _published(ctx: ReportContext) -> dict[str, Any]:
-    return dict((ctx.compare or {}).get("published") or {})
+def _published(ctx: ReportContext) -> dict[str, object]:
+    return dict(ctx.compare.published) if ctx.compare else {}
 
 
 def comparison_section(ctx: ReportContext) -> Section | None:
@@ -56,12 +55,12 @@ def comparison_section(ctx: ReportContext) -> Section | None:
     for label, runs in ctx.groups.items():
         r = runs[0].results
         delta = paired_delta(runs, ctx.groups[first])
-        rows.append([label, f"`{r['model']}`", count(r["params"]), f"{r['size_mb']:.2f}",
+        rows.append([label, f"`{r.model}`", count(r.params), f"{r.size_mb:.2f}",
                      mean_std(_accs(runs)) + (f" (n={len(runs)})" if len(runs) > 1 else ""),
                      "—" if label == first else _delta_text(delta),
                      published_pct(published[label]) if label in published else "",
-                     f"{statistics.fmean(x.results['train_seconds'] for x in runs):.1f}",
-                     ", ".join(str(x.results.get("best_epoch")) for x in runs)])  # fmt: skip
+                     f"{statistics.fmean(x.results.train_seconds for x in runs):.1f}",
+                     ", ".join(str(x.results.best_epoch) for x in runs)])  # fmt: skip
     rows += _ensemble_rows(ctx, published, statistics.fmean(_accs(ctx.groups[first])))
     headers = ["name", "model", "params", "size (MB)", "test accuracy (mean ± std)", f"Δ vs {first}",
                "published", "train s (mean)", "best epoch"]  # fmt: skip
@@ -78,7 +77,7 @@ def comparison_section(ctx: ReportContext) -> Section | None:
     elif second:
         b, s = ctx.groups[best][0].results, ctx.groups[second][0].results
         sentence = (f"{best} is the most accurate: {pct(means[best])} against runner-up {second}'s {pct(means[second])} "
-                    f"({points(means[best] - means[second])}), with {b['params'] / max(s['params'], 1):.1f}x its "
+                    f"({points(means[best] - means[second])}), with {b.params / max(s.params, 1):.1f}x its "
                     f"parameters")  # fmt: skip
         spread = [statistics.stdev(_accs(ctx.groups[n])) for n in (best, second) if len(ctx.groups[n]) > 1]
         if spread and max(spread) > 0:
@@ -87,14 +86,14 @@ def comparison_section(ctx: ReportContext) -> Section | None:
     else:
         blocks.insert(0, Takeaway(f"{best}: {mean_std(_accs(ctx.groups[best]))} over {len(ctx.groups[best])} seeds."))
     if ctx.multi_seed:
-        seeds = sorted({x.results.get("seed") for x in ctx.runs})
+        seeds = sorted({x.results.seed for x in ctx.runs})
         blocks.append(Note(f"Mean ± sample standard deviation over seeds {', '.join(map(str, seeds))}; Δ pairs runs "
                            f"with the same seed."))  # fmt: skip
     if ctx.ensembles:
         blocks.append(Note("An ensemble row averages the probabilities of the members its rule chose (greedy: on the "
                            "members' shared validation split; see the Ensemble section); its Δ is "
                            f"against {first}'s mean, and its gain is over its own best member."))  # fmt: skip
-    ours = {**means, **{e.name: e.results["test_accuracy"] for e in ctx.ensembles if not e.error}}
+    ours = {**means, **{e.name: e.results.test_accuracy for e in ctx.ensembles if not e.error}}
     blocks += _published_blocks(ctx, published, ours)
 
     histories = {label: [r.history for r in runs if len(r.history) > 1] for label, runs in ctx.groups.items()}
@@ -120,7 +119,7 @@ def comparison_section(ctx: ReportContext) -> Section | None:
     return section
 
 
-def _ensemble_rows(ctx: ReportContext, published: dict[str, Any], first_mean: float) -> list[list[str]]:
+def _ensemble_rows(ctx: ReportContext, published: dict[str, object], first_mean: float) -> list[list[str]]:
     """Rows for the comparison table: each ensemble, its member count, accuracy and gain over its best member."""
     rows = []
     for e in ctx.ensembles:
@@ -130,19 +129,17 @@ def _ensemble_rows(ctx: ReportContext, published: dict[str, Any], first_mean: fl
             rows.append([label, "`ensemble`", "—", "—", "not built", "—", pub, "—", "—"])
             continue
         r = e.results
-        weights = [m["weight"] for m in r["members"]]
+        weights = [m.weight for m in r.members]
         chosen = {name for name, w in zip(e.member_names, weights) if w > 0}
-        size = sum(m.results.get("size_mb") or 0.0 for m in ctx.runs if m.name in chosen)
-        rule = selection_summary(
-            r.get("select"), e.member_names, weights, bool(r.get("model_args", {}).get("weighted"))
-        )
-        rows.append([label, "`ensemble`", count(r["params"]), f"{size:.2f}",
-                     f"{pct(r['test_accuracy'])} ({points(r['gain_over_best_member'])} vs best member; {rule})",
-                     points(r["test_accuracy"] - first_mean), pub, "—", "—"])  # fmt: skip
+        size = sum(m.results.size_mb for m in ctx.runs if m.name in chosen)
+        rule = selection_summary(r.select, e.member_names, weights, r.model_args.weighted)
+        rows.append([label, "`ensemble`", count(r.params), f"{size:.2f}",
+                     f"{pct(r.test_accuracy)} ({points(r.gain_over_best_member)} vs best member; {rule})",
+                     points(r.test_accuracy - first_mean), pub, "—", "—"])  # fmt: skip
     return rows
 
 
-def _published_blocks(ctx: ReportContext, published: dict[str, Any], means: dict[str, float]) -> list:
+def _published_blocks(ctx: ReportContext, published: dict[str, object], means: dict[str, float]) -> list:
     if not published:
         return []
     blocks: list = [Heading("Published figures")]

@@ -10,13 +10,13 @@ from fmnist.analysis.embeddings import METHOD_NAMES, resolve_method
 from fmnist.analysis.gradcam import flat_maps, grad_cam, heat_on_object
 from fmnist.analysis.mistakes import one_per_class
 from fmnist.constants import CLASS_NAMES, IMAGE_SIZE
-from fmnist.report.context import ReportContext, Run
+from fmnist.report.context import ReportContext, ReportedRun
 from fmnist.report.document import Heading, Image, Note, Section
 from fmnist.report.figures_images import embedding_scatter, gradcam_grid
 from fmnist.report.text import count, pct, plural
 
 
-def _gradcam(ctx: ReportContext, run: Run, preds) -> tuple[list, str, str]:
+def _gradcam(ctx: ReportContext, run: ReportedRun, preds) -> tuple[list, str, str]:
     """(blocks, takeaway sentence, note on flat maps or "")."""
     probs, labels = preds.probabilities, preds.labels
     predicted = probs.argmax(1)
@@ -63,7 +63,7 @@ def _gradcam(ctx: ReportContext, run: Run, preds) -> tuple[list, str, str]:
     return blocks, sentence, note
 
 
-def _embedding(ctx: ReportContext, run: Run) -> tuple[list, str]:
+def _embedding(ctx: ReportContext, run: ReportedRun) -> tuple[list, str]:
     made = ctx.embedding_map(run)
     if made is None:
         return [], ""

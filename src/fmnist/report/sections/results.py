@@ -12,7 +12,7 @@ from fmnist.analysis import metrics
 from fmnist.constants import CLASS_NAMES
 from fmnist.models.baselines import PAPER_BENCHMARK
 from fmnist.report import figures
-from fmnist.report.context import BASELINE_IMAGES, ReportContext, Run
+from fmnist.report.context import BASELINE_IMAGES, ReportContext, ReportedRun
 from fmnist.report.document import Heading, Image, Note, Section, Table
 from fmnist.report.text import count, join_words, num, pct, points
 
@@ -23,10 +23,10 @@ GROUPS = {
 }
 
 
-def _loss(run: Run) -> str:
+def _loss(run: ReportedRun) -> str:
     if run.classical and not run.classical.get("probabilistic"):
         return "n/a (decision scores)"
-    return num(run.results["test_loss"])
+    return num(run.results.test_loss)
 
 
 def test_results_section(ctx: ReportContext) -> Section:
@@ -46,19 +46,19 @@ def test_results_section(ctx: ReportContext) -> Section:
         r = run.results
         base = baselines.get(run.name)
         if base:
-            extra = [pct(base["accuracy"], 1), num(base["loss"], 2), points(r["test_accuracy"] - base["accuracy"], 1)]
+            extra = [pct(base["accuracy"], 1), num(base["loss"], 2), points(r.test_accuracy - base["accuracy"], 1)]
         else:
             extra = ["n/a (not a network)" if run.classical else "—", "", ""]
-        rows.append([run.name, pct(r["test_accuracy"]), _loss(run), *extra])
+        rows.append([run.name, pct(r.test_accuracy), _loss(run), *extra])
     blocks.append(Table(["run", "test accuracy", "test loss", "random weights: accuracy", "random weights: loss",
                          "gain from training"], rows))  # fmt: skip
-    n_test = sum(ctx.runs[0].results["per_class"][c]["support"] for c in range(len(CLASS_NAMES)))
+    n_test = sum(ctx.runs[0].results.per_class[c]["support"] for c in range(len(CLASS_NAMES)))
     sentences: dict[str, str] = {}
     for run in ctx.detail_runs:
         r, base = run.results, baselines.get(run.name)
-        s = f"{run.name} classifies {pct(r['test_accuracy'], 1)} of {count(n_test)} test images correctly"
+        s = f"{run.name} classifies {pct(r.test_accuracy, 1)} of {count(n_test)} test images correctly"
         if base:
-            s += (f", {points(r['test_accuracy'] - base['accuracy'], 1)} over the same network with its untrained "
+            s += (f", {points(r.test_accuracy - base['accuracy'], 1)} over the same network with its untrained "
                   f"starting weights ({pct(base['accuracy'], 1)}, loss {base['loss']:.2f}; guessing uniformly "
                   f"gives 10% and loss ln 10 = {math.log(10):.2f})")  # fmt: skip
         if run.classical and run.model in PAPER_BENCHMARK:
@@ -69,9 +69,9 @@ def test_results_section(ctx: ReportContext) -> Section:
         blocks.append(Note(f"The random-weights baseline rebuilds each network with the seed its training started "
                            f"from, so it is exactly the model before its first step; it is scored on a "
                            f"class-stratified sample of {count(min(BASELINE_IMAGES, n_test))} test images."))  # fmt: skip
-    drift = [f"{run.name} {pct(ctx.predictions(run).accuracy)} (recorded {pct(run.results['test_accuracy'])})"
+    drift = [f"{run.name} {pct(ctx.predictions(run).accuracy)} (recorded {pct(run.results.test_accuracy)})"
              for run in ctx.detail_runs if run.name in baselines
-             and abs(ctx.predictions(run).accuracy - run.results["test_accuracy"]) > 1e-9]  # fmt: skip
+             and abs(ctx.predictions(run).accuracy - run.results.test_accuracy) > 1e-9]  # fmt: skip
     if drift:
         blocks.append(
             Note(
@@ -84,9 +84,9 @@ def test_results_section(ctx: ReportContext) -> Section:
     return section
 
 
-def hardest_class_sentence(run: Run) -> str:
-    per_class = run.results["per_class"]
-    cm = np.asarray(run.results["confusion"])
+def hardest_class_sentence(run: ReportedRun) -> str:
+    per_class = run.results.per_class
+    cm = np.asarray(run.results.confusion)
     order = sorted(range(len(per_class)), key=lambda c: per_class[c]["accuracy"])
     hard, easy = order[0], order[-1]
     row = cm[hard].copy()
@@ -104,7 +104,7 @@ def per_class_section(ctx: ReportContext) -> Section:
     section = Section(5, "per-class", "Per-class results")
     sentences: dict[str, str] = {}
     for run in ctx.detail_runs:
-        per_class = sorted(run.results["per_class"], key=lambda r: -r["accuracy"])
+        per_class = sorted(run.results.per_class, key=lambda r: -r["accuracy"])
         rows = [[r["name"], pct(r["accuracy"], 1), f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
                  f"{count(r['correct'])}/{count(r['support'])}", count(r["support"] - r["correct"])]
                 for r in per_class]  # fmt: skip
@@ -132,7 +132,7 @@ def confusion_section(ctx: ReportContext) -> Section:
     section = Section(6, "confusion", "Confusion matrices")
     sentences: dict[str, str] = {}
     for run in ctx.detail_runs:
-        cm = np.asarray(run.results["confusion"])
+        cm = np.asarray(run.results.confusion)
         counts = figures.confusion_matrix(cm, ctx.figure("confusion", run), f"{run.name}: counts")
         shares = figures.confusion_matrix(cm, ctx.figure("confusion-share", run),
                                           f"{run.name}: % of each true class", share=True)  # fmt: skip
@@ -160,7 +160,7 @@ def pairs_section(ctx: ReportContext) -> Section:
     section = Section(7, "pairs", "Most-confused pairs")
     sentences: dict[str, str] = {}
     for run in ctx.detail_runs:
-        cm = torch.tensor(run.results["confusion"])
+        cm = torch.tensor(run.results.confusion)
         pairs = metrics.most_confused_pairs(cm, 10)
         errors = int(cm.sum() - cm.trace())
         rows = [[CLASS_NAMES[p.true_class], CLASS_NAMES[p.predicted_class], count(p.count), pct(p.fraction_of_true, 1)]

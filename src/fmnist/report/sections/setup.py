@@ -93,9 +93,9 @@ def models_section(ctx: ReportContext) -> Section:
     for label, runs in ctx.groups.items():
         r = runs[0].results
         family = runs[0].family
-        args = ", ".join(f"{k}={v}" for k, v in (r.get("model_args") or {}).items()) or "defaults"
-        rows.append([label, f"`{r['model']}`", family, count(r["params"]), f"{r['size_mb']:.2f}", args])
-        sizes.append((r["params"], label, family))
+        args = ", ".join(f"{k}={v}" for k, v in r.model_args.items()) or "defaults"
+        rows.append([label, f"`{r.model}`", family, count(r.params), f"{r.size_mb:.2f}", args])
+        sizes.append((r.params, label, family))
     blocks.append(Table(["name", "model", "family", "parameters", "size (MB)", "arguments"], rows, "lllrrl"))
     for label, runs in ctx.groups.items():
         run = runs[0]
@@ -108,14 +108,14 @@ def models_section(ctx: ReportContext) -> Section:
                     f"{learned.get(c.get('estimator'), 'coefficients and intercepts')}.")  # fmt: skip
             blocks.append(Details(f"{label}: {c.get('estimator')} ({c.get('library')})", [Text(text)]))
             continue
-        table = _layer_table(run.model, run.results.get("model_args") or {})
+        table = _layer_table(run.model, run.results.model_args)
         if table is not None:
             blocks.append(Details(f"{label}: layer summary ({plural(len(table.rows), 'layer')})", [table]))
     sizes.sort()
     if len(sizes) == 1:
         params, label, family = sizes[0]
         blocks.append(Takeaway(f"{label} is a {family} model with {count(params)} parameters "
-                               f"({ctx.runs[0].results['size_mb']:.2f} MB as float32)."))  # fmt: skip
+                               f"({ctx.runs[0].results.size_mb:.2f} MB as float32)."))  # fmt: skip
     else:
         (small, s_label, _), (big, b_label, _) = sizes[0], sizes[-1]
         ratio = f" ({big / small:,.0f}x)" if small else ""

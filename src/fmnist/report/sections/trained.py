@@ -6,34 +6,42 @@ a real run of its recipe, or a smoke run of a few steps that proves only that th
 
 from __future__ import annotations
 
-from fmnist.inference.rundir import RunResults, plural
-from fmnist.report.context import ReportContext, Run
+from fmnist.inference.rundir import plural
+from fmnist.report.context import ReportContext, ReportedRun
 from fmnist.report.document import Banner, Block, Heading, Table
 
 
-def _row(run: Run) -> list[str]:
+def _row(run: ReportedRun) -> list[str]:
     r, config = run.results, run.config
     recipe = config.get("recipe")
     recipe_text = f"`{recipe}`" if recipe else ("none (built-in defaults)" if "recipe" in config else "not recorded")
     planned = config.get("epochs")
-    epochs = r.get("epochs_run", 0)
+    epochs = r.epochs_run
     if run.classical:
         epochs_text, steps_text = "fitted in one pass", "-"
     else:
         epochs_text = f"{epochs} of {planned}" if planned else str(epochs)
-        steps_text = f"{r.get('steps', 0):,}"
-        if RunResults.from_json(r).smoke_steps is not None:
-            steps_text += f" of {r['planned_steps']:,} (cut by --max-steps)"
-        elif r.get("stopped_early"):
+        steps_text = f"{r.steps:,}"
+        if r.smoke_steps is not None:
+            steps_text += f" of {r.planned_steps:,} (cut by --max-steps)"
+        elif r.stopped_early:
             epochs_text += " (early stopping)"
-    return [run.name, f"`{r['model']}`", recipe_text, epochs_text, steps_text, str(r.get("precision", "?")),
-            str(r.get("device", "?")), str(r.get("seed", config.get("seed", "?")))]  # fmt: skip
+    return [
+        run.name,
+        f"`{r.model}`",
+        recipe_text,
+        epochs_text,
+        steps_text,
+        r.precision or "?",
+        r.device or "?",
+        str(r.seed),
+    ]
 
 
 def trained_blocks(ctx: ReportContext) -> list[Block]:
     """A smoke-run banner (if any run was cut) and the table of how every run was trained."""
     blocks: list[Block] = []
-    cut = {run.name: RunResults.from_json(run.results).smoke_steps for run in ctx.runs}
+    cut = {run.name: run.results.smoke_steps for run in ctx.runs}
     cut = {name: steps for name, steps in cut.items() if steps is not None}
     if cut:
         steps = sorted(set(cut.values()))

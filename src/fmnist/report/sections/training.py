@@ -21,15 +21,15 @@ def training_section(ctx: ReportContext) -> Section:
             skipped.append(f"{run.name} ({why})")
             continue
         flag = detect_overfitting(history)
-        best_epoch = run.results.get("best_epoch") or 0
+        best_epoch = run.results.best_epoch
         best = best_row(history, best_epoch)
-        val_rows = [r for r in history if r.get("val_loss") is not None]
-        min_row = min(val_rows, key=lambda r: r["val_loss"]) if val_rows else None
+        val_rows = [r for r in history if r.val_loss is not None]
+        min_row = min(val_rows, key=lambda r: r.val_loss) if val_rows else None
         rows.append([
             run.name, str(len(history)), str(best_epoch),
-            pct(best.get("val_accuracy")) if best else "n/a",
-            num(history[-1]["train_loss"]),
-            f"{num(min_row['val_loss'])} (epoch {min_row['epoch']})" if min_row else "n/a",
+            pct(best.val_accuracy) if best else "n/a",
+            num(history[-1].train_loss),
+            f"{num(min_row.val_loss)} (epoch {min_row.epoch})" if min_row else "n/a",
             f"yes, from epoch {flag.started_epoch}" if flag else "no",
         ])  # fmt: skip
         png = figures.training_curves({run.name: history}, ctx.figure("curves", run), {run.name: best_epoch},
@@ -47,7 +47,7 @@ def training_section(ctx: ReportContext) -> Section:
             still = (
                 "; validation accuracy was still rising, so more epochs may help" if best_epoch == len(history) else ""
             )
-            sentences[run.name] = (f"{run.name} peaks at {where} ({pct(best.get('val_accuracy'))} validation accuracy), "
+            sentences[run.name] = (f"{run.name} peaks at {where} ({pct(best.val_accuracy)} validation accuracy), "
                              f"no overfitting signal{still}.")  # fmt: skip
     if rows:
         table = Table(["run", "epochs", "best epoch", "best val accuracy", "final train loss", "lowest val loss",
