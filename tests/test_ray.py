@@ -20,8 +20,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (make te
 from fmnist import api  # noqa: E402
 from fmnist.errors import DataError  # noqa: E402
 from fmnist.experiments.ray_runtime import RaySession, receive_dataset, ship_dataset, task_error  # noqa: E402
-from fmnist.experiments.sweep_config import SWEEP_FILE, TRIALS_DIR  # noqa: E402
-from fmnist.inference.rundir import LOCK_FILE, METRICS_FILE, RESULTS_FILE  # noqa: E402
+from fmnist.inference.rundir import LOCK_FILE, METRICS_FILE, RESULTS_FILE, SWEEP_FILE, TRIALS_DIR  # noqa: E402
 
 TIMINGS = {"seconds", "images_per_second", "train_seconds", "train_seconds_mean"}
 

@@ -28,8 +28,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (make te
 from fmnist import api  # noqa: E402
 from fmnist.errors import first_line  # noqa: E402
 from fmnist.experiments.ray_head import RECONNECT_ENV  # noqa: E402
-from fmnist.experiments.sweep_config import SWEEP_FILE, TRIALS_DIR  # noqa: E402
-from fmnist.inference.rundir import LOCK_FILE, METRICS_FILE, RESULTS_FILE  # noqa: E402
+from fmnist.inference.rundir import LOCK_FILE, METRICS_FILE, RESULTS_FILE, SWEEP_FILE, TRIALS_DIR  # noqa: E402
 from test_ray import run_numbers, without_timings  # noqa: E402
 from test_sweep import cli_env, processes_with  # noqa: E402
 

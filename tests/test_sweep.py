@@ -18,7 +18,8 @@ import pytest
 
 from conftest import default_sigint
 from fmnist.errors import UsageError
-from fmnist.experiments.sweep_config import BEST_FILE, SWEEP_FILE, TRIALS_DIR, parse_sweep
+from fmnist.experiments.sweep_config import parse_sweep
+from fmnist.inference.rundir import BEST_FILE, SWEEP_FILE, TRIALS_DIR
 
 BASE = 'model = "mlp_seed002"\nval_size = 100\nbatch_size = 50\n'
 SEARCH = "[search]\nlr = { loguniform = [1e-3, 1e-1] }\nweight_decay = { choice = [0.0, 0.05] }\n"

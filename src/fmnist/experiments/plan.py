@@ -14,11 +14,10 @@ from typing import Any
 from fmnist.config import FIELD_TYPES, LEGACY_KEYS, SOURCES_KEY, TrainConfig, merged, read_toml
 from fmnist.errors import UsageError
 from fmnist.inference.ensemble_select import DEFAULT_SELECT, SELECT_RULES, fallback_note
-from fmnist.inference.rundir import CONFIG_FILE
+from fmnist.inference.rundir import CONFIG_FILE, ENSEMBLES_DIR
 from fmnist.models.registry import get_entry
 from fmnist.training.settings import resolve_config
 
-ENSEMBLES_DIR = "ensembles"
 # The seeds' experiment: the MLP baseline against fmnist's default CNN, each with its recipe.
 DEFAULT_RUNS: tuple[tuple[str, str], ...] = (("mlp", "mlp_wide"), ("cnn", "fastcnn"))
 

@@ -25,11 +25,6 @@ from fmnist.errors import INTERRUPTED, DataError, FmnistError, UsageError
 from fmnist.experiments.ray_runtime import LOCAL, require_ray
 from fmnist.experiments.session import Notify, Session
 from fmnist.experiments.sweep_config import (
-    BEST_FILE,
-    SPEC_FILE,
-    SWEEP_FILE,
-    TRIALS_DIR,
-    TUNE_DIR,
     SweepSpec,
     format_metric,
     plain_value,
@@ -38,7 +33,18 @@ from fmnist.experiments.sweep_config import (
 from fmnist.experiments.sweep_trial import NODE_HOST, NODE_ID, NODE_IP, trial_name
 from fmnist.fsutil import atomic_write_text
 from fmnist.inference.records import SweepBest, SweepFile, SweepTrial, TrialBest, TrialNode
-from fmnist.inference.rundir import CONFIG_FILE, RESULTS_FILE, new_run_dir, read_history, read_results
+from fmnist.inference.rundir import (
+    BEST_FILE,
+    CONFIG_FILE,
+    RESULTS_FILE,
+    SWEEP_FILE,
+    TRIALS_DIR,
+    TUNE_DIR,
+    new_run_dir,
+    read_history,
+    read_results,
+)
+from fmnist.inference.rundir import SWEEP_SPEC_FILE as SPEC_FILE
 
 # Tune's CSV and TensorBoard result logs would repeat what every run directory holds (and show
 # up twice in `tensorboard --logdir SWEEP_DIR`); fmnist's progress display replaces its console output.

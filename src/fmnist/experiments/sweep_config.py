@@ -46,11 +46,6 @@ from fmnist.training.settings import resolve_config
 #   trials/trial-NNN/ one ordinary fmnist run directory per trial (resumable)
 #   ray/              Ray Tune's experiment state and each trial's epoch checkpoints
 #   report.md, report.html, figures/
-SWEEP_FILE = "sweep.json"
-SPEC_FILE = "sweep.toml"
-BEST_FILE = "best.toml"
-TRIALS_DIR = "trials"
-TUNE_DIR = "ray"
 
 METRICS = {"val_accuracy": "max", "val_loss": "min", "train_accuracy": "max", "train_loss": "min"}
 SCHEDULERS = ("asha", "none")

@@ -19,10 +19,9 @@ from typing import Any
 
 from fmnist.errors import FmnistError
 from fmnist.experiments.ray_runtime import ShippedDataset, pin_threads, receive_dataset
-from fmnist.experiments.sweep_config import TRIALS_DIR, SweepSpec
+from fmnist.experiments.sweep_config import SweepSpec
 from fmnist.fsutil import atomic_write_json, read_json
-from fmnist.inference.checkpoint import META_FILE
-from fmnist.inference.rundir import RESULTS_FILE, prepare_run_dir, read_history
+from fmnist.inference.rundir import META_FILE, RESULTS_FILE, TRIALS_DIR, WEIGHTS_FILE, prepare_run_dir, read_history
 from fmnist.training.results import EpochRecord, RunInfo, TrainCallback
 from fmnist.training.run_writer import train_into
 from fmnist.training.state import STATE_META, clear_state
@@ -30,7 +29,6 @@ from fmnist.training.state import STATE_META, clear_state
 CHECKPOINT_INFO = "fmnist-trial.json"  # in each Tune checkpoint: which epoch's state it holds
 # Keys of each reported result that say where the trial ran; sweep.json records its latest.
 NODE_ID, NODE_IP, NODE_HOST = "node_id", "node_ip", "hostname"
-WEIGHTS_FILE = "model.safetensors"
 
 
 def trial_name(trial_id: str) -> str:

@@ -29,9 +29,9 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from fmnist.errors import CheckpointError
 from fmnist.fsutil import atomic_write_bytes, atomic_write_json
+from fmnist.inference.rundir import STATE_FILE as STATE_META
+from fmnist.inference.rundir import STATE_TENSORS_GLOB
 
-STATE_META = "state.json"
-STATE_TENSORS_GLOB = "state-*.safetensors"
 STATE_VERSION = 2  # 2: named epoch sums (with the epoch's own training seconds), EMA weights
 
 T = TypeVar("T")

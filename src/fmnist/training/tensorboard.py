@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fmnist.inference.rundir import TENSORBOARD_DIR
 from fmnist.training.results import EpochRecord, RunInfo, RunResult, TrainCallback
 
-TENSORBOARD_DIR = "tensorboard"
 # Tag -> EpochRecord field. "loss/..." and "accuracy/..." group train and validation in one card.
 SCALARS: dict[str, str] = {
     "loss/train": "train_loss",

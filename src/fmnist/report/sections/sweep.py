@@ -17,14 +17,14 @@ from matplotlib.colors import to_hex
 from matplotlib.ticker import PercentFormatter
 
 from fmnist import __version__
-from fmnist.experiments.sweep_config import BEST_FILE, SWEEP_FILE, format_metric
+from fmnist.experiments.sweep_config import format_metric
 from fmnist.fsutil import atomic_write_text
 from fmnist.inference.records import SearchValue, SweepFile
+from fmnist.inference.rundir import BEST_FILE, FIGURES_DIR, SWEEP_FILE
 from fmnist.report import figures  # first: it selects matplotlib's headless backend
 from fmnist.report.document import Document, Image, Note, Section, Table, Takeaway, Text, render_markdown
 from fmnist.report.text import join_words
 
-FIGURES_DIR = "figures"
 MIN_TRIALS_FOR_TREND = 6  # fewer scored trials say little about a trend
 
 
