@@ -2,7 +2,8 @@
 
 What the state holds is the Trainer's business (`Trainer.state_dict()` / `load_state_dict()`, its
 progress declared once as a dataclass); this module writes and reads it, turns such a dataclass into
-tensors and JSON values and back (`pack` / `unpack`), and snapshots the random generators.
+tensors and JSON values and back (`pack` / `unpack`), says which settings a run would resume with
+other values than its saved state (`changed_settings`), and snapshots the random generators.
 
     RUN_DIR/state-<step>.safetensors   model, best-so-far weights, optimizer tensors, RNG states
     RUN_DIR/state.json                  counters, history, scheduler, optimizer hyper-parameters,
@@ -27,14 +28,38 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from fmnist.errors import CheckpointError
+from fmnist.config import TrainConfig, saved_values
+from fmnist.errors import CheckpointError, FmnistError
 from fmnist.fsutil import atomic_write_bytes, atomic_write_json
 from fmnist.inference.rundir import STATE_FILE as STATE_META
 from fmnist.inference.rundir import STATE_TENSORS_GLOB
+from fmnist.models.registry import resolve_model_args
 
 STATE_VERSION = 2  # 2: named epoch sums (with the epoch's own training seconds), EMA weights
 
 T = TypeVar("T")
+
+
+# Settings that do not shape the saved state: where the data files are (their sha256 is checked
+# instead), TensorBoard logging, and the recipe's name (its settings are the other keys).
+NOT_IN_STATE = ("data_dir", "tensorboard", "recipe")
+
+
+def changed_settings(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """The settings `config` gives other values than the saved state's config, as "key: saved -> now".
+
+    Keys the saved config lacks (settings added since) take the values they meant then
+    (fmnist.config.saved_values), so a new setting left at its default resumes an older run.
+    """
+    now = config.to_dict()
+    then = {**type(config)().to_dict(), **saved_values(saved)}
+    try:
+        then["model_args"] = resolve_model_args(then["model"], then["model_args"])
+        now["model_args"] = resolve_model_args(config.model, config.model_args)
+    except FmnistError:  # a model or argument this version no longer has
+        return ["model"]
+    return [f"{key}: {then.get(key)!r} -> {value!r}" for key, value in now.items()
+            if key not in NOT_IN_STATE and then.get(key) != value]  # fmt: skip
 
 
 def pack(state: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

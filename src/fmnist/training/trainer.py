@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fmnist.config import TrainConfig, saved_values
+from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.loader import Augmentation, TensorLoader
 from fmnist.data.normalize import blank_value, normalize
@@ -32,13 +32,14 @@ from fmnist.device import cpu_isa, enable_determinism, resolve_device, resolve_p
 from fmnist.errors import INTERRUPTED, CheckpointError, FmnistError, UsageError
 from fmnist.inference.evaluate import evaluate_logits, predict
 from fmnist.models.base import Classifier
-from fmnist.models.registry import count_parameters, create_model, get_entry, model_size_mb, resolve_model_args
+from fmnist.models.registry import count_parameters, create_model, get_entry, model_size_mb
 from fmnist.models.whitening import FIT_IMAGES, fit_to_data
 from fmnist.seeding import seed_everything
 from fmnist.training.compiled import TrainStep, should_compile
 from fmnist.training.optim import WeightAverage, make_optimizer, make_schedule
 from fmnist.training.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
 from fmnist.training.state import (
+    changed_settings,
     clear_state,
     flatten_optimizer,
     has_state,
@@ -107,28 +108,6 @@ class Progress:
     stopped_early: bool = False
     epoch_order: torch.Tensor | None = None  # the running epoch's shuffled order (a tensor in the state file)
     best: dict[str, torch.Tensor] | None = None  # the best epoch's weights so far (tensors in the state file)
-
-
-# Settings that do not shape the saved state: where the data files are (their sha256 is checked
-# instead), TensorBoard logging, and the recipe's name (its settings are the other keys).
-NOT_IN_STATE = ("data_dir", "tensorboard", "recipe")
-
-
-def changed_settings(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    """The settings `config` gives other values than the saved state's config, as "key: saved -> now".
-
-    Keys the saved config lacks (settings added since) take the values they meant then
-    (fmnist.config.saved_values), so a new setting left at its default resumes an older run.
-    """
-    now = config.to_dict()
-    then = {**type(config)().to_dict(), **saved_values(saved)}
-    try:
-        then["model_args"] = resolve_model_args(then["model"], then["model_args"])
-        now["model_args"] = resolve_model_args(config.model, config.model_args)
-    except FmnistError:  # a model or argument this version no longer has
-        return ["model"]
-    return [f"{key}: {then.get(key)!r} -> {value!r}" for key, value in now.items()
-            if key not in NOT_IN_STATE and then.get(key) != value]  # fmt: skip
 
 
 class Trainer:
