@@ -88,11 +88,15 @@ def test_every_variant_differs_from_the_full_run_in_the_one_setting_it_names(mod
             assert new == ([v // 2 for v in old] if isinstance(old, list) else old // 2), run.spec_name
 
 
-def test_smaller_widths_halves_the_net_the_default_recipe_trains():
+def test_smaller_widths_halves_the_net_the_full_run_trains():
     runs = {run.spec_name: run.config for run in ablation_plan("fastcnn").planned}
     assert list(runs["full"].model_args["widths"]) == [16, 32, 64]
     assert list(runs["smaller_widths"].model_args["widths"]) == [8, 16, 32]
     assert runs["smaller_widths"].model_args["whiten"] is True and runs["smaller_widths"].tta == "flip"
+    given = ablation_plan("fastcnn", overrides={"model_args": {"widths": [16, 48, 96]}, "epochs": 1})
+    runs = {run.spec_name: run.config for run in given.planned}
+    assert list(runs["smaller_widths"].model_args["widths"]) == [8, 24, 48]
+    assert runs["smaller_widths"].epochs == runs["no_normalization"].epochs == 1
 
 
 def test_summary_pairs_deltas_by_seed_hand_example():

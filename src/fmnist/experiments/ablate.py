@@ -3,11 +3,12 @@ and report each variant's accuracy and its difference (Δ) to the full model.
 
 An ablation is a change to a plan of resolved configs, not a mode of its own: the full model's
 config is resolved like any run's (its recipe, then the options), each variant is that resolved
-config with the one setting it names changed (any dropout -> 0, the second convolution off, the
-fully connected layer halved, ..., no input normalisation), and the runs train through the
-compare path. The variants read the model arguments the full run trains with (the recipe's
-16-32-64 for fastcnn, not the builder's default), and no resolution rule runs again on a
-variant, so it differs from "full" in its named setting only. (For that reason no variant turns
+config with the one setting it names changed (every dropout rate -> 0, the second convolution
+off, the fully connected layer halved, ..., no input normalisation), and the runs train through
+the compare path. The variants read the model arguments the full run trains with (its recipe's
+and the options', not the builder's defaults: `smaller_widths` of fastcnn halves the 16-32-64 it
+trains, or the widths given), and no resolution rule runs again on a variant, so it differs from
+"full" in its named setting only. (For that reason no variant turns
 flips off: with its mirror TTA kept, a net never trained on mirrors would be scored on them, and
 turning the TTA off too would be a second setting.) For `cnn_seed004` the variants are exactly
 seed 004's ablation (full, no dropout, single conv, FC 128->64, no normalisation), trained with
