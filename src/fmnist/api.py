@@ -161,8 +161,8 @@ def make_session(out: str | Path | None = None, name: str = "compare", *, data: 
 
 
 def run_plan(plan: ComparePlan, planned: list[PlannedRun], session: Session, *, report: bool = True) -> Comparison:
-    """Train `planned` (`plan.resolve(...)`, resolved before the session makes its folder, so a bad plan
-    leaves none) in `session`; returns the Comparison in the session's folder, with its report."""
+    """Train `planned` (the runs of `plan.resolve(...)`) and `plan`'s ensembles in `session`; returns the
+    Comparison in the session's folder, with its report unless `report` is False."""
     from fmnist.experiments.compare import run_compare
 
     with session:
