@@ -67,16 +67,16 @@ def test_linear_models_round_trip_through_an_ordinary_checkpoint(name, tiny_data
 
 def test_training_subset_and_smoke_mode_limit_the_images(tiny_dataset):
     result = fit(config("logreg", model_args={"train_size": 200}), tiny_dataset)
-    assert result.extra["classical"]["train_images"] == 200
+    assert result.classical.train_images == 200
     result = fit(config("random_forest", max_steps=2, batch_size=64), tiny_dataset)
-    assert result.extra["classical"]["train_images"] == 128
+    assert result.classical.train_images == 128
 
 
 def test_dispatch_and_argument_errors(tiny_dataset):
     assert all(get_entry(n).is_baseline for n in CLASSICAL_MODELS)
     assert not get_entry("fastcnn").is_baseline
     result = fit(config("logreg"), tiny_dataset)
-    assert result.extra["classical"]["kind"] == "logreg" and result.has_checkpoint
+    assert result.classical.kind == "logreg" and result.has_checkpoint
     assert not fit(config("random_forest"), tiny_dataset).has_checkpoint
     with pytest.raises(UsageError, match="is a network"):
         fit_baseline(config("mlp_seed002"), tiny_dataset)

@@ -27,6 +27,7 @@ from fmnist.data.splits import stratified_split, stratified_subsample
 from fmnist.device import cpu_isa
 from fmnist.errors import UsageError
 from fmnist.inference.evaluate import evaluate_logits
+from fmnist.inference.rundir import ClassicalFit
 from fmnist.models.base import Classifier
 from fmnist.models.registry import BaselineSpec, create_model, get_entry
 from fmnist.seeding import seed_everything
@@ -135,12 +136,12 @@ def fit_baseline(config: TrainConfig, dataset: FashionMNIST, callbacks: Sequence
         config=config, model=model, history=[record], best_epoch=1, epochs_run=1, steps=1, train_seconds=elapsed,
         test=test, test_logits=test_logits, params=params, size_mb=size_mb, data=dataset.provenance.to_dict(),
         device="cpu", precision="sklearn", isa=info.isa,
-        extra={"classical": {
-            "kind": config.model, "library": "scikit-learn", "estimator": type(estimator).__name__,
-            "train_images": len(fit_idx), "fit_seconds": round(fit_seconds, 3), "converged": converged,
-            "scores": "log-probability" if spec.probabilistic else "decision function (not a probability)",
-            "probabilistic": spec.probabilistic, "checkpoint": spec.linear,
-        }},
+        classical=ClassicalFit(
+            kind=config.model, library="scikit-learn", estimator=type(estimator).__name__,
+            train_images=len(fit_idx), fit_seconds=round(fit_seconds, 3), converged=converged,
+            scores="log-probability" if spec.probabilistic else "decision function (not a probability)",
+            probabilistic=spec.probabilistic, checkpoint=spec.linear,
+        ),
     )  # fmt: skip
     for cb in callbacks:
         cb.on_epoch_end(record, True)
