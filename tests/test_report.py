@@ -35,6 +35,7 @@ from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError, UsageError
 from fmnist.experiments.compare import run_compare
 from fmnist.experiments.plan import ComparePlan, RunSpec
+from fmnist.experiments.session import Session
 from fmnist.fsutil import atomic_write_text
 from fmnist.inference.rundir import EpochRecord, prepare_run_dir
 from fmnist.models import count_parameters, create_model
@@ -69,7 +70,7 @@ def tiny_compare(tmp_path_factory) -> Path:
         RunSpec("forest", {"model": "random_forest", "model_args": {"n_estimators": 20}}),
     ], seeds=2, title="tiny comparison", notes="Synthetic data.", published={"cnn": 0.9182, "source": "a test"})  # fmt: skip
     out = tmp_path_factory.mktemp("reports") / "cmp"
-    run_compare(plan, out, dataset, overrides={"epochs": 3, "val_size": 100, "batch_size": 64})
+    run_compare(plan, plan.resolve({"epochs": 3, "val_size": 100, "batch_size": 64}), Session(out, data=dataset))
     write_report(out, embedding_points=150)
     return out
 
@@ -308,7 +309,7 @@ def test_full_report_for_two_models_on_real_data_completes(real_data_dir: Path, 
     machine and is measured by hand (README); CI machines are shared, so the bound here is loose."""
     dataset = load_idx_folder(real_data_dir)
     plan = ComparePlan([RunSpec("mlp", {"model": "mlp_wide"}), RunSpec("cnn", {"model": "fastcnn"})], title="speed")
-    run_compare(plan, tmp_path / "cmp", dataset, overrides={"epochs": 1, "max_steps": 30})
+    run_compare(plan, plan.resolve({"epochs": 1, "max_steps": 30}), Session(tmp_path / "cmp", data=dataset))
     started = time.perf_counter()
     write_report(tmp_path / "cmp")
     elapsed = time.perf_counter() - started
