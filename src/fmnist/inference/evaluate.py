@@ -78,7 +78,7 @@ class Evaluation:
     most_confused: list[dict[str, Any]]
     num_images: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 

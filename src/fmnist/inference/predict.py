@@ -101,7 +101,7 @@ class Predictor:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return softmax(self.logits(images))
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """What /model and `predict --json` report about the loaded run (never a server path)."""
         from fmnist.inference.ensemble_model import tta_summary
 

@@ -134,6 +134,24 @@ class EpochRecord:
 
 
 @dataclass(kw_only=True)
+class ClassicalFit:
+    """results.json's `classical`: how a scikit-learn baseline was fitted (fmnist.training.baselines)."""
+
+    kind: str = ""  # the registered model
+    library: str = "scikit-learn"
+    estimator: str = ""  # its class, e.g. "LogisticRegression"
+    train_images: int = 0
+    fit_seconds: float = 0.0
+    converged: bool | None = None  # None: the estimator does not iterate
+    scores: str = ""  # what its outputs are: log-probabilities or decision-function values
+    probabilistic: bool = False
+    checkpoint: bool = False  # whether it has a network form saved as a checkpoint
+
+    def to_json(self) -> dict[str, object]:
+        return _to_json(self)
+
+
+@dataclass(kw_only=True)
 class RunResults:
     """results.json of a run directory, in the order its keys are written.
 
@@ -165,18 +183,21 @@ class RunResults:
     confusion: list[list[int]] = field(default_factory=list)
     per_class: list[dict[str, Any]] = field(default_factory=list)
     most_confused: list[dict[str, Any]] = field(default_factory=list)
-    classical: dict[str, Any] | None = None
+    classical: ClassicalFit | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     def to_json(self) -> dict[str, object]:
         row = _to_json(self, ("classical", "extra"))
         if self.classical is not None:
-            row["classical"] = self.classical
+            row["classical"] = self.classical.to_json()
         return {**row, **self.extra}
 
     @classmethod
     def from_json(cls, row: Any, where: Path = Path(RESULTS_FILE)) -> RunResults:
-        return _from_json(cls, row, where)
+        results = _from_json(cls, row, where)
+        if results.classical is not None:
+            results.classical = _from_json(ClassicalFit, results.classical, where)
+        return results
 
     @property
     def smoke_steps(self) -> int | None:

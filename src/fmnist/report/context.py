@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,8 +21,11 @@ from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError, RunPathError
 from fmnist.experiments.compare import COMPARE_FILE, read_compare
 from fmnist.inference.records import CompareFile, EnsembleResults
-from fmnist.inference.rundir import ABLATION_FILE, FIGURES_DIR, RESULTS_FILE, RunRecord, read_results
+from fmnist.inference.rundir import ABLATION_FILE, FIGURES_DIR, RESULTS_FILE, ClassicalFit, RunRecord, read_results
 from fmnist.report.options import ReportOptions
+
+if TYPE_CHECKING:
+    from fmnist.inference.predictions import RunPredictions
 
 BASELINE_IMAGES = 1000  # test images the untrained network is scored on
 __all__ = [
@@ -48,7 +51,7 @@ class ReportedRun(RunRecord):
     slug: str  # file-name form of `name`, for figures
 
     @property
-    def classical(self) -> dict[str, Any] | None:
+    def classical(self) -> ClassicalFit | None:
         return self.results.classical
 
     @property
@@ -182,7 +185,7 @@ class ReportContext:
         self._dataset: FashionMNIST | None = None
         self._dataset_tried = False
         self.data_problem = ""
-        self._predictions: dict[str, Any] = {}
+        self._predictions: dict[str, RunPredictions | None] = {}
         self.prediction_problems: dict[str, str] = {}
         self._baselines: dict[str, dict[str, float]] = {}
         self._maps_job: MapsJob | None = None
@@ -227,7 +230,7 @@ class ReportContext:
         dataset, self.data_problem = find_dataset(self.data_info, self.options.data_dir)
         return dataset
 
-    def predictions(self, run: ReportedRun):
+    def predictions(self, run: ReportedRun) -> RunPredictions | None:
         """RunPredictions for `run`, or None with the reason in prediction_problems[run.name]."""
         from fmnist.inference.predictions import predict_run
 
@@ -235,7 +238,7 @@ class ReportContext:
             return self._predictions[run.name]
         result = None
         if not run.has_checkpoint:
-            kind = run.classical.get("estimator", run.model) if run.classical else run.model
+            kind = (run.classical.estimator or run.model) if run.classical else run.model
             self.prediction_problems[run.name] = (
                 f"no checkpoint ({kind} is a scikit-learn model kept as results only)" if run.classical
                 else "no checkpoint in the run directory"

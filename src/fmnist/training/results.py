@@ -9,7 +9,7 @@ directories, `compare` and reports handle both without asking which is which.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 
 from fmnist.config import TrainConfig
 from fmnist.inference.evaluate import Evaluation
-from fmnist.inference.rundir import EpochRecord, RunResults
+from fmnist.inference.rundir import ClassicalFit, EpochRecord, RunResults
 from fmnist.models.base import Classifier
 
 
@@ -57,7 +57,7 @@ class RunResult:
     stopped_early: bool = False
     compiled: bool = False
     compile_seconds: float = 0.0  # compiling the step, before training: not in train_seconds
-    extra: dict[str, Any] = field(default_factory=dict)
+    classical: ClassicalFit | None = None  # how a scikit-learn baseline was fitted
     planned_steps: int = 0  # steps `epochs` would take; more than `steps` when --max-steps cut the run
 
     @property
@@ -80,16 +80,14 @@ class RunResult:
         r = results
         test = Evaluation(r.test_accuracy, r.test_loss, r.confusion, r.per_class, r.most_confused,
                           sum(map(sum, r.confusion)))  # fmt: skip
-        extra = {**r.extra, **({"classical": r.classical} if r.classical is not None else {})}
         return cls(config=config, model=None, history=history, best_epoch=r.best_epoch, epochs_run=r.epochs_run,
                    steps=r.steps, train_seconds=r.train_seconds, test=test, test_logits=torch.empty(0),
                    params=r.params, size_mb=r.size_mb, data=r.data, device=r.device, precision=r.precision,
                    isa=r.cpu_isa, stopped_early=r.stopped_early, compiled=r.compiled,
-                   compile_seconds=r.compile_seconds, extra=extra, planned_steps=r.planned_steps)  # fmt: skip
+                   compile_seconds=r.compile_seconds, classical=r.classical, planned_steps=r.planned_steps)  # fmt: skip
 
     def to_results(self) -> RunResults:
         """What results.json holds."""
-        classical = self.extra.get("classical")
         return RunResults(
             model=self.config.model,
             model_args=self.config.to_dict()["model_args"],
@@ -115,8 +113,7 @@ class RunResult:
             confusion=self.test.confusion,
             per_class=self.test.per_class,
             most_confused=self.test.most_confused,
-            classical=classical,
-            extra={k: v for k, v in self.extra.items() if k != "classical"},
+            classical=self.classical,
         )
 
 

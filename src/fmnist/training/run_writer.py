@@ -35,7 +35,7 @@ from fmnist.inference.rundir import (
 from fmnist.training.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
 
 
-def environment_info() -> dict[str, Any]:
+def environment_info() -> dict[str, object]:
     return {
         "fmnist": __version__,
         "python": platform.python_version(),

@@ -57,7 +57,7 @@ def mistakes_section(ctx: ReportContext) -> Section:
             s += (f", {count(sure_wrong)} of them ({pct(sure_wrong / errors, 0)}) with at least {pct(SURE, 0)} "
                   f"confidence; its most confident mistake calls a {CLASS_NAMES[int(labels[i])]} a "
                   f"{CLASS_NAMES[int(predicted[i])]} at {pct(float(confidence[i]), 1)}")  # fmt: skip
-        if run.classical and not run.classical.get("probabilistic"):
+        if run.classical and not run.classical.probabilistic:
             s += " (confidence here is a softmax of decision scores, not a probability)"
         sentences[run.name] = s + "."
     if sentences:
@@ -82,8 +82,8 @@ def calibration_section(ctx: ReportContext) -> Section:
         preds = ctx.predictions(run)
         if preds is None:
             continue
-        if run.classical and not run.classical.get("probabilistic"):
-            skipped.append(f"{run.name}: {run.classical.get('estimator')} gives decision scores, not probabilities")
+        if run.classical and not run.classical.probabilistic:
+            skipped.append(f"{run.name}: {run.classical.estimator} gives decision scores, not probabilities")
             continue
         cal = calibration(preds.probabilities, preds.labels, bins=BINS)
         bins[run.name] = cal.bins

@@ -24,7 +24,7 @@ GROUPS = {
 
 
 def _loss(run: ReportedRun) -> str:
-    if run.classical and not run.classical.get("probabilistic"):
+    if run.classical and not run.classical.probabilistic:
         return "n/a (decision scores)"
     return num(run.results.test_loss)
 

@@ -101,12 +101,12 @@ def models_section(ctx: ReportContext) -> Section:
         run = runs[0]
         if run.classical:
             c = run.classical
-            state = {True: "; converged", False: "; stopped at max_iter before converging"}.get(c.get("converged"), "")
+            state = {True: "; converged", False: "; stopped at max_iter before converging"}.get(c.converged, "")
             learned = {"SVC": "support-vector coordinates and their weights", "RandomForestClassifier": "tree nodes"}
-            text = (f"Fitted on {count(c.get('train_images', 0))} training images in {c.get('fit_seconds', 0):.1f} s"
-                    f"{state}; scores: {c.get('scores')}. Its 'parameters' count the numbers it learned: "
-                    f"{learned.get(c.get('estimator'), 'coefficients and intercepts')}.")  # fmt: skip
-            blocks.append(Details(f"{label}: {c.get('estimator')} ({c.get('library')})", [Text(text)]))
+            text = (f"Fitted on {count(c.train_images)} training images in {c.fit_seconds:.1f} s"
+                    f"{state}; scores: {c.scores}. Its 'parameters' count the numbers it learned: "
+                    f"{learned.get(c.estimator, 'coefficients and intercepts')}.")  # fmt: skip
+            blocks.append(Details(f"{label}: {c.estimator} ({c.library})", [Text(text)]))
             continue
         table = _layer_table(run.model, run.results.model_args)
         if table is not None:
