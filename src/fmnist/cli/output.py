@@ -80,7 +80,7 @@ def print_comparison(comparison, title: str) -> None:
     record = comparison.record  # compare.json (fmnist.inference.records.CompareFile)
     cut: dict[str, list[int]] = {}  # run name -> steps of each seed cut by --max-steps
     for run in record.runs:
-        steps = run.results.smoke_steps
+        steps = run.results.smoke_steps if run.results else None
         if steps is not None:
             cut.setdefault(run.name, []).append(steps)
     table = Table("model", "params", "size MB", "test accuracy", "best ep", "train s", title=title)

@@ -76,22 +76,24 @@ def _typed(hint: object, value: object, where: Path) -> object:
 class CompareRun:
     """compare.json's `runs`: one run's results.json, less its per-class tables and data, with its folder and name."""
 
-    results: RunResults
+    results: RunResults | None  # None: a hand-written compare.json naming only the run's folder
     run_dir: str  # its folder in the compare directory
     name: str  # its run name in the plan (shared by its seeds)
 
     LEFT_OUT = ("per_class", "confusion", "data")  # in the run's own results.json
 
     def to_json(self) -> dict[str, object]:
-        row = {k: v for k, v in self.results.to_json().items() if k not in self.LEFT_OUT}
+        row = {k: v for k, v in self.results.to_json().items() if k not in self.LEFT_OUT} if self.results else {}
         return {**row, "run_dir": self.run_dir, "name": self.name}
 
     @classmethod
     def from_json(cls, row: object, where: Path) -> CompareRun:
         if not isinstance(row, dict) or not isinstance(row.get("run_dir"), str):
             raise RunPathError(f"{where}: a run without its run_dir")
-        results = {k: v for k, v in row.items() if k not in ("run_dir", "name")}
         name = row.get("name") or row.get("model") or row["run_dir"]  # 0.2's files named no run
+        if "test_accuracy" not in row:
+            return cls(None, row["run_dir"], name)
+        results = {k: v for k, v in row.items() if k not in ("run_dir", "name")}
         return cls(RunResults.from_json(results, where), row["run_dir"], name)
 
 
