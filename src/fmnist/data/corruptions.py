@@ -23,7 +23,7 @@ Severity parameters, one column per severity (pixel values are on a 0-1 scale):
 | brightness     | added to every pixel                                    | 0.2  | 0.35 | 0.5  |
 | pixelation     | resolution averaged down to, then enlarged back         | 14   | 9    | 7    |
 | jpeg           | JPEG quality (Pillow)                                   | 30   | 12   | 5    |
-| elastic        | displacement std on a 5x5 grid, pixels (then bicubic)   | 1.0  | 1.8  | 2.6  |
+| elastic        | displacement std on a 5x5 grid, pixels (then bicubic)   | 0.5  | 0.9  | 1.4  |
 | inversion      | share of the inverted image blended in (1 = 255 - x)    | 0.7  | 0.85 | 1.0  |
 """
 
@@ -51,7 +51,7 @@ PARAMETERS: dict[str, tuple[float, float, float]] = {
     "brightness": (0.2, 0.35, 0.5),
     "pixelation": (14, 9, 7),
     "jpeg": (30, 12, 5),
-    "elastic": (1.0, 1.8, 2.6),
+    "elastic": (0.5, 0.9, 1.4),
     "inversion": (0.7, 0.85, 1.0),
 }
 CORRUPTIONS = tuple(PARAMETERS)
