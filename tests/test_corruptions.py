@@ -119,3 +119,19 @@ def test_jpeg_mosaic_equals_encoding_each_image_alone():
             buffer = io.BytesIO()
             Image.fromarray(x[i], mode="L").save(buffer, format="JPEG", quality=int(PARAMETERS["jpeg"][severity - 1]))
             assert np.array_equal(ours[i], np.asarray(Image.open(buffer)))
+
+
+def test_motion_blur_is_the_mean_of_shifted_copies_along_its_direction():
+    from fmnist.data.corruptions import CORRUPTIONS as NAMES
+
+    x = _blobs(6)
+    severity = 2
+    length = PARAMETERS["motion_blur"][severity - 1]
+    # The same draw the corruption makes: one direction per image.
+    angle = np.random.default_rng([0, NAMES.index("motion_blur"), severity]).uniform(0, np.pi, len(x))
+    steps = np.linspace(-length / 2, length / 2, 4 * int(length) + 1)
+    ours = corrupt(x, "motion_blur", severity).astype(int)
+    for i in range(len(x)):
+        shifted = [ndimage.shift(x[i].astype(float), (t * np.sin(angle[i]), t * np.cos(angle[i])), order=1,
+                                 mode="grid-constant", cval=0) for t in steps]  # fmt: skip
+        assert np.abs(ours[i] - np.clip(np.round(np.mean(shifted, axis=0)), 0, 255)).max() <= 1
