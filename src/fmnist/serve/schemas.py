@@ -74,6 +74,12 @@ class Health(_Strict):
     backend: Literal["torch", "onnx"]
 
 
+class EnsembleMember(_Strict):
+    model: str
+    tta: str = Field(description="The member's own test-time augmentation")
+    weight: float = Field(gt=0, description="Its share of the averaged probabilities")
+
+
 class ModelInfo(_Strict):
     name: str
     model_args: dict[str, Any]
@@ -85,7 +91,7 @@ class ModelInfo(_Strict):
     normalization: dict[Literal["mean", "std"], float]
     tta: str = Field(description="Test-time augmentation the predictions average over: none, flip, flip-shift "
                      "(an ensemble: each member's)")  # fmt: skip
-    members: list[dict[str, Any]] = Field(None, description="Only for an ensemble: its member runs")
+    members: list[EnsembleMember] = Field(None, description="Only for an ensemble: its member runs")
     backend: Literal["torch", "onnx"]
     precision: Literal["fp32", "bf16"]
     onnx_source: str | None
