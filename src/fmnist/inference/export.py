@@ -23,7 +23,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -246,6 +246,27 @@ def default_out(run_dir: Path, fmt: str, int8: bool) -> Path:
     return Path(run_dir) / (f"{stem}.onnx" if fmt == "onnx" else f"{stem}.torchscript.pt")
 
 
+class ExportReport(TypedDict, total=False):
+    """What an export checked and wrote (`fmnist export --json` prints it); the int8 keys only with --int8."""
+
+    format: str
+    file: str
+    model: str
+    check_images: int  # test images the export was checked on against PyTorch
+    max_abs_logit_diff: float
+    top1_agreement: float
+    tta: str
+    fp32_size_bytes: int
+    members: int  # an ensemble's
+    test_images: int
+    test_accuracy_fp32: float
+    test_accuracy_int8: float
+    accuracy_drop_pp: float
+    int8_top1_agreement: float
+    size_bytes: int
+    quantization: str  # none or int8
+
+
 class ExportPlan:
     """Export, verify against PyTorch on test images, and write the file, as named steps.
 
@@ -267,7 +288,7 @@ class ExportPlan:
         self.fmt, self.int8, self.data_dir, self.notify = fmt, int8, data_dir, notify
         self.run_dir, self.model, self.meta = load_inference_model(Path(run_dir))
         self.out = Path(out) if out else default_out(self.run_dir, fmt, int8)
-        self.report: dict[str, Any] = {}
+        self.report: ExportReport = {}
 
     def steps(self) -> list[tuple[str, Callable[[], None]]]:
         steps = [("loading the test images", self._load_data), ("PyTorch reference logits", self._reference),
@@ -281,7 +302,7 @@ class ExportPlan:
     def __len__(self) -> int:
         return len(self.steps())
 
-    def run(self, on_step: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    def run(self, on_step: Callable[[str], None] = lambda _: None) -> ExportReport:
         for label, do in self.steps():
             on_step(label)
             do()
@@ -372,6 +393,6 @@ class ExportPlan:
 
 def export_run(run_dir: Path, fmt: str, *, int8: bool = False, out: Path | None = None, data_dir: str | None = None,
                step: Callable[[str], None] = lambda _: None,
-               notify: Callable[[str], None] = lambda _: None) -> dict[str, Any]:  # fmt: skip
+               notify: Callable[[str], None] = lambda _: None) -> ExportReport:  # fmt: skip
     """The whole `ExportPlan` in one call; `step` hears each step's label before it runs."""
     return ExportPlan(run_dir, fmt, int8=int8, out=out, data_dir=data_dir, notify=notify).run(step)
