@@ -24,10 +24,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from fmnist.experiments.ray_runtime import task_error
 from fmnist.experiments.sweep_config import METRICS, SweepSpec, format_metric
 from fmnist.experiments.sweep_trial import trial_name
+from fmnist.inference.records import SearchValue
 from fmnist.training.progress import PLAIN_WIDTH, REFRESH_SECONDS, is_live
 
 
-def format_values(values: dict[str, Any]) -> str:
+def format_values(values: dict[str, SearchValue]) -> str:
+    """A trial's sampled values, as its progress lines show them."""
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
