@@ -6,6 +6,7 @@ import gzip
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -40,6 +41,17 @@ class FileRecord:
     md5: str
 
 
+class ProvenanceRecord(TypedDict, total=False):
+    """Provenance as the results files record it (`Provenance.to_dict`)."""
+
+    source: str
+    location: str
+    split: str
+    sha256: dict[str, str]  # role -> sha256 of the file as stored
+    files: dict[str, dict[str, str]]  # role -> a FileRecord's fields
+    array_sha256: dict[str, str]  # a sweep's (sweep.json): role -> sha256 of the decoded array, which a resume checks
+
+
 @dataclass(frozen=True)
 class Provenance:
     source: str  # "data-dir", "cache", "download", "npm", "csv", "synthetic"
@@ -47,7 +59,7 @@ class Provenance:
     split: str  # "official", "kaggle" or "unknown"
     files: dict[str, FileRecord] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> ProvenanceRecord:
         return {
             "source": self.source,
             "location": self.location,

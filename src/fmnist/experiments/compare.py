@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any
 
+from fmnist.data.dataset import ProvenanceRecord
 from fmnist.errors import FmnistError
 from fmnist.experiments.plan import ComparePlan, PlannedEnsemble, PlannedRun
 from fmnist.experiments.session import Session
@@ -105,7 +105,7 @@ def ensemble_row_text(row: EnsembleRow) -> tuple[str, str, str]:
 
 
 def compare_summary(plan: ComparePlan, planned: list[PlannedRun], results: list[RunResults],
-                    data: dict[str, Any], ensembles: list[EnsembleRow] | None = None) -> CompareFile:  # fmt: skip
+                    data: ProvenanceRecord, ensembles: list[EnsembleRow] | None = None) -> CompareFile:  # fmt: skip
     """compare.json from each run's results.json (plan order) and the ensembles' rows (pure: local and Ray runs share it)."""
     runs = [CompareRun(result, run.run_name, run.spec_name) for run, result in zip(planned, results)]
     per_spec: dict[str, list[RunResults]] = {}

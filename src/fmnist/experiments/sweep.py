@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fmnist import __version__
+from fmnist.data.dataset import ProvenanceRecord
 from fmnist.errors import INTERRUPTED, DataError, FmnistError, UsageError
 from fmnist.experiments.ray_runtime import LOCAL, require_ray
 from fmnist.experiments.session import Notify, Session
@@ -243,7 +244,7 @@ def _trial_entry(spec: SweepSpec, sweep_dir: Path, trial: Any, outcome: dict[str
                       epochs=history)  # fmt: skip
 
 
-def _sweep_header(spec: SweepSpec, started: str, ray: str, data: dict[str, Any]) -> SweepFile:
+def _sweep_header(spec: SweepSpec, started: str, ray: str, data: ProvenanceRecord) -> SweepFile:
     """sweep.json before any trial: the search, where it runs and the data a resume must match."""
     s = spec.settings
     scheduler = ({"name": s.scheduler, "grace_period": s.grace_period, "reduction_factor": s.reduction_factor,

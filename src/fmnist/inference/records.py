@@ -15,6 +15,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Self, Union, get_args, get_origin, get_type_hints
 
+from fmnist.data.dataset import ProvenanceRecord
 from fmnist.errors import RunPathError
 from fmnist.fsutil import atomic_write_json, read_json
 from fmnist.inference.rundir import EpochRecord, RunResults, _from_json, _to_json
@@ -169,7 +170,7 @@ class CompareFile(Record):
     seeds: int = 1
     published: dict[str, object] = field(default_factory=dict)  # the study's figures: numbers or phrases
     runs: list[CompareRun] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)  # fmnist.data.provenance, as the runs loaded it
+    data: ProvenanceRecord = field(default_factory=dict)  # the data the runs loaded
     models: list[ModelSummary] = field(default_factory=list)
     ensembles: list[EnsembleRow] | None = None  # None: none asked for (not written)
 
@@ -300,7 +301,7 @@ class EnsembleResults(Record):
     validation: ValidationScores | None = None
     device: str
     precision: str
-    data: dict[str, Any]
+    data: ProvenanceRecord
     num_images: int
     confusion: list[list[int]]
     per_class: list[dict[str, Any]]
@@ -364,7 +365,7 @@ class SweepFile(Record):
     resources: dict[str, float]
     started: str
     ray: str
-    data: dict[str, Any]  # fmnist.data.provenance, plus array_sha256 a resume must match
+    data: ProvenanceRecord  # the data, with array_sha256: a resume must match it
     updated: str = ""
     complete: bool = False
     counts: dict[str, int] = field(default_factory=dict)  # trials by status
