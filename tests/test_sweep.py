@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -273,8 +274,10 @@ def test_sweep_with_asha_on_local_ray_through_the_cli(tmp_path, tiny_data_dir, t
     assert resumed.results["epochs_run"] == 4
     run = api.train(config_file=out / BEST_FILE, data=tiny_dataset, out=tmp_path / "best-run", progress=False)
     assert run.results["model"] == "mlp_seed002" and run.results["epochs_run"] == 4
-    trained, chosen = (p / "config.toml" for p in (run.path, out / best["run_dir"]))
-    assert trained.read_text() == chosen.read_text()  # exactly the best trial's config
+    trained, chosen = (tomllib.loads((p / "config.toml").read_text()) for p in (run.path, out / best["run_dir"]))
+    assert set(trained.pop("sources").values()) == {f"file {out / BEST_FILE}"}  # every setting from best.toml
+    assert chosen.pop("sources")["epochs"] == f"file {config}"
+    assert trained == chosen  # exactly the best trial's config
 
 
 def test_ctrl_c_stops_everything_and_resume_finishes_the_sweep(tmp_path, tiny_data_dir, isolated_env, short_tmp):

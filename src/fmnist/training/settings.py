@@ -85,7 +85,7 @@ def resolve_config(
         config.recipe, config.sources["recipe"] = named.name, recipe_label
     else:
         config.recipe = own_recipe(name)
-        config.sources["recipe"] = f"model {name}" if config.recipe else DEFAULT
+        config.sources["recipe"] = f"model {name}" if config.recipe else file_label if file_recipe == "" else DEFAULT
     with _blame("" if options else origin):  # with no flags, whatever fails is the file's
         return _finish(config)
 
