@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -69,13 +69,35 @@ def predict_checkpoint(model: nn.Module, meta: dict[str, Any], images: np.ndarra
                    tta=tta_level(meta), blank=blank_value(mean, std))  # fmt: skip
 
 
+class ClassRow(TypedDict):
+    """One class of `per_class` in results.json: metrics.ClassReport's fields, its accuracy and errors."""
+
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    correct: int
+    accuracy: float  # the recall: correct / images of the class
+    errors: int
+
+
+class ConfusedRow(TypedDict):
+    """One of `most_confused` in results.json: how often images of `true` were taken for `predicted`."""
+
+    true: str
+    predicted: str
+    count: int
+    fraction_of_true: float
+
+
 @dataclass
 class Evaluation:
     accuracy: float
     loss: float
     confusion: list[list[int]]
-    per_class: list[dict[str, Any]]
-    most_confused: list[dict[str, Any]]
+    per_class: list[ClassRow]
+    most_confused: list[ConfusedRow]
     num_images: int
 
     def to_dict(self) -> dict[str, object]:
@@ -89,18 +111,14 @@ def evaluate_logits(
     predicted = logits.argmax(1)
     cm = metrics.confusion_matrix(labels, predicted, len(class_names))
     per_class = [
-        {**asdict(r), "accuracy": r.recall, "errors": r.errors}
+        ClassRow(**asdict(r), accuracy=r.recall, errors=r.errors)
         for r in metrics.per_class_report(cm, tuple(class_names))
     ]
     pairs = [
-        {
-            "true": class_names[p.true_class],
-            "predicted": class_names[p.predicted_class],
-            "count": p.count,
-            "fraction_of_true": p.fraction_of_true,
-        }
+        ConfusedRow(true=class_names[p.true_class], predicted=class_names[p.predicted_class], count=p.count,
+                    fraction_of_true=p.fraction_of_true)
         for p in metrics.most_confused_pairs(cm, top_pairs)
-    ]
+    ]  # fmt: skip
     return Evaluation(
         accuracy=metrics.accuracy(labels, predicted),
         loss=metrics.cross_entropy(logits, labels),

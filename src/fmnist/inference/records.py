@@ -18,6 +18,7 @@ from typing import Any, Self, Union, get_args, get_origin, get_type_hints
 from fmnist.data.dataset import ProvenanceRecord
 from fmnist.errors import RunPathError
 from fmnist.fsutil import atomic_write_json, read_json
+from fmnist.inference.evaluate import ClassRow, ConfusedRow
 from fmnist.inference.rundir import EpochRecord, RunResults, _from_json, _to_json
 
 SearchValue = float | int | str | bool  # a sampled value of a searched option
@@ -304,8 +305,8 @@ class EnsembleResults(Record):
     data: ProvenanceRecord
     num_images: int
     confusion: list[list[int]]
-    per_class: list[dict[str, Any]]
-    most_confused: list[dict[str, Any]]
+    per_class: list[ClassRow]
+    most_confused: list[ConfusedRow]
 
 
 # -- a sweep folder: sweep.json -----------------------------------------------------------------------
