@@ -120,7 +120,8 @@ def compare(models: Sequence[str] | None = None, *, config_file: str | Path | No
     `overrides` apply to every run (epochs=2, max_steps=20, ...). `ensemble=True` (needs seeds
     >= 2) also averages each model's seeds into an ensemble, a row of its own; `ensemble_select`
     ("greedy" or "all") overrides how every ensemble chooses its members (default: each
-    [[ensembles]] table's `select`, else greedy on the members' shared validation split). `ray`: run each
+    [[ensembles]] table's `select`, else greedy on the members' shared validation split, or all of them,
+    with a note, where they share none). `ray`: run each
     run as a Ray task on the cluster at HOST:PORT, or on a Ray started here for the call
     ("local"); None trains here. `jobs`: train that many runs at once here, each in its own
     process with an equal share of the CPU threads (see fmnist.experiments.jobs). Ensembles are built

@@ -51,7 +51,7 @@ def compare_cmd(
         show_default=False,
         help="How every ensemble chooses its members: greedy (on the shared "
         "validation split, needs one --split-seed) or all (plain average) "
-        "[default: each [[ensembles]] table's select, else greedy]",
+        "[default: each [[ensembles]] table's select, else greedy; all where the runs share no validation split]",
     ),  # fmt: skip
     no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
     ray: str | None = RayOption,
