@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import torch
 from safetensors import SafetensorError
@@ -31,6 +31,37 @@ FORMAT = "fmnist-checkpoint"
 FORMAT_VERSION = 1
 
 
+class Normalization(TypedDict):
+    mean: float
+    std: float
+
+
+class ModelMeta(TypedDict):
+    """model.json as written and read. Inference reads the same keys from an ensemble's
+    ensemble.json (model, class_names, normalization, tta), so both travel as a ModelMeta."""
+
+    format: str
+    format_version: int
+    fmnist_version: NotRequired[str]
+    torch_version: NotRequired[str]
+    model: str
+    model_args: dict[str, Any]
+    class_names: list[str]
+    normalization: Normalization
+    tta: NotRequired[str]  # set by read_meta; fmnist 0.1 files say `tta_flip` instead
+    tta_flip: NotRequired[bool]
+    params: NotRequired[int]
+    weights_file: NotRequired[str]
+    weights_sha256: str
+    tensors: dict[str, list[int]]
+    extra: NotRequired[dict[str, Any]]  # e.g. test accuracy, data provenance
+
+
+class TTASettings(TypedDict):
+    tta: str
+    blank: float
+
+
 @dataclass
 class CheckpointMeta:
     model: str
@@ -42,7 +73,7 @@ class CheckpointMeta:
     params: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. test accuracy, data provenance
 
-    def to_json(self, weights_sha256: str, tensors: dict[str, list[int]]) -> dict[str, Any]:
+    def to_json(self, weights_sha256: str, tensors: dict[str, list[int]]) -> ModelMeta:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -87,7 +118,7 @@ def checkpoint_folder(path: Path) -> Path:
     raise RunPathError(f"{path}: not a run directory (expected a folder with {META_FILE} and {WEIGHTS_FILE})")
 
 
-def read_meta(folder: Path) -> dict[str, Any]:
+def read_meta(folder: Path) -> ModelMeta:
     meta_path = Path(folder) / META_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{folder}: no checkpoint here ({META_FILE} is missing)")
@@ -121,24 +152,24 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def normalization(meta: dict[str, Any]) -> tuple[float, float]:
+def normalization(meta: ModelMeta) -> tuple[float, float]:
     """(mean, std) of a checkpoint's (or ensemble's) input normalisation."""
     norm = meta["normalization"]
     return float(norm["mean"]), float(norm["std"])
 
 
-def tta_settings(meta: dict[str, Any]) -> dict[str, Any]:
+def tta_settings(meta: ModelMeta) -> TTASettings:
     """`fmnist.inference.evaluate.predict`'s `tta` and `blank` arguments for what a checkpoint records."""
     return {"tta": tta_level(meta), "blank": blank_value(*normalization(meta))}
 
 
-def with_tta(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
+def with_tta(model: nn.Module, meta: ModelMeta) -> nn.Module:
     """The model as its checkpoint says to run it: averaged over its TTA views (fmnist.inference.tta)."""
     settings = tta_settings(meta)
     return TestTimeAugmentation(model, settings["tta"], settings["blank"]).eval()
 
 
-def _read_weights(folder: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _read_weights(folder: Path, meta: ModelMeta) -> dict[str, torch.Tensor]:
     weights_path = folder / WEIGHTS_FILE
     try:
         blob = weights_path.read_bytes()
@@ -176,7 +207,7 @@ def _check_tensors(folder: Path, model: nn.Module, tensors: dict[str, torch.Tens
             )
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model from a run directory; returns (model in eval mode, metadata dict)."""
     from fmnist.models.base import Classifier
     from fmnist.models.registry import create_model, saved_model_args

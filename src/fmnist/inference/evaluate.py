@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from fmnist.data.normalize import blank_value, normalize
 from fmnist.device import autocast_context, resolve_precision
 from fmnist.inference.tta import TestTimeAugmentation, tta_level
 from fmnist.models.base import Classifier
+
+if TYPE_CHECKING:
+    from fmnist.inference.checkpoint import ModelMeta
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -61,7 +64,7 @@ def predict(
     return torch.cat(outputs)
 
 
-def predict_checkpoint(model: nn.Module, meta: dict[str, Any], images: np.ndarray | torch.Tensor, *,
+def predict_checkpoint(model: nn.Module, meta: ModelMeta, images: np.ndarray | torch.Tensor, *,
                        precision: str = "auto", batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:  # fmt: skip
     """Logits for uint8 (N,28,28) images, normalised and averaged as the checkpoint's metadata says."""
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +12,7 @@ from torch import nn
 from fmnist.analysis import metrics
 from fmnist.constants import EVAL_BATCH_SIZE
 from fmnist.data.normalize import blank_value, normalize
-from fmnist.inference.checkpoint import load_checkpoint
+from fmnist.inference.checkpoint import ModelMeta, load_checkpoint
 from fmnist.inference.evaluate import predict, predict_checkpoint
 from fmnist.inference.tta import tta_level
 
@@ -21,7 +20,7 @@ from fmnist.inference.tta import tta_level
 @dataclass
 class RunPredictions:
     model: nn.Module
-    meta: dict[str, Any]
+    meta: ModelMeta
     images: np.ndarray  # uint8 (N,28,28) test images, as shown to people
     x: torch.Tensor  # the same images normalised as the model expects them
     labels: torch.Tensor
@@ -49,7 +48,7 @@ def predict_run(run_dir: Path, images: np.ndarray, labels: np.ndarray) -> RunPre
     return RunPredictions(model, meta, images, x, torch.from_numpy(labels).long(), logits)
 
 
-def random_baseline(meta: dict[str, Any], x: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, float]:
+def random_baseline(meta: ModelMeta, x: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, float]:
     """Accuracy and loss of the same architecture with the weights it started training from.
 
     fit() seeds every generator with the run's seed right before building the model, so
