@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import fmnist
+import fmnist.api
 import fmnist.constants
 from conftest import run_cli
 from fmnist.inference.predict import Predictor

@@ -51,10 +51,14 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmnist.errors import FmnistError, RunLockedError, RunPathError, UsageError
 from fmnist.fsutil import read_json
+
+if TYPE_CHECKING:
+    from fmnist.data.dataset import ProvenanceRecord
+    from fmnist.inference.evaluate import ClassRow, ConfusedRow
 
 # --- file names: each declared here once ---------------------------------------------------------
 CONFIG_FILE = "config.toml"
@@ -179,10 +183,10 @@ class RunResults:
     precision: str = ""
     cpu_isa: str = ""
     checkpoint: bool = True  # whether the run saved weights (a random forest keeps results only)
-    data: dict[str, Any] = field(default_factory=dict)  # the dataset's provenance (fmnist.data.sources)
+    data: ProvenanceRecord = field(default_factory=dict)  # where the images came from
     confusion: list[list[int]] = field(default_factory=list)
-    per_class: list[dict[str, Any]] = field(default_factory=list)
-    most_confused: list[dict[str, Any]] = field(default_factory=list)
+    per_class: list[ClassRow] = field(default_factory=list)
+    most_confused: list[ConfusedRow] = field(default_factory=list)
     classical: ClassicalFit | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 

@@ -16,7 +16,7 @@ import torch
 
 from fmnist.analysis.embeddings import METHOD_NAMES
 from fmnist.analysis.map_worker import Map2D, MapsJob, start_maps
-from fmnist.data.dataset import FashionMNIST
+from fmnist.data.dataset import FashionMNIST, ProvenanceRecord
 from fmnist.data.splits import stratified_subsample
 from fmnist.errors import FmnistError, RunPathError
 from fmnist.experiments.compare import COMPARE_FILE, read_compare
@@ -101,7 +101,7 @@ def load_runs(folder: Path) -> tuple[CompareFile | None, list[ReportedRun]]:
     raise RunPathError(f"{folder}: neither a run directory ({RESULTS_FILE}) nor a comparison ({COMPARE_FILE})")
 
 
-def find_dataset(data_info: dict[str, Any], data_dir: Any = None) -> tuple[FashionMNIST | None, str]:
+def find_dataset(data_info: ProvenanceRecord, data_dir: Any = None) -> tuple[FashionMNIST | None, str]:
     """(the test images results were scored on, "") or (None, why not): the given folder, the
     folder the results name, then FMNIST_DATA or the cache; test files must match by sha256."""
     from fmnist.data.dataset import load_folder
@@ -200,7 +200,7 @@ class ReportContext:
         return any(len(runs) > 1 for runs in self.groups.values())
 
     @property
-    def data_info(self) -> dict[str, Any]:
+    def data_info(self) -> ProvenanceRecord:
         return self.runs[0].results.data
 
     def takeaway(self, sentences: dict[str, str]):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from fmnist.config import TrainConfig
+from fmnist.data.dataset import ProvenanceRecord
 from fmnist.inference.evaluate import Evaluation
 from fmnist.inference.rundir import ClassicalFit, EpochRecord, RunResults
 from fmnist.models.base import Classifier
@@ -50,7 +50,7 @@ class RunResult:
     test_logits: torch.Tensor
     params: int
     size_mb: float
-    data: dict[str, Any]
+    data: ProvenanceRecord
     device: str
     precision: str
     isa: str = ""
