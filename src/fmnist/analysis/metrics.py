@@ -6,6 +6,7 @@ Each is checked against scikit-learn or a hand-computed example in tests/test_me
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,28 @@ class ClassReport:
     @property
     def errors(self) -> int:
         return self.support - self.correct
+
+
+class ClassRow(TypedDict):
+    """One class of `per_class` in results.json: a ClassReport's fields, its accuracy and errors."""
+
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    correct: int
+    accuracy: float  # the recall: correct / images of the class
+    errors: int
+
+
+class ConfusedRow(TypedDict):
+    """One of `most_confused` in results.json: how often images of `true` were taken for `predicted`."""
+
+    true: str
+    predicted: str
+    count: int
+    fraction_of_true: float
 
 
 def per_class_report(cm: torch.Tensor, class_names: tuple[str, ...] = CLASS_NAMES) -> list[ClassReport]:

@@ -25,15 +25,24 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
 from torch import nn
 
+from fmnist.data.dataset import ProvenanceRecord
 from fmnist.errors import CheckpointError, RunPathError, UsageError
 from fmnist.fsutil import read_json
-from fmnist.inference.checkpoint import checkpoint_folder, load_checkpoint, normalization, tta_settings, with_tta
+from fmnist.inference.checkpoint import (
+    ModelMeta,
+    Normalization,
+    checkpoint_folder,
+    load_checkpoint,
+    normalization,
+    tta_settings,
+    with_tta,
+)
 from fmnist.inference.records import EnsembleManifest, EnsembleResults
 from fmnist.inference.rundir import ENSEMBLE_FILE as MANIFEST_FILE
 from fmnist.inference.rundir import PREDICTIONS_FILE, RESULTS_FILE
@@ -50,7 +59,35 @@ _TINY = torch.finfo(torch.float32).tiny
 class Member:
     folder: Path
     model: nn.Module
-    meta: dict[str, Any]
+    meta: ModelMeta
+
+
+class MemberInfo(TypedDict):
+    model: str
+    tta: str
+    weight: float
+
+
+class EnsembleExtra(TypedDict):
+    test_accuracy: float | None  # from its results.json (None: it has none)
+    data: ProvenanceRecord | None
+
+
+class EnsembleMeta(TypedDict):
+    """What inference knows of a loaded ensemble, under the keys a checkpoint's ModelMeta uses for the same facts."""
+
+    model: str  # MODEL_NAME
+    model_args: dict[str, list[str]]  # {"members": each member's model}
+    family: str
+    class_names: list[str]
+    normalization: Normalization
+    params: int
+    weights_sha256: str  # of what identifies the graph: each member's weights, TTA, normalisation and weight
+    members: list[MemberInfo]
+    extra: EnsembleExtra
+
+
+InferenceMeta = ModelMeta | EnsembleMeta  # a run directory's or an ensemble directory's
 
 
 class EnsembleModel(nn.Module):
@@ -151,7 +188,7 @@ def _read_manifest(folder: Path) -> EnsembleManifest:
         raise CheckpointError(str(exc)) from None
 
 
-def load_ensemble(path: Path, device: str | torch.device = "cpu") -> tuple[EnsembleModel, dict[str, Any]]:
+def load_ensemble(path: Path, device: str | torch.device = "cpu") -> tuple[EnsembleModel, EnsembleMeta]:
     """(EnsembleModel in eval mode, metadata) for an ensemble directory, members checked against the manifest."""
     folder = Path(path)
     manifest = _read_manifest(folder)
@@ -165,11 +202,11 @@ def load_ensemble(path: Path, device: str | torch.device = "cpu") -> tuple[Ensem
     mean, std = float(manifest.normalization["mean"]), float(manifest.normalization["std"])
     model = EnsembleModel(members, [e.weight for e in entries], mean, std).eval()
     pairs = list(zip(members, entries))
-    described = [{"model": m.meta["model"], "tta": m.meta["tta"], "weight": e.weight} for m, e in pairs]
+    described = [MemberInfo(model=m.meta["model"], tta=m.meta["tta"], weight=e.weight) for m, e in pairs]
     # What identifies the graph: each member's weights, TTA and normalisation, and the weight given it.
     identity = [[m.meta["weights_sha256"], m.meta["tta"], normalization(m.meta), e.weight] for m, e in pairs]
     results = _read_ensemble_results(folder)
-    meta = {
+    meta: EnsembleMeta = {
         "model": MODEL_NAME,
         "model_args": {"members": [m.meta["model"] for m in members]},
         "family": MODEL_NAME,
@@ -195,7 +232,7 @@ def _read_ensemble_results(folder: Path) -> EnsembleResults | None:
         return None
 
 
-def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tuple[Path, nn.Module, dict[str, Any]]:
+def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tuple[Path, nn.Module, InferenceMeta]:
     """(folder, model, metadata) for a run directory or an ensemble directory."""
     path = Path(path)
     if path.is_dir() and is_ensemble_dir(path):
@@ -206,7 +243,7 @@ def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tupl
     return folder, model, meta
 
 
-def tta_summary(meta: dict[str, Any]) -> str:
+def tta_summary(meta: InferenceMeta) -> str:
     """A checkpoint's TTA level, or each member's for an ensemble (the graph applies them all)."""
     if "members" in meta:
         return "per member: " + ", ".join(f"{m['model']} {m['tta']}" for m in meta["members"])

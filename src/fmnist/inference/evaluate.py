@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from fmnist.analysis import metrics
+from fmnist.analysis.metrics import ClassRow, ConfusedRow
 from fmnist.constants import CLASS_NAMES, EVAL_BATCH_SIZE
 from fmnist.data.normalize import blank_value, normalize
 from fmnist.device import autocast_context, resolve_precision
@@ -70,28 +71,6 @@ def predict_checkpoint(model: nn.Module, meta: ModelMeta, images: np.ndarray | t
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
     return predict(model, normalize(images, mean, std), batch_size=batch_size, precision=precision,
                    tta=tta_level(meta), blank=blank_value(mean, std))  # fmt: skip
-
-
-class ClassRow(TypedDict):
-    """One class of `per_class` in results.json: metrics.ClassReport's fields, its accuracy and errors."""
-
-    name: str
-    precision: float
-    recall: float
-    f1: float
-    support: int
-    correct: int
-    accuracy: float  # the recall: correct / images of the class
-    errors: int
-
-
-class ConfusedRow(TypedDict):
-    """One of `most_confused` in results.json: how often images of `true` were taken for `predicted`."""
-
-    true: str
-    predicted: str
-    count: int
-    fraction_of_true: float
 
 
 @dataclass

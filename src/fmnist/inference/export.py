@@ -23,7 +23,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from fmnist.errors import FmnistError, UsageError
 from fmnist.fsutil import atomic_write_bytes
 from fmnist.inference.checkpoint import normalization, tta_settings, with_tta
 
+if TYPE_CHECKING:
+    from fmnist.inference.ensemble_model import InferenceMeta
+
 FORMATS = ("onnx", "torchscript")
 ONNX_FILE = "model.onnx"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -46,7 +49,7 @@ MAX_INT8_DROP_PP = 0.5
 CALIBRATION_IMAGES = 1024
 
 
-def file_metadata(meta: dict[str, Any], quantization: str = "none") -> dict[str, str]:
+def file_metadata(meta: InferenceMeta, quantization: str = "none") -> dict[str, str]:
     """The facts a consumer needs to use the file without fmnist, as strings."""
     from fmnist.inference.ensemble_model import tta_summary
 
@@ -91,7 +94,7 @@ def _set_metadata(proto, metadata: dict[str, str]) -> None:
     proto.doc_string = f"fmnist {metadata['fmnist.model']}: Fashion-MNIST classifier; see metadata_props"
 
 
-def onnx_bytes(model: nn.Module, meta: dict[str, Any]) -> bytes:
+def onnx_bytes(model: nn.Module, meta: InferenceMeta) -> bytes:
     """Serialised ONNX model (torch.export-based exporter, dynamic batch) with fmnist metadata."""
     module = with_tta(model, meta)  # an ensemble carries its members' TTA
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
@@ -133,7 +136,7 @@ def onnx_session(blob: bytes, threads: int | None = None):
         raise FmnistError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
 
 
-def onnx_for_run(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> tuple[bytes, str]:
+def onnx_for_run(run_dir: Path, model: nn.Module, meta: InferenceMeta) -> tuple[bytes, str]:
     """The run's model.onnx when it was exported from these exact weights, else a fresh in-memory export."""
     path = Path(run_dir) / ONNX_FILE
     if path.is_file():
@@ -150,7 +153,7 @@ def onnx_for_run(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> tuple
     return onnx_bytes(model, meta), "exported in memory"
 
 
-def quantize_int8(blob: bytes, calibration: np.ndarray, meta: dict[str, Any]) -> bytes:
+def quantize_int8(blob: bytes, calibration: np.ndarray, meta: InferenceMeta) -> bytes:
     """Static int8 quantisation of the convolutions and linear layers (QDQ, per-channel weights,
     MinMax calibration on `calibration`).
 
@@ -196,7 +199,7 @@ def quantize_int8(blob: bytes, calibration: np.ndarray, meta: dict[str, Any]) ->
     return proto.SerializeToString()
 
 
-def torchscript_bytes(model: nn.Module, meta: dict[str, Any], int8: bool = False) -> bytes:
+def torchscript_bytes(model: nn.Module, meta: InferenceMeta, int8: bool = False) -> bytes:
     """A traced TorchScript archive with fmnist.json (the metadata) as an extra file."""
     quantization = "none"
     if int8:

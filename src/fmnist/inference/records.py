@@ -15,10 +15,10 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Self, Union, get_args, get_origin, get_type_hints
 
+from fmnist.analysis.metrics import ClassRow, ConfusedRow
 from fmnist.data.dataset import ProvenanceRecord
 from fmnist.errors import RunPathError
 from fmnist.fsutil import atomic_write_json, read_json
-from fmnist.inference.evaluate import ClassRow, ConfusedRow
 from fmnist.inference.rundir import EpochRecord, RunResults, _from_json, _to_json
 
 SearchValue = float | int | str | bool  # a sampled value of a searched option

@@ -57,8 +57,8 @@ from fmnist.errors import FmnistError, RunLockedError, RunPathError, UsageError
 from fmnist.fsutil import read_json
 
 if TYPE_CHECKING:
+    from fmnist.analysis.metrics import ClassRow, ConfusedRow
     from fmnist.data.dataset import ProvenanceRecord
-    from fmnist.inference.evaluate import ClassRow, ConfusedRow
 
 # --- file names: each declared here once ---------------------------------------------------------
 CONFIG_FILE = "config.toml"
