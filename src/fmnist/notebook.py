@@ -195,9 +195,7 @@ class Comparison:
             rows.append([label, "ensemble", params, accuracy, "–"])
         table = _table(["name", "model", "params", "test accuracy", "train s (mean)"], rows)
         curves = _curve_png({name: run.record.history for name, run in self.runs.items()})
-        title = (
-            f"<b>{html.escape(self.record.title or 'comparison')}</b> <code>{html.escape(str(self.path))}</code>"
-        )
+        title = f"<b>{html.escape(self.record.title or 'comparison')}</b> <code>{html.escape(str(self.path))}</code>"
         return f"<div>{title}{table}{_figure(curves)}</div>"
 
     def __repr__(self) -> str:
