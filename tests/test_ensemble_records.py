@@ -22,7 +22,7 @@ from fmnist.inference.records import (
     SweepFile,
     ValidationScores,
 )
-from fmnist.inference.rundir import EpochRecord, RunResults
+from fmnist.inference.rundir import EpochRecord, RunResultsFile
 from test_predict import train_run
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -58,7 +58,9 @@ def test_every_file_reads_back_unchanged(fixture_dir: Path):
 
 def test_what_is_read_is_typed(fixture_dir: Path):
     compare = CompareFile.read(fixture_dir / "compare" / "compare.json")
-    assert all(isinstance(r.results, RunResults) for r in compare.runs) and compare.runs[0].results.test_accuracy > 0
+    assert (
+        all(isinstance(r.results, RunResultsFile) for r in compare.runs) and compare.runs[0].results.test_accuracy > 0
+    )
     assert [m.name for m in compare.models] == sorted(
         {r.name for r in compare.runs}, key=[r.name for r in compare.runs].index
     )

@@ -19,10 +19,10 @@ from fmnist.experiments.plan import ComparePlan, PlannedEnsemble, PlannedRun
 from fmnist.experiments.session import Session
 from fmnist.inference.ensemble_select import selection_summary
 from fmnist.inference.records import CompareFile, CompareRun, EnsembleMemberRow, EnsembleRow, ModelSummary
-from fmnist.inference.rundir import COMPARE_FILE, RunLock, RunResults
+from fmnist.inference.rundir import COMPARE_FILE, RunLock, RunResultsFile
 
 
-def summarize(name: str, results: list[RunResults]) -> ModelSummary:
+def summarize(name: str, results: list[RunResultsFile]) -> ModelSummary:
     """One run name over its seeds (`results` in seed order)."""
     accs = [r.test_accuracy for r in results]
     return ModelSummary(
@@ -46,7 +46,7 @@ def run_compare(plan: ComparePlan, planned: list[PlannedRun], session: Session) 
     returns and writes compare.json in the session's folder."""
     with RunLock(session.folder):
         dataset = session.dataset  # loaded once, before anything trains
-        results = [RunResults.from_json(r, session.folder) for r in session.executor(planned, session)]
+        results = [RunResultsFile.from_json(r, session.folder) for r in session.executor(planned, session)]
         # Built here from the run directories, wherever the runs trained (locally or as Ray tasks).
         ensembles = [build_planned_ensemble(e, session) for e in plan.planned_ensembles(planned)]
         summary = compare_summary(plan, planned, results, dataset.provenance.to_dict(), ensembles)
@@ -104,11 +104,11 @@ def ensemble_row_text(row: EnsembleRow) -> tuple[str, str, str]:
     return label, f"{row.params:,}", accuracy
 
 
-def compare_summary(plan: ComparePlan, planned: list[PlannedRun], results: list[RunResults],
+def compare_summary(plan: ComparePlan, planned: list[PlannedRun], results: list[RunResultsFile],
                     data: ProvenanceRecord, ensembles: list[EnsembleRow] | None = None) -> CompareFile:  # fmt: skip
     """compare.json from each run's results.json (plan order) and the ensembles' rows (pure: local and Ray runs share it)."""
     runs = [CompareRun(result, run.run_name, run.spec_name) for run, result in zip(planned, results)]
-    per_spec: dict[str, list[RunResults]] = {}
+    per_spec: dict[str, list[RunResultsFile]] = {}
     for run in runs:
         per_spec.setdefault(run.name, []).append(run.results)
     summary = CompareFile(title=plan.title, notes=plan.notes, seeds=plan.seeds, published=plan.published, runs=runs,

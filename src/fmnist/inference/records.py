@@ -19,7 +19,7 @@ from fmnist.analysis.metrics import ClassRow, ConfusedRow
 from fmnist.data.dataset import ProvenanceRecord
 from fmnist.errors import RunPathError
 from fmnist.fsutil import atomic_write_json, read_json
-from fmnist.inference.rundir import EpochRecord, RunResults, _from_json, _to_json
+from fmnist.inference.rundir import EpochRecord, RunResultsFile, _from_json, _to_json
 
 SearchValue = float | int | str | bool  # a sampled value of a searched option
 
@@ -78,7 +78,7 @@ def _typed(hint: object, value: object, where: Path) -> object:
 class CompareRun:
     """compare.json's `runs`: one run's results.json, less its per-class tables and data, with its folder and name."""
 
-    results: RunResults | None  # None: a hand-written compare.json naming only the run's folder
+    results: RunResultsFile | None  # None: a hand-written compare.json naming only the run's folder
     run_dir: str  # its folder in the compare directory
     name: str  # its run name in the plan (shared by its seeds)
 
@@ -96,7 +96,7 @@ class CompareRun:
         if "test_accuracy" not in row:
             return cls(None, row["run_dir"], name)
         results = {k: v for k, v in row.items() if k not in ("run_dir", "name")}
-        return cls(RunResults.from_json(results, where), row["run_dir"], name)
+        return cls(RunResultsFile.from_json(results, where), row["run_dir"], name)
 
 
 @dataclass(kw_only=True)

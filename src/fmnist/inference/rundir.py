@@ -7,7 +7,7 @@ types its JSON files are written and read through, creating and locking a folder
       metrics.jsonl              METRICS_FILE: one EpochRecord per finished epoch
       model.safetensors          WEIGHTS_FILE: best-by-validation weights (fmnist.inference.checkpoint)
       model.json                 META_FILE: how to rebuild the model (fmnist.inference.checkpoint)
-      results.json               RESULTS_FILE: RunResults
+      results.json               RESULTS_FILE: RunResultsFile
       state.json, state-<step>.safetensors
                                  STATE_FILE, STATE_TENSORS_GLOB: resumable state, until the run ends
                                  (fmnist.training.state)
@@ -25,7 +25,7 @@ types its JSON files are written and read through, creating and locking a folder
     ENSEMBLE_DIR/                (fmnist ensemble)
       ensemble.json              ENSEMBLE_FILE: members (paths, weights' sha256, weights), selection
       predictions.safetensors    PREDICTIONS_FILE: labels, test probabilities, each member's top-1
-      results.json               RESULTS_FILE: the ensemble's scores (its own fields, not RunResults)
+      results.json               RESULTS_FILE: the ensemble's scores (its own fields, not RunResultsFile)
       report.md, report.html, figures/
 
     SWEEP_DIR/                   (fmnist sweep)
@@ -36,7 +36,7 @@ types its JSON files are written and read through, creating and locking a folder
       ray/                       TUNE_DIR: Ray Tune's own state, for --resume
       report.md, report.html, figures/
 
-A run directory's records are declared here (RunResults, EpochRecord, RunRecord); compare.json,
+A run directory's records are declared here (RunResultsFile, EpochRecord, RunRecord); compare.json,
 an ensemble's ensemble.json and results.json, and sweep.json build on them in fmnist.inference.records.
 Writing a run as it trains is fmnist.training.run_writer's job. Files written by older versions
 load: every field they lack takes its default, and is left out when the record is written back.
@@ -156,7 +156,7 @@ class ClassicalFit:
 
 
 @dataclass(kw_only=True)
-class RunResults:
+class RunResultsFile:
     """results.json of a run directory, in the order its keys are written.
 
     A run trained by fmnist 0.3 lacks planned_steps, compiled and compile_seconds: they read as
@@ -197,7 +197,7 @@ class RunResults:
         return {**row, **self.extra}
 
     @classmethod
-    def from_json(cls, row: Any, where: Path = Path(RESULTS_FILE)) -> RunResults:
+    def from_json(cls, row: Any, where: Path = Path(RESULTS_FILE)) -> RunResultsFile:
         results = _from_json(cls, row, where)
         if results.classical is not None:
             results.classical = _from_json(ClassicalFit, results.classical, where)
@@ -225,12 +225,12 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def read_results(run_dir: Path) -> RunResults:
+def read_results(run_dir: Path) -> RunResultsFile:
     """A run directory's results.json (not an ensemble's: that file has its own fields)."""
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
         raise RunPathError(f"{run_dir}: no {RESULTS_FILE} (not a finished run directory)")
-    return RunResults.from_json(read_json(path), path)
+    return RunResultsFile.from_json(read_json(path), path)
 
 
 def read_history(run_dir: Path) -> list[EpochRecord]:
@@ -264,7 +264,7 @@ class RunRecord:
     """A finished run directory as its files record it: what `fmnist.Run` and reports build on."""
 
     path: Path
-    results: RunResults
+    results: RunResultsFile
     history: list[EpochRecord]
     config: dict[str, Any]  # config.toml as written ({} when unreadable)
 

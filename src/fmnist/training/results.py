@@ -17,7 +17,7 @@ import torch
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import ProvenanceRecord
 from fmnist.inference.evaluate import Evaluation
-from fmnist.inference.rundir import ClassicalFit, EpochRecord, RunResults
+from fmnist.inference.rundir import ClassicalFit, EpochRecord, RunResultsFile
 from fmnist.models.base import Classifier
 
 
@@ -74,7 +74,7 @@ class RunResult:
         return self.history[self.best_epoch - 1].val_accuracy if self.best_epoch else None
 
     @classmethod
-    def from_results(cls, config: TrainConfig, results: RunResults, history: list[EpochRecord]) -> RunResult:
+    def from_results(cls, config: TrainConfig, results: RunResultsFile, history: list[EpochRecord]) -> RunResult:
         """A run rebuilt from its results.json and history, without the model or test logits: what a run
         trained in another process (a Ray task, a --jobs worker) hands back to the caller."""
         r = results
@@ -86,9 +86,9 @@ class RunResult:
                    isa=r.cpu_isa, stopped_early=r.stopped_early, compiled=r.compiled,
                    compile_seconds=r.compile_seconds, classical=r.classical, planned_steps=r.planned_steps)  # fmt: skip
 
-    def to_results(self) -> RunResults:
+    def to_results(self) -> RunResultsFile:
         """What results.json holds."""
-        return RunResults(
+        return RunResultsFile(
             model=self.config.model,
             model_args=self.config.to_dict()["model_args"],
             params=self.params,
