@@ -20,8 +20,8 @@ from fmnist.inference.rundir import prepare_run_dir, read_history
 from fmnist.models import create_model
 from fmnist.models.registry import check_model_args, get_entry
 from fmnist.training.baselines import fit_baseline
-from fmnist.training.recipes import build_config
 from fmnist.training.run_writer import RunDirWriter
+from fmnist.training.settings import resolve_config
 from fmnist.training.trainer import fit
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fmnist"
@@ -29,7 +29,7 @@ CLASSICAL_MODELS = ("logreg", "linear_svc", "rbf_svc", "random_forest")
 
 
 def config(name: str, **values):
-    return build_config(name, cli_values={"val_size": 100, **values})
+    return resolve_config(name, options={"val_size": 100, **values})
 
 
 @pytest.mark.parametrize("name", CLASSICAL_MODELS)
@@ -39,7 +39,7 @@ def test_each_baseline_learns_and_writes_a_run_directory(name, tiny_dataset, tmp
     assert result.test_accuracy > 0.9  # the synthetic classes are linearly separable
     results = json.loads((run_dir / "results.json").read_text())
     net_dir = prepare_run_dir(tmp_path / "net")
-    fit(build_config("mlp", cli_values={"epochs": 1, "val_size": 100, "model_args": {"hidden": [8]}}),
+    fit(resolve_config("mlp", options={"epochs": 1, "val_size": 100, "model_args": {"hidden": [8]}}),
         tiny_dataset, [RunDirWriter(net_dir)])  # fmt: skip
     net_keys = set(json.loads((net_dir / "results.json").read_text()))
     assert net_keys <= set(results), net_keys - set(results)

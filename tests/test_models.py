@@ -96,10 +96,10 @@ def test_fastcnn_parameter_count_is_pinned():
 
 
 def test_create_model_builds_the_net_fmnist_train_trains():
-    from fmnist.training.recipes import build_config
+    from fmnist.training.settings import resolve_config
 
     for name in list_networks():
-        assert create_model(name).model_args == build_config(name).model_args, name
+        assert create_model(name).model_args == resolve_config(name).model_args, name
 
 
 def test_fastcnn_with_its_last_conv_at_7x7_is_fmnist_0_2_0s_net_weight_for_weight():

@@ -11,7 +11,7 @@ from torch import nn
 
 from fmnist.training.muon import NEWTON_SCHULZ, RMS_MATCH, MuonAdamW, orthogonalize
 from fmnist.training.optim import make_optimizer
-from fmnist.training.recipes import build_config
+from fmnist.training.settings import resolve_config
 from fmnist.training.trainer import fit
 
 
@@ -73,7 +73,7 @@ def test_a_muon_step_is_decay_then_the_scaled_orthogonal_nesterov_direction():
 
 def test_make_optimizer_gives_muon_to_conv_filters_only():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
-    optimizer = make_optimizer(build_config("fastcnn", cli_values={"optimizer": "muon"}), model)
+    optimizer = make_optimizer(resolve_config("fastcnn", options={"optimizer": "muon"}), model)
     muon = [p for g in optimizer.param_groups if g["muon"] for p in g["params"]]
     assert len(muon) == 1 and muon[0] is model[0].weight
     no_decay = [g for g in optimizer.param_groups if g["weight_decay"] == 0.0]
@@ -96,7 +96,7 @@ def test_state_dict_round_trip_continues_the_same_run():
     def build():
         torch.manual_seed(2)
         model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(48, 2))
-        config = build_config("fastcnn", cli_values={"optimizer": "muon", "lr": 1e-2})
+        config = resolve_config("fastcnn", options={"optimizer": "muon", "lr": 1e-2})
         return model, make_optimizer(config, model)
 
     model, optimizer = build()
@@ -113,7 +113,7 @@ def test_state_dict_round_trip_continues_the_same_run():
 
 
 def test_fastcnn_trains_with_muon_reproducibly(tiny_dataset):
-    config = build_config("fastcnn", cli_values={"optimizer": "muon", "epochs": 1, "batch_size": 64, "val_size": 100,
+    config = resolve_config("fastcnn", options={"optimizer": "muon", "epochs": 1, "batch_size": 64, "val_size": 100,
                                                  "eval_batch_size": 128})  # fmt: skip
     first, second = fit(config, tiny_dataset), fit(config, tiny_dataset)
     assert first.test_accuracy == second.test_accuracy

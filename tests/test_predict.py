@@ -22,8 +22,8 @@ from fmnist.inference.evaluate import predict
 from fmnist.inference.predict import Predictor, softmax
 from fmnist.inference.rundir import prepare_run_dir
 from fmnist.models import create_model
-from fmnist.training.recipes import build_config
 from fmnist.training.run_writer import RunDirWriter
+from fmnist.training.settings import resolve_config
 from fmnist.training.trainer import fit
 
 Image = pytest.importorskip("PIL.Image")
@@ -36,7 +36,7 @@ def train_run(folder: Path, dataset, model: str = "fastcnn", **values) -> Path:
     """Train `model` briefly and write a real run directory (checkpoint + results)."""
     base = {"epochs": 2, "batch_size": 64, "val_size": 100, "eval_batch_size": 256, "precision": "fp32"}
     run_dir = prepare_run_dir(folder)
-    fit(build_config(model, cli_values={**base, **values}), dataset, [RunDirWriter(run_dir)])
+    fit(resolve_config(model, options={**base, **values}), dataset, [RunDirWriter(run_dir)])
     return run_dir
 
 
@@ -59,7 +59,7 @@ def cached_real_run(request: pytest.FixtureRequest, data_dir: Path) -> Path:
     key = dataset.provenance.files["test_images"].sha256[:16]
     # Today's default net and optimizer are part of the key: a run cached under older defaults
     # would still load (legacy_args), but the tests are about what the default recipe trains.
-    default = build_config("fastcnn")
+    default = resolve_config("fastcnn")
     recipe = {"model_args": create_model("fastcnn", **default.model_args).model_args, "optimizer": default.optimizer}
     arch = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=list).encode()).hexdigest()[:8]
     name = f"fmnist-real-fastcnn-s240-{key}-{arch}"
@@ -75,7 +75,7 @@ def cached_real_run(request: pytest.FixtureRequest, data_dir: Path) -> Path:
     # ~half an epoch: about 90% test accuracy in ~15 s on 2 cores; trained far enough that int8
     # quantisation is judged on a settled model, not on one whose logits are still near ties.
     base = {"epochs": 1, "max_steps": 240, "val_size": 0, "eval_batch_size": 1000, "precision": "fp32"}
-    fit(build_config("fastcnn", cli_values=base), dataset, [RunDirWriter(prepare_run_dir(run_dir, overwrite=True))])
+    fit(resolve_config("fastcnn", options=base), dataset, [RunDirWriter(prepare_run_dir(run_dir, overwrite=True))])
     return run_dir
 
 

@@ -43,8 +43,8 @@ from fmnist.report import figures, figures_images, write_report
 from fmnist.report.sections import explain
 from fmnist.report.sections.comparison import class_winners
 from fmnist.report.sections.results import group_share
-from fmnist.training.recipes import build_config
 from fmnist.training.run_writer import RunDirWriter
+from fmnist.training.settings import resolve_config
 from fmnist.training.trainer import fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -123,7 +123,7 @@ def test_classical_runs_skip_model_sections_and_say_so(tiny_compare: Path):
 
 def test_single_run_report_flags_overfitting(tiny_dataset, tmp_path: Path):
     run_dir = prepare_run_dir(tmp_path / "run")
-    config = build_config("mlp", cli_values={"epochs": 2, "val_size": 100, "model_args": {"hidden": [16]}})
+    config = resolve_config("mlp", options={"epochs": 2, "val_size": 100, "model_args": {"hidden": [16]}})
     fit(config, tiny_dataset, [RunDirWriter(run_dir)])
     # Rewrite the history into seed 004's U-shape: validation loss lowest at epoch 3, then rising.
     val = [0.50, 0.40, 0.30, 0.32, 0.35, 0.40]
@@ -143,7 +143,7 @@ def test_single_run_report_flags_overfitting(tiny_dataset, tmp_path: Path):
 def test_report_without_the_images_still_writes_and_explains(tiny_data_dir: Path, tmp_path: Path, monkeypatch):
     dataset = load_idx_folder(tiny_data_dir)
     run_dir = prepare_run_dir(tmp_path / "run")
-    fit(build_config("lenet5", cli_values={"epochs": 1, "val_size": 100}), dataset, [RunDirWriter(run_dir)])
+    fit(resolve_config("lenet5", options={"epochs": 1, "val_size": 100}), dataset, [RunDirWriter(run_dir)])
     shutil.rmtree(tiny_data_dir)
     monkeypatch.delenv("FMNIST_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
@@ -367,7 +367,7 @@ def test_umap_replaces_tsne_when_its_extra_is_installed(monkeypatch):
 def lenet_run(tiny_dataset, tmp_path: Path) -> Path:
     """One short lenet5 run in a folder called `run`: the folder name must not become the run's name."""
     run_dir = prepare_run_dir(tmp_path / "run")
-    fit(build_config("lenet5", cli_values={"epochs": 1, "val_size": 100}), tiny_dataset, [RunDirWriter(run_dir)])
+    fit(resolve_config("lenet5", options={"epochs": 1, "val_size": 100}), tiny_dataset, [RunDirWriter(run_dir)])
     return run_dir
 
 

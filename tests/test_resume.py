@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from conftest import default_sigint, run_cli
 from fmnist.config import TrainConfig, setting
 from fmnist.errors import CheckpointError
-from fmnist.training.recipes import build_config
 from fmnist.training.results import StopSignal, TrainCallback
+from fmnist.training.settings import resolve_config
 from fmnist.training.trainer import Trainer, TrainingInterrupted, fit
 
 TRAIN_ARGS = ["--model", "mlp", "--model-arg", "hidden=[64]", "--epochs", "6", "--batch-size", "32",
@@ -178,7 +178,7 @@ class NewerConfig(TrainConfig):
 
 
 def test_a_setting_added_since_the_state_was_saved_takes_its_default_and_the_run_resumes(tiny_dataset, tmp_path):
-    config = build_config("mlp", cli_values={"model_args": {"hidden": [32]}, "epochs": 3, "batch_size": 64,
+    config = resolve_config("mlp", options={"model_args": {"hidden": [32]}, "epochs": 3, "batch_size": 64,
                                              "val_size": 100, "seed": 1, "flip": True, "ema": 0.9})  # fmt: skip
     reference = fit(config, tiny_dataset)
     stop = StopSignal()
@@ -198,7 +198,7 @@ def test_a_setting_added_since_the_state_was_saved_takes_its_default_and_the_run
 
 
 def test_a_setting_both_configs_have_but_with_another_value_still_refuses(tiny_dataset, tmp_path):
-    config = build_config("mlp", cli_values={"model_args": {"hidden": [16]}, "epochs": 2, "batch_size": 64,
+    config = resolve_config("mlp", options={"model_args": {"hidden": [16]}, "epochs": 2, "batch_size": 64,
                                              "val_size": 100})  # fmt: skip
     stop = StopSignal()
     with pytest.raises(TrainingInterrupted):

@@ -11,9 +11,9 @@ import torch
 from fmnist.device import native_bf16, resolve_precision
 from fmnist.inference.checkpoint import load_checkpoint
 from fmnist.inference.rundir import prepare_run_dir, read_history
-from fmnist.training.recipes import build_config
 from fmnist.training.results import TrainCallback
 from fmnist.training.run_writer import RunDirWriter
+from fmnist.training.settings import resolve_config
 from fmnist.training.trainer import fit
 
 
@@ -21,7 +21,7 @@ def tiny_config(model="mlp", **values):
     base = {"epochs": 3, "batch_size": 64, "val_size": 100, "lr": 3e-3, "eval_batch_size": 128}
     if model == "mlp":
         base["model_args"] = {"hidden": [32]}
-    return build_config(model, cli_values={**base, **values})
+    return resolve_config(model, options={**base, **values})
 
 
 def test_learns_the_synthetic_task(tiny_dataset):

@@ -13,8 +13,8 @@ from fmnist.inference.checkpoint import CheckpointMeta, load_checkpoint, save_ch
 from fmnist.inference.rundir import prepare_run_dir
 from fmnist.models import count_parameters, create_model
 from fmnist.models.whitening import PatchWhitening, fit_to_data
-from fmnist.training.recipes import build_config
 from fmnist.training.run_writer import RunDirWriter
+from fmnist.training.settings import resolve_config
 from fmnist.training.trainer import fit
 
 
@@ -56,7 +56,7 @@ def test_rejects_channel_counts_a_3x3_patch_cannot_fill():
 
 
 def test_fastcnn_whiten_keeps_its_first_conv_frozen_through_training(tiny_dataset, tmp_path):
-    config = build_config("fastcnn", cli_values={"epochs": 1, "batch_size": 64, "val_size": 100, "eval_batch_size": 128,
+    config = resolve_config("fastcnn", options={"epochs": 1, "batch_size": 64, "val_size": 100, "eval_batch_size": 128,
                                                  "model_args": {"whiten": True}})  # fmt: skip
     run_dir = prepare_run_dir(tmp_path / "run")
     result = fit(config, tiny_dataset, [RunDirWriter(run_dir)])

@@ -8,14 +8,33 @@ takes what it needs from the study's session: its folder, its data, its display 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
+from fmnist.config import TrainConfig
+from fmnist.data.dataset import FashionMNIST
 from fmnist.experiments.plan import PlannedRun
 from fmnist.inference.rundir import prepare_run_dir
+from fmnist.training.results import RunResult, TrainCallback
 from fmnist.training.run_writer import train_into
 
-if TYPE_CHECKING:  # the session holds an executor: only its type is needed here
-    from fmnist.experiments.session import Session
+
+class Session(Protocol):
+    """What an executor takes from the study's session (fmnist.experiments.session.Session, which holds
+    the executor: declared here so the two modules do not import each other)."""
+
+    notify: Callable[[str], None]
+
+    @property
+    def folder(self) -> Path: ...
+
+    @property
+    def dataset(self) -> FashionMNIST: ...
+
+    def callbacks(self, name: str, config: TrainConfig) -> list[TrainCallback]: ...
+
+    def announce(self, name: str, result: RunResult) -> None: ...
 
 
 class Executor(Protocol):

@@ -39,7 +39,7 @@ from fmnist.training.results import EpochRecord, TrainCallback
 from fmnist.training.run_writer import result_from_dir, train_into
 
 if TYPE_CHECKING:
-    from fmnist.experiments.session import Session
+    from fmnist.experiments.executor import Session
 
 STOP_SECONDS = 10.0  # how long a worker may take to end after SIGTERM before it is killed
 PARENT_CHECK_SECONDS = 1.0  # how soon a worker notices that its parent died without stopping it

@@ -31,7 +31,7 @@ from fmnist.inference.rundir import LOCK_FILE, RunLock, prepare_run_dir, read_re
 from fmnist.training.run_writer import result_from_dir, train_into
 
 if TYPE_CHECKING:
-    from fmnist.experiments.session import Session
+    from fmnist.experiments.executor import Session
 
 # A task whose worker dies is run again from the start (its scratch folder died with it);
 # the run is deterministic, so the retry gives the same result.

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmnist.config import TrainConfig
 from fmnist.errors import UsageError, did_you_mean
 
 MEASURED_FILE = Path(__file__).with_name("recipes_measured.json")
@@ -237,17 +236,3 @@ def accuracy_label(figures: dict[str, Any]) -> str:
     runs = figures.get("runs", 1)
     spread = f" ± {100 * figures['accuracy_std']:.2f}" if runs > 1 else ""
     return f"{100 * figures['accuracy_mean']:.2f}%{spread} ({runs} run{'s' if runs > 1 else ''})"
-
-
-def build_config(
-    model: str | None = None,
-    *,
-    file_values: dict[str, Any] | None = None,
-    cli_values: dict[str, Any] | None = None,
-    recipe: str | None = None,
-) -> TrainConfig:
-    """Deprecated spelling of fmnist.training.settings.resolve_config (cli_values are its options),
-    kept for scripts and tests written against fmnist 0.4."""
-    from fmnist.training.settings import resolve_config
-
-    return resolve_config(model, recipe=recipe, file_values=file_values, options=cli_values)
