@@ -43,7 +43,7 @@ import torch
 from fmnist.analysis import conformal, ood
 from fmnist.analysis.calibration import DEFAULT_BINS
 from fmnist.analysis.metrics import expected_calibration_error
-from fmnist.analysis.temperature import fit_temperature, scale
+from fmnist.analysis.temperature import fit_temperature, nll, scale
 from fmnist.constants import EVAL_BATCH_SIZE
 from fmnist.data import ood_sets
 from fmnist.data.normalize import normalize
@@ -198,6 +198,15 @@ def main() -> int:
                 for method, s in scores.items()}  # fmt: skip
     test_kept = float((scores[chosen]["test"] <= threshold).mean())
 
+    # The fitted T measured out of sample: the test split's NLL and ECE at T = 1 and at the fitted T.
+    test_logits = torch.from_numpy(embedded["test"][0])
+    test_calibration = {
+        f"{key}_{when}": value
+        for when, t in (("before", 1.0), ("after", fit.temperature))
+        for key, value in (("nll", nll(test_logits, test_labels, t)),
+                           ("ece", expected_calibration_error(torch.from_numpy(scale(test_logits, t)),
+                                                              torch.from_numpy(test_labels), DEFAULT_BINS)))
+    }  # fmt: skip
     val_probabilities, test_probabilities = scale(val_logits, fit.temperature), scale(embedded["test"][0],
                                                                                          fit.temperature)  # fmt: skip
     sets_report = {}
@@ -224,7 +233,8 @@ def main() -> int:
     document = {
         "benchmark": "ood_screen", "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu, "threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg()[0],
-        "command": " ".join(["python", "benchmarks/ood_screen.py", *sys.argv[1:]]),
+        "command": " ".join([*(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ),
+                             "python", "benchmarks/ood_screen.py", *sys.argv[1:]]),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
         "run": {"dir": str(run_dir), "model": meta["model"], "recipe": config.get("recipe"), "tta": meta.get("tta"),
                 "val_size": len(val_idx), "train_sample": len(sample), "val_accuracy_fp32": val_accuracy,
@@ -240,6 +250,7 @@ def main() -> int:
                              for n in ood_sets.HELD_OUT),
         "screening": screening, "held_out": held_out,
         "temperature": fit.to_dict(),
+        "temperature_on_test": test_calibration,
         "conformal_test": sets_report,
         "corruptions": corruption,
         "seconds": time.perf_counter() - started,
@@ -271,6 +282,10 @@ def print_summary(doc: dict) -> None:
           f"of test images); meets targets: {doc['meets_targets']}")  # fmt: skip
     print(f"temperature {t['temperature']:.3f}: NLL {t['nll_before']:.4f} -> {t['nll_after']:.4f}, "
           f"ECE {t['ece_before']:.4f} -> {t['ece_after']:.4f}")  # fmt: skip
+    c = doc["temperature_on_test"]
+    print(
+        f"on test: NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}"
+    )
     for key, row in doc["conformal_test"].items():
         print(f"conformal {key}: coverage {row['coverage']:.4f}, mean set size {row['mean_set_size']:.3f}")
     if doc["corruptions"]:
