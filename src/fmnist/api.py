@@ -200,7 +200,7 @@ def ablate(base: str = "cnn_seed004", *, seeds: int = 1, out: str | Path | None 
 def sweep(config_file: str | Path | None = None, *, resume: str | Path | None = None, out: str | Path | None = None,
           ray: str | None = None, data: FashionMNIST | None = None, data_dir: str | Path | None = None,
           progress: bool | Any = True, report: bool = True, notify=lambda _message: None,
-          **overrides: Any) -> dict[str, Any]:  # fmt: skip
+          **overrides: Any) -> dict[str, object]:  # fmt: skip
     """A hyperparameter sweep on Ray Tune (see fmnist.experiments.sweep); returns what sweep.json holds.
 
     `config_file`: training keys + [sweep] + [search] (configs/sweep-example.toml); or `resume`

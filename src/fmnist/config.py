@@ -10,9 +10,10 @@ import dataclasses
 import importlib.util
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, cast, get_origin, get_type_hints
 
 import tomli_w
 
@@ -20,6 +21,7 @@ from fmnist.constants import EVAL_BATCH_SIZE, FMNIST_MEAN, FMNIST_STD, NUM_CLASS
 from fmnist.data.splits import FOLLOW_RUN_SEED, SHARED_SPLIT_SEED, holdout_seed, saved_split_seed
 from fmnist.device import COMPILE_MODES, DEVICES, PRECISIONS
 from fmnist.errors import UsageError
+from fmnist.models.base import ModelArgs
 
 OPTIMIZERS = ("adam", "adamw", "muon", "sgd")
 SCHEDULERS = ("none", "plateau", "onecycle", "cosine")
@@ -31,6 +33,14 @@ LEGACY_KEYS = {
 # The table of a run's config.toml that says which layer set each key (TrainConfig.sources); not a
 # setting, so a file that holds it (a run's config.toml, a sweep's best.toml) still reads as settings.
 SOURCES_KEY = "sources"
+
+# A TrainConfig value (the type of its field) and a layer of them by key: a recipe's settings, the
+# commands' options as given, TrainConfig.to_dict.
+SettingValue = bool | int | float | str | ModelArgs
+Settings = dict[str, SettingValue]
+# A layer as a file, a plan or the API gives it, not yet checked: unknown keys and values of the
+# wrong kind are possible until apply_layer checks each (coerce_field).
+RawSettings = dict[str, object]
 
 
 def setting(default: Any, help: str, *, flags: tuple[str, ...] = (), choices: tuple[str, ...] = (),
@@ -51,7 +61,7 @@ class TrainConfig:
     # Not options of their own: --model, --model-arg and --recipe are spelled by the commands;
     # mean and std follow from --normalize (and a recipe such as seed004's); data_dir is --data-dir.
     model: str = "fastcnn"
-    model_args: dict[str, Any] = field(default_factory=dict)
+    model_args: ModelArgs = field(default_factory=dict)
     # the named recipe the run started from (fmnist.training.recipes), recorded for its report;
     # in a config file it applies that recipe, like --recipe
     recipe: str = ""
@@ -165,16 +175,16 @@ class TrainConfig:
     def input_std(self) -> float:
         return self.std if self.normalize else 1.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Settings:
         """The settings (sources left out)."""
-        data = dataclasses.asdict(self)
+        data: Settings = dataclasses.asdict(self)
         del data[SOURCES_KEY]
         data["model_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_args.items()}
         return data
 
     def to_toml(self) -> str:
         """The settings, then a [sources] table where the sources are known (a run's config.toml)."""
-        data = self.to_dict()
+        data: dict[str, object] = {**self.to_dict()}
         if self.sources:
             data[SOURCES_KEY] = dict(self.sources)
         return tomli_w.dumps(data)
@@ -194,7 +204,7 @@ class TrainConfig:
         return "\n".join(f"{k:<{key_width}}  {v:<{value_width}}  {s}".rstrip() for k, v, s in rows)
 
 
-def _plain(value: Any) -> str:
+def _plain(value: object) -> str:
     """A value as a config file writes it, on one line: 0.02, true, "muon", [16, 32, 64]."""
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_plain(v) for v in value) + "]"
@@ -209,7 +219,7 @@ def settings() -> list[dataclasses.Field]:
 
 
 # Every key a config file may set (sources is the record of them, not one of them).
-FIELD_TYPES: dict[str, Any] = {
+FIELD_TYPES: dict[str, type] = {
     name: get_origin(hint) or hint for name, hint in get_type_hints(TrainConfig).items() if name != SOURCES_KEY
 }
 
@@ -229,8 +239,9 @@ def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
         raise UsageError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def coerce_field(name: str, value: Any, source: str = "config") -> Any:
-    """Check one value against the field's type, converting text from the command line."""
+def coerce_field(name: str, value: object, source: str = "config") -> SettingValue:
+    """Check one value against the field's type, converting text from the command line; model
+    arguments are checked one by one by TrainConfig.validate (fmnist.models.registry)."""
     if name not in FIELD_TYPES:
         known = ", ".join(sorted(FIELD_TYPES))
         raise UsageError(f"unknown {source} key {name!r} (known keys: {known})")
@@ -264,10 +275,10 @@ def coerce_field(name: str, value: Any, source: str = "config") -> Any:
         return value
     if not isinstance(value, dict):
         raise UsageError(f"{name} must be a table of model arguments, not {value!r}")
-    return dict(value)
+    return cast(ModelArgs, dict(value))
 
 
-def apply_layer(config: TrainConfig, values: dict[str, Any], label: str, what: str = "config") -> TrainConfig:
+def apply_layer(config: TrainConfig, values: Mapping[str, object], label: str, what: str = "config") -> TrainConfig:
     """Set one layer's `values` (TOML keys, fmnist 0.1's too) on `config`, each checked against its
     field's type, and record `label` as their source; model arguments merge key by key, so
     `--model-arg whiten=false` keeps the recipe's widths. `what` names the layer in an unknown key's
@@ -288,20 +299,22 @@ def apply_layer(config: TrainConfig, values: dict[str, Any], label: str, what: s
     return config
 
 
-def merged(*tables: dict[str, Any]) -> dict[str, Any]:
+def merged(*tables: Mapping[str, object]) -> RawSettings:
     """Tables of settings as one layer (a compare file's [defaults] and a run, a sweep's base and a
     trial's draws): later keys win, model arguments key by key."""
-    out: dict[str, Any] = {}
+    out: RawSettings = {}
     for table in tables:
         for key, value in table.items():
-            both = isinstance(value, dict) and isinstance(out.get(key), dict) and key == "model_args"
-            out[key] = {**out[key], **value} if both else value
+            prior = out.get(key)
+            both = isinstance(value, dict) and isinstance(prior, dict) and key == "model_args"
+            out[key] = {**prior, **value} if both else value
     return out
 
 
-def parse_model_args(items: list[str] | None) -> dict[str, Any]:
-    """`--model-arg hidden=[512,256]` pairs; values are TOML (numbers, booleans, lists) or text."""
-    args: dict[str, Any] = {}
+def parse_model_args(items: list[str] | None) -> RawSettings:
+    """`--model-arg hidden=[512,256]` pairs; values are TOML (numbers, booleans, lists) or text, checked
+    against the model's arguments when the config is (TrainConfig.validate)."""
+    args: RawSettings = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -318,7 +331,7 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
 _TOML_PLACE = re.compile(r"^(?P<reason>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$")
 
 
-def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+def read_toml(path: Path, what: str = "config file") -> dict[str, object]:
     """A TOML file's table; a missing, unreadable or malformed file is one line naming it (and the line)."""
     path = Path(path)
     try:
@@ -341,7 +354,7 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
         raise UsageError(f"{path}:{line}: invalid TOML ({reason}, {where})") from None
 
 
-def split_sources(values: dict[str, Any], where: Path | str) -> tuple[dict[str, Any], dict[str, str]]:
+def split_sources(values: Mapping[str, object], where: Path | str) -> tuple[RawSettings, dict[str, str]]:
     """(the settings, the recorded sources) of a config file's table; the [sources] table of a run's
     config.toml is the record of its settings, not one of them."""
     values = dict(values)
@@ -351,7 +364,7 @@ def split_sources(values: dict[str, Any], where: Path | str) -> tuple[dict[str, 
     return values, sources
 
 
-def saved_values(values: dict[str, Any]) -> dict[str, Any]:
+def saved_values(values: Mapping[str, object]) -> RawSettings:
     """A saved config's values (a run's config.toml, its resumable state) as the fmnist that wrote them
     meant them: a split_seed it lacks follows the run's seed, model arguments it lacks take the values
     that rebuild its checkpoints (fmnist.models.registry.saved_model_args); other keys, today's defaults."""

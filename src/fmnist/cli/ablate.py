@@ -36,14 +36,14 @@ def ablate_cmd(
 ) -> None:
     """Ablation study (default: seed 004's CNN): each variant's accuracy and Δ vs the full model."""
     from fmnist import api
-    from fmnist.experiments.ablate import ABLATION_FILE
+    from fmnist.experiments.ablate import ABLATION_FILE, AblationFile
     from fmnist.fsutil import read_json
     from fmnist.report.text import points, published_pct
 
     comparison = api.ablate(base, seeds=seeds, out=out, progress=console, report=False, data_dir=data_dir,
                             notify=notify, ray=ray_address(ray), jobs=jobs, epochs=epochs, max_steps=max_steps,
                             val_size=val_size, device=value(device), seed=seed, tensorboard=tensorboard)  # fmt: skip
-    ablation = read_json(comparison.path / ABLATION_FILE)
+    ablation: AblationFile = read_json(comparison.path / ABLATION_FILE)
     table = Table("variant", "change", "accuracy", "Δ vs full", "published", "published Δ",
                   title=comparison.summary["title"])  # fmt: skip
     for v in ablation["variants"]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -18,6 +17,7 @@ from fmnist.cli.options import (
     value,
 )
 from fmnist.cli.output import console, notify, print_comparison, report_with_progress, say
+from fmnist.config import Settings
 
 
 @training_settings(every_run_default, after="ensemble")
@@ -57,7 +57,7 @@ def compare_cmd(
     ray: str | None = RayOption,
     jobs: int | None = JobsOption,
     data_dir: Path | None = DataDirOption,
-    settings: dict[str, Any] | None = None,
+    settings: Settings | None = None,
 ) -> None:
     """Train and compare models (default: MLP baseline vs fmnist's CNN), with a report."""
     from fmnist import api

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 from rich.table import Table
 
 from fmnist.cli.output import console, say
+from fmnist.models.base import ModelArgs
 
 
-def arg_text(value: Any) -> str:
+def arg_text(value: object) -> str:
     """A default as `--model-arg KEY=VALUE` spells it: lists without brackets, booleans as TOML."""
     if isinstance(value, (list, tuple)):
         return ",".join(arg_text(v) for v in value)
@@ -19,7 +18,7 @@ def arg_text(value: Any) -> str:
     return str(value)
 
 
-def _arguments(defaults: dict[str, Any]) -> str:
+def _arguments(defaults: ModelArgs) -> str:
     return " ".join(f"{key}={arg_text(value)}" for key, value in defaults.items()) or "-"
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from fmnist.cli.options import DataDirOption, JobsOption, RayOption, ray_address, recipe_default, training_settings
 from fmnist.cli.output import console, err_console, notify, print_comparison, report_with_progress, say
-from fmnist.config import parse_model_args
+from fmnist.config import RawSettings, Settings, parse_model_args
 from fmnist.errors import UsageError
 from fmnist.training.results import RunInfo, TrainCallback
 
@@ -52,7 +51,7 @@ def train_cmd(
     ray: str | None = RayOption,
     jobs: int | None = JobsOption,
     data_dir: Path | None = DataDirOption,
-    settings: dict[str, Any] | None = None,
+    settings: Settings | None = None,
 ) -> None:
     """Train one model into a run directory (config, metrics, checkpoint, results)."""
     from fmnist import api
@@ -75,7 +74,7 @@ def train_cmd(
                                                    progress=console, callbacks=[SayResume()]))  # fmt: skip
         _say_result(run, report=not no_report)
         return
-    options = dict(settings or {})
+    options: RawSettings = dict(settings or {})
     if model_arg:
         options["model_args"] = parse_model_args(model_arg)  # key by key over the file's and the recipe's
     cfg = api.make_config(model, recipe=recipe, config_file=config, **options)

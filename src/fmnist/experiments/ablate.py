@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
-from fmnist.config import TrainConfig
+from fmnist.config import RawSettings, Settings, TrainConfig
+from fmnist.data.dataset import ProvenanceRecord
 from fmnist.experiments.compare import run_compare
 from fmnist.experiments.plan import ComparePlan, PlannedRun, RunSpec
 from fmnist.experiments.session import Session
@@ -45,7 +47,7 @@ PUBLISHED: dict[str, dict[str, float]] = {
 class Variant:
     name: str
     change: str
-    values: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields; model_args merge over the full run's
+    values: Settings = field(default_factory=dict)  # TrainConfig fields; model_args merge over the full run's
 
     def apply(self, full: TrainConfig) -> TrainConfig:
         """`full` (a resolved config) with this variant's setting changed, and nothing else; the keys
@@ -97,13 +99,13 @@ class Ablation:
 
     base: str
     seeds: int
-    overrides: dict[str, Any]  # the options every run took (epochs=1, ...)
+    overrides: RawSettings  # the options every run took (epochs=1, ...), as given
     variants: list[Variant]
     plan: ComparePlan  # one run name per variant (each resolves to the full model: the change is in `planned`)
     planned: list[PlannedRun]
 
 
-def ablation_plan(base: str, seeds: int = 1, overrides: dict[str, Any] | None = None) -> Ablation:
+def ablation_plan(base: str, seeds: int = 1, overrides: Mapping[str, object] | None = None) -> Ablation:
     """Resolve `base` with its recipe and `overrides`, once per seed, and derive every variant from that config."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     full = ComparePlan([RunSpec(REFERENCE, {"model": base})]).resolve(overrides)[0].config
@@ -120,15 +122,53 @@ def ablation_plan(base: str, seeds: int = 1, overrides: dict[str, Any] | None = 
     return Ablation(base, seeds, overrides, variants, plan, planned)
 
 
+class RunScore(TypedDict):
+    """One trained run of an ablation, as its summary needs it."""
+
+    name: str  # its variant
+    seed: int
+    test_accuracy: float
+
+
+class VariantRow(TypedDict):
+    """ablation.json's `variants`: one variant over its seeds, and its Δ to the reference paired by seed."""
+
+    name: str
+    change: str
+    values: Settings  # what it changes (Variant.values)
+    seeds: list[int]
+    accuracy: list[float]  # one per seed, in the order of `seeds`
+    accuracy_mean: float
+    accuracy_std: float
+    delta: list[float]  # accuracy minus the reference's with the same seed
+    delta_mean: float | None  # None: no seed shared with the reference
+    delta_std: float
+    published_accuracy: float | None  # the published study's, where there is one
+    published_delta: float | None
+
+
+class AblationFile(TypedDict):
+    """ablation.json, beside the ablation's compare.json."""
+
+    base: str
+    seeds: int
+    reference: str
+    setup: Settings  # the base model's own recipe settings
+    overrides: RawSettings
+    variants: list[VariantRow]
+    published_source: str | None
+    data: ProvenanceRecord
+
+
 def summarize_ablation(
-    runs: list[dict[str, Any]], variants: list[Variant], published: dict[str, float]
-) -> list[dict[str, Any]]:
+    runs: Sequence[RunScore], variants: list[Variant], published: Mapping[str, float]
+) -> list[VariantRow]:
     """Per variant: accuracies over seeds, and Δ to the reference paired by seed (pure; tested)."""
     by_name: dict[str, dict[int, float]] = {}
     for run in runs:
         by_name.setdefault(run["name"], {})[run["seed"]] = run["test_accuracy"]
     reference = by_name.get(REFERENCE, {})
-    out = []
+    out: list[VariantRow] = []
     for v in variants:
         accs = by_name.get(v.name, {})
         if not accs:
@@ -137,35 +177,35 @@ def summarize_ablation(
         values = [accs[s] for s in sorted(accs)]
         pub = published.get(v.name)
         pub_ref = published.get(REFERENCE)
-        out.append({
-            "name": v.name,
-            "change": v.change,
-            "values": v.values,
-            "seeds": sorted(accs),
-            "accuracy": values,
-            "accuracy_mean": statistics.fmean(values),
-            "accuracy_std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "delta": deltas,
-            "delta_mean": statistics.fmean(deltas) if deltas else None,
-            "delta_std": statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
-            "published_accuracy": pub,
-            "published_delta": pub - pub_ref if pub is not None and pub_ref is not None else None,
-        })  # fmt: skip
+        out.append(VariantRow(
+            name=v.name,
+            change=v.change,
+            values=v.values,
+            seeds=sorted(accs),
+            accuracy=values,
+            accuracy_mean=statistics.fmean(values),
+            accuracy_std=statistics.stdev(values) if len(values) > 1 else 0.0,
+            delta=deltas,
+            delta_mean=statistics.fmean(deltas) if deltas else None,
+            delta_std=statistics.stdev(deltas) if len(deltas) > 1 else 0.0,
+            published_accuracy=pub,
+            published_delta=pub - pub_ref if pub is not None and pub_ref is not None else None,
+        ))  # fmt: skip
     return out
 
 
-def run_ablation(ablation: Ablation, session: Session) -> dict[str, Any]:
+def run_ablation(ablation: Ablation, session: Session) -> AblationFile:
     """Train every variant x seed through the compare path into the session's folder, then write ablation.json."""
     summary = run_compare(ablation.plan, ablation.planned, session)
-    result = {
+    scores = [RunScore(name=r.name, seed=r.results.seed, test_accuracy=r.results.test_accuracy)
+              for r in summary.runs if r.results is not None]  # fmt: skip
+    result: AblationFile = {
         "base": ablation.base,
         "seeds": ablation.seeds,
         "reference": REFERENCE,
         "setup": model_settings(ablation.base),
         "overrides": ablation.overrides,
-        "variants": summarize_ablation(
-            [r.to_json() for r in summary.runs], ablation.variants, ablation.plan.published
-        ),  # fmt: skip
+        "variants": summarize_ablation(scores, ablation.variants, PUBLISHED.get(ablation.base, {})),
         "published_source": "seed study 004" if ablation.base in PUBLISHED else None,
         "data": summary.data,
     }

@@ -6,12 +6,11 @@ every run's TrainConfig before any data loads, and names each run's folder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from fmnist.config import FIELD_TYPES, LEGACY_KEYS, SOURCES_KEY, TrainConfig, merged, read_toml
+from fmnist.config import FIELD_TYPES, LEGACY_KEYS, SOURCES_KEY, RawSettings, TrainConfig, merged, read_toml
 from fmnist.errors import UsageError
 from fmnist.inference.ensemble_select import DEFAULT_SELECT, SELECT_RULES, fallback_note
 from fmnist.inference.rundir import CONFIG_FILE, ENSEMBLES_DIR
@@ -25,17 +24,17 @@ DEFAULT_RUNS: tuple[tuple[str, str], ...] = (("mlp", "mlp_wide"), ("cnn", "fastc
 @dataclass
 class RunSpec:
     name: str
-    values: dict[str, Any]  # TrainConfig fields (model, epochs, ...) for this run, as its file gives them
+    values: RawSettings  # TrainConfig fields (model, epochs, ...) for this run, as its file gives them
     origin: str = ""  # where the values were written ("FILE, run 'NAME'"): its errors and sources name it
     # A config resolved already (`train --seeds`, a benchmark's recipe): each seed's run is a copy of
     # it, the plan's overrides on top; `values` are then empty.
     resolved: TrainConfig | None = None
 
     @property
-    def model(self) -> Any:
+    def model(self) -> object:  # a name, unless its file gives something else (resolving says so)
         return self.resolved.model if self.resolved is not None else self.values.get("model")
 
-    def config(self, overrides: dict[str, Any], seed_offset: int = 0) -> TrainConfig:
+    def config(self, overrides: Mapping[str, object], seed_offset: int = 0) -> TrainConfig:
         if self.resolved is not None:
             config = resolve_config(options=overrides, base=self.resolved)
         else:
@@ -81,7 +80,8 @@ class ComparePlan:
     seeds: int = 1
     title: str = "MLP baseline vs CNN"
     notes: str = ""
-    published: dict[str, Any] = field(default_factory=dict)  # figures from the study a config reproduces
+    # figures from the study a config reproduces: accuracies, or phrases (compare.json's `published`)
+    published: dict[str, object] = field(default_factory=dict)
     ensemble: bool = False  # average each run name's seeds (needs seeds >= 2)
     ensembles: list[EnsembleSpec] = field(default_factory=list)
     select: str | None = None  # `compare --ensemble-select`: every ensemble's rule, over each table's own
@@ -131,7 +131,7 @@ class ComparePlan:
                 out.append(_planned_ensemble(name, "runs", members, self.select_for(e)))
         return out
 
-    def resolve(self, overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
+    def resolve(self, overrides: Mapping[str, object] | None = None) -> list[PlannedRun]:
         """Every run x seed with its validated config: bad values fail here, before any data loads."""
         self.check_ensembles()
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -187,7 +187,7 @@ def plan_from_models(models: Sequence[str]) -> ComparePlan:
     return ComparePlan([RunSpec(name, {"model": name}) for name in names], title=" vs ".join(names))
 
 
-def is_run_config(data: dict[str, Any]) -> bool:
+def is_run_config(data: Mapping[str, object]) -> bool:
     """Whether a TOML table is one run's settings (a run directory's config.toml), not a plan."""
     return "runs" not in data and "model" in data and set(data) <= set(FIELD_TYPES) | set(LEGACY_KEYS) | {SOURCES_KEY}
 
@@ -229,7 +229,7 @@ def plan_from_file(path: Path) -> ComparePlan:
     return plan
 
 
-def _ensemble_specs(path: Path, tables: Any) -> list[EnsembleSpec]:
+def _ensemble_specs(path: Path, tables: object) -> list[EnsembleSpec]:
     if not isinstance(tables, list):
         raise UsageError(f"{path}: ensembles must be [[ensembles]] tables, each with a name and members")
     specs = []

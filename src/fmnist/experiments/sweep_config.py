@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import tomli_w
 
-from fmnist.config import FIELD_TYPES, TrainConfig, merged, read_toml
+from fmnist.config import FIELD_TYPES, RawSettings, SettingValue, TrainConfig, merged, read_toml
 from fmnist.errors import UsageError
+from fmnist.models.base import ModelArgValue
 from fmnist.training.settings import resolve_config
 
 # A sweep directory:
@@ -52,6 +53,9 @@ SCHEDULERS = ("asha", "none")
 SEARCH_KINDS = ("choice", "uniform", "loguniform", "randint", "grid")
 MODEL_ARG = "model_args."  # "model_args.dropout" searches one model argument
 NOT_SEARCHABLE = ("data_dir",)  # every trial trains on the driver's data, shipped to it
+# A searched option's value: a setting's, or one model argument's (model_args.NAME). As the [search]
+# table lists it; parse_sweep resolves a config with each before anything runs.
+OptionValue = SettingValue | ModelArgValue
 
 
 @dataclass
@@ -74,14 +78,14 @@ class SearchDim:
 
     key: str
     kind: str
-    values: tuple[Any, ...]
+    values: tuple[OptionValue, ...]
 
     @property
-    def candidates(self) -> tuple[Any, ...]:
+    def candidates(self) -> tuple[OptionValue, ...]:
         """The values that bound what a trial can get: every listed value, or both ends of a range."""
         return self.values
 
-    def tune_domain(self) -> Any:
+    def tune_domain(self) -> object:  # a Ray Tune domain (Ray is optional: not imported to type it)
         from ray import tune
 
         if self.kind == "choice":
@@ -93,13 +97,13 @@ class SearchDim:
             return tune.randint(low, high + 1)  # Tune excludes the upper end; ours is included
         return tune.loguniform(low, high) if self.kind == "loguniform" else tune.uniform(low, high)
 
-    def to_toml(self) -> dict[str, list[Any]]:
+    def to_toml(self) -> dict[str, list[OptionValue]]:
         return {self.kind: list(self.values)}
 
 
 @dataclass
 class SweepSpec:
-    base: dict[str, Any]  # training keys as a config file gives them (overrides included)
+    base: RawSettings  # training keys as a config file gives them (overrides included)
     settings: SweepSettings
     search: tuple[SearchDim, ...]
     source: str = "sweep config"  # where it came from, for messages
@@ -121,18 +125,18 @@ class SweepSpec:
     def total_trials(self) -> int:
         return self.settings.num_samples * math.prod(len(d.values) for d in self.search if d.kind == "grid")
 
-    def trial_values(self, sampled: dict[str, Any]) -> dict[str, Any]:
-        """The base's config-file values with a trial's sampled ones on top."""
+    def trial_values(self, sampled: Mapping[str, object]) -> RawSettings:
+        """The base's config-file values with a trial's sampled ones on top (Tune's draws, or a candidate)."""
         sampled = {key: plain_value(value) for key, value in sampled.items()}
         values = {k: v for k, v in sampled.items() if not k.startswith(MODEL_ARG)}
         args = {k[len(MODEL_ARG) :]: v for k, v in sampled.items() if k.startswith(MODEL_ARG)}
         return merged(self.base, {**values, "model_args": args} if args else values)
 
-    def trial_config(self, sampled: dict[str, Any]) -> TrainConfig:
+    def trial_config(self, sampled: Mapping[str, object]) -> TrainConfig:
         """A trial's config: its draws are the sweep file's values, as its [search] table wrote them."""
         return resolve_config(file_values=self.trial_values(sampled), origin=self.source)
 
-    def param_space(self) -> dict[str, Any]:
+    def param_space(self) -> dict[str, object]:  # option -> its Ray Tune domain
         return {dim.key: dim.tune_domain() for dim in self.search}
 
     def to_toml(self) -> str:
@@ -147,16 +151,16 @@ def format_metric(metric: str, value: float | None) -> str:
     return f"{100 * value:.2f}%" if metric.endswith("accuracy") else f"{value:.4f}"
 
 
-def plain_value(value: Any) -> Any:
+def plain_value(value: object) -> object:
     """Tune may hand out NumPy scalars; config fields want Python numbers."""
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict, str)) else value
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _settings(table: Any, where: str) -> SweepSettings:
+def _settings(table: object, where: str) -> SweepSettings:
     if not isinstance(table, dict):
         raise UsageError(f"{where}: [sweep] must be a table")
     defaults = SweepSettings()
@@ -197,7 +201,7 @@ def _settings(table: Any, where: str) -> SweepSettings:
     return s
 
 
-def _search_dim(key: Any, spec: Any, where: str) -> SearchDim:
+def _search_dim(key: str, spec: object, where: str) -> SearchDim:
     searchable = sorted(k for k in FIELD_TYPES if k not in NOT_SEARCHABLE)
     name = key[len(MODEL_ARG) :] if key.startswith(MODEL_ARG) else None
     if name is None and (key not in FIELD_TYPES or key in NOT_SEARCHABLE) or name == "":
@@ -232,7 +236,7 @@ def _search_dim(key: Any, spec: Any, where: str) -> SearchDim:
     return SearchDim(key, kind, (float(low), float(high)))
 
 
-def parse_sweep(data: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> SweepSpec:
+def parse_sweep(data: Mapping[str, object], where: str, overrides: Mapping[str, object] | None = None) -> SweepSpec:
     """A SweepSpec from a parsed TOML table; every problem is a one-line UsageError naming its key."""
     data = dict(data)
     settings = _settings(data.pop("sweep", {}), where)
@@ -262,7 +266,7 @@ def parse_sweep(data: dict[str, Any], where: str, overrides: dict[str, Any] | No
     return spec
 
 
-def read_sweep(path: Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+def read_sweep(path: Path, overrides: Mapping[str, object] | None = None) -> SweepSpec:
     path = Path(path)
     data = read_toml(path, "sweep config")
     return parse_sweep(data, str(path), overrides)

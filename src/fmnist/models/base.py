@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -29,12 +28,19 @@ _NOT_CAM_LAYERS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Adaptive
                    nn.Dropout2d, nn.Identity, nn.Flatten)  # fmt: skip
 
 
+# A model argument's value, as builders take them (fmnist models lists them): a width, a rate, a
+# switch, a block's name, a list of widths (TOML and JSON give lists where a builder's default is a
+# tuple; fmnist.models.registry makes them the default's kind).
+ModelArgValue = bool | int | float | str | tuple[int, ...] | list[int]
+ModelArgs = dict[str, ModelArgValue]  # a model's arguments by name, as a run's config and checkpoint record them
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """What a built model is: its registered name, the full arguments and the family."""
 
     name: str
-    args: dict[str, Any] = field(default_factory=dict)
+    args: ModelArgs = field(default_factory=dict)
     family: str = ""
 
 
@@ -69,7 +75,7 @@ class Classifier(nn.Module):
         return self.identity.name
 
     @property
-    def model_args(self) -> dict[str, Any]:
+    def model_args(self) -> ModelArgs:
         return dict(self.identity.args)
 
     @property

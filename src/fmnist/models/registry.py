@@ -11,15 +11,15 @@ alike:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from fmnist.errors import UsageError, did_you_mean
-from fmnist.models.base import Classifier, ModelIdentity
+from fmnist.models.base import Classifier, ModelArgs, ModelArgValue, ModelIdentity
 
 # Arguments a builder or factory takes that are not part of the model's saved arguments:
 # the seed comes from the run's config.
@@ -43,11 +43,11 @@ class ModelEntry:
     family: str  # "mlp", "cnn", "resnet", "classical", ...: what analysis applies (Grad-CAM needs convs)
     builder: Callable[..., Classifier] | None  # the network form; None for a baseline without one
     baseline: BaselineSpec | None = None
-    defaults: dict[str, Any] = field(default_factory=dict)
+    defaults: ModelArgs = field(default_factory=dict)
     # Arguments added after checkpoints of this model were first saved, with the value that
     # rebuilds those older checkpoints (which do not record them): a new default must not
     # change what an old run directory loads as.
-    legacy_args: dict[str, Any] = field(default_factory=dict)
+    legacy_args: ModelArgs = field(default_factory=dict)
 
     @property
     def is_baseline(self) -> bool:
@@ -66,7 +66,7 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def _defaults_of(fn: Callable[..., Any]) -> dict[str, Any]:
+def _defaults_of(fn: Callable[..., Any]) -> ModelArgs:
     return {
         p.name: p.default
         for p in inspect.signature(fn).parameters.values()
@@ -89,7 +89,7 @@ def register_model(
     *,
     description: str = "",
     family: str = "cnn",
-    legacy_args: dict[str, Any] | None = None,
+    legacy_args: ModelArgs | None = None,
 ) -> Callable[[Callable[..., Classifier]], Callable[..., Classifier]]:
     """Decorator: register a network builder `fn(**kwargs) -> Classifier` under `name`.
 
@@ -144,8 +144,9 @@ def list_networks() -> list[str]:
     return [name for name in list_models() if _REGISTRY[name].has_network]
 
 
-def resolve_model_args(name: str, model_args: dict[str, Any] | None) -> dict[str, Any]:
-    """The builder's defaults overlaid with `model_args`; unknown names are a UsageError."""
+def resolve_model_args(name: str, model_args: Mapping[str, object] | None) -> ModelArgs:
+    """The builder's defaults overlaid with `model_args` (as a file or --model-arg gives them, unchecked);
+    unknown names and values of the wrong kind are a UsageError."""
     entry = get_entry(name)
     args = dict(entry.defaults)
     for key, value in (model_args or {}).items():
@@ -156,18 +157,18 @@ def resolve_model_args(name: str, model_args: dict[str, Any] | None) -> dict[str
     return args
 
 
-def saved_model_args(name: str, saved: dict[str, Any]) -> dict[str, Any]:
+def saved_model_args(name: str, saved: Mapping[str, object]) -> dict[str, object]:
     """A checkpoint's recorded arguments, completed with the values older checkpoints imply."""
     entry = get_entry(name)
     return {**entry.legacy_args, **saved}
 
 
-def _coerce_like(value: Any, default: Any, label: str) -> Any:
+def _coerce_like(value: object, default: ModelArgValue | None, label: str) -> ModelArgValue:
     """A value checked against the default's type: TOML and JSON give lists where builders take
     tuples, `--model-arg hidden=512,256` gives the text "512,256"; anything else of the wrong
     kind is one clear error here, never a comparison failing inside a builder."""
-    if default is None:
-        return value
+    if default is None:  # a list item of an empty default: nothing says its kind
+        return cast(ModelArgValue, value)
     if isinstance(default, (list, tuple)):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
@@ -176,7 +177,7 @@ def _coerce_like(value: Any, default: Any, label: str) -> Any:
         like = default[0] if default else None
         items = [_coerce_like(_number(item) if isinstance(item, str) else item, like, f"{label}[{i}]")
                  for i, item in enumerate(value)]  # fmt: skip
-        return tuple(items) if isinstance(default, tuple) else items
+        return cast(ModelArgValue, tuple(items) if isinstance(default, tuple) else items)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise UsageError(f"{label} must be true or false, not {value!r}")
@@ -187,10 +188,11 @@ def _coerce_like(value: Any, default: Any, label: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"{label} must be a number, not {value!r}")
         return float(value)
-    return value  # text defaults may take other kinds (an SVC's gamma: 'scale' or a number)
+    # text defaults may take other kinds (an SVC's gamma: 'scale' or a number); the builder checks them (_build)
+    return cast(ModelArgValue, value)
 
 
-def _number(text: str) -> Any:
+def _number(text: str) -> int | float | str:
     """A list item given as text ("512"): the number it spells, else the text."""
     for kind in (int, float):
         try:
@@ -200,14 +202,14 @@ def _number(text: str) -> Any:
     return text
 
 
-def _network_args(entry: ModelEntry, args: dict[str, Any]) -> dict[str, Any]:
+def _network_args(entry: ModelEntry, args: ModelArgs) -> ModelArgs:
     """The subset of a baseline's arguments its network form takes (just num_classes)."""
     if entry.baseline is None:
         return args
     return {k: v for k, v in args.items() if k in inspect.signature(entry.builder).parameters}
 
 
-def _build(entry: ModelEntry, args: dict[str, Any]) -> Classifier | None:
+def _build(entry: ModelEntry, args: ModelArgs) -> Classifier | None:
     """Check a baseline's estimator arguments and build the network form, if there is one."""
     try:
         if entry.baseline is not None:
@@ -217,7 +219,7 @@ def _build(entry: ModelEntry, args: dict[str, Any]) -> Classifier | None:
         raise UsageError(f"model {entry.name!r}: invalid arguments ({exc})") from None
 
 
-def check_model_args(name: str, model_args: dict[str, Any] | None) -> dict[str, Any]:
+def check_model_args(name: str, model_args: Mapping[str, object] | None) -> ModelArgs:
     """Resolve and check arguments without building weights; returns the full arguments.
 
     A network is built on the meta device (shapes only, no memory), so a bad value (a zero
@@ -230,7 +232,7 @@ def check_model_args(name: str, model_args: dict[str, Any] | None) -> dict[str, 
     return args
 
 
-def create_model(name: str, **model_args: Any) -> Classifier:
+def create_model(name: str, **model_args: object) -> Classifier:
     """Build a registered network; it carries its name, full arguments and family."""
     entry = get_entry(name)
     if entry.builder is None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
+from fmnist.config import Settings
 from fmnist.errors import UsageError, did_you_mean
 
 MEASURED_FILE = Path(__file__).with_name("recipes_measured.json")
@@ -25,9 +26,9 @@ class Recipe:
     model: str
     goal: str  # what it is for, in a few words
     device: str  # "cpu" or "gpu": where it is meant to run (every recipe also runs on a CPU)
-    settings: dict[str, Any] = field(default_factory=dict)  # any `fmnist train` keys but the model
+    settings: Settings = field(default_factory=dict)  # any `fmnist train` keys but the model
 
-    def values(self) -> dict[str, Any]:
+    def values(self) -> Settings:
         """Config values: the model and its settings (flags and files still override them)."""
         return {"model": self.model, **self.settings}
 
@@ -45,7 +46,7 @@ class Recipe:
 # AVX-512). Batch 128 runs more images/s than 256 on a 2-core CPU and gives more steps per epoch.
 # What it reaches and how fast: recipes_measured.json ("fast") and
 # benchmarks/results/time_to_accuracy-*.json.
-FAST_SETTINGS = {
+FAST_SETTINGS: Settings = {
     "model_args": {"widths": [16, 32, 64], "whiten": True},
     "epochs": 3, "batch_size": 128, "optimizer": "muon", "lr": 2e-2, "weight_decay": 5e-2,
     "scheduler": "onecycle", "label_smoothing": 0.1, "flip": True, "tta": "flip",
@@ -53,7 +54,7 @@ FAST_SETTINGS = {
 
 # Seed 004's training set-up, as written: Adam 1e-3, batch 128, 20 epochs, fixed learning
 # rate, inputs normalised with mean 0.5 and std 0.5, no augmentation.
-SEED004_SETTINGS = {
+SEED004_SETTINGS: Settings = {
     "epochs": 20, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "none",
     "label_smoothing": 0.0, "flip": False, "tta": "none", "normalize": True, "mean": 0.5, "std": 0.5,
 }  # fmt: skip
@@ -63,7 +64,7 @@ SEED004_SETTINGS = {
 # 784-1024-512 with dropout 0.2 89.52% val (89.76% test, 42 s); 768-384 with dropout 0.2
 # 89.86% val (32 s); 768-384 without dropout 90.16% val (90.30% test, 20 s): a CPU draws
 # dropout masks slowly, and 6 epochs are too few to overfit.
-MLP_WIDE_SETTINGS = {
+MLP_WIDE_SETTINGS: Settings = {
     "epochs": 6, "batch_size": 256, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 5e-2,
     "scheduler": "onecycle", "label_smoothing": 0.1, "flip": True,
 }  # fmt: skip
@@ -77,19 +78,19 @@ def own_recipe(model: str) -> str:
     return MODEL_RECIPES.get(model, "")
 
 
-def model_settings(model: str) -> dict[str, Any]:
+def model_settings(model: str) -> Settings:
     """The training settings `model` starts from (a copy; empty for a model with none)."""
     return dict(RECIPES[MODEL_RECIPES[model]].settings) if model in MODEL_RECIPES else {}
 
 
 # The training set-up that cpu-94 was measured with and cpu-95 reuses (cpu-95 adds erasing).
-_CPU_SCHEDULE = {
+_CPU_SCHEDULE: Settings = {
     "batch_size": 128, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-2, "scheduler": "onecycle",
     "label_smoothing": 0.1, "flip": True, "crop_pad": 2, "ema": 0.999, "tta": "flip-shift",
 }  # fmt: skip
 
 # The Wide ResNet set-up of the leaderboard's family: SGD with a cosine schedule, random erasing.
-_WRN_SCHEDULE = {
+_WRN_SCHEDULE: Settings = {
     "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "scheduler": "cosine",
     "label_smoothing": 0.0, "flip": True, "crop_pad": 2, "erase": 0.5, "ema": 0.999, "tta": "flip-shift",
 }  # fmt: skip
@@ -209,7 +210,25 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def measured() -> dict[str, list[dict[str, Any]]]:
+class MeasuredRecipe(TypedDict, total=False):
+    """One row of recipes_measured.json: a recipe's figures on one machine. A row holds the keys its
+    benchmark wrote (gpu_speed.py adds the train and compile times): readers take the keys they need
+    (`runs` reads as 1 where absent), and a row is written back exactly as it was read."""
+
+    model: str
+    runs: int
+    accuracy: list[float]  # test accuracy per run
+    accuracy_mean: float
+    accuracy_std: float
+    seconds_mean: float  # wall time per run
+    train_seconds_mean: float  # benchmarks/gpu_speed.py: training alone
+    compile_seconds: list[float]  # benchmarks/gpu_speed.py: per run
+    hardware: str
+    command: str  # what measured it
+    smoke: bool  # a smoke run's figures, not a measurement
+
+
+def measured() -> dict[str, list[MeasuredRecipe]]:
     """What benchmarks/frontier.py measured per recipe: one entry per machine it ran on, in the
     order they were recorded (accuracy mean/std, seconds, hardware, command)."""
     try:
@@ -218,10 +237,11 @@ def measured() -> dict[str, list[dict[str, Any]]]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {name: [m for m in rows if isinstance(m, dict)] for name, rows in data.items() if isinstance(rows, list)}
+    return {name: [MeasuredRecipe(**m) for m in rows if isinstance(m, dict)]
+            for name, rows in data.items() if isinstance(rows, list)}  # fmt: skip
 
 
-def record_measurement(recorded: dict[str, list[dict[str, Any]]], name: str, figures: dict[str, Any]) -> None:
+def record_measurement(recorded: dict[str, list[MeasuredRecipe]], name: str, figures: MeasuredRecipe) -> None:
     """Put a recipe's new figures in `recorded`: they replace those from the same hardware, else join them."""
     rows = recorded.setdefault(name, [])
     same = next((i for i, m in enumerate(rows) if m.get("hardware") == figures.get("hardware")), None)
@@ -231,7 +251,7 @@ def record_measurement(recorded: dict[str, list[dict[str, Any]]], name: str, fig
         rows[same] = figures
 
 
-def accuracy_label(figures: dict[str, Any]) -> str:
+def accuracy_label(figures: MeasuredRecipe) -> str:
     """A measured recipe's test accuracy as `fmnist recipes` and frontier.py print it: "94.20% ± 0.06 (3 runs)"."""
     runs = figures.get("runs", 1)
     spread = f" ± {100 * figures['accuracy_std']:.2f}" if runs > 1 else ""

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from fmnist.config import FIELD_TYPES, TrainConfig, apply_layer, read_toml, split_sources
 from fmnist.errors import UsageError
@@ -31,8 +30,8 @@ def resolve_config(
     *,
     recipe: str | None = None,
     config_file: str | Path | None = None,
-    file_values: dict[str, Any] | None = None,
-    options: dict[str, Any] | None = None,
+    file_values: Mapping[str, object] | None = None,
+    options: Mapping[str, object] | None = None,
     origin: str = "",
     base: TrainConfig | None = None,
 ) -> TrainConfig:
@@ -90,9 +89,10 @@ def resolve_config(
         return _finish(config)
 
 
-def _model(model: str | None, named: Recipe | None, values: dict[str, Any], options: dict[str, Any],
-           file_label: str) -> tuple[Any, str]:  # fmt: skip
-    """(the model trained, the layer that chose it): the options', the file's, --model, the recipe's."""
+def _model(model: str | None, named: Recipe | None, values: Mapping[str, object], options: Mapping[str, object],
+           file_label: str) -> tuple[object, str]:  # fmt: skip
+    """(the model trained, the layer that chose it): the options', the file's, --model, the recipe's;
+    a file's or an option's is not checked yet (a model's name is text: resolve_config checks it)."""
     if options.get("model"):
         return options["model"], OPTION
     if values.get("model"):
@@ -102,7 +102,7 @@ def _model(model: str | None, named: Recipe | None, values: dict[str, Any], opti
     return (named.model, f"recipe {named.name}") if named else (TrainConfig.model, DEFAULT)
 
 
-def _on_top(base: TrainConfig, model: str | None, options: dict[str, Any]) -> TrainConfig:
+def _on_top(base: TrainConfig, model: str | None, options: dict[str, object]) -> TrainConfig:
     """`options` over a copy of a config resolved already, as flags over a config file."""
     for name in (model, options.pop("model", None)):
         if name and name != base.model:
