@@ -233,3 +233,25 @@ def test_a_run_saved_before_split_seed_existed_resumes_on_the_split_of_its_own_s
     result = resume(run_dir, data, env)
     assert result.returncode == 0, result.stderr
     assert_identical(base / "seed1-follow", run_dir)
+
+
+def test_state_json_keeps_the_layout_older_runs_were_saved_in(tiny_dataset, tmp_path):
+    """state.json as fmnist 0.4 wrote it, before SavedState: the tensor file's name and sha256 first, then the
+    trainer's progress at the top level, then config, optimizer, scheduler, RNGs and data; and a state read back
+    writes the very bytes it was read from, so a resumed old run's file changes only as training changes it."""
+    from fmnist.training.state import load_state
+    from fmnist.training.trainer import Progress
+
+    config = resolve_config("lenet5", options={"epochs": 2, "batch_size": 64, "val_size": 100, "optimizer": "muon"})
+    stop = StopSignal()
+    with pytest.raises(TrainingInterrupted):
+        Trainer(config, tiny_dataset, [StopAt(stop, 3)], state_dir=tmp_path, stop=stop).run()
+    raw = (tmp_path / "state.json").read_text()
+    # Progress's fields in declaration order, less those in the tensor file (mid-epoch, epoch_order is a tensor).
+    progress = [f.name for f in dataclasses.fields(Progress) if f.name not in ("epoch_order", "best")]
+    assert progress[:3] == ["epoch", "batch_in_epoch", "step"]
+    assert list(json.loads(raw)) == ["state_version", "tensors_file", "tensors_sha256", *progress, "config",
+                                     "optimizer", "scheduler", "rng", "data_sha256"]  # fmt: skip
+    assert list(json.loads(raw)["optimizer"]) == ["param_groups", "scalars"]
+    _, saved = load_state(tmp_path)
+    assert json.dumps(saved.to_json(), indent=2) + "\n" == raw

@@ -46,7 +46,7 @@ def run_compare(plan: ComparePlan, planned: list[PlannedRun], session: Session) 
     returns and writes compare.json in the session's folder."""
     with RunLock(session.folder):
         dataset = session.dataset  # loaded once, before anything trains
-        results = [RunResultsFile.from_json(r, session.folder) for r in session.executor(planned, session)]
+        results = session.executor(planned, session)
         # Built here from the run directories, wherever the runs trained (locally or as Ray tasks).
         ensembles = [build_planned_ensemble(e, session) for e in plan.planned_ensembles(planned)]
         summary = compare_summary(plan, planned, results, dataset.provenance.to_dict(), ensembles)

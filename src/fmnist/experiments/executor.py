@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import FashionMNIST
 from fmnist.experiments.plan import PlannedRun
-from fmnist.inference.rundir import prepare_run_dir
+from fmnist.inference.rundir import RunResultsFile, prepare_run_dir
 from fmnist.training.results import RunResult, TrainCallback
 from fmnist.training.run_writer import train_into
 
@@ -38,20 +38,20 @@ class Session(Protocol):
 
 
 class Executor(Protocol):
-    def __call__(self, planned: list[PlannedRun], session: Session) -> list[dict[str, Any]]:
+    def __call__(self, planned: list[PlannedRun], session: Session) -> list[RunResultsFile]:
         """Train `planned` into their folders under `session.folder`, on `session.dataset`; return each
-        run's results.json, in plan order, announcing each finished run to the session."""
+        run's results.json as a record, in plan order, announcing each finished run to the session."""
         ...
 
 
 class InProcessExecutor:
     """Trains the runs here, one after another."""
 
-    def __call__(self, planned: list[PlannedRun], session: Session) -> list[dict[str, Any]]:
-        dataset, results = session.dataset, []
+    def __call__(self, planned: list[PlannedRun], session: Session) -> list[RunResultsFile]:
+        dataset, results = session.dataset, list[RunResultsFile]()
         for run in planned:
             result = train_into(run.config, prepare_run_dir(session.folder / run.run_name), dataset,
                                 session.callbacks(run.run_name, run.config))  # fmt: skip
             session.announce(run.run_name, result)
-            results.append(result.to_results().to_json())
+            results.append(result.to_results())
         return results

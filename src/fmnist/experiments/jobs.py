@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from fmnist.config import TrainConfig
 from fmnist.errors import FmnistError, UsageError, first_line
 from fmnist.experiments.plan import PlannedRun
-from fmnist.inference.rundir import prepare_run_dir, read_results
+from fmnist.inference.rundir import RunResultsFile, prepare_run_dir, read_results
 from fmnist.training.progress import epoch_line
 from fmnist.training.results import EpochRecord, TrainCallback
 from fmnist.training.run_writer import result_from_dir, train_into
@@ -167,14 +167,14 @@ class ProcessExecutor:
         self.threads = threads_per_run or threads_per_job(jobs)
         self.pids: list[int] = []  # the worker processes of the last call, for whoever checks they ended
 
-    def __call__(self, planned: list[PlannedRun], session: Session) -> list[dict[str, Any]]:
+    def __call__(self, planned: list[PlannedRun], session: Session) -> list[RunResultsFile]:
         dataset = session.dataset
         run_dirs = [prepare_run_dir(session.folder / run.run_name) for run in planned]  # refuse a bad folder first
         waiting = [_Task(index, run.config, run_dir) for index, (run, run_dir) in enumerate(zip(planned, run_dirs))]
         waiting.reverse()  # handed out from the end: in plan order
         count = min(self.jobs, len(planned))
         session.notify(f"{len(planned)} run(s), {count} at a time, {self.threads} CPU thread(s) each")
-        results: list[dict[str, Any]] = [{} for _ in planned]
+        results: dict[int, RunResultsFile] = {}  # plan index -> its results.json, as runs finish
         workers: list[_Worker] = []
         try:
             for _ in range(count):  # all start (import torch, fmnist) at once, then each gets the data
@@ -201,13 +201,13 @@ class ProcessExecutor:
                     else:  # done
                         run = planned[index]
                         session.announce(run.run_name, result_from_dir(run_dirs[index], run.config))
-                        results[index] = read_results(run_dirs[index]).to_json()
+                        results[index] = read_results(run_dirs[index])
                         remaining -= 1
                         worker.hand(waiting.pop() if waiting else None, planned)
         finally:
             for worker in workers:
                 worker.stop()
-        return results
+        return [results[index] for index in range(len(planned))]
 
 
 def _death(worker: _Worker, planned: list[PlannedRun]) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fmnist.constants import IDX_FILES
-from fmnist.data.dataset import FashionMNIST, Provenance
+from fmnist.data.dataset import FashionMNIST, Provenance, ProvenanceRecord
 from fmnist.data.idx import encode_idx
 from fmnist.errors import DataError, FmnistError, first_line
 
@@ -224,7 +224,7 @@ class ShippedDataset:
 
     ref: Any  # ray.ObjectRef of {role: uint8 array}
     sha256: dict[str, str]
-    provenance: dict[str, Any]
+    provenance: ProvenanceRecord
 
 
 def ship_dataset(dataset: FashionMNIST) -> ShippedDataset:

@@ -27,7 +27,7 @@ from fmnist.experiments.ray_runtime import (
     task_error,
 )
 from fmnist.fsutil import atomic_write_bytes
-from fmnist.inference.rundir import LOCK_FILE, RunLock, prepare_run_dir, read_results
+from fmnist.inference.rundir import LOCK_FILE, RunLock, RunResultsFile, prepare_run_dir, read_results
 from fmnist.training.run_writer import result_from_dir, train_into
 
 if TYPE_CHECKING:
@@ -88,14 +88,14 @@ class RayExecutor:
                        f"(here torch would use {self.threads}; results match a local run with that many threads)")  # fmt: skip
         return largest
 
-    def __call__(self, planned: list[PlannedRun], session: Session) -> list[dict[str, Any]]:
+    def __call__(self, planned: list[PlannedRun], session: Session) -> list[RunResultsFile]:
         dataset = session.dataset
         run_dirs = [prepare_run_dir(session.folder / run.run_name) for run in planned]  # refuse a bad folder first
         with RaySession(self.address, notify=session.notify):
             return self._train(planned, run_dirs, dataset, session)
 
     def _train(self, planned: list[PlannedRun], run_dirs: list[Path], dataset: FashionMNIST,
-               session: Session) -> list[dict[str, Any]]:  # fmt: skip
+               session: Session) -> list[RunResultsFile]:  # fmt: skip
         ray = require_ray()
         shipped = ship_dataset(dataset)
         remote = ray.remote(train_remote)
@@ -106,7 +106,7 @@ class RayExecutor:
                        "name": f"fmnist {run.run_name}"}  # fmt: skip
             pending[remote.options(**options).remote(run.config, shipped, threads)] = index
         session.notify(f"{len(planned)} run(s) sent to Ray, {threads} CPU(s) each")
-        results: list[dict[str, Any]] = [{} for _ in planned]
+        results: dict[int, RunResultsFile] = {}  # plan index -> its results.json, as runs finish
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -118,8 +118,8 @@ class RayExecutor:
                     raise task_error(exc, run.run_name) from None
                 write_home(run_dir, files)
                 session.announce(run.run_name, result_from_dir(run_dir, run.config))
-                results[index] = read_results(run_dir).to_json()
+                results[index] = read_results(run_dir)
         finally:
             for ref in pending:  # an error or Ctrl-C: nothing keeps running on the cluster
                 ray.cancel(ref, force=True)
-        return results
+        return [results[index] for index in range(len(planned))]

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from fmnist.experiments.ray_runtime import task_error
 from fmnist.experiments.sweep_config import METRICS, SweepSpec, format_metric
-from fmnist.experiments.sweep_trial import trial_name
+from fmnist.experiments.sweep_trial import TrialReport, trial_name
 from fmnist.inference.records import SearchValue
 from fmnist.training.progress import PLAIN_WIDTH, REFRESH_SECONDS, is_live
 
@@ -103,7 +103,7 @@ class SweepDisplay:
             epoch = self.epochs_seen.get(trial_name(trial.trial_id)) or (trial.last_result or {}).get("epoch", 0)
             self._say(trial, "resumed", f"after epoch {epoch}", with_status=False)
 
-    def result(self, trials: list[Trial], trial: Trial, result: dict[str, Any]) -> None:
+    def result(self, trials: list[Trial], trial: Trial, result: TrialReport) -> None:
         self.step(trials)
         name = trial_name(trial.trial_id)
         epoch = int(result.get("epoch", 0))

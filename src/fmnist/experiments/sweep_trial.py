@@ -15,12 +15,13 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from fmnist.errors import FmnistError
 from fmnist.experiments.ray_runtime import ShippedDataset, pin_threads, receive_dataset
 from fmnist.experiments.sweep_config import SweepSpec
 from fmnist.fsutil import atomic_write_json, read_json
+from fmnist.inference.records import SearchValue
 from fmnist.inference.rundir import META_FILE, RESULTS_FILE, TRIALS_DIR, WEIGHTS_FILE, prepare_run_dir, read_history
 from fmnist.training.results import EpochRecord, RunInfo, TrainCallback
 from fmnist.training.run_writer import train_into
@@ -40,9 +41,29 @@ def trial_dirname(trial: Any) -> str:
     return trial_name(trial.trial_id)
 
 
-def epoch_metrics(record: EpochRecord, resumed_from: int) -> dict[str, Any]:
+class TrialReport(TypedDict, total=False):
+    """What a trial reports to Tune after each epoch: the epoch's EpochRecord (less its None values), how far
+    the attempt resumed, where it ran, and whether it was the last epoch. Tune adds its own keys beside these."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    steps: int
+    seconds: float
+    images_per_second: float
+    resumed_from_epoch: int
+    node_id: str  # NODE_ID, NODE_IP, NODE_HOST
+    node_ip: str
+    hostname: str
+    finished: bool
+
+
+def epoch_metrics(record: EpochRecord, resumed_from: int) -> TrialReport:
     metrics = {k: v for k, v in dataclasses.asdict(record).items() if v is not None}
-    return {**metrics, "resumed_from_epoch": resumed_from}
+    return TrialReport(**metrics, resumed_from_epoch=resumed_from)
 
 
 def this_node() -> dict[str, str]:
@@ -140,7 +161,7 @@ def restore_checkpoint(run_dir: Path, checkpoint: Any) -> int:
     return epoch
 
 
-def run_trial(sampled: dict[str, Any], *, spec: SweepSpec, sweep_dir: str, shipped: ShippedDataset) -> None:
+def run_trial(sampled: dict[str, SearchValue], *, spec: SweepSpec, sweep_dir: str, shipped: ShippedDataset) -> None:
     """Tune's trainable: train one trial's config into its run directory, reporting every epoch."""
     from ray import tune
 

@@ -9,7 +9,7 @@ they answer alike. An ensemble directory (fmnist.inference.ensemble_model) loads
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -30,10 +30,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def top_classes(probabilities: np.ndarray, class_names: list[str], k: int) -> list[dict[str, Any]]:
+class TopClass(TypedDict):
+    """One of the most likely classes of an image (the HTTP API's schemas.ClassScore)."""
+
+    label: str
+    index: int
+    probability: float
+
+
+def top_classes(probabilities: np.ndarray, class_names: list[str], k: int) -> list[TopClass]:
     """The k most likely classes of one probability row, best first."""
     order = np.argsort(-probabilities, kind="stable")[:k]
-    return [{"label": class_names[i], "index": int(i), "probability": float(probabilities[i])} for i in order]
+    return [TopClass(label=class_names[i], index=int(i), probability=float(probabilities[i])) for i in order]
 
 
 class Predictor:

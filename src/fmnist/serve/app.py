@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 
 from fmnist import __version__
 from fmnist.constants import IMAGE_SIZE
-from fmnist.inference.predict import Predictor, softmax, top_classes
+from fmnist.inference.predict import Predictor, TopClass, softmax, top_classes
 from fmnist.serve import assets, schemas
 from fmnist.serve.batching import DecodePool, InferenceQueue, ServerBusy
 from fmnist.serve.inputs import ApiError, ReadImages, read_images
@@ -103,15 +103,29 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+class PredictionBody(TypedDict):
+    """One prediction as /predict and /predict/batch write it, straight to JSON (pydantic would cost more than
+    the model on small images): schemas.Prediction's fields, which test_serve checks every answer against."""
+
+    name: str
+    label: str
+    index: int
+    probability: float
+    top: list[TopClass]
+    probabilities: dict[str, float]  # class name -> probability, rounded to 6 places
+    input: NotRequired[list[list[float]]]  # with include_input
+    gradcam: NotRequired[list[list[float]] | None]  # with gradcam: None where the model has no map
+
+
 def _results(probabilities: np.ndarray, class_names: list[str], images: np.ndarray, names: list[str], top_k: int,
-             heatmaps: np.ndarray | None, gradcam: bool, include_input: bool) -> list[dict[str, Any]]:  # fmt: skip
+             heatmaps: np.ndarray | None, gradcam: bool, include_input: bool) -> list[PredictionBody]:  # fmt: skip
     results = []
     for i, row in enumerate(probabilities):
         top = top_classes(row, class_names, top_k)
-        item: dict[str, Any] = {
-            "name": names[i], "label": top[0]["label"], "index": top[0]["index"], "probability": top[0]["probability"],
-            "top": top, "probabilities": {c: round(float(p), 6) for c, p in zip(class_names, row)},
-        }  # fmt: skip
+        item = PredictionBody(
+            name=names[i], label=top[0]["label"], index=top[0]["index"], probability=top[0]["probability"],
+            top=top, probabilities={c: round(float(p), 6) for c, p in zip(class_names, row)},
+        )  # fmt: skip
         if include_input:
             item["input"] = images[i].tolist()
         if gradcam:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -125,6 +126,17 @@ def open_all(files: list[tuple[str, bytes]], pixel_budget: int) -> list[PendingI
     return pending
 
 
+@dataclass
+class _Part:
+    """The multipart part being parsed: its header being read, its Content-Disposition, and its bytes."""
+
+    header: bytes = b""  # the header's name and value, as they arrive
+    value: bytes = b""
+    disposition: bytes = b""
+    filename: bytes | None = None  # None: not a file (a form field), or its headers are not all read yet
+    data: list[bytes] = field(default_factory=list)
+
+
 def multipart_files(body: bytes, content_type: str, max_files: int) -> list[tuple[str, bytes]]:
     """(filename, bytes) of every file part of a multipart/form-data body, in order."""
     from python_multipart.exceptions import FormParserError
@@ -135,52 +147,56 @@ def multipart_files(body: bytes, content_type: str, max_files: int) -> list[tupl
     if not boundary:
         raise ApiError(422, "malformed multipart body (no boundary in the Content-Type header)")
     files: list[tuple[str, bytes]] = []
-    state: dict[str, Any] = {"fields": 0, "ended": False}
-    part: dict[str, Any] = {}
+    form_fields, ended = 0, False
+    part = _Part()
 
     def begin() -> None:
-        part.clear()
-        part.update(header=b"", value=b"", disposition=b"", data=[])
+        nonlocal part
+        part = _Part()
 
     def header_end() -> None:
-        if part["header"].strip().lower() == b"content-disposition":
-            part["disposition"] = part["value"]
-        part["header"] = part["value"] = b""
+        if part.header.strip().lower() == b"content-disposition":
+            part.disposition = part.value
+        part.header = part.value = b""
 
     def headers_finished() -> None:
-        options = parse_options_header(part["disposition"])[1]
-        part["filename"] = options.get(b"filename")
-        if part["filename"] is None:
-            state["fields"] += 1
-            if state["fields"] > MAX_FORM_FIELDS:
+        nonlocal form_fields
+        part.filename = parse_options_header(part.disposition)[1].get(b"filename")
+        if part.filename is None:
+            form_fields += 1
+            if form_fields > MAX_FORM_FIELDS:
                 raise ApiError(422, f"multipart body has more than {MAX_FORM_FIELDS} non-file fields")
         elif len(files) >= max_files:
             raise ApiError(413, f"a request may hold at most {max_files} images")
 
     def part_end() -> None:
-        if part["filename"] is not None:
-            name = part["filename"].decode("utf-8", "replace") or "upload"
-            files.append((name, b"".join(part["data"])))
+        if part.filename is not None:
+            name = part.filename.decode("utf-8", "replace") or "upload"
+            files.append((name, b"".join(part.data)))
 
     def collect(data: bytes, start: int, end: int) -> None:
-        if part.get("filename") is not None:
-            part["data"].append(data[start:end])
+        if part.filename is not None:
+            part.data.append(data[start:end])
 
-    def extend(key: str):
-        def add(data: bytes, start: int, end: int) -> None:
-            part[key] += data[start:end]
+    def add_header(data: bytes, start: int, end: int) -> None:
+        part.header += data[start:end]
 
-        return add
+    def add_value(data: bytes, start: int, end: int) -> None:
+        part.value += data[start:end]
+
+    def body_end() -> None:
+        nonlocal ended
+        ended = True
 
     callbacks = {"on_part_begin": begin, "on_part_data": collect, "on_part_end": part_end,
-                 "on_header_field": extend("header"), "on_header_value": extend("value"),
+                 "on_header_field": add_header, "on_header_value": add_value,
                  "on_header_end": header_end, "on_headers_finished": headers_finished,
-                 "on_end": lambda: state.update(ended=True)}  # fmt: skip
+                 "on_end": body_end}  # fmt: skip
     try:
         MultipartParser(boundary, callbacks).write(body)
     except FormParserError as exc:
         raise ApiError(422, f"malformed multipart body ({str(exc).splitlines()[0] or type(exc).__name__})") from None
-    if not state["ended"]:
+    if not ended:
         raise ApiError(422, "malformed multipart body (it ends before the closing boundary)")
     if not files:
         raise ApiError(422, "multipart body holds no file part (send the image as a file field, e.g. 'file')")

@@ -27,13 +27,27 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from fmnist.errors import INTERRUPTED, FmnistError, first_line
 from fmnist.serve.limits import MAX_DEFAULT_WORKERS
 
 # How long workers get to finish their requests after SIGTERM before they are killed.
 STOP_GRACE_S = 10.0
+
+
+class WorkerSettings(TypedDict):
+    """What each worker process serves with (`fmnist serve`'s options); it travels as JSON on the worker's command line."""
+
+    run_dir: str
+    backend: str
+    threads: int
+    precision: str
+    max_body_bytes: int
+    timeout: float
+    access_log: bool
+    own_socket: bool  # listen on a socket of its own (the kernel balances them) instead of the shared one
+    parent: NotRequired[int]  # the parent's pid, added by run_workers: a worker ends with it
 
 
 def default_workers() -> int:
@@ -52,7 +66,7 @@ class _Stop(Exception):
 
 
 class _Worker:
-    def __init__(self, sock: socket.socket, settings: dict[str, Any]):
+    def __init__(self, sock: socket.socket, settings: WorkerSettings):
         read_fd, write_fd = os.pipe()
         cmd = [sys.executable, "-m", "fmnist.serve.workers", str(sock.fileno()), str(write_fd), json.dumps(settings)]
         try:
@@ -76,7 +90,7 @@ class _Worker:
         raise FmnistError(f"a server worker ended while starting (exit status {self.proc.returncode})")
 
 
-def run_workers(sock: socket.socket, workers: int, settings: dict[str, Any], announce: Callable[[str], None]) -> int:
+def run_workers(sock: socket.socket, workers: int, settings: WorkerSettings, announce: Callable[[str], None]) -> int:
     """Serve with `workers` processes until SIGTERM/SIGINT; returns the exit code. `announce(model)` once all serve."""
     stopping: list[int] = []
 
@@ -138,7 +152,7 @@ def _end_with_parent(parent: int) -> None:
         raise SystemExit(0)
 
 
-def _worker(sock_fd: int, ready_fd: int, settings: dict[str, Any]) -> int:
+def _worker(sock_fd: int, ready_fd: int, settings: WorkerSettings) -> int:
     # Until the server runs (it sets its own handlers), stopping is the parent's call: it sends SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _end_with_parent(settings["parent"])

@@ -14,7 +14,7 @@ one schedule serve both kinds of parameter.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -48,6 +48,18 @@ def orthogonalize(update: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> tor
     return x.T if tall else x
 
 
+class ParamGroup(TypedDict, total=False):
+    """One of MuonAdamW's param groups: its parameters and the settings it overrides (torch fills in the
+    defaults given to the optimizer, so every key is there once the optimizer holds the group)."""
+
+    params: list[torch.Tensor]
+    muon: bool  # Muon steps; else AdamW steps
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """Param groups with `muon=True` take Muon steps, the others AdamW steps, at one learning rate.
 
@@ -55,7 +67,7 @@ class MuonAdamW(torch.optim.Optimizer):
     for both. Weight decay is decoupled, as in AdamW.
     """
 
-    def __init__(self, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+    def __init__(self, groups: list[ParamGroup], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):  # fmt: skip
         super().__init__(groups, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "muon": False})
 
@@ -66,7 +78,7 @@ class MuonAdamW(torch.optim.Optimizer):
                 if param.grad is not None:
                     (self._muon_step if group["muon"] else self._adamw_step)(param, group)
 
-    def _muon_step(self, param: torch.Tensor, group: dict[str, Any]) -> None:
+    def _muon_step(self, param: torch.Tensor, group: ParamGroup) -> None:
         lr, beta = group["lr"], group["betas"][0]
         state = self.state[param]
         if not state:
@@ -77,7 +89,7 @@ class MuonAdamW(torch.optim.Optimizer):
         param.mul_(1 - lr * group["weight_decay"])
         param.add_(direction.reshape(param.shape), alpha=-lr * RMS_MATCH * max(nesterov.shape) ** 0.5)
 
-    def _adamw_step(self, param: torch.Tensor, group: dict[str, Any]) -> None:
+    def _adamw_step(self, param: torch.Tensor, group: ParamGroup) -> None:
         lr, (beta1, beta2) = group["lr"], group["betas"]
         state = self.state[param]
         if not state:

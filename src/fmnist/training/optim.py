@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from fmnist.config import TrainConfig
-from fmnist.training.muon import MuonAdamW
+from fmnist.training.muon import MuonAdamW, ParamGroup
+from fmnist.training.state import JsonValue
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -20,9 +21,9 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     if config.optimizer == "muon":  # Muon for conv filter banks (4-D), AdamW for every other decayed tensor
         filters = [p for p in decay if p.dim() == 4]
         others = [p for p in decay if p.dim() != 4]
-        return MuonAdamW([{"params": filters, "weight_decay": config.weight_decay, "muon": True},
-                          {"params": others, "weight_decay": config.weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)  # fmt: skip
+        return MuonAdamW([ParamGroup(params=filters, weight_decay=config.weight_decay, muon=True),
+                          ParamGroup(params=others, weight_decay=config.weight_decay),
+                          ParamGroup(params=no_decay, weight_decay=0.0)], lr=config.lr)  # fmt: skip
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # On a GPU, one fused kernel updates every parameter (instead of a few launches per tensor).
     # The CPU keeps PyTorch's default implementation, whose results the CPU runs were measured with.
@@ -49,10 +50,11 @@ class LRSchedule:
         if self.scheduler is not None and not self.per_batch:
             self.scheduler.step(val_loss)
 
-    def state_dict(self) -> dict[str, Any] | None:
+    def state_dict(self) -> dict[str, JsonValue] | None:
+        """The scheduler's state_dict (torch's keys; JSON values: it is saved in state.json), None without one."""
         return self.scheduler.state_dict() if self.scheduler is not None else None
 
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+    def load_state_dict(self, state: dict[str, JsonValue] | None) -> None:
         if self.scheduler is not None and state is not None:
             self.scheduler.load_state_dict(state)
 

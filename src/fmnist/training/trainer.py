@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ from fmnist.training.compiled import TrainStep, should_compile
 from fmnist.training.optim import WeightAverage, make_optimizer, make_schedule
 from fmnist.training.results import EpochRecord, RunInfo, RunResult, StopSignal, TrainCallback
 from fmnist.training.state import (
+    SavedState,
     changed_settings,
     clear_state,
     flatten_optimizer,
@@ -160,9 +161,9 @@ class Trainer:
         self.progress = Progress()
 
     # -- resumable state (fmnist.training.state writes and reads the files) ---------------
-    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Everything `load_state_dict` needs to continue this run exactly: (tensors, JSON values)."""
-        tensors, meta = pack(self.progress)
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], SavedState]:
+        """Everything `load_state_dict` needs to continue this run exactly: (tensors, state.json's record)."""
+        tensors, progress = pack(self.progress)
         tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
         if self.average is not None:
             tensors.update({f"ema.{k}": v for k, v in self.average.model.state_dict().items()})
@@ -170,16 +171,17 @@ class Trainer:
         rng_tensors, rng_meta = rng_snapshot(self.loader.generator)
         tensors.update(optim_tensors)
         tensors.update(rng_tensors)
-        meta.update(config=self.config.to_dict(), optimizer=optim_meta, scheduler=self.schedule.state_dict(),
-                    rng=rng_meta, data_sha256=self.dataset.provenance.to_dict()["sha256"])  # fmt: skip
-        return tensors, meta
+        saved = SavedState(progress=progress, config=self.config.to_dict(), optimizer=optim_meta,
+                           scheduler=self.schedule.state_dict(), rng=rng_meta,
+                           data_sha256=self.dataset.provenance.to_dict()["sha256"])  # fmt: skip
+        return tensors, saved
 
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where: str = "state") -> None:
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], saved: SavedState, where: str = "state") -> None:
         """Continue from `state_dict()`'s output; the settings that shape it and the data must be the saved ones."""
-        changed = changed_settings(meta["config"], self.config)
+        changed = changed_settings(saved.config, self.config)
         if changed:
             raise CheckpointError(f"{where}: saved state belongs to a different configuration ({', '.join(changed)})")
-        if meta["data_sha256"] != self.dataset.provenance.to_dict()["sha256"]:
+        if saved.data_sha256 != self.dataset.provenance.to_dict()["sha256"]:
             raise CheckpointError(f"{where}: the run was trained on different data files")
 
         def part(prefix: str) -> dict[str, torch.Tensor]:
@@ -189,26 +191,26 @@ class Trainer:
             self.model.load_state_dict(part("model."))
             if self.average is not None:
                 self.average.model.load_state_dict(part("ema."))
-            self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
-            self.schedule.load_state_dict(meta["scheduler"])
+            self.optimizer.load_state_dict(unflatten_optimizer(tensors, saved.optimizer))
+            self.schedule.load_state_dict(saved.scheduler)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{where}: saved state does not fit this model ({exc})") from None
-        rng_restore(tensors, meta["rng"], self.loader.generator)
-        self.progress = unpack(Progress, tensors, meta)
+        rng_restore(tensors, saved.rng, self.loader.generator)
+        self.progress = unpack(Progress, tensors, saved.progress)
 
     def save_state(self) -> None:
         if self.state_dir is None:
             return
-        tensors, meta = self.state_dict()
-        save_state(self.state_dir, tensors, meta, generation=self.progress.step)
+        tensors, saved = self.state_dict()
+        save_state(self.state_dir, tensors, saved, generation=self.progress.step)
         for cb in self.callbacks:
             cb.on_state_saved(self.state_dir)
 
     def resume(self) -> None:
         """Load the saved state from `state_dir`; the config must be the one it was saved with."""
         assert self.state_dir is not None
-        tensors, meta = load_state(self.state_dir)
-        self.load_state_dict(tensors, meta, where=str(self.state_dir))
+        tensors, saved = load_state(self.state_dir)
+        self.load_state_dict(tensors, saved, where=str(self.state_dir))
 
     def request_stop(self) -> None:
         """Ask the run to save its state and stop after the current step (e.g. on Ctrl-C)."""
