@@ -80,13 +80,13 @@ def main() -> None:
 
     validation = {}
     for design, names in DESIGNS.items():
-        scores = validate_ensemble([args.out / n for n in names], dataset=data, select=SELECT)
-        validation[design] = {"members": dict(zip(names, scores["members"])), "accuracy": scores["accuracy"],
-                              "best_member": names[scores["best_member"]],
-                              "gain_over_best_member": scores["gain_over_best_member"]}  # fmt: skip
-        print(f"{design}: validation {100 * scores['accuracy']:.2f}%, "
-              f"{100 * scores['gain_over_best_member']:+.2f} over its best member "
-              f"({names[scores['best_member']]}, {100 * max(scores['members']):.2f}%)", flush=True)  # fmt: skip
+        scores = validate_ensemble([args.out / n for n in names], dataset=data, select=SELECT).scores
+        validation[design] = {"members": dict(zip(names, scores.members)), "accuracy": scores.accuracy,
+                              "best_member": names[scores.best_member],
+                              "gain_over_best_member": scores.gain_over_best_member}  # fmt: skip
+        print(f"{design}: validation {100 * scores.accuracy:.2f}%, "
+              f"{100 * scores.gain_over_best_member:+.2f} over its best member "
+              f"({names[scores.best_member]}, {100 * max(scores.members):.2f}%)", flush=True)  # fmt: skip
     chosen = max(validation, key=lambda d: validation[d]["gain_over_best_member"])
     print(f"chosen on validation: {chosen}", flush=True)
 
@@ -94,11 +94,11 @@ def main() -> None:
     for design in [chosen] + ([d for d in DESIGNS if d != chosen] if args.test_all else []):
         r = build_ensemble([args.out / n for n in DESIGNS[design]], args.out / f"{design}-ensemble", dataset=data,
                            select=SELECT, overwrite=True)  # fmt: skip
-        test[design] = {"accuracy": r["test_accuracy"], "gain_over_best_member": r["gain_over_best_member"],
-                        "members": [m["test_accuracy"] for m in r["members"]], "fixed": r["fixed"],
-                        "introduced": r["introduced"], "after_the_choice": design != chosen}  # fmt: skip
-        print(f"{design}{' (after the choice)' if design != chosen else ''}: test {100 * r['test_accuracy']:.2f}%, "
-              f"{100 * r['gain_over_best_member']:+.2f} over its best member; members "
+        test[design] = {"accuracy": r.test_accuracy, "gain_over_best_member": r.gain_over_best_member,
+                        "members": [m.test_accuracy for m in r.members], "fixed": r.fixed,
+                        "introduced": r.introduced, "after_the_choice": design != chosen}  # fmt: skip
+        print(f"{design}{' (after the choice)' if design != chosen else ''}: test {100 * r.test_accuracy:.2f}%, "
+              f"{100 * r.gain_over_best_member:+.2f} over its best member; members "
               f"{', '.join(f'{100 * m:.2f}' for m in test[design]['members'])}", flush=True)  # fmt: skip
 
     study = {"split_seed": SPLIT_SEED, "designs": DESIGNS, "members": MEMBERS, "validation": validation,

@@ -104,8 +104,8 @@ def ensemble_of_seeds(name: str, row: dict, data, out: Path) -> dict | None:
     # Each seed holds out its own images, so there is no shared validation split to choose on: plain average.
     results = build_ensemble([Path(d) for d in row["run_dirs"]], out / f"{name}-ensemble", dataset=data, select="all",
                              overwrite=True)  # fmt: skip
-    return {"members": row["runs"], "accuracy": results["test_accuracy"],
-            "gain_over_best_member": results["gain_over_best_member"]}  # fmt: skip
+    return {"members": row["runs"], "accuracy": results.test_accuracy,
+            "gain_over_best_member": results.gain_over_best_member}  # fmt: skip
 
 
 def pareto(rows: dict[str, dict]) -> list[str]:

@@ -128,8 +128,8 @@ def test_the_benchmark_configs_ensemble_row_shows_its_published_figure(tiny_data
     plan.ensembles = [EnsembleSpec(e.name, tuple(m for m in e.members if m in cheap)) for e in plan.ensembles]
     out = tmp_path / "bench"
     summary = run_compare(plan, plan.resolve(TINY), Session(out, data=tiny_dataset))
-    (row,) = summary["ensembles"]
-    assert row["name"] == "ensemble5" and [m["name"] for m in row["members"]] == cheap
+    (row,) = summary.ensembles
+    assert row.name == "ensemble5" and [m.name for m in row.members] == cheap
     text = render_markdown(Document("t", [], [comparison_section(ReportContext(out, ReportOptions()))]), out)
     line = next(line for line in text.splitlines() if line.startswith("| ensemble5 (ensemble of 2)"))
     assert "96.1%" in line and "vs best member" in line
