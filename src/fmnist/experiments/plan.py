@@ -152,7 +152,7 @@ def _holdout_problem(members: tuple[PlannedRun, ...]) -> str:
     if any(size <= 0 for size, _ in holdouts):
         return "some of its runs hold out no validation images (val_size 0)"
     if len(holdouts) > 1:
-        return "its runs hold out different validation images (the split seed follows each run's seed)"
+        return "its runs hold out different validation images (different val_size or split_seed)"
     return ""
 
 
