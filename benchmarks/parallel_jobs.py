@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from time_to_accuracy import ISA_LEVELS
+from isa_caps import ISA_LEVELS
 
 from fmnist.device import cpu_isa, cpu_model
 

@@ -158,3 +158,168 @@ def test_gpu_speed_smoke_trains_each_recipe_per_seed_and_writes_a_table_the_docs
             no_gpu.returncode == 2
             and no_gpu.stderr.strip() == "error: no CUDA GPU here (--smoke runs the plumbing on the CPU)"
         )
+
+
+def _results_tables():
+    sys.path.insert(0, str(ROOT / "docs" / "scripts"))
+    try:
+        import results_tables
+    finally:
+        sys.path.pop(0)
+    return results_tables
+
+
+def _keys(value) -> list[str]:
+    """Every key of a JSON document, at any depth."""
+    if isinstance(value, dict):
+        return [k for k, v in value.items() for k in (k, *_keys(v))]
+    if isinstance(value, list):
+        return [k for v in value for k in _keys(v)]
+    return []
+
+
+SCREEN = """
+name = "tiny"
+chose = "nothing"
+seeds = [0, 1]
+[base]
+model = "fastcnn"
+epochs = 1
+tta = "none"
+[candidates.plain]
+[candidates.narrow]
+lr = 1e-2
+model_args = { widths = [8, 16, 32] }
+"""
+
+
+def test_screen_smoke_records_validation_accuracy_per_seed_and_no_test_figure(tiny_data_dir: Path, tmp_path: Path):
+    import json
+    import statistics
+
+    from fmnist.config import TrainConfig
+    from fmnist.device import ISA_LEVELS, hardware_isa
+
+    script = str(ROOT / "benchmarks" / "screen.py")
+    (tmp_path / "tiny.toml").write_text(SCREEN)
+    out = tmp_path / "screen.json"
+    proc = subprocess.run([sys.executable, script, str(tmp_path / "tiny.toml"), "--smoke", "--jobs", "2",
+                           "--data-dir", str(tiny_data_dir), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    screen = json.loads(out.read_text())
+    assert screen["screen"] == "tiny" and screen["chose"] == "nothing" and screen["seeds"] == [0, 1]
+    assert screen["cpu"] and screen["isa"] in ISA_LEVELS and screen["isa_level"] == "native"
+    assert screen["precision"] and set(screen["precision"]) <= {"fp32", "bf16"} and screen["smoke"] is True
+    assert "--smoke" in screen["command"] and screen["recorded"][:4].isdigit() and screen["jobs"] == 2
+    assert screen["data"]["val_size"] == 100 and screen["versions"]["torch"]
+    plain, narrow = screen["candidates"]
+    assert [plain["name"], narrow["name"]] == ["plain", "narrow"]
+    assert plain["changed"] == {} and narrow["overrides"] == {"lr": 0.01, "model_args": {"widths": [8, 16, 32]}}
+    assert narrow["changed"] == {"model_args.widths": ["[16, 32, 64]", "[8, 16, 32]"], "lr": ["0.02", "0.01"]}
+    # Full resolved settings: every key of a run's config but the seed, which the screen's list sets.
+    assert set(narrow["settings"]) == set(TrainConfig().to_dict()) - {"seed"}
+    assert narrow["settings"]["model_args"]["whiten"] is True  # merged key by key with the base's
+    for candidate in (plain, narrow):
+        runs = candidate["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        for run in runs:
+            vals = [h["val_accuracy"] for h in run["history"]]
+            assert run["best_val_accuracy"] == max(vals) and run["last_val_accuracy"] == vals[-1]
+            assert run["history"][run["best_epoch"] - 1]["val_accuracy"] == run["best_val_accuracy"]
+            assert 0 <= run["best_val_accuracy"] <= 1 and run["wall_seconds"] > 0 and run["steps"] == 2
+        assert candidate["mean_best_val_accuracy"] == statistics.fmean(r["best_val_accuracy"] for r in runs)
+    # Validation only: every accuracy recorded is a validation accuracy, and no key names the test split.
+    keys = _keys(screen)
+    assert not [k for k in keys if "test" in k.lower()]
+    assert all("val_accuracy" in k for k in keys if "accuracy" in k)
+    # docs/results.md renders the file as written.
+    tables = _results_tables()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "screen-tiny-cpu.json").write_text(out.read_text())
+    real, tables.RESULTS = tables.RESULTS, tmp_path / "results"
+    try:
+        rendered = tables.render_screens()
+    finally:
+        tables.RESULTS = real
+    assert "| `plain` | the base |" in rendered and "model_args.widths [16, 32, 64] → [8, 16, 32]" in rendered
+    assert "smoke run" in rendered
+    # --isa reruns the screen in a child capped to that level, or says in one line why it cannot.
+    capped = tmp_path / "capped.json"
+    (tmp_path / "one.toml").write_text(SCREEN.replace("seeds = [0, 1]", "seeds = [3]"))
+    proc = subprocess.run([sys.executable, script, str(tmp_path / "one.toml"), "--smoke", "--isa", "avx2",
+                           "--data-dir", str(tiny_data_dir), "--json", str(capped)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    if ISA_LEVELS.index(hardware_isa()) >= ISA_LEVELS.index("avx2"):
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        record = json.loads(capped.read_text())
+        assert (record["isa_level"], record["isa"], record["precision"]) == ("avx2", "avx2", ["fp32"])
+        assert record["isa_caps"]["ONEDNN_MAX_CPU_ISA"] == "AVX2" and record["seeds"] == [3]
+    else:
+        assert proc.returncode == 2 and proc.stderr.startswith("error: --isa avx2: needs avx2")
+    # A screen file with a bad key or setting stops before any training, naming the file.
+    (tmp_path / "bad.toml").write_text(SCREEN + "[candidates.typo]\nlearning_rate = 1\n")
+    bad = subprocess.run([sys.executable, script, str(tmp_path / "bad.toml"), "--smoke", "--json", str(capped)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "candidate 'typo'" in bad.stderr and "learning_rate" in bad.stderr
+
+
+def test_time_to_accuracy_smoke_records_every_reference_seed_and_no_ratio_short_of_the_target(
+    tiny_data_dir: Path, tmp_path: Path
+):
+    import json
+    import statistics
+
+    out = tmp_path / "tta.json"
+    script = str(ROOT / "benchmarks" / "time_to_accuracy.py")
+    proc = subprocess.run([sys.executable, script, "--smoke", "--seeds", "2", "--reference-seeds", "2",
+                           "--data-dir", str(tiny_data_dir), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    record = json.loads(out.read_text())
+    assert record["reference_seeds"] == 2 and record["smoke"] is True
+    (level,) = record["levels"]
+    reference = level["seed_runs"]
+    assert [r["seed"] for r in reference] == [0, 1]
+    for run in reference:
+        history = run["history"]
+        assert [h["epoch"] for h in history] == list(range(1, len(history) + 1)) and len(history) <= 2
+        first = next((h for h in history if h["test_accuracy"] >= 0.93), None)
+        # It stops at the first epoch at 93%; its time is that epoch's cumulative seconds.
+        assert run["reached"] == (first is not None) and run["epoch"] == (first and first["epoch"])
+        assert run["seconds"] == history[-1]["seconds"] > 0 and (first is None or first is history[-1])
+    assert level["seed_seconds"] == statistics.fmean(r["seconds"] for r in reference)
+    assert level["seed_reached"] == all(r["reached"] for r in reference)
+    assert [r["seed"] for r in level["fmnist_runs"]] == [0, 1]
+    assert all(r["wall_seconds"] > 0 and 0 <= r["accuracy"] <= 1 for r in level["fmnist_runs"])
+    # Two steps of fastcnn are far from 93%: no ratio, whatever the reference did.
+    assert level["mean_accuracy"] < 0.93
+    assert level["ratio"] == "not reached" and level["meets"]["ratio"] is False
+    tables = _results_tables()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "time_to_accuracy-cpu.json").write_text(out.read_text())
+    real, tables.RESULTS = tables.RESULTS, tmp_path / "results"
+    try:
+        rendered = tables.render_time_to_accuracy_sweeps()
+    finally:
+        tables.RESULTS = real
+    assert "| not reached |" in rendered and "seed 1: " in rendered
+    refused = subprocess.run([sys.executable, script, "--smoke"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "never recorded" in refused.stderr
+
+
+def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in_one_view():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import screen
+    finally:
+        sys.path.pop(0)
+    from fmnist.training.settings import resolve_config
+
+    fast = screen.read_screen(ROOT / "configs" / "screens" / "fast.toml")
+    assert fast.name == fast.chose == "fast" and len(fast.seeds) >= 2
+    configs = {name: screen.resolve(fast, name, {}) for name in fast.candidates}  # resolves, trains nothing
+    recipe = resolve_config("fastcnn", options={"tta": "none"})  # the screen compared single views
+    assert configs["narrow-muon-3ep-lr2e-2"].to_dict() == recipe.to_dict()
+    assert screen.changed(screen.resolve(fast, None, {}), configs["0.3.1"]) == {}

@@ -6,6 +6,7 @@ A table sits between markers naming its source, and everything between them is r
     <!-- results: recipes -->                  src/fmnist/training/recipes_measured.json (what `fmnist recipes` shows)
     <!-- results: models -->                   the model registry: parameters and FLOPs, counted now
     <!-- results: time_to_accuracy_sweeps -->  every benchmarks/results/time_to_accuracy-<cpu>.json
+    <!-- results: screens -->                  every benchmarks/results/screen-<name>-<cpu>.json
     <!-- /results -->
 
     python docs/scripts/results_tables.py           # rewrite the tables in place
@@ -186,10 +187,13 @@ def render_time_to_accuracy_sweeps() -> str:
             seed = f"{_number(round(level['seed_seconds'], 1))} s (epoch {level['seed_epoch']})"
             if not level["seed_reached"]:
                 seed = f"> {_number(round(level['seed_seconds'], 1))} s (never reached 93%)"
+            if level.get("seed_runs"):  # since issue 38: every reference seed
+                seed = _reference_seeds(level)
+            ratio = level["ratio"] if isinstance(level["ratio"], str) else f"{level['ratio']:.1f}×"
             missed = [name for name, ok in level["meets"].items() if not ok]
             rows.append([
                 record["cpu"], f"`{level['level']}`", level["precision"], seed,
-                f"{level['fmnist_seconds']:.1f} s", f"{level['ratio']:.1f}×", _pct(accuracies),
+                f"{level['fmnist_seconds']:.1f} s", ratio, _pct(accuracies),
                 f"{min(accuracies):.2f}%", "all met" if not missed else "missed: " + ", ".join(missed),
             ])  # fmt: skip
         notes.append(f"{record['cpu']} (hardware level `{record['hardware_isa']}`, {record['threads']} threads, "
@@ -203,7 +207,49 @@ def render_time_to_accuracy_sweeps() -> str:
     return out + "\n" + targets + " Recorded by " + "; ".join(notes) + ".\n"
 
 
+def _reference_seeds(level: dict) -> str:
+    """The seed-004 reference's mean time to 93% and each seed's ("> T s" where a seed never got there)."""
+    each = [f"seed {r['seed']}: {_number(round(r['seconds'], 1))} s (epoch {r['epoch']})" if r["reached"]
+            else f"seed {r['seed']}: > {_number(round(r['seconds'], 1))} s (never reached 93%)"
+            for r in level["seed_runs"]]  # fmt: skip
+    mean = _number(round(level["seed_seconds"], 1))
+    return f"{'' if level['seed_reached'] else '> '}{mean} s mean ({'; '.join(each)})"
+
+
+def render_screens() -> str:
+    """Every benchmarks/results/screen-<name>-<cpu>.json (what benchmarks/screen.py writes): one table per
+    screen, a row per candidate, with validation accuracy only (a screen never evaluates the test split)."""
+    out = []
+    for path in sorted(RESULTS.glob("screen-*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        hardware = (f"{', '.join(record['precision'])}, {record['isa']} ({record['isa_level']}), {record['cpu']}, "
+                    f"{record['jobs']} run(s) at once, {record['threads_per_run']} thread(s) each")  # fmt: skip
+        rows = []
+        for c in record["candidates"]:
+            changes = "; ".join(f"{key} {old} → {new}" for key, (old, new) in c["changed"].items()) or "the base"
+            seeds = ", ".join(f"{100 * r['best_val_accuracy']:.2f} (epoch {r['best_epoch']}; last "
+                              f"{100 * r['last_val_accuracy']:.2f})" for r in c["runs"])  # fmt: skip
+            rows.append([f"`{c['name']}`", _cell(changes, "text"), f"{100 * c['mean_best_val_accuracy']:.2f}%",
+                         seeds, f"{c['mean_wall_seconds']:.1f} s", _cell(hardware, "text"),
+                         _cell(record["command"], "code")])  # fmt: skip
+        chose = f", which chose the `{record['chose']}` recipe" if record.get("chose") else ""
+        smoke = " A smoke run (a few steps each): its figures test the plumbing only." if record.get("smoke") else ""
+        out.append(
+            f"Screen `{record['screen']}` (`{record['screen_file']}`{chose}), seeds {record['seeds']}, "
+            f"{record['data']['val_size']:,} validation images, recorded {record['recorded'][:10]} "
+            f"with torch {record['versions']['torch']}.{smoke}\n\n"
+            + _markdown(["candidate", "changed from the base", "mean validation accuracy (best epoch)",
+                         "per seed: best epoch, last", "seconds per run", "precision, ISA, CPU", "command"], rows)
+        )  # fmt: skip
+    if not out:
+        return ("No screen recorded yet: `python benchmarks/screen.py configs/screens/fast.toml` writes "
+                "`benchmarks/results/screen-fast-<cpu>.json`, and this block renders it.\n")  # fmt: skip
+    return "\n".join(out)
+
+
 def render(source: str) -> str:
+    if source == "screens":
+        return render_screens()
     if source == "time_to_accuracy_sweeps":
         return render_time_to_accuracy_sweeps()
     if source == "serve_load":

@@ -45,7 +45,8 @@ class Recipe:
 # 93.29% against AdamW's 92.97%), which pays for 16-32-64 (1.8x the images/s of 16-48-96 on
 # AVX-512). Batch 128 runs more images/s than 256 on a 2-core CPU and gives more steps per epoch.
 # What it reaches and how fast: recipes_measured.json ("fast") and
-# benchmarks/results/time_to_accuracy-*.json.
+# benchmarks/results/time_to_accuracy-*.json. The screen, as a file benchmarks/screen.py runs:
+# configs/screens/fast.toml (its record: benchmarks/results/screen-fast-<cpu>.json).
 FAST_SETTINGS: Settings = {
     "model_args": {"widths": [16, 32, 64], "whiten": True},
     "epochs": 3, "batch_size": 128, "optimizer": "muon", "lr": 2e-2, "weight_decay": 5e-2,

@@ -1,0 +1,246 @@
+"""Screen candidate settings on the validation split, and record the screen as JSON.
+
+A screen file (configs/screens/NAME.toml) names a base set-up, the candidates (each a table of
+settings over the base) and the seeds. Every candidate and seed is resolved through
+`resolve_config` and trained through `fit`, as `fmnist train` would; the JSON keeps each
+candidate's full resolved settings, the keys it changes from the base, and per seed its validation
+accuracy at the best epoch (chosen on validation, as the trainer chooses) and at the last, its
+per-epoch validation history and its time. No test figure exists to be read: `fit` ends by
+evaluating the test split, and the screen hands it a one-image stand-in taken from the training
+images instead.
+
+    python benchmarks/screen.py configs/screens/fast.toml [--jobs 2] [--isa avx2] [--json PATH]
+    python benchmarks/screen.py SCREEN --smoke --json PATH   # the plumbing: 2 steps a run, 100 validation images
+
+--jobs N trains N runs at once, each in its own process with an equal share of the threads.
+--isa LEVEL (avx2, avx512, avx512_bf16, native) reruns the screen in a child process capped to that
+instruction set (see isa_caps.py). Writes benchmarks/results/screen-<name>-<cpu>.json (or --json),
+which docs/results.md renders (docs/scripts/results_tables.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import time
+import tomllib
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from isa_caps import ISA_LEVELS, capped_level, caps_text, cpu_slug, run_capped, unavailable  # benchmarks/isa_caps.py
+
+from fmnist.config import TrainConfig
+from fmnist.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+SCREEN_KEYS = {"name", "about", "chose", "seeds", "base", "candidates"}
+SMOKE = {"max_steps": 2, "val_size": 100}  # options over every run in --smoke
+
+
+@dataclasses.dataclass
+class Screen:
+    name: str
+    about: str
+    chose: str  # the recipe this screen chose, "" for none
+    seeds: list[int]
+    base: dict[str, Any]
+    candidates: dict[str, dict[str, Any]]
+    path: Path
+
+
+def read_screen(path: Path) -> Screen:
+    """The screen file, checked: a bad key or value is one UsageError naming the file."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read the screen file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    if unknown := sorted(set(raw) - SCREEN_KEYS):
+        raise UsageError(f"{path}: unknown key(s) {', '.join(unknown)}; a screen has {', '.join(sorted(SCREEN_KEYS))}")
+    seeds, candidates = raw.get("seeds"), raw.get("candidates")
+    if not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise UsageError(f"{path}: name must be the screen's name")
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
+        raise UsageError(f"{path}: seeds must be a list of non-negative integers, not {seeds!r}")
+    if not (isinstance(candidates, dict) and candidates and all(isinstance(c, dict) for c in candidates.values())):
+        raise UsageError(f"{path}: [candidates.NAME] tables must name at least one candidate")
+    base = raw.get("base", {})
+    for where, values in (("base", base), *((f"candidates.{n}", c) for n, c in candidates.items())):
+        if "seed" in values:  # each run's seed is the screen's
+            raise UsageError(f"{path}: [{where}] sets seed; the screen's seeds list sets it")
+    return Screen(raw["name"], raw.get("about", ""), raw.get("chose", ""), seeds, base, candidates, path)
+
+
+def resolve(screen: Screen, candidate: str | None, options: dict[str, Any]) -> TrainConfig:
+    """The candidate's config (the base's for None): the base as a config file, the candidate over it.
+
+    The candidate is the options layer, so its model arguments merge key by key with the base's.
+    """
+    from fmnist.training.settings import resolve_config
+
+    overrides = screen.candidates[candidate] if candidate else {}
+    origin = f"{screen.path}, candidate {candidate!r}" if candidate else f"{screen.path}, base"
+    try:
+        return resolve_config(file_values=screen.base, origin=str(screen.path),
+                              options={**overrides, **options})  # fmt: skip
+    except UsageError as exc:
+        raise UsageError(f"{origin}: {exc}") from None
+
+
+def changed(base: TrainConfig, config: TrainConfig) -> dict[str, list[Any]]:
+    """{key: [base's value, the candidate's]} for every resolved setting the candidate changes."""
+    flat = {key: value for key, value, _ in base.source_rows()}
+    return {key: [flat.get(key), value] for key, value, _ in config.source_rows() if flat.get(key) != value}
+
+
+def shown(path: Path) -> str:
+    """A path as the JSON records it: relative to the repository where it lies inside it."""
+    path = path.resolve()
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.as_posix()
+
+
+def without_seed(config: TrainConfig) -> dict[str, Any]:
+    """The resolved settings but the seed (each run's is the screen's)."""
+    return {key: value for key, value in config.to_dict().items() if key != "seed"}
+
+
+_DATA: dict[str | None, Any] = {}
+
+
+def _dataset(data_dir: str | None):
+    """The dataset, loaded once per process, with its test split replaced by a one-image stand-in."""
+    if data_dir not in _DATA:
+        from fmnist.data.sources import resolve_dataset
+
+        data = resolve_dataset(data_dir, notify=lambda m: print(m, file=sys.stderr))
+        _DATA[data_dir] = dataclasses.replace(data, test_images=data.train_images[:1],
+                                              test_labels=data.train_labels[:1])  # fmt: skip
+    return _DATA[data_dir]
+
+
+def run_one(config: TrainConfig, data_dir: str | None, threads: int) -> dict[str, Any]:
+    """One candidate at one seed: validation accuracy at the best and the last epoch, history, time."""
+    from fmnist.training.trainer import fit
+
+    torch.set_num_threads(threads)
+    data = _dataset(data_dir)
+    t0 = time.perf_counter()
+    result = fit(config, data)
+    wall = time.perf_counter() - t0
+    history = [{"epoch": r.epoch, "val_accuracy": r.val_accuracy, "val_loss": r.val_loss, "seconds": r.seconds}
+               for r in result.history]  # fmt: skip
+    best = next(r for r in result.history if r.epoch == result.best_epoch)
+    return {
+        "seed": config.seed, "best_epoch": result.best_epoch, "best_val_accuracy": best.val_accuracy,
+        "last_val_accuracy": result.history[-1].val_accuracy, "epochs_run": result.epochs_run,
+        "steps": result.steps, "wall_seconds": wall, "train_seconds": result.train_seconds,
+        "precision": result.precision, "isa": result.isa, "threads": threads, "history": history,
+    }  # fmt: skip
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    best = [r["best_val_accuracy"] for r in runs]
+    return {"mean_best_val_accuracy": statistics.fmean(best), "min_best_val_accuracy": min(best),
+            "mean_last_val_accuracy": statistics.fmean(r["last_val_accuracy"] for r in runs),
+            "mean_wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs)}  # fmt: skip
+
+
+def run_screen(screen: Screen, args) -> dict[str, Any]:
+    from fmnist.device import cpu_isa, cpu_model, hardware_isa
+    from fmnist.experiments.jobs import threads_per_job
+
+    options = dict(SMOKE) if args.smoke else {}
+    base = resolve(screen, None, options)
+    # Every candidate resolved before any training: a typo fails now, not an hour in.
+    configs = {name: resolve(screen, name, options) for name in screen.candidates}
+    work = [(name, resolve(screen, name, {**options, "seed": seed})) for name in configs for seed in screen.seeds]
+    threads = threads_per_job(args.jobs)
+    print(f"screen {screen.name}: {len(configs)} candidates x seeds {screen.seeds} on validation; {cpu_model()} "
+          f"({cpu_isa()}, {caps_text(capped_level())}), {args.jobs} run(s) at once, {threads} thread(s) each", flush=True)  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
+
+    def report(name: str, run: dict[str, Any]) -> None:
+        results[name].append(run)
+        print(f"  {name:<28} seed {run['seed']}  val {100 * run['best_val_accuracy']:.2f}% (epoch {run['best_epoch']}), "
+              f"last {100 * run['last_val_accuracy']:.2f}%  {run['wall_seconds']:.1f}s  {run['precision']}", flush=True)  # fmt: skip
+
+    if args.jobs == 1:
+        for name, config in work:
+            report(name, run_one(config, args.data_dir, threads))
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [(name, pool.submit(run_one, config, args.data_dir, threads)) for name, config in work]
+            for name, future in futures:
+                report(name, future.result())
+    candidates = []
+    for name, config in configs.items():
+        runs = sorted(results[name], key=lambda r: r["seed"])
+        candidates.append({"name": name, "overrides": screen.candidates[name], "changed": changed(base, config),
+                           "settings": without_seed(config), **summary(runs), "runs": runs})  # fmt: skip
+    import fmnist
+
+    data = _dataset(args.data_dir)
+    return {
+        "benchmark": "screen", "screen": screen.name, "about": screen.about, "chose": screen.chose,
+        "screen_file": shown(screen.path), "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "benchmarks/screen.py", *sys.argv[1:]]),
+        "cpu": cpu_model(), "hardware_isa": hardware_isa(), "isa": cpu_isa(), "isa_level": capped_level(),
+        "isa_caps": ISA_LEVELS[capped_level()][1], "precision": sorted({r["precision"] for c in candidates for r in c["runs"]}),
+        "jobs": args.jobs, "threads_per_run": threads, "seeds": screen.seeds, "smoke": args.smoke,
+        "data": {"source": data.provenance.source, "split": data.provenance.split, "val_size": base.val_size},
+        "chosen_on": "validation accuracy at each run's best epoch (the test split is never evaluated)",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                     "fmnist": fmnist.__version__},
+        "base": without_seed(base), "candidates": candidates,
+    }  # fmt: skip
+
+
+def main() -> int:
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("screen", type=Path, help="a screen file, e.g. configs/screens/fast.toml")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+    parser.add_argument("--isa", choices=list(ISA_LEVELS), help="run capped to this instruction-set level")
+    parser.add_argument("--smoke", action="store_true", help="2 steps a run, 100 validation images (needs --json)")
+    parser.add_argument("--data-dir", default=os.environ.get("FMNIST_DATA"))
+    parser.add_argument("--json", type=Path, help="write the screen here (default: benchmarks/results/)")
+    args = parser.parse_args()
+    try:
+        if args.jobs < 1:
+            raise UsageError(f"--jobs must be 1 or more, not {args.jobs}")
+        if args.smoke and args.json is None:
+            raise UsageError("smoke figures are never recorded: give --json PATH")
+        screen = read_screen(args.screen)
+        if args.isa and args.isa != capped_level():
+            if reason := unavailable(args.isa):
+                raise UsageError(f"--isa {args.isa}: {reason}")
+            print(f"== {args.isa}: {caps_text(args.isa)}", flush=True)
+            return run_capped(args.isa, sys.argv)
+        document = run_screen(screen, args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from fmnist.device import cpu_model
+
+    path = args.json or RESULTS_DIR / f"screen-{screen.name}-{cpu_slug(cpu_model())}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
