@@ -118,6 +118,13 @@ class Run:
         images = np.asarray(images)
         return self._predictor.assess(images[None] if images.ndim == 2 else images, coverage)
 
+    def robustness(self, data_dir: str | Path | None = None, threads: int = 1):
+        """Accuracy, calibration error and unknown rate under 14 corruptions at 3 severities, written to
+        robustness.json: an `fmnist.inference.robustness.RobustnessFile`."""
+        from fmnist.inference.robustness import run_robustness
+
+        return run_robustness(self.path, str(data_dir) if data_dir else None, threads=threads)
+
     def evaluate(self, data_dir: str | Path | None = None):
         """Score the checkpoint on the test split again: an `fmnist.inference.evaluate.Evaluation`."""
         from fmnist.inference.evaluate import evaluate_run

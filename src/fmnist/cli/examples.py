@@ -35,6 +35,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "fmnist predict runs/cnn shoe.jpg photos/",
         "fmnist predict runs/cnn photos/ --coverage 0.9 --ood reject --json",
     ),
+    "robustness": ("fmnist robustness runs/cnn",),
     "export": ("fmnist export runs/cnn", "fmnist export runs/cnn --int8"),
     "serve": ("fmnist serve runs/cnn --port 8000",),
 }
