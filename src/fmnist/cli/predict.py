@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from fmnist.cli.options import Backend, BackendOption, Precision, PrecisionOption, RunDirArgument, choice, value
-from fmnist.cli.output import console, err_console, notify, steps_progress
+from fmnist.cli.output import console, err_console, say, steps_progress
 
 OodMode = choice("OodMode", ("off", "warn", "reject"))  # fmnist.inference.predict.OOD_MODES
 
@@ -69,8 +69,6 @@ def predict_cmd(
 
     for name, message in failures:  # one line per bad file; the rest are still reported
         err_console.print(f"error: {name}: {message}", markup=False, soft_wrap=True)
-    if trust.note:
-        notify(f"note: {trust.note}")
     if as_json:
         calibration = {"temperature": trust.temperature, "ood": mode, "ood_method": trust.record.ood_method or None,
                        "ood_threshold": trust.record.ood_threshold if mode != "off" else None,
@@ -80,6 +78,8 @@ def predict_cmd(
         print(json.dumps(payload, indent=2))
     elif results:
         console.print(_table(predictor.meta["model"], results, top_k, coverage))
+        if trust.note:  # below the table (--json: calibration.note); stderr holds errors only
+            say(f"note: {trust.note}")
     if failures:
         raise typer.Exit(1)
 

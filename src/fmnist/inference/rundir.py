@@ -10,7 +10,7 @@ types its JSON files are written and read through, creating and locking a folder
       results.json               RESULTS_FILE: RunResultsFile
       trust.json, trust.safetensors
                                  TRUST_FILE, TRUST_TENSORS_FILE: temperature, OOD threshold, conformal
-                                 scores (fmnist.inference.trust); absent in runs before fmnist 0.5
+                                 scores (fmnist.inference.trust); absent in older runs
       robustness.json            ROBUSTNESS_FILE: `fmnist robustness` (fmnist.inference.robustness)
       state.json, state-<step>.safetensors
                                  STATE_FILE, STATE_TENSORS_GLOB: resumable state, until the run ends

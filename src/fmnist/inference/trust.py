@@ -160,21 +160,28 @@ def fit_trust(model: Classifier, dataset: FashionMNIST, *, val_size: int, holdou
     val_labels = labels[val_idx].astype(np.int64)
 
     fit = fit_temperature(val_logits, val_labels)
-    maha = ood.Mahalanobis(train_features, labels[sample])
-    parts = {"energy": ood.energy(val_logits), "mahalanobis": maha.score(val_features)}
-    standard = {name: ood.Standardised(s) for name, s in parts.items()}
-    combined = sum(standard[name](s) for name, s in parts.items())
     lac = conformal.class_scores(scale(val_logits, fit.temperature), CONFORMAL_METHOD)
-    return TrustFile(
+    record = TrustFile(
         temperature=fit.temperature, nll_before=fit.nll_before, nll_after=fit.nll_after,
         ece_before=fit.ece_before, ece_after=fit.ece_after,
-        validation_images=len(val_idx), train_sample_images=len(sample),
-        ood_method=OOD_METHOD, ood_standardisation={n: {"mean": s.mean, "std": s.std} for n, s in standard.items()},
-        ood_threshold=ood.threshold(combined), conformal_method=CONFORMAL_METHOD,
-        fit_seconds=time.perf_counter() - started,
-        mahalanobis_means=maha.means, mahalanobis_whiten=maha.whiten,
+        validation_images=len(val_idx), train_sample_images=len(sample), conformal_method=CONFORMAL_METHOD,
         conformal_scores=np.sort(lac[np.arange(len(val_labels)), val_labels]),
     )  # fmt: skip
+    try:
+        maha = ood.Mahalanobis(train_features, labels[sample])
+    except np.linalg.LinAlgError:  # features with no spread at all (a dead net): no covariance to invert
+        record.note = "the network's features have no spread: no unknown threshold"
+    else:
+        parts = {"energy": ood.energy(val_logits), "mahalanobis": maha.score(val_features)}
+        standard = {name: ood.Standardised(s) for name, s in parts.items()}
+        record.ood_method, record.ood_threshold = (
+            OOD_METHOD,
+            ood.threshold(sum(standard[n](s) for n, s in parts.items())),
+        )
+        record.ood_standardisation = {n: {"mean": s.mean, "std": s.std} for n, s in standard.items()}
+        record.mahalanobis_means, record.mahalanobis_whiten = maha.means, maha.whiten
+    record.fit_seconds = time.perf_counter() - started
+    return record
 
 
 def fit_trust_for_config(model: Classifier, dataset: FashionMNIST, config: TrainConfig) -> TrustFile:
