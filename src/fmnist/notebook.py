@@ -102,10 +102,28 @@ class Run:
             raise FmnistError(f"{self.path}: {self.name} keeps results only; it has no model to predict with")
         return Predictor(self.path)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 10) for uint8 images (N,28,28) or one image (28,28) in the dataset's form."""
+    def predict(self, images: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities (N, 10) for uint8 images (N,28,28) or one image (28,28) in the dataset's form:
+        calibrated by the run's temperature (1 for a run trained before fmnist calibrated runs), or the
+        raw softmax with `calibrated=False`."""
         images = np.asarray(images)
-        return self._predictor.probabilities(images[None] if images.ndim == 2 else images)
+        batch = images[None] if images.ndim == 2 else images
+        predictor = self._predictor
+        return predictor.trust.probabilities(predictor.logits(batch)) if calibrated else predictor.probabilities(batch)
+
+    def assess(self, images: np.ndarray, coverage: float | None = None):
+        """Calibrated probabilities, OOD scores and unknown flags, and prediction sets at `coverage`
+        (e.g. 0.9) for uint8 images: an `fmnist.inference.trust.Assessment` (what the run cannot give,
+        for want of a trust record, is None, and its `note` says why)."""
+        images = np.asarray(images)
+        return self._predictor.assess(images[None] if images.ndim == 2 else images, coverage)
+
+    def robustness(self, data_dir: str | Path | None = None, threads: int = 1):
+        """Accuracy, calibration error and unknown rate under 14 corruptions at 3 severities, written to
+        robustness.json: an `fmnist.inference.robustness.RobustnessFile`."""
+        from fmnist.inference.robustness import run_robustness
+
+        return run_robustness(self.path, str(data_dir) if data_dir else None, threads=threads)
 
     def evaluate(self, data_dir: str | Path | None = None):
         """Score the checkpoint on the test split again: an `fmnist.inference.evaluate.Evaluation`."""

@@ -64,6 +64,15 @@ class Mahalanobis:
         self.whiten = np.linalg.inv(np.linalg.cholesky(covariance)).T
         self.whitened_means = self.means @ self.whiten
 
+    @classmethod
+    def from_arrays(cls, means: np.ndarray, whiten: np.ndarray) -> Mahalanobis:
+        """A fitted scorer from its saved class means (C, D) and whitening matrix (D, D): the
+        precision (inverse covariance) is whiten @ whiten.T."""
+        self = cls.__new__(cls)
+        self.means, self.whiten = np.asarray(means, np.float64), np.asarray(whiten, np.float64)
+        self.whitened_means = self.means @ self.whiten
+        return self
+
     def score(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         x = _numpy(features).astype(np.float64).reshape(len(features), -1)
         out = np.empty(len(x))

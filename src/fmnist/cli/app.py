@@ -15,6 +15,7 @@ import typer
 
 from fmnist.cli import (
     ablate,
+    calibrate,
     compare,
     data,
     ensemble,
@@ -24,6 +25,7 @@ from fmnist.cli import (
     predict,
     recipes,
     report,
+    robustness,
     serve,
     sweep,
     train,
@@ -69,6 +71,7 @@ for name, command in {
     "evaluate": evaluate.evaluate_cmd, "compare": compare.compare_cmd, "report": report.report_cmd,
     "ablate": ablate.ablate_cmd, "ensemble": ensemble.ensemble_cmd, "sweep": sweep.sweep_cmd,
     "predict": predict.predict_cmd, "export": export.export_cmd, "serve": serve.serve_cmd,
+    "calibrate": calibrate.calibrate_cmd, "robustness": robustness.robustness_cmd,
 }.items():  # fmt: skip
     app.command(name)(command)
 
@@ -97,7 +100,7 @@ CLICK_EXCEPTION = _click_exceptions("ClickException")
 
 # `fmnist --help` lists commands in the order people use them.
 WORKFLOW_ORDER = ("data", "models", "recipes", "train", "evaluate", "compare", "report", "ablate", "ensemble",
-                  "sweep", "predict", "export", "serve")  # fmt: skip
+                  "sweep", "calibrate", "predict", "robustness", "export", "serve")  # fmt: skip
 
 
 def _metavar(param) -> str | None:

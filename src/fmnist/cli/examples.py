@@ -30,7 +30,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "ablate": ("fmnist ablate --base cnn_seed004 --epochs 5",),
     "ensemble": ("fmnist ensemble runs/cnn-seed0 runs/cnn-seed1 runs/cnn-seed2 --out runs/ens",),
     "sweep": ("fmnist sweep configs/sweep-example.toml", "fmnist sweep --resume runs/sweep-20260101-120000"),
-    "predict": ("fmnist predict runs/cnn shoe.jpg photos/",),
+    "calibrate": ("fmnist calibrate runs/cnn        # a run trained before fmnist calibrated runs itself",),
+    "predict": (
+        "fmnist predict runs/cnn shoe.jpg photos/",
+        "fmnist predict runs/cnn photos/ --coverage 0.9 --ood reject --json",
+    ),
+    "robustness": ("fmnist robustness runs/cnn",),
     "export": ("fmnist export runs/cnn", "fmnist export runs/cnn --int8"),
     "serve": ("fmnist serve runs/cnn --port 8000",),
 }

@@ -8,8 +8,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fmnist.cli.options import Backend, BackendOption, Precision, PrecisionOption, RunDirArgument, value
-from fmnist.cli.output import console, err_console, steps_progress
+from fmnist.cli.options import Backend, BackendOption, Precision, PrecisionOption, RunDirArgument, choice, value
+from fmnist.cli.output import console, err_console, say, steps_progress
+
+OodMode = choice("OodMode", ("off", "warn", "reject"))  # fmnist.inference.predict.OOD_MODES
 
 
 def predict_cmd(
@@ -22,12 +24,29 @@ def predict_cmd(
     ),
     backend: Backend = BackendOption,
     precision: Precision = PrecisionOption,
+    ood: OodMode = typer.Option(
+        "warn",
+        "--ood",
+        help="Images unlike Fashion-MNIST (above the run's threshold): off, warn (mark them "
+        "unknown, still show their classes) or reject (mark them unknown, show no class; exit status unchanged)",
+    ),
+    coverage: float | None = typer.Option(
+        None,
+        "--coverage",
+        min=0.01,
+        max=0.99,
+        show_default=False,
+        help="Add each image's prediction set: the classes that hold the true one with this probability (e.g. "
+        "0.9); an empty set means no class is reliable enough at this coverage",
+    ),
 ) -> None:
-    """Classify images; photos are converted to Fashion-MNIST's form first (see --no-preprocess)."""
+    """Classify images; photos are converted to Fashion-MNIST's form first (see --no-preprocess).
+
+    Probabilities are calibrated by the run's temperature (fitted on its validation images)."""
     import numpy as np
 
     from fmnist.data.photos import ImageError, collect_image_paths, load_image
-    from fmnist.inference.predict import Predictor, top_classes
+    from fmnist.inference.predict import Predictor, assessed_rows
 
     predictor = Predictor(run_dir, backend=value(backend), precision=value(precision))
     paths, problems = collect_image_paths(images)
@@ -41,26 +60,45 @@ def predict_cmd(
             except ImageError as exc:
                 failures.append((str(path), str(exc)))
             progress.advance(task)
+    trust, mode = predictor.trust, value(ood)
     results = []
     if loaded:
-        probabilities = predictor.probabilities(np.stack([image for _, image in loaded]))
-        for (name, _), row in zip(loaded, probabilities):
-            results.append({"file": name, "top": top_classes(row, predictor.class_names, top_k)})
+        assessment = predictor.assess(np.stack([image for _, image in loaded]), coverage)
+        rows = assessed_rows(assessment, predictor.class_names, top_k, mode)
+        results = [{"file": name, **row} for (name, _), row in zip(loaded, rows)]
 
     for name, message in failures:  # one line per bad file; the rest are still reported
         err_console.print(f"error: {name}: {message}", markup=False, soft_wrap=True)
     if as_json:
-        payload = {"model": predictor.meta["model"], "predictions": results,
+        calibration = {"temperature": trust.temperature, "ood": mode, "ood_method": trust.record.ood_method or None,
+                       "ood_threshold": trust.record.ood_threshold if mode != "off" else None,
+                       "coverage": coverage if trust.has_sets else None, "note": trust.note or None}  # fmt: skip
+        payload = {"model": predictor.meta["model"], "calibration": calibration, "predictions": results,
                    "errors": [{"file": n, "error": m} for n, m in failures]}  # fmt: skip
         print(json.dumps(payload, indent=2))
     elif results:
-        table = Table(title=f"{predictor.meta['model']} predictions")
-        table.add_column("file", overflow="fold")  # wrap long paths rather than cut them
-        for i in range(top_k):
-            table.add_column(f"#{i + 1}", no_wrap=True)
-        for r in results:
-            cells = [f"{c['label']} {100 * c['probability']:.1f}%" for c in r["top"]]
-            table.add_row(r["file"], *cells)
-        console.print(table)
+        console.print(_table(predictor.meta["model"], results, top_k, coverage))
+        if trust.note:  # below the table (--json: calibration.note); stderr holds errors only
+            say(f"note: {trust.note}")
     if failures:
         raise typer.Exit(1)
+
+
+def _table(model: str, results: list[dict], top_k: int, coverage: float | None) -> Table:
+    table = Table(title=f"{model} predictions")
+    table.add_column("file", overflow="fold")  # wrap long paths rather than cut them
+    flags = any(r["unknown"] is not None for r in results)
+    sets = any(r["set"] is not None for r in results)
+    if flags:
+        table.add_column("known?", no_wrap=True)
+    for i in range(top_k):
+        table.add_column(f"#{i + 1}", no_wrap=True)
+    if sets:
+        table.add_column(f"set at {100 * coverage:g}%")
+    for r in results:
+        cells = [f"{c['label']} {100 * c['probability']:.1f}%" for c in r["top"]]
+        cells += [""] * (top_k - len(cells))  # --ood reject: an unknown image shows no class
+        flag = [f"unknown ({r['ood_score']:.1f})" if r["unknown"] else "yes"] if flags else []
+        members = [(", ".join(r["set"]) or "(empty: no class is reliable enough)") if r["set"] is not None else ""]
+        table.add_row(r["file"], *flag, *cells, *(members if sets else []))
+    return table

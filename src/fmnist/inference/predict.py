@@ -8,6 +8,7 @@ they answer alike. An ensemble directory (fmnist.inference.ensemble_model) loads
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import TypedDict
 
@@ -20,6 +21,9 @@ from fmnist.data.normalize import normalize
 from fmnist.device import resolve_precision
 from fmnist.errors import UsageError
 from fmnist.inference.checkpoint import normalization, tta_settings
+from fmnist.inference.trust import Assessment, Trust, embed
+
+ENSEMBLE_NOTE = "ensembles are not calibrated yet: probabilities are uncalibrated, with no unknown answer or sets"
 
 BACKENDS = ("torch", "onnx")
 
@@ -107,7 +111,33 @@ class Predictor:
         ).numpy()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Uncalibrated softmax probabilities (what serve answers); `assess` gives the calibrated ones."""
         return softmax(self.logits(images))
+
+    @cached_property
+    def trust(self) -> Trust:
+        """The run's temperature, OOD threshold and conformal scores (fmnist.inference.trust)."""
+        if self.is_ensemble:
+            return Trust(None, note=ENSEMBLE_NOTE)
+        return Trust.load(self.run_dir)
+
+    def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, penultimate features) of uint8 (N,28,28) images; features None for an ensemble.
+        The ONNX backend's logits come from its graph, the features from the checkpoint (fp32)."""
+        images = np.asarray(images)
+        if self.is_ensemble:
+            return self.logits(images), None
+        mean, std, tta = self.mean, self.std, tta_settings(self.meta)["tta"]
+        if self._session is not None:
+            return self.logits(images), embed(self.model, images, mean=mean, std=std, tta=tta)[1]
+        self.logits(images[:0])  # the same checks of the input's shape
+        return embed(self.model, images, mean=mean, std=std, tta=tta, precision=self.precision)
+
+    def assess(self, images: np.ndarray, coverage: float | None = None) -> Assessment:
+        """Calibrated probabilities, OOD scores with unknown flags, and prediction sets at `coverage`
+        (fmnist.inference.trust.Trust.assess); what the run's trust record lacks comes back None."""
+        logits, features = self.embed(images) if self.trust.has_ood else (self.logits(images), None)
+        return self.trust.assess(logits, features, coverage)
 
     def describe(self) -> dict[str, object]:
         """What /model and `predict --json` report about the loaded run (never a server path)."""
@@ -129,3 +159,24 @@ class Predictor:
             "onnx_source": self.onnx_source or None,
             **({"members": self.meta["members"]} if self.is_ensemble else {}),
         }
+
+
+OOD_MODES = ("off", "warn", "reject")
+
+
+def assessed_rows(assessment: Assessment, class_names: list[str], k: int, ood: str = "warn") -> list[dict[str, Any]]:
+    """One JSON-ready row per image: its top-k calibrated classes, whether it is unknown (`ood`
+    "warn" flags it, "reject" also withholds its classes: `top` and `set` are empty; "off" and a run without
+    an OOD score give None), its OOD score, and its prediction set (class names; None without one)."""
+    if ood not in OOD_MODES:
+        raise UsageError(f"--ood must be one of {', '.join(OOD_MODES)}, not {ood!r}")
+    rows = []
+    for i, p in enumerate(assessment.probabilities):
+        flagged = None if ood == "off" or assessment.unknown is None else bool(assessment.unknown[i])
+        score = None if flagged is None else float(assessment.ood_scores[i])
+        members = None if assessment.sets is None else [class_names[c] for c in np.flatnonzero(assessment.sets[i])]
+        rejected = bool(flagged) and ood == "reject"
+        top = [] if rejected else top_classes(p, class_names, k)
+        members = [] if rejected and members is not None else members
+        rows.append({"top": top, "unknown": flagged, "ood_score": score, "set": members})
+    return rows

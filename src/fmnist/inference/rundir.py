@@ -8,6 +8,10 @@ types its JSON files are written and read through, creating and locking a folder
       model.safetensors          WEIGHTS_FILE: best-by-validation weights (fmnist.inference.checkpoint)
       model.json                 META_FILE: how to rebuild the model (fmnist.inference.checkpoint)
       results.json               RESULTS_FILE: RunResultsFile
+      trust.json, trust.safetensors
+                                 TRUST_FILE, TRUST_TENSORS_FILE: temperature, OOD threshold, conformal
+                                 scores (fmnist.inference.trust); absent in older runs
+      robustness.json            ROBUSTNESS_FILE: `fmnist robustness` (fmnist.inference.robustness)
       state.json, state-<step>.safetensors
                                  STATE_FILE, STATE_TENSORS_GLOB: resumable state, until the run ends
                                  (fmnist.training.state)
@@ -67,6 +71,9 @@ METRICS_FILE = "metrics.jsonl"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 RESULTS_FILE = "results.json"
+TRUST_FILE = "trust.json"
+TRUST_TENSORS_FILE = "trust.safetensors"
+ROBUSTNESS_FILE = "robustness.json"
 STATE_FILE = "state.json"
 STATE_TENSORS_GLOB = "state-*.safetensors"
 TENSORBOARD_DIR = "tensorboard"

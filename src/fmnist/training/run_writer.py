@@ -73,10 +73,12 @@ def checkpoint_meta(config: TrainConfig, model: nn.Module, extra: dict[str, Any]
 
 
 class RunDirWriter(TrainCallback):
-    """Writes the run directory as training goes; every file lands atomically."""
+    """Writes the run directory as training goes; every file lands atomically. With the `dataset`
+    it trained on, a network run also gets its trust record (fmnist.inference.trust)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, dataset: Any = None):
         self.run_dir = Path(run_dir)
+        self.dataset = dataset
 
     def on_start(self, info: RunInfo) -> None:
         atomic_write_text(self.run_dir / CONFIG_FILE, info.config.to_toml())
@@ -94,6 +96,10 @@ class RunDirWriter(TrainCallback):
         if result.model is not None:
             extra = {"test_accuracy": result.test_accuracy, "data": result.data}
             save_checkpoint(self.run_dir, result.model, checkpoint_meta(result.config, result.model, extra))
+            if self.dataset is not None and result.classical is None:  # a baseline has no features
+                from fmnist.inference.trust import fit_trust_for_config
+
+                fit_trust_for_config(result.model, self.dataset, result.config).write(self.run_dir)
         atomic_write_json(self.run_dir / RESULTS_FILE, result.to_results().to_json())
 
 
@@ -102,7 +108,7 @@ def train_into(config: TrainConfig, run_dir: Path, dataset: Any, callbacks: list
     """Train `config` into the prepared `run_dir` (locked meanwhile): the run path every command shares."""
     from fmnist.training.trainer import fit
 
-    callbacks = [*callbacks, RunDirWriter(run_dir)]
+    callbacks = [*callbacks, RunDirWriter(run_dir, dataset)]
     if config.tensorboard:
         from fmnist.training.tensorboard import TensorBoardWriter
 
