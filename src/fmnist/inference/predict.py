@@ -164,13 +164,22 @@ class Predictor:
 OOD_MODES = ("off", "warn", "reject")
 
 
-def assessed_rows(assessment: Assessment, class_names: list[str], k: int, ood: str = "warn") -> list[dict[str, Any]]:
+class AssessedRow(TypedDict):
+    """One image of `fmnist predict --json` (and the API's rows): calibrated classes and how far to trust them."""
+
+    top: list[TopClass]
+    unknown: bool | None  # None: --ood off, or a run without an OOD score
+    ood_score: float | None
+    set: list[str] | None  # the prediction set's class names; None without --coverage
+
+
+def assessed_rows(assessment: Assessment, class_names: list[str], k: int, ood: str = "warn") -> list[AssessedRow]:
     """One JSON-ready row per image: its top-k calibrated classes, whether it is unknown (`ood`
     "warn" flags it, "reject" also withholds its classes: `top` and `set` are empty; "off" and a run without
     an OOD score give None), its OOD score, and its prediction set (class names; None without one)."""
     if ood not in OOD_MODES:
         raise UsageError(f"--ood must be one of {', '.join(OOD_MODES)}, not {ood!r}")
-    rows = []
+    rows: list[AssessedRow] = []
     for i, p in enumerate(assessment.probabilities):
         flagged = None if ood == "off" or assessment.unknown is None else bool(assessment.unknown[i])
         score = None if flagged is None else float(assessment.ood_scores[i])
@@ -178,5 +187,5 @@ def assessed_rows(assessment: Assessment, class_names: list[str], k: int, ood: s
         rejected = bool(flagged) and ood == "reject"
         top = [] if rejected else top_classes(p, class_names, k)
         members = [] if rejected and members is not None else members
-        rows.append({"top": top, "unknown": flagged, "ood_score": score, "set": members})
+        rows.append(AssessedRow(top=top, unknown=flagged, ood_score=score, set=members))
     return rows
