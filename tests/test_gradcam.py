@@ -107,3 +107,37 @@ def test_heat_on_object_hand_example():
     images = torch.zeros(1, 28, 28, dtype=torch.uint8)
     images[0, 5, 5] = 200  # only the second hot pixel is on the garment
     assert heat_on_object(heat, images) == pytest.approx(0.75)
+
+
+def cells_model(weights: torch.Tensor) -> Classifier:
+    """Activations = the (positive) input itself, (N,C,2,2); class 0's score = sum(weights * A)."""
+    features = nn.Sequential(nn.ReLU(), nn.Flatten())
+    head = nn.Linear(weights.numel(), 10, bias=False)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[0] = weights.flatten()
+    return Classifier(features, head, weights.numel(), cam_layer_name="features.0")
+
+
+def upsampled(cells: torch.Tensor) -> torch.Tensor:
+    heat = torch.nn.functional.interpolate(cells.view(1, 1, 2, 2), size=(28, 28), mode="bilinear", align_corners=False)
+    return (heat / heat.max()).view(28, 28)
+
+
+def test_a_blank_grad_cam_map_falls_back_to_grad_cam_plus_plus_weights():
+    a = torch.tensor([[2.0, 1.0], [1.0, 1.0]])
+    # Gradient = weights: mean -0.5, so plain Grad-CAM is relu(-0.5 * A) = 0 everywhere (blank).
+    # Grad-CAM++: alpha = g^2 / (2 g^2 + sum(A) g^3) = 1 / (2 + 5) at the one positive cell, so the
+    # channel weight is 1/7 and the map is A / 7, scaled to its peak.
+    heat = grad_cam(cells_model(torch.tensor([[[1.0, -3.0], [0.0, 0.0]]])), a.view(1, 1, 2, 2), target=0)
+    assert torch.allclose(heat[0], upsampled(a), atol=1e-6)
+    assert not flat_maps(heat).any()
+
+
+def test_a_lit_grad_cam_map_keeps_plain_grad_cam_weights():
+    a1, a2 = torch.tensor([[2.0, 1.0], [1.0, 1.0]]), torch.tensor([[1.0, 1.0], [1.0, 3.0]])
+    weights = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]])
+    # Plain weights: 1/4 for each channel, map (A1 + A2) / 4. Grad-CAM++'s would be 1/7 and 1/8.
+    heat = grad_cam(cells_model(weights), torch.stack([a1, a2]).unsqueeze(0), target=0)
+    assert torch.allclose(heat[0], upsampled(a1 + a2), atol=1e-6)
+    assert not torch.allclose(heat[0], upsampled(a1 / 7 + a2 / 8), atol=1e-3)
