@@ -513,3 +513,76 @@ def test_writing_a_report_never_loads_the_training_code(lenet_run: Path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+# -- trust: temperature, prediction sets, robustness ---------------------------------------------------
+
+
+def _row_of(md: str, first_cell: str) -> list[str]:
+    line = next(line for line in md.splitlines() if line.startswith(f"| {first_cell} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_trust_sections_match_softmax_over_t_and_split_conformal_by_hand(lenet_run: Path, tiny_dataset):
+    from fmnist.inference.predictions import predict_run
+    from fmnist.inference.trust import calibrate_run
+    from fmnist.report.sections import confidence, trust
+
+    record = calibrate_run(lenet_run, tiny_dataset)  # what training writes when it is given the dataset
+    assert record.conformal_method == "lac"
+    write_report(lenet_run, embedding="none", gradcam=False)
+    md = (lenet_run / "report.md").read_text()
+    preds = predict_run(lenet_run, tiny_dataset.test_images, tiny_dataset.test_labels)
+    labels, t = preds.labels, record.temperature
+    before = expected_calibration_error(torch.softmax(preds.logits.double(), 1).float(), labels, confidence.BINS)
+    p = torch.softmax(preds.logits.double() / t, 1)
+    after = expected_calibration_error(p.float(), labels, confidence.BINS)
+    scaled = md.split("### Before and after temperature scaling")[1]
+    assert _row_of(scaled, "lenet5")[:4] == ["lenet5", f"{t:.3f}", f"{100 * before:.2f}%", f"{100 * after:.2f}%"]
+    assert "figures/reliability-calibrated.png" in md and (lenet_run / "figures/reliability-calibrated.png").is_file()
+    # Split-conformal by hand: class k is in the set when 1 - p_k is at most the ceil((n + 1) c)-th
+    # smallest of the n validation scores (float32 probabilities, as predict serves them).
+    p, y, scores = p.float().numpy(), labels.numpy(), np.sort(record.conformal_scores)
+
+    def in_set(coverage: float) -> np.ndarray:
+        k = int(np.ceil((len(scores) + 1) * coverage - 1e-9))
+        return 1 - p <= (scores[k - 1] if k <= len(scores) else np.inf)
+
+    cells = []
+    for coverage in trust.COVERAGES:
+        members = in_set(coverage)
+        cells += [f"{100 * members[np.arange(len(y)), y].mean():.1f}%", f"{members.sum(1).mean():.2f}"]
+    sets_part = md.split("## 14. Prediction sets")[1]
+    assert _row_of(sets_part, "all") == ["all", *cells]
+    shirt = y == CLASS_NAMES.index("Shirt")
+    members = in_set(0.9)
+    assert _row_of(sets_part, "Shirt")[3:5] == [
+        f"{100 * members[shirt, 6].mean():.1f}%",
+        f"{members[shirt].sum(1).mean():.2f}",
+    ]
+    assert "## 14. Prediction sets" in md and "## 15. Robustness" not in md  # no robustness.json yet
+
+
+def test_a_run_older_than_calibration_says_so_and_robustness_json_is_shown(lenet_run: Path):
+    from fmnist.inference.robustness import CorruptionRow, RobustnessFile
+    from fmnist.inference.rundir import ROBUSTNESS_FILE, TRUST_FILE, TRUST_TENSORS_FILE
+
+    for name in (TRUST_FILE, TRUST_TENSORS_FILE):  # as a run trained before calibration existed
+        (lenet_run / name).unlink(missing_ok=True)
+    accuracies = {("blur", 1): 0.8, ("blur", 2): 0.6, ("blur", 3): 0.3, ("noise", 1): 0.85, ("noise", 2): 0.5,
+                  ("noise", 3): 0.4}  # fmt: skip
+    rows = [CorruptionRow(name, s, a, 1 - a, None) for (name, s), a in accuracies.items()]  # ECE: made-up, distinct
+    record = RobustnessFile(model="lenet5", images=200, clean_accuracy=0.9, mean_corruption_accuracy=0.575, rows=rows)
+    (lenet_run / ROBUSTNESS_FILE).write_text(json.dumps(record.to_json()))
+    write_report(lenet_run, embedding="none", gradcam=False)
+    md = (lenet_run / "report.md").read_text()
+    calibration_part = md.split("## 9. Calibration")[1].split("## 10.")[0]
+    sets_part = md.split("## 14. Prediction sets")[1].split("## 15.")[0]
+    assert "predates calibration" in calibration_part and "predates calibration" in sets_part
+    assert "Before and after temperature scaling" not in md
+    robustness = md.split("## 15. Robustness")[1]
+    assert "90.0% accurate on clean test images and 57.5% on average" in robustness
+    assert "worst: blur at severity 3 (30.0%), noise at severity 3 (40.0%), noise at severity 2 (50.0%)" in robustness
+    assert _row_of(robustness, "clean") == ["clean", "90.0%", "", "", "0.0%", "n/a"]
+    assert _row_of(robustness, "blur") == ["blur", "80.0%", "60.0%", "30.0%", "43.3%", "n/a"]
+    assert _row_of(robustness, "noise") == ["noise", "85.0%", "50.0%", "40.0%", "41.7%", "n/a"]

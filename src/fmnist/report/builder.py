@@ -26,13 +26,14 @@ from fmnist.report.sections.results import confusion_section, pairs_section, per
 from fmnist.report.sections.setup import data_section, models_section
 from fmnist.report.sections.trained import trained_blocks
 from fmnist.report.sections.training import training_section
+from fmnist.report.sections.trust import prediction_sets_section, robustness_section
 from fmnist.report.text import join_words
 
 Progress = Callable[[str, int, int], None]  # (what starts now, parts done, parts in all)
 BUILDERS = (
     data_section, models_section, training_section, test_results_section, per_class_section, confusion_section,
     pairs_section, mistakes_section, calibration_section, explanations_section, comparison_section, ablation_section,
-    ensemble_section,
+    ensemble_section, prediction_sets_section, robustness_section,
 )  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """Sections 8-9: the mistakes (most confident wrong, random right and wrong with their
-probability bars) and calibration (ECE, reliability diagram)."""
+probability bars) and calibration (ECE, reliability diagram; before and after the run's
+temperature in sections/trust.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fmnist.report import figures
 from fmnist.report.context import ReportContext
 from fmnist.report.document import Heading, Image, Note, Section, Table
 from fmnist.report.figures_images import labelled_images, probability_bars
+from fmnist.report.sections.trust import temperature_blocks
 from fmnist.report.text import count, pct
 
 SURE = 0.9  # "confident" in the prose: top-class probability of at least 90%
@@ -102,7 +104,6 @@ def calibration_section(ctx: ReportContext) -> Section:
         section.blocks.append(
             Table(["run", "ECE", "mean confidence", "accuracy", "confidence − accuracy", "verdict"], rows, "lrrrrl")
         )
-        section.blocks.insert(0, ctx.takeaway(sentences))
         png = figures.reliability_diagram(bins, ctx.figure("reliability"))
         section.blocks.append(
             Image(
@@ -117,6 +118,12 @@ def calibration_section(ctx: ReportContext) -> Section:
         section.blocks.append(Note("ECE (expected calibration error) is the bin-size-weighted mean of "
                                    "|accuracy − confidence| over those bins: the average gap between how sure "
                                    "the model is and how often it is right."))  # fmt: skip
+        blocks, after, notes = temperature_blocks(ctx, ctx.detail_runs, BINS)
+        section.blocks += blocks
+        sentences.update({name: f"{sentences[name]} {s}" for name, s in after.items()})
+        section.blocks.insert(0, ctx.takeaway(sentences))
+        if notes:
+            section.blocks.append(Note("; ".join(notes) + "."))
     skipped += _skips(ctx, ctx.detail_runs)
     if skipped:
         section.blocks.append(Note("Skipped: " + "; ".join(skipped) + "."))
