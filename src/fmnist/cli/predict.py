@@ -39,6 +39,15 @@ def predict_cmd(
         help="Add each image's prediction set: the classes that hold the true one with this probability (e.g. "
         "0.9); an empty set means no class is reliable enough at this coverage",
     ),
+    explain: Path | None = typer.Option(
+        None,
+        "--explain",
+        metavar="DIR",
+        show_default=False,
+        help="Also write DIR/NAME.html per image: the 28x28 image the model received, its Grad-CAM, OOD score "
+        "and the 5 nearest training images (the first use reads the dataset [env: FMNIST_DATA] and caches "
+        "their features in the run)",
+    ),
 ) -> None:
     """Classify images; photos are converted to Fashion-MNIST's form first (see --no-preprocess).
 
@@ -48,7 +57,15 @@ def predict_cmd(
     from fmnist.data.photos import ImageError, collect_image_paths, load_image
     from fmnist.inference.predict import Predictor, assessed_rows
 
+    if explain is not None:  # a bad folder fails in one line before the model loads
+        from fmnist.inference.explain_page import check_folder
+
+        explain = check_folder(explain)
     predictor = Predictor(run_dir, backend=value(backend), precision=value(precision))
+    if explain is not None:
+        from fmnist.inference.explain import require_network
+
+        require_network(predictor)
     paths, problems = collect_image_paths(images)
     failures: list[tuple[str, str]] = [(str(p), msg) for p, msg in problems]
     loaded: list[tuple[str, np.ndarray]] = []
@@ -67,6 +84,11 @@ def predict_cmd(
         rows = assessed_rows(assessment, predictor.class_names, top_k, mode)
         results = [{"file": name, **row} for (name, _), row in zip(loaded, rows)]
 
+    if explain is not None and loaded:
+        from fmnist.cli.explain import write_explanations
+
+        for row, page in zip(results, write_explanations(predictor, loaded, explain)):
+            row["explanation"] = str(page)
     for name, message in failures:  # one line per bad file; the rest are still reported
         err_console.print(f"error: {name}: {message}", markup=False, soft_wrap=True)
     if as_json:

@@ -12,6 +12,7 @@ types its JSON files are written and read through, creating and locking a folder
                                  TRUST_FILE, TRUST_TENSORS_FILE: temperature, OOD threshold, conformal
                                  scores (fmnist.inference.trust); absent in older runs
       robustness.json            ROBUSTNESS_FILE: `fmnist robustness` (fmnist.inference.robustness)
+      neighbours.safetensors     NEIGHBOURS_FILE: `predict --explain`'s training features (fmnist.inference.explain)
       state.json, state-<step>.safetensors
                                  STATE_FILE, STATE_TENSORS_GLOB: resumable state, until the run ends
                                  (fmnist.training.state)
@@ -74,6 +75,7 @@ RESULTS_FILE = "results.json"
 TRUST_FILE = "trust.json"
 TRUST_TENSORS_FILE = "trust.safetensors"
 ROBUSTNESS_FILE = "robustness.json"
+NEIGHBOURS_FILE = "neighbours.safetensors"
 STATE_FILE = "state.json"
 STATE_TENSORS_GLOB = "state-*.safetensors"
 TENSORBOARD_DIR = "tensorboard"
