@@ -31,52 +31,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmnist import __version__
 from fmnist.constants import IMAGE_SIZE
 from fmnist.data.normalize import normalize
 from fmnist.errors import FmnistError, UsageError
 from fmnist.fsutil import atomic_write_bytes
 from fmnist.inference.checkpoint import normalization, tta_settings, with_tta
+from fmnist.inference.export_metadata import (
+    FEATURES_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    file_metadata,
+    onnx_metadata,
+    set_metadata,
+)
 
 if TYPE_CHECKING:
     from fmnist.inference.ensemble_model import InferenceMeta
 
 FORMATS = ("onnx", "torchscript")
 ONNX_FILE = "model.onnx"
-INPUT_NAME, OUTPUT_NAME, FEATURES_NAME = "input", "logits", "features"
 CHECK_IMAGES = 1000
 MAX_ABS_DIFF = 1e-4
 MIN_TOP1_AGREEMENT = 0.999
 MAX_INT8_DROP_PP = 0.5
 CALIBRATION_IMAGES = 1024
-
-
-def file_metadata(meta: InferenceMeta, quantization: str = "none", temperature: float | None = None
-                  ) -> dict[str, str]:  # fmt: skip
-    """The facts a consumer needs to use the file without fmnist, as strings; `temperature`: the graph
-    divides its logits by it and outputs the features too (`CalibratedNetwork`)."""
-    from fmnist.inference.ensemble_model import tta_summary
-
-    extra = meta.get("extra", {}) or {}
-    return {
-        "fmnist.format": "fmnist-export/1",
-        "fmnist.version": __version__,
-        "fmnist.model": meta["model"],
-        "fmnist.model_args": json.dumps(meta.get("model_args", {})),
-        "fmnist.class_names": json.dumps(list(meta["class_names"])),
-        "fmnist.normalization": json.dumps(meta["normalization"]),
-        "fmnist.input": "float32 (N,1,28,28) = (pixel/255 - mean) / std; light item on black, 28x28 like Fashion-MNIST",
-        "fmnist.output": "float32 (N,classes) logits; softmax gives probabilities"
-        if temperature is None
-        else f"'{OUTPUT_NAME}': float32 (N,classes) logits divided by fmnist.temperature (softmax gives calibrated "
-        f"probabilities); '{FEATURES_NAME}': float32 (N,D) penultimate features (fmnist's unknown score)",
-        **({"fmnist.temperature": repr(float(temperature))} if temperature is not None else {}),
-        "fmnist.inference.tta": tta_summary(meta),  # in the graph
-        "fmnist.weights_sha256": meta.get("weights_sha256", ""),
-        "fmnist.test_accuracy": json.dumps(extra.get("test_accuracy")),
-        "fmnist.quantization": quantization,
-        **({"fmnist.members": json.dumps(meta["members"])} if "members" in meta else {}),
-    }
 
 
 @contextlib.contextmanager
@@ -90,16 +68,6 @@ def quiet_exporter():
             yield
     finally:
         logging.disable(logging.NOTSET)
-
-
-def _set_metadata(proto, metadata: dict[str, str]) -> None:
-    keep = [p for p in proto.metadata_props if p.key not in metadata]
-    del proto.metadata_props[:]
-    for p in keep:
-        proto.metadata_props.add(key=p.key, value=p.value)
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = f"fmnist {metadata['fmnist.model']}: Fashion-MNIST classifier; see metadata_props"
 
 
 def calibrates(model: nn.Module, meta: InferenceMeta) -> bool:
@@ -129,14 +97,8 @@ def onnx_bytes(model: nn.Module, meta: InferenceMeta, temperature: float = 1.0) 
     except Exception as exc:  # the exporter raises many types; the first line says what failed
         raise FmnistError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     proto = program.model_proto
-    _set_metadata(proto, file_metadata(meta, temperature=scaled))
+    set_metadata(proto, file_metadata(meta, temperature=scaled))
     return proto.SerializeToString()
-
-
-def onnx_metadata(blob: bytes) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load_from_string(blob).metadata_props}
 
 
 def onnx_session(blob: bytes, threads: int | None = None):
@@ -221,7 +183,7 @@ def quantize_int8(blob: bytes, calibration: np.ndarray, meta: InferenceMeta) -> 
         "first convolution and normalisation layers kept in float32)"
     )
     scaled = onnx_metadata(blob).get("fmnist.temperature")  # the fp32 graph's, which quantising keeps
-    _set_metadata(proto, file_metadata(meta, quantization=note, temperature=scaled and float(scaled)))
+    set_metadata(proto, file_metadata(meta, quantization=note, temperature=scaled and float(scaled)))
     return proto.SerializeToString()
 
 

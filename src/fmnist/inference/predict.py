@@ -71,7 +71,8 @@ class Predictor:
         self.onnx_source = ""
         self._session = None
         if backend == "onnx":
-            from fmnist.inference.export import FEATURES_NAME, onnx_for_run, onnx_metadata, onnx_session
+            from fmnist.inference.export import onnx_for_run, onnx_session
+            from fmnist.inference.export_metadata import FEATURES_NAME, onnx_metadata
 
             blob, self.onnx_source = onnx_for_run(self.run_dir, self.model, self.meta, self.trust.temperature)
             self._session = onnx_session(blob, threads=threads)
