@@ -240,6 +240,8 @@ def test_ood_reject_withholds_classes_and_off_flags_nothing(tiny):
             else:
                 assert known["unknown"] is None and unknown["unknown"] is None and unknown["label"]
             assert httpx.get(f"{url}/model").json()["calibration"]["ood"] == mode
+            pointer = "/paths/~1predict~1batch/post/responses/200/content/application~1json/schema"
+            assert schema_errors(httpx.get(f"{url}/openapi.json").json())(pointer, body) == []  # withheld fits too
         finally:
             stop_server(proc)
 
@@ -361,7 +363,7 @@ def test_every_answer_fits_the_openapi_schema(server):
 
     check("GET", "/health")
     check("GET", "/model")
-    full = {"params": {"gradcam": True, "include_input": True, "top_k": 10}}
+    full = {"params": {"gradcam": True, "include_input": True, "top_k": 10, "coverage": 0.9}}
     answers = [("/predict", {**upload(photo()), **full}), ("/predict", raw(photo(), "image/png")),
                ("/predict", {**js(pixels()), **full}), ("/predict/batch", {**uploads(2), **full}),
                ("/predict/batch", js([pixels()] * 3))]  # fmt: skip
