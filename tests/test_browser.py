@@ -226,3 +226,33 @@ def test_api_docs_render_without_internet(page_server, page, tmp_path: Path):
     page.goto(f"{page_server}/docs")
     page.wait_for_function("document.body.innerText.includes('Classify one image')")  # Swagger UI drew /predict
     page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)
+
+
+def test_an_unlike_image_is_marked_unknown_with_its_score(tmp_path_factory, page, tmp_path: Path):
+    """A run with its trust record (as training writes it): noise is above its unknown threshold, and the page
+    says so with the API's score and threshold, still showing the calibrated classes (serve's default --ood warn)."""
+    import numpy as np
+
+    from fmnist.data.dataset import load_idx_folder
+    from fmnist.inference.trust import calibrate_run
+
+    run_dir, data_dir = tiny_run_dir(tmp_path_factory)
+    calibrate_run(run_dir, load_idx_folder(data_dir))
+    proc, url = start_server(run_dir, "--precision", "fp32")
+    try:
+        open_page(page, url)
+        noise = png_bytes(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8))
+        upload(page, tmp_path / "noise.png", noise)
+        page.wait_for_selector("#result[data-state=done]")
+        api = httpx.post(f"{url}/predict", files={"file": ("noise.png", noise, "image/png")}).json()
+        threshold = httpx.get(f"{url}/model").json()["calibration"]["ood_threshold"]
+        assert api["unknown"] is True
+        assert page.inner_text("#unknown") == (f"unknown: this does not look like a Fashion-MNIST item "
+                                               f"(score {api['ood_score']:.1f}, threshold {threshold:.1f})")  # fmt: skip
+        assert page.inner_text("#top-class") == api["label"] and page.is_visible("#bars")
+        upload(page, tmp_path / "trousers.png", trousers())  # a new answer clears the line
+        page.wait_for_selector("#result[data-state=done]")
+        known = httpx.post(f"{url}/predict", files={"file": ("t.png", trousers(), "image/png")}).json()
+        assert page.is_visible("#unknown") is bool(known["unknown"])
+    finally:
+        stop_server(proc)

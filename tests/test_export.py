@@ -172,3 +172,49 @@ def test_int8_onnx_on_real_data(request, real_data_dir: Path, tmp_path: Path, is
     mean, std = norm["mean"], norm["std"]
     x = ((dataset.test_images[:7].astype(np.float32) / 255 - mean) / std)[:, None]
     assert session.run(None, {"input": x})[0].shape == (7, 10)
+
+
+def test_onnx_graph_is_calibrated_and_gives_the_features(tiny, tmp_path: Path):
+    """Oracles: softmax(PyTorch logits / T) with the run's own T, and trust.embed's features; the ONNX
+    backend then assesses images as the PyTorch one does, without a PyTorch forward pass."""
+    import shutil
+
+    from fmnist.inference.predict import Predictor
+    from fmnist.inference.trust import Trust, TrustFile, calibrate_run, embed
+
+    run_dir, data_dir = tiny
+    run_dir = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    dataset = load_idx_folder(data_dir)
+    calibrate_run(run_dir, dataset)
+    trust = Trust.load(run_dir)
+    assert trust.temperature != 1 and trust.has_ood
+    report = ExportPlan(run_dir, "onnx", data_dir=str(data_dir)).run()
+    assert report["temperature"] == trust.temperature and report["max_abs_feature_diff"] < 1e-3
+    blob = (run_dir / "model.onnx").read_bytes()
+    assert float(onnx_metadata(blob)["fmnist.temperature"]) == trust.temperature
+    session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "features"]  # the first as before
+
+    model, meta = load_checkpoint(run_dir)
+    images = np.concatenate(
+        [dataset.test_images[:50], np.random.default_rng(0).integers(0, 256, (3, 28, 28), np.uint8)]
+    )
+    x = normalize(images, *(meta["normalization"][k] for k in ("mean", "std")))
+    logits, features = session.run(None, {"input": x.numpy()})
+    reference = predict(model, x, precision="fp32", **tta_settings(meta)).numpy().astype(np.float64) / trust.temperature
+    calibrated = np.exp(reference - reference.max(1, keepdims=True))
+    calibrated /= calibrated.sum(1, keepdims=True)
+    served = np.exp(logits - logits.max(1, keepdims=True))
+    assert logits.shape == (len(images), 10) and np.abs(served / served.sum(1, keepdims=True) - calibrated).max() < 1e-4
+    mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
+    assert np.abs(features - embed(model, images, mean=mean, std=std, tta=meta["tta"])[1]).max() < 1e-3
+
+    onnx, torch_backend = Predictor(run_dir, backend="onnx"), Predictor(run_dir, backend="torch", precision="fp32")
+    assert onnx.onnx_source == "model.onnx"  # the exported file is reused
+    got, expected = onnx.assess(images, 0.9), torch_backend.assess(images, 0.9)
+    assert np.abs(got.probabilities - expected.probabilities).max() < 1e-4
+    assert np.abs(got.ood_scores - expected.ood_scores).max() < 1e-3 and got.unknown[-3:].all()
+    record = TrustFile.read(run_dir)  # recalibrated since the export: the file's temperature is stale
+    record.temperature = 2 * trust.temperature
+    record.write(run_dir)
+    assert onnx_for_run(run_dir, model, meta, record.temperature)[1] == "exported in memory"

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from fmnist.data.dataset import load_idx_folder
 from fmnist.data.photos import decode_image, to_dataset_form
 from fmnist.inference.predict import Predictor
+from fmnist.inference.trust import NO_TRUST_NOTE, Trust, calibrate_run
 from fmnist.serve.limits import MAX_BATCH, PIXEL_BUDGET
 from test_predict import item_image, png_bytes, tiny_run_dir
 
@@ -71,7 +73,9 @@ def stop_server(proc: subprocess.Popen) -> str:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return tiny_run_dir(tmp_path_factory)
+    run_dir, data_dir = tiny_run_dir(tmp_path_factory)
+    calibrate_run(run_dir, load_idx_folder(data_dir))  # the trust record training writes when it has the data
+    return run_dir, data_dir
 
 
 @pytest.fixture(scope="module", params=["onnx", "torch"])
@@ -127,7 +131,7 @@ def test_predict_upload_raw_and_json_agree_with_the_library(server, tiny):
     url, backend = server
     predictor = Predictor(tiny[0], backend=backend, precision="fp32")
     data = photo()
-    expected = predictor.probabilities(to_dataset_form(decode_image(data))[None])[0]
+    expected = predictor.assess(to_dataset_form(decode_image(data))[None]).probabilities[0]  # calibrated
     upload = httpx.post(
         f"{url}/predict?top_k=4&include_input=true&gradcam=true", files={"file": ("bar.png", data, "image/png")}
     )
@@ -181,6 +185,65 @@ def test_concurrent_requests_each_get_their_own_answer(server, tiny):
         return [r.json()["label"] for r in replies]
 
     assert asyncio.run(fire()) == [expected[i % 10] for i in range(60)]
+
+
+def noise() -> list[list[int]]:
+    return np.random.default_rng(0).integers(0, 256, (28, 28)).tolist()  # nothing like a clothing item
+
+
+def test_answers_are_calibrated_flag_unknown_images_and_add_sets(server, tiny):
+    """Oracles: softmax(logits / T) with the run's own T on the library's logits; the trust record's own
+    unknown flags and prediction sets on the library's logits and features (fmnist.inference.trust)."""
+    url, backend = server
+    predictor = Predictor(tiny[0], backend=backend, precision="fp32")
+    trust = Trust.load(tiny[0])
+    assert trust.temperature != 1 and trust.has_ood and trust.has_sets  # the tiny run has a real record
+    test_images = load_idx_folder(tiny[1]).test_images[:4]
+    images = np.concatenate([test_images, np.array([noise()], dtype=np.uint8)])
+    logits, features = predictor.embed(images)
+    z = logits.astype(np.float64) / trust.temperature
+    calibrated = np.exp(z - z.max(1, keepdims=True))
+    calibrated /= calibrated.sum(1, keepdims=True)
+    expected = trust.assess(logits, features, 0.9)
+    assert not expected.unknown[:4].all() and expected.unknown[4]  # dataset images are items, noise is not
+    query = "coverage=0.9&top_k=2&preprocess=false"
+    reply = httpx.post(f"{url}/predict/batch?{query}", json={"pixels": images.tolist()})
+    assert reply.status_code == 200, reply.text
+    for i, body in enumerate(reply.json()["predictions"]):
+        served = np.array([body["probabilities"][c] for c in predictor.class_names])
+        assert np.abs(served - calibrated[i]).max() < 1e-4
+        assert body["label"] == predictor.class_names[int(calibrated[i].argmax())] and len(body["top"]) == 2
+        assert body["unknown"] is bool(expected.unknown[i]) and "note" not in body
+        assert body["ood_score"] == pytest.approx(float(expected.ood_scores[i]), abs=1e-3)
+        assert body["set"] == [predictor.class_names[c] for c in np.flatnonzero(expected.sets[i])]
+    one = httpx.post(f"{url}/predict", json={"pixels": noise()}).json()  # the single route, no coverage
+    assert one["unknown"] is True and one["set"] is None and one["top"] and one["label"]  # warn: classes kept
+    calibration = httpx.get(f"{url}/model").json()["calibration"]
+    assert calibration["temperature"] == trust.temperature and calibration["ood"] == "warn"
+    assert calibration["ood_threshold"] == trust.record.ood_threshold < one["ood_score"]
+    assert httpx.post(f"{url}/predict?coverage=1.5", json={"pixels": noise()}).status_code == 422
+
+
+def test_ood_reject_withholds_classes_and_off_flags_nothing(tiny):
+    for mode in ("reject", "off"):
+        proc, url = start_server(tiny[0], "--ood", mode, "--workers", "1")
+        try:
+            known_image = load_idx_folder(tiny[1]).test_images[0]
+            batch = {"pixels": [known_image.tolist(), noise()]}
+            body = httpx.post(f"{url}/predict/batch?coverage=0.9&preprocess=false", json=batch).json()
+            known, unknown = body["predictions"]
+            assert known["label"] and known["top"] and known["set"] is not None
+            if mode == "reject":
+                assert known["unknown"] is False and unknown["unknown"] is True
+                assert unknown["label"] is None and unknown["top"] == [] and unknown["probabilities"] == {}
+                assert unknown["set"] == []
+            else:
+                assert known["unknown"] is None and unknown["unknown"] is None and unknown["label"]
+            assert httpx.get(f"{url}/model").json()["calibration"]["ood"] == mode
+            pointer = "/paths/~1predict~1batch/post/responses/200/content/application~1json/schema"
+            assert schema_errors(httpx.get(f"{url}/openapi.json").json())(pointer, body) == []  # withheld fits too
+        finally:
+            stop_server(proc)
 
 
 def upload(data: bytes, name: str = "a.png") -> dict:
@@ -300,7 +363,7 @@ def test_every_answer_fits_the_openapi_schema(server):
 
     check("GET", "/health")
     check("GET", "/model")
-    full = {"params": {"gradcam": True, "include_input": True, "top_k": 10}}
+    full = {"params": {"gradcam": True, "include_input": True, "top_k": 10, "coverage": 0.9}}
     answers = [("/predict", {**upload(photo()), **full}), ("/predict", raw(photo(), "image/png")),
                ("/predict", {**js(pixels()), **full}), ("/predict/batch", {**uploads(2), **full}),
                ("/predict/batch", js([pixels()] * 3))]  # fmt: skip
@@ -350,5 +413,8 @@ def test_mlp_has_no_gradcam(tmp_path_factory):
         assert httpx.get(f"{url}/model").json()["gradcam"] is False
         body = httpx.post(f"{url}/predict?gradcam=true", json={"pixels": pixels()}).json()
         assert body["gradcam"] is None and body["label"]
+        # a run without a trust record answers at T = 1, with no unknown answer or sets, and says why
+        assert body["note"] == NO_TRUST_NOTE and body["unknown"] is None
+        assert httpx.post(f"{url}/predict?coverage=0.9", json={"pixels": pixels()}).json()["set"] is None
     finally:
         stop_server(proc)

@@ -8,6 +8,7 @@ import typer
 
 from fmnist.cli.options import Backend, BackendOption, Precision, PrecisionOption, RunDirArgument, value
 from fmnist.cli.output import console
+from fmnist.cli.predict import OodMode
 from fmnist.serve.limits import DEFAULT_MAX_BODY_MB, DEFAULT_TIMEOUT_S, MAX_DEFAULT_WORKERS
 
 
@@ -28,6 +29,12 @@ def serve_cmd(
         min=0.1,
         help="Seconds before an idle connection, a request's headers or a silent body time out",
     ),  # fmt: skip
+    ood: OodMode = typer.Option(
+        "warn",
+        "--ood",
+        help="Images unlike Fashion-MNIST (above the run's threshold): off, warn (answer unknown: true, still "
+        "with their classes) or reject (unknown: true, classes withheld)",
+    ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (costs throughput)"),
     workers: int = typer.Option(
         None,
@@ -43,7 +50,7 @@ def serve_cmd(
     from fmnist.serve.server import BALANCED_PORT_SHARING, bind_socket, run_server
     from fmnist.serve.workers import default_workers, run_workers
 
-    backend, precision = value(backend), value(precision)
+    backend, precision, ood = value(backend), value(precision), value(ood)
     workers = workers or default_workers()
     # Fails before the model loads. With workers, each listens on a socket of its own where the
     # kernel balances them; this one then only holds the port (bound, not listening).
@@ -61,11 +68,11 @@ def serve_cmd(
     if workers > 1:
         settings = {"run_dir": str(run_dir), "backend": backend, "threads": threads, "precision": precision,
                     "max_body_bytes": max_body_bytes, "timeout": timeout, "access_log": access_log,
-                    "own_socket": own_sockets}  # fmt: skip
+                    "ood": ood, "own_socket": own_sockets}  # fmt: skip
         raise typer.Exit(run_workers(sock, workers, settings, announce))
     from fmnist.serve.app import create_app
 
     application = create_app(run_dir, backend=backend, threads=threads, precision=precision,
-                             max_body_bytes=max_body_bytes, timeout_s=timeout)  # fmt: skip
+                             max_body_bytes=max_body_bytes, timeout_s=timeout, ood=ood)  # fmt: skip
     announce(application.state.predictor.meta["model"])
     run_server(application, sock, access_log=access_log, timeout=timeout)

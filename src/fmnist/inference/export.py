@@ -1,7 +1,9 @@
 """Export a run or an ensemble to ONNX or TorchScript, checked against PyTorch before writing.
 
 The exported graph takes normalised float32 (N,1,28,28) with a dynamic batch size and returns
-logits (N,10). The run's test-time augmentation (fmnist.inference.tta, every level) is part of the graph,
+logits (N,10); an ONNX export of one network divides them by the run's temperature (so their softmax is
+the calibrated probabilities `fmnist predict` shows) and adds the penultimate features (N,D) as a second
+output, `features`, which the run's unknown score needs (fmnist.inference.trust). The run's test-time augmentation (fmnist.inference.tta, every level) is part of the graph,
 as is an ensemble's averaging, so an exported model answers exactly as `fmnist evaluate` does.
 Class names, normalisation and the checkpoint's sha256 travel inside the file (ONNX
 metadata_props; TorchScript extra file `fmnist.json`).
@@ -29,46 +31,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmnist import __version__
 from fmnist.constants import IMAGE_SIZE
 from fmnist.data.normalize import normalize
 from fmnist.errors import FmnistError, UsageError
 from fmnist.fsutil import atomic_write_bytes
 from fmnist.inference.checkpoint import normalization, tta_settings, with_tta
+from fmnist.inference.export_metadata import (
+    FEATURES_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    file_metadata,
+    onnx_metadata,
+    set_metadata,
+)
 
 if TYPE_CHECKING:
     from fmnist.inference.ensemble_model import InferenceMeta
 
 FORMATS = ("onnx", "torchscript")
 ONNX_FILE = "model.onnx"
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 CHECK_IMAGES = 1000
 MAX_ABS_DIFF = 1e-4
 MIN_TOP1_AGREEMENT = 0.999
 MAX_INT8_DROP_PP = 0.5
 CALIBRATION_IMAGES = 1024
-
-
-def file_metadata(meta: InferenceMeta, quantization: str = "none") -> dict[str, str]:
-    """The facts a consumer needs to use the file without fmnist, as strings."""
-    from fmnist.inference.ensemble_model import tta_summary
-
-    extra = meta.get("extra", {}) or {}
-    return {
-        "fmnist.format": "fmnist-export/1",
-        "fmnist.version": __version__,
-        "fmnist.model": meta["model"],
-        "fmnist.model_args": json.dumps(meta.get("model_args", {})),
-        "fmnist.class_names": json.dumps(list(meta["class_names"])),
-        "fmnist.normalization": json.dumps(meta["normalization"]),
-        "fmnist.input": "float32 (N,1,28,28) = (pixel/255 - mean) / std; light item on black, 28x28 like Fashion-MNIST",
-        "fmnist.output": "float32 (N,classes) logits; softmax gives probabilities",
-        "fmnist.inference.tta": tta_summary(meta),  # in the graph
-        "fmnist.weights_sha256": meta.get("weights_sha256", ""),
-        "fmnist.test_accuracy": json.dumps(extra.get("test_accuracy")),
-        "fmnist.quantization": quantization,
-        **({"fmnist.members": json.dumps(meta["members"])} if "members" in meta else {}),
-    }
 
 
 @contextlib.contextmanager
@@ -84,37 +70,35 @@ def quiet_exporter():
         logging.disable(logging.NOTSET)
 
 
-def _set_metadata(proto, metadata: dict[str, str]) -> None:
-    keep = [p for p in proto.metadata_props if p.key not in metadata]
-    del proto.metadata_props[:]
-    for p in keep:
-        proto.metadata_props.add(key=p.key, value=p.value)
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = f"fmnist {metadata['fmnist.model']}: Fashion-MNIST classifier; see metadata_props"
+def calibrates(model: nn.Module, meta: InferenceMeta) -> bool:
+    """Whether the ONNX graph of this model is calibrated with features (one network; an ensemble is not)."""
+    return "members" not in meta and hasattr(model, "forward_features")
 
 
-def onnx_bytes(model: nn.Module, meta: InferenceMeta) -> bytes:
-    """Serialised ONNX model (torch.export-based exporter, dynamic batch) with fmnist metadata."""
-    module = with_tta(model, meta)  # an ensemble carries its members' TTA
+def onnx_bytes(model: nn.Module, meta: InferenceMeta, temperature: float = 1.0) -> bytes:
+    """Serialised ONNX model (torch.export-based exporter, dynamic batch) with fmnist metadata; one network's
+    logits are divided by `temperature` and its features are a second output."""
+    from fmnist.inference.trust import CalibratedNetwork
+
+    outputs, scaled = [OUTPUT_NAME], None
+    if calibrates(model, meta):
+        settings = tta_settings(meta)
+        module = CalibratedNetwork(model, settings["tta"], settings["blank"], temperature).eval()
+        outputs, scaled = [OUTPUT_NAME, FEATURES_NAME], temperature
+    else:
+        module = with_tta(model, meta)  # an ensemble carries its members' TTA
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     try:
         with quiet_exporter():
             program = torch.onnx.export(
-                module, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                module, (example,), None, input_names=[INPUT_NAME], output_names=outputs,
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},), dynamo=True, verbose=False,
             )  # fmt: skip
     except Exception as exc:  # the exporter raises many types; the first line says what failed
         raise FmnistError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     proto = program.model_proto
-    _set_metadata(proto, file_metadata(meta))
+    set_metadata(proto, file_metadata(meta, temperature=scaled))
     return proto.SerializeToString()
-
-
-def onnx_metadata(blob: bytes) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load_from_string(blob).metadata_props}
 
 
 def onnx_session(blob: bytes, threads: int | None = None):
@@ -136,8 +120,10 @@ def onnx_session(blob: bytes, threads: int | None = None):
         raise FmnistError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
 
 
-def onnx_for_run(run_dir: Path, model: nn.Module, meta: InferenceMeta) -> tuple[bytes, str]:
-    """The run's model.onnx when it was exported from these exact weights, else a fresh in-memory export."""
+def onnx_for_run(run_dir: Path, model: nn.Module, meta: InferenceMeta, temperature: float = 1.0
+                 ) -> tuple[bytes, str]:  # fmt: skip
+    """The run's model.onnx when it was exported from these exact weights at this temperature (with features),
+    else a fresh in-memory export."""
     path = Path(run_dir) / ONNX_FILE
     if path.is_file():
         try:
@@ -148,9 +134,10 @@ def onnx_for_run(run_dir: Path, model: nn.Module, meta: InferenceMeta) -> tuple[
         if (
             info.get("fmnist.weights_sha256") == meta.get("weights_sha256")
             and info.get("fmnist.quantization") == "none"
+            and info.get("fmnist.temperature") == (repr(float(temperature)) if calibrates(model, meta) else None)
         ):
             return blob, path.name  # a name, not a path: /model must not reveal the server's folders
-    return onnx_bytes(model, meta), "exported in memory"
+    return onnx_bytes(model, meta, temperature), "exported in memory"
 
 
 def quantize_int8(blob: bytes, calibration: np.ndarray, meta: InferenceMeta) -> bytes:
@@ -195,7 +182,8 @@ def quantize_int8(blob: bytes, calibration: np.ndarray, meta: InferenceMeta) -> 
         f"int8 static (QDQ, per-channel weights, MinMax calibration on {len(calibration)} training images; "
         "first convolution and normalisation layers kept in float32)"
     )
-    _set_metadata(proto, file_metadata(meta, quantization=note))
+    scaled = onnx_metadata(blob).get("fmnist.temperature")  # the fp32 graph's, which quantising keeps
+    set_metadata(proto, file_metadata(meta, quantization=note, temperature=scaled and float(scaled)))
     return proto.SerializeToString()
 
 
@@ -235,11 +223,14 @@ def _torchscript_runner(blob: bytes) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def _onnx_runner(blob: bytes) -> Callable[[np.ndarray], np.ndarray]:
+def _onnx_runner(blob: bytes, output: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """The graph's `output`-th output (0: logits, 1: features) for normalised inputs."""
     session = onnx_session(blob)
 
     def run(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([session.run(None, {INPUT_NAME: x[i : i + 1000]})[0] for i in range(0, len(x), 1000)])
+        return np.concatenate(
+            [session.run(None, {INPUT_NAME: x[i : i + 1000]})[output] for i in range(0, len(x), 1000)]
+        )
 
     return run
 
@@ -256,7 +247,9 @@ class ExportReport(TypedDict, total=False):
     file: str
     model: str
     check_images: int  # test images the export was checked on against PyTorch
-    max_abs_logit_diff: float
+    max_abs_logit_diff: float  # of the graph's logits against PyTorch's divided by the temperature
+    temperature: float  # ONNX, one network: the graph divides its logits by it
+    max_abs_feature_diff: float  # ONNX, one network: its features output against PyTorch's
     top1_agreement: float
     tta: str
     fp32_size_bytes: int
@@ -324,14 +317,22 @@ class ExportPlan:
 
     def _reference(self) -> None:
         from fmnist.inference.evaluate import predict
+        from fmnist.inference.trust import Trust, embed
 
         # fp32 on purpose: `predict` would pick bf16 on AMX CPUs, and the check is against float32.
         x = torch.from_numpy(self.test_x[: self.n])
         self.reference = predict(self.model, x, precision="fp32", **tta_settings(self.meta)).numpy()
+        self.temperature, self.features = None, None
+        if self.fmt == "onnx" and calibrates(self.model, self.meta):
+            self.temperature = Trust.load(self.run_dir).temperature  # 1 for a run without a trust record
+            self.reference = self.reference / np.float32(self.temperature)
+            mean, std = normalization(self.meta)
+            images = self.dataset.test_images[: self.n]
+            self.features = embed(self.model, images, mean=mean, std=std, tta=tta_settings(self.meta)["tta"])[1]
 
     def _export(self) -> None:
         if self.fmt == "onnx":
-            self.fp32_blob = onnx_bytes(self.model, self.meta)
+            self.fp32_blob = onnx_bytes(self.model, self.meta, self.temperature or 1.0)
             self.fp32_run = _onnx_runner(self.fp32_blob)
         else:
             self.fp32_blob = torchscript_bytes(self.model, self.meta)
@@ -351,13 +352,22 @@ class ExportPlan:
                 f"{fmt} export disagrees with PyTorch on {n} test images (max |logit diff| {max_diff:.2e}, "
                 f"top-1 agreement {100 * agreement:.2f}%); not written"
             )
+        feature_diff = {}
+        if self.features is not None:
+            got = _onnx_runner(self.fp32_blob, output=1)(self.test_x[:n])
+            feature_diff = {
+                "temperature": self.temperature,
+                "max_abs_feature_diff": float(np.abs(got - self.features).max()),
+            }
+            if got.shape != self.features.shape or feature_diff["max_abs_feature_diff"] >= MAX_ABS_DIFF * 10:
+                raise FmnistError(f"{fmt} export's features disagree with PyTorch on {n} test images; not written")
         from fmnist.inference.ensemble_model import tta_summary
 
         self.report = {
             "format": fmt, "file": str(self.out), "model": self.meta["model"], "check_images": n,
             "max_abs_logit_diff": max_diff, "top1_agreement": agreement, "tta": tta_summary(self.meta),
             "fp32_size_bytes": len(self.fp32_blob),
-            **({"members": len(self.meta["members"])} if "members" in self.meta else {}),
+            **({"members": len(self.meta["members"])} if "members" in self.meta else {}), **feature_diff,
         }  # fmt: skip
 
     def _quantise(self) -> None:

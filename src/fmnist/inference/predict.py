@@ -1,7 +1,8 @@
 """Inference on raw images: load a run once, give it uint8 28x28 images, get class probabilities.
 
 `Predictor` hides the backend: PyTorch eager (the checkpoint itself) or ONNX Runtime (the run's
-exported model.onnx when it matches the checkpoint, else an export made in memory). Both apply
+exported model.onnx when it matches the checkpoint and trust record, else an export made in memory; its
+graph gives the features too, so the ONNX backend needs no PyTorch forward pass). Both apply
 the run's normalisation (fmnist.data.normalize) and test-time augmentation (fmnist.inference.tta), so
 they answer alike. An ensemble directory (fmnist.inference.ensemble_model) loads the same way.
 """
@@ -71,10 +72,15 @@ class Predictor:
         self._session = None
         if backend == "onnx":
             from fmnist.inference.export import onnx_for_run, onnx_session
+            from fmnist.inference.export_metadata import FEATURES_NAME, onnx_metadata
 
-            blob, self.onnx_source = onnx_for_run(self.run_dir, self.model, self.meta)
+            blob, self.onnx_source = onnx_for_run(self.run_dir, self.model, self.meta, self.trust.temperature)
             self._session = onnx_session(blob, threads=threads)
             self._input_name = self._session.get_inputs()[0].name
+            # The graph's logits are divided by this (fmnist.inference.export); multiplied back here, so both
+            # backends' `logits` are the network's own and the trust record applies its temperature once.
+            self._graph_temperature = float(onnx_metadata(blob).get("fmnist.temperature", 1.0))
+            self._graph_features = [o.name for o in self._session.get_outputs()][1:2] == [FEATURES_NAME]
 
     @property
     def cam_model(self) -> nn.Module | None:
@@ -98,11 +104,7 @@ class Predictor:
         if len(images) == 0:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
         if self._session is not None:
-            parts = [
-                self._session.run(None, {self._input_name: self.normalise(images[i : i + batch_size])})[0]
-                for i in range(0, len(images), batch_size)
-            ]
-            return np.concatenate(parts).astype(np.float32, copy=False)
+            return self._run_graph(images, batch_size)[0]
         from fmnist.inference.evaluate import predict
 
         x = normalize(images, self.mean, self.std)
@@ -110,8 +112,17 @@ class Predictor:
             self.model, x, batch_size=batch_size, precision=self.precision, **tta_settings(self.meta)
         ).numpy()
 
+    def _run_graph(self, images: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> list[np.ndarray]:
+        """The ONNX graph's outputs for uint8 images: [logits (unscaled), features if the graph has them]."""
+        parts = [self._session.run(None, {self._input_name: self.normalise(images[i : i + batch_size])})
+                 for i in range(0, len(images), batch_size)]  # fmt: skip
+        outputs = [np.concatenate(o).astype(np.float32, copy=False) for o in zip(*parts)]
+        if self._graph_temperature != 1.0:
+            outputs[0] = outputs[0] * np.float32(self._graph_temperature)
+        return outputs
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Uncalibrated softmax probabilities (what serve answers); `assess` gives the calibrated ones."""
+        """Uncalibrated softmax probabilities; `assess` gives the calibrated ones (what predict and serve answer)."""
         return softmax(self.logits(images))
 
     @cached_property
@@ -123,11 +134,16 @@ class Predictor:
 
     def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(logits, penultimate features) of uint8 (N,28,28) images; features None for an ensemble.
-        The ONNX backend's logits come from its graph, the features from the checkpoint (fp32)."""
+        The ONNX backend's both come from its graph (an older model.onnx without features: the features
+        from the checkpoint, fp32)."""
         images = np.asarray(images)
         if self.is_ensemble:
             return self.logits(images), None
         mean, std, tta = self.mean, self.std, tta_settings(self.meta)["tta"]
+        if self._session is not None and self._graph_features and len(images):
+            self.logits(images[:0])  # the same checks of the input's shape
+            logits, features = self._run_graph(images)
+            return logits, features
         if self._session is not None:
             return self.logits(images), embed(self.model, images, mean=mean, std=std, tta=tta)[1]
         self.logits(images[:0])  # the same checks of the input's shape

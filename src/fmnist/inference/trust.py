@@ -143,6 +143,23 @@ def embed(model: Classifier, images: np.ndarray, *, mean: float, std: float, tta
     return np.concatenate(logits), np.concatenate(features)
 
 
+class CalibratedNetwork(torch.nn.Module):
+    """One network as its ONNX export runs it (fmnist.inference.export): (logits / T, penultimate features),
+    each averaged over the run's TTA views exactly as `embed` averages them, so softmax of the first output
+    is `Trust.probabilities` and the second is what `Trust.ood_scores` needs."""
+
+    def __init__(self, model: Classifier, level: str, fill: float, temperature: float):
+        super().__init__()
+        self.model, self.level, self.fill, self.temperature = model, level, fill, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        f = self.model.forward_features(torch.cat(views(x, self.level, self.fill)))
+        z = self.model.forward_head(f).float()
+        f = f.float().flatten(1)
+        return z.reshape(-1, n, z.shape[-1]).mean(0) / self.temperature, f.reshape(-1, n, f.shape[-1]).mean(0)
+
+
 # --- fitting ---------------------------------------------------------------------------------------
 def fit_trust(model: Classifier, dataset: FashionMNIST, *, val_size: int, holdout_seed: int, mean: float,
               std: float, tta: str = "none") -> TrustFile:  # fmt: skip

@@ -33,7 +33,9 @@ from starlette.requests import ClientDisconnect
 
 from fmnist import __version__
 from fmnist.constants import IMAGE_SIZE
-from fmnist.inference.predict import Predictor, TopClass, softmax, top_classes
+from fmnist.errors import UsageError
+from fmnist.inference.predict import OOD_MODES, AssessedRow, Predictor, TopClass, assessed_rows
+from fmnist.inference.trust import Assessment
 from fmnist.serve import assets, schemas
 from fmnist.serve.batching import DecodePool, InferenceQueue, ServerBusy
 from fmnist.serve.inputs import ApiError, ReadImages, read_images
@@ -105,27 +107,40 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 class PredictionBody(TypedDict):
     """One prediction as /predict and /predict/batch write it, straight to JSON (pydantic would cost more than
-    the model on small images): schemas.Prediction's fields, which test_serve checks every answer against."""
+    the model on small images): schemas.Prediction's fields, which test_serve checks every answer against.
+    The classes are `fmnist predict --json`'s AssessedRow (calibrated; unknown, ood_score, set) plus the best one
+    and every class's probability; --ood reject withholds them all for an unknown image."""
 
     name: str
-    label: str
-    index: int
-    probability: float
+    label: str | None  # None: withheld (--ood reject, an unknown image)
+    index: int | None
+    probability: float | None
     top: list[TopClass]
-    probabilities: dict[str, float]  # class name -> probability, rounded to 6 places
+    probabilities: dict[str, float]  # class name -> calibrated probability, rounded to 6 places; {} when withheld
+    unknown: bool | None  # None: --ood off, or a run without an OOD score
+    ood_score: float | None
+    set: list[str] | None  # the prediction set at the request's coverage; None without one
+    note: NotRequired[str]  # why probabilities are uncalibrated, sets or the unknown answer missing (old runs)
     input: NotRequired[list[list[float]]]  # with include_input
     gradcam: NotRequired[list[list[float]] | None]  # with gradcam: None where the model has no map
 
 
-def _results(probabilities: np.ndarray, class_names: list[str], images: np.ndarray, names: list[str], top_k: int,
-             heatmaps: np.ndarray | None, gradcam: bool, include_input: bool) -> list[PredictionBody]:  # fmt: skip
+def _results(assessment: Assessment, rows: list[AssessedRow], class_names: list[str], images: np.ndarray,
+             names: list[str], heatmaps: np.ndarray | None, gradcam: bool, include_input: bool
+             ) -> list[PredictionBody]:  # fmt: skip
     results = []
-    for i, row in enumerate(probabilities):
-        top = top_classes(row, class_names, top_k)
+    for i, (p, row) in enumerate(zip(assessment.probabilities, rows)):
+        top = row["top"]
+        best = top[0] if top else None
         item = PredictionBody(
-            name=names[i], label=top[0]["label"], index=top[0]["index"], probability=top[0]["probability"],
-            top=top, probabilities={c: round(float(p), 6) for c, p in zip(class_names, row)},
+            name=names[i], label=best and best["label"], index=best and best["index"],
+            probability=best and best["probability"], top=top,
+            probabilities={c: round(float(v), 6) for c, v in zip(class_names, p)} if top else {},
+            unknown=row["unknown"], ood_score=None if row["ood_score"] is None else round(row["ood_score"], 4),
+            set=row["set"],
         )  # fmt: skip
+        if assessment.note:
+            item["note"] = assessment.note
         if include_input:
             item["input"] = images[i].tolist()
         if gradcam:
@@ -220,17 +235,41 @@ def _error_handlers(app: FastAPI) -> None:
         return _json({"detail": f"internal error: {type(exc).__name__}"}, 500)
 
 
+def _logits_and_features(predictor: Predictor, images: np.ndarray) -> np.ndarray:
+    """(N, classes + features): one array, so the inference queue batches and splits it by rows as it does logits."""
+    logits, features = predictor.embed(images)
+    return np.concatenate([logits, features], axis=1)
+
+
+def calibration_info(predictor: Predictor, ood: str) -> dict[str, Any]:
+    """/model's `calibration`: what the answers are calibrated and flagged with (schemas.Calibration)."""
+    trust = predictor.trust
+    flags = ood != "off" and trust.has_ood
+    return {"temperature": trust.temperature, "ood": ood, "ood_method": trust.record.ood_method or None,
+            "ood_threshold": trust.record.ood_threshold if flags else None, "prediction_sets": trust.has_sets,
+            "note": trust.note or None}  # fmt: skip
+
+
 def create_app(run_dir: Path, backend: str = "torch", threads: int = 1, max_body_bytes: int = DEFAULT_MAX_BODY,
-               max_batch: int = MAX_BATCH, precision: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> FastAPI:  # fmt: skip
+               max_batch: int = MAX_BATCH, precision: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
+               ood: str = "warn") -> FastAPI:  # fmt: skip
     """Load the run and build the app; `app.state.predictor` holds the model.
 
+    Answers are calibrated by the run's trust record (fmnist.inference.trust); `ood` (off, warn, reject)
+    is what to do with images above its unknown threshold, as `fmnist predict --ood` does.
     `timeout_s` is only reported by /model: the deadlines themselves are the server's
     (fmnist.serve.server), which is given the same value.
     """
     import torch
 
+    if ood not in OOD_MODES:
+        raise UsageError(f"--ood must be one of {', '.join(OOD_MODES)}, not {ood!r}")
     torch.set_num_threads(threads)
     predictor = Predictor(run_dir, backend=backend, threads=threads, precision=precision)
+    trust = predictor.trust
+    # The OOD score needs the penultimate features beside the logits; without it (or with --ood off) only logits.
+    with_features = trust.has_ood and ood != "off"
+    classes = len(predictor.class_names)
     name = predictor.meta["model"]
     docs_assets = _swagger_assets()
     app = FastAPI(
@@ -243,14 +282,16 @@ def create_app(run_dir: Path, backend: str = "torch", threads: int = 1, max_body
         "get the most likely classes. The web page at / does the same in a browser.",
     )
     app.state.predictor = predictor
-    queue = app.state.queue = InferenceQueue(predictor.logits, max_batch=max_batch)
+    model_outputs = partial(_logits_and_features, predictor) if with_features else predictor.logits
+    queue = app.state.queue = InferenceQueue(model_outputs, max_batch=max_batch)
     queue.warm_up(np.zeros((min(max_batch, 32), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
     pool = app.state.decode_pool = DecodePool()
     has_cam = predictor_has_gradcam(predictor)
     index_html = (STATIC_DIR / "index.html").read_bytes()
     favicon, example = assets.favicon_png(), assets.example_png()
     info = {**predictor.describe(), "gradcam": has_cam, "max_body_bytes": max_body_bytes, "max_batch": max_batch,
-            "max_pixels": PIXEL_BUDGET, "timeout_s": float(timeout_s)}  # fmt: skip
+            "max_pixels": PIXEL_BUDGET, "timeout_s": float(timeout_s),
+            "calibration": calibration_info(predictor, ood)}  # fmt: skip
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if docs_assets:
@@ -258,7 +299,7 @@ def create_app(run_dir: Path, backend: str = "torch", threads: int = 1, max_body
     _error_handlers(app)
 
     async def infer(request: Request, batch: bool, preprocess: bool | None, top_k: int, gradcam: bool,
-                    include_input: bool) -> Response:  # fmt: skip
+                    include_input: bool, coverage: float | None) -> Response:  # fmt: skip
         body = await read_body(request, max_body_bytes)
         content_type = request.headers.get("content-type", "")
         read = partial(read_images, body, content_type, batch=batch, preprocess=preprocess, max_batch=max_batch)
@@ -268,11 +309,14 @@ def create_app(run_dir: Path, backend: str = "torch", threads: int = 1, max_body
         else:
             parsed, images = await pool.run(_read_and_decode, read)
         names = parsed.names
-        probabilities = softmax(await queue.run(images))
+        outputs = await queue.run(images)
+        logits, features = (outputs[:, :classes], outputs[:, classes:]) if with_features else (outputs, None)
+        assessment = trust.assess(logits, features, coverage)
+        rows = assessed_rows(assessment, predictor.class_names, top_k, ood)
         heatmaps = None
         if gradcam and has_cam:
-            heatmaps = await queue.call(lambda: _gradcam(predictor, images, probabilities.argmax(1)))
-        args = (probabilities, predictor.class_names, images, names, top_k, heatmaps, gradcam, include_input)
+            heatmaps = await queue.call(lambda: _gradcam(predictor, images, assessment.probabilities.argmax(1)))
+        args = (assessment, rows, predictor.class_names, images, names, heatmaps, gradcam, include_input)
         if batch:  # hundreds of results: build and serialise them off the loop as well
             return Response(await pool.run(_render_batch, name, *args, admit=False), media_type="application/json")
         return _json(_results(*args)[0])
@@ -305,17 +349,23 @@ def create_app(run_dir: Path, backend: str = "torch", threads: int = 1, max_body
     )
     gradcam_query = Query(False, description="Add a 28x28 Grad-CAM map (CNN models; null otherwise)")
     input_query = Query(False, description="Add the 28x28 uint8 image the model saw")
+    coverage_query = Query(
+        None, ge=0.01, le=0.99, description="Add `set`: the classes that hold the true one with this probability "
+        "(split-conformal on the run's validation images); an empty set means no class is reliable enough",
+    )  # fmt: skip
 
     @app.post("/predict", response_model=schemas.Prediction, openapi_extra=schemas.request_body(batch=False),
               responses=schemas.ERRORS, summary="Classify one image")  # fmt: skip
     async def predict(request: Request, top_k: int = top_k_query, preprocess: bool | None = preprocess_query,
-                      gradcam: bool = gradcam_query, include_input: bool = input_query) -> Response:  # fmt: skip
-        return await infer(request, False, preprocess, top_k, gradcam, include_input)
+                      gradcam: bool = gradcam_query, include_input: bool = input_query,
+                      coverage: float | None = coverage_query) -> Response:  # fmt: skip
+        return await infer(request, False, preprocess, top_k, gradcam, include_input, coverage)
 
     @app.post("/predict/batch", response_model=schemas.BatchPrediction, openapi_extra=schemas.request_body(batch=True),
               responses=schemas.ERRORS, summary=f"Classify up to {max_batch} images")  # fmt: skip
     async def predict_batch(request: Request, top_k: int = top_k_query, preprocess: bool | None = preprocess_query,
-                            gradcam: bool = gradcam_query, include_input: bool = input_query) -> Response:  # fmt: skip
-        return await infer(request, True, preprocess, top_k, gradcam, include_input)
+                            gradcam: bool = gradcam_query, include_input: bool = input_query,
+                            coverage: float | None = coverage_query) -> Response:  # fmt: skip
+        return await infer(request, True, preprocess, top_k, gradcam, include_input, coverage)
 
     return app

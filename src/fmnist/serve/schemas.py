@@ -47,15 +47,30 @@ class ClassScore(_Strict):
     probability: Probability = Field(examples=[0.97])
 
 
+WITHHELD = "; withheld (null or empty) for an unknown image when the server runs with --ood reject"
+
+
 class Prediction(_Strict):
     name: str = Field(description="File name of the upload, 'body' (raw bytes) or 'pixels' / 'pixels[i]' (JSON)")
-    label: str = Field(description="Most likely class")
-    index: int = Field(ge=0, lt=NUM_CLASSES)
-    probability: Probability
-    top: list[ClassScore] = Field(min_length=1, max_length=NUM_CLASSES, description="top_k classes, most likely first")
+    label: str | None = Field(description="Most likely class" + WITHHELD)
+    index: int | None = Field(ge=0, lt=NUM_CLASSES)
+    probability: Probability | None
+    top: list[ClassScore] = Field(max_length=NUM_CLASSES, description="top_k classes, most likely first" + WITHHELD)
     probabilities: dict[str, Probability] = Field(
-        min_length=NUM_CLASSES, max_length=NUM_CLASSES, description="Every class's probability"
+        max_length=NUM_CLASSES,
+        description="Every class's probability, calibrated by the run's temperature: softmax(logits / T)" + WITHHELD,
     )
+    unknown: bool | None = Field(
+        description="Whether the image looks unlike Fashion-MNIST (its ood_score is above the run's threshold, "
+        "see /model's calibration); null with --ood off or for a run without an OOD score"
+    )
+    ood_score: float | None = Field(description="Higher = less like the training images; null when `unknown` is")
+    set: list[str] | None = Field(
+        max_length=NUM_CLASSES,
+        description="With coverage=: the prediction set, classes holding the true one with that probability "
+        "(may be empty); null without coverage or for a run without sets",
+    )
+    note: str = Field(None, description="Only for a run without calibration: what is missing and why")
     # Absent unless asked for (never null).
     input: Image28 = Field(None, description="Only with include_input=true: the 28x28 image the model saw")
     gradcam: Heatmap28 | None = Field(
@@ -80,6 +95,15 @@ class EnsembleMember(_Strict):
     weight: float = Field(gt=0, description="Its share of the averaged probabilities")
 
 
+class Calibration(_Strict):
+    temperature: float = Field(gt=0, description="Probabilities are softmax(logits / temperature); 1 = uncalibrated")
+    ood: Literal["off", "warn", "reject"] = Field(description="What the server does with unknown images")
+    ood_method: str | None
+    ood_threshold: float | None = Field(description="ood_score above this is unknown; null when not flagged")
+    prediction_sets: bool = Field(description="Whether coverage= yields sets")
+    note: str | None = Field(description="What is missing and why (runs older than calibration, ensembles)")
+
+
 class ModelInfo(_Strict):
     name: str
     model_args: dict[str, Any]
@@ -100,6 +124,7 @@ class ModelInfo(_Strict):
     max_batch: int = Field(ge=1)
     max_pixels: int = Field(ge=1, description="Decoded pixels one request may hold, all images together")
     timeout_s: float = Field(gt=0, description="Idle or half-sent requests are closed after this many seconds")
+    calibration: Calibration
 
 
 class Error(_Strict):

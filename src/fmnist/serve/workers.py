@@ -46,6 +46,7 @@ class WorkerSettings(TypedDict):
     max_body_bytes: int
     timeout: float
     access_log: bool
+    ood: str  # off, warn or reject: what to do with unknown images
     own_socket: bool  # listen on a socket of its own (the kernel balances them) instead of the shared one
     parent: NotRequired[int]  # the parent's pid, added by run_workers: a worker ends with it
 
@@ -164,7 +165,7 @@ def _worker(sock_fd: int, ready_fd: int, settings: WorkerSettings) -> int:
             sock = socket.socket(fileno=sock_fd)
             app = create_app(Path(settings["run_dir"]), backend=settings["backend"], threads=settings["threads"],
                              precision=settings["precision"], max_body_bytes=settings["max_body_bytes"],
-                             timeout_s=settings["timeout"])  # fmt: skip
+                             timeout_s=settings["timeout"], ood=settings["ood"])  # fmt: skip
             if settings["own_socket"]:
                 # The parent's socket only holds the port: listen on one of our own beside it, once the
                 # model is loaded, so that no connection waits in our queue while it loads.

@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 // Below this top-1 probability the answer is flagged as a guess and the runner-up is named.
 const UNSURE_BELOW = 0.5;
 let hasGradcam = false;
+let oodThreshold = null; // the run's unknown threshold (/model's calibration), shown beside a flagged image's score
 let requestSeq = 0; // answers can arrive out of order; only the latest request may paint
 let last = null;    // the latest input {blob, filename, source}, re-sent when Grad-CAM is switched on
 
@@ -20,6 +21,11 @@ async function loadModel() {
     const acc = info.test_accuracy == null ? "" : ` · test accuracy ${(100 * info.test_accuracy).toFixed(2)}%`;
     const params = info.params == null ? "" : `, ${info.params.toLocaleString()} parameters`;
     $("model-line").textContent = `${info.name} (${info.family}${params}, ${info.backend})${acc}`;
+    oodThreshold = info.calibration.ood_threshold;
+    if (info.calibration.note) {
+      $("calibration-note").textContent = `Note: ${info.calibration.note}.`;
+      $("calibration-note").hidden = false;
+    }
     $("cam-toggle").hidden = !hasGradcam;
     $("cam-note").hidden = hasGradcam;
     $("classes").replaceChildren(...info.class_names.map((name) => {
@@ -43,6 +49,8 @@ function clearAnswer(state) {
   $("top-prob").textContent = "";
   $("unsure").hidden = true;
   $("unsure").textContent = "";
+  $("unknown").hidden = true;
+  $("unknown").textContent = "";
   $("bars").replaceChildren();
   const input = $("input28").getContext("2d");
   input.fillStyle = "#000";
@@ -86,6 +94,17 @@ const percent = (p) => `${(100 * p).toFixed(1)}%`;
 
 function show(result, source) {
   $("answer-for").textContent = source;
+  if (result.unknown) { // above the run's threshold: the classes below (if not withheld) are likely wrong
+    const threshold = oodThreshold == null ? "" : `, threshold ${oodThreshold.toFixed(1)}`;
+    $("unknown").textContent = `unknown: this does not look like a Fashion-MNIST item (score ${result.ood_score.toFixed(1)}${threshold})`;
+    $("unknown").hidden = false;
+  }
+  if (result.label == null) { // the server withholds the classes of unknown images (--ood reject)
+    $("top-class").textContent = "unknown";
+    drawInput(result.input);
+    drawCam(result.gradcam);
+    return;
+  }
   $("top-class").textContent = result.label;
   $("top-class").dataset.label = result.label;
   $("top-prob").textContent = percent(result.probability);
