@@ -323,3 +323,40 @@ def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in
     recipe = resolve_config("fastcnn", options={"tta": "none"})  # the screen compared single views
     assert configs["narrow-muon-3ep-lr2e-2"].to_dict() == recipe.to_dict()
     assert screen.changed(screen.resolve(fast, None, {}), configs["0.3.1"]) == {}
+
+
+def test_robustness_smoke_records_every_corruption_at_every_severity_with_its_hardware_and_command(
+    tmp_path_factory, tmp_path: Path
+):
+    import json
+
+    from fmnist.data.corruptions import CORRUPTIONS, SEVERITY_LEVELS
+    from test_predict import tiny_run_dir
+
+    run_dir, data_dir = tiny_run_dir(tmp_path_factory)
+    script, out = str(ROOT / "benchmarks" / "robustness.py"), tmp_path / "results" / "robustness-tiny-cpu.json"
+    proc = subprocess.run([sys.executable, script, str(run_dir), "--recipe", "tiny", "--smoke", "--data-dir",
+                           str(data_dir), "--json", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    doc = json.loads(out.read_text())
+    rows = doc["record"]["rows"]
+    assert [(r["corruption"], r["severity"]) for r in rows] == [(c, s) for c in CORRUPTIONS for s in SEVERITY_LEVELS]
+    assert len(SEVERITY_LEVELS) == 3 and doc["record"]["images"] == 100 and doc["smoke"] is True
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    mean = sum(r["accuracy"] for r in rows) / len(rows)
+    assert abs(doc["record"]["mean_corruption_accuracy"] - mean) < 1e-9
+    assert doc["cpu"] and doc["threads"] == 1 and doc["versions"]["torch"] and doc["seconds"] > 0
+    assert "python benchmarks/robustness.py " in doc["command"]
+    assert "--smoke" in doc["command"] and doc["recipe"] == "tiny" and doc["recorded"][:4].isdigit()
+    # The docs render the file as written: every corruption, the hardware and the command.
+    tables = _results_tables()
+    real, tables.RESULTS = tables.RESULTS, out.parent
+    try:
+        rendered = tables.render_robustness()
+    finally:
+        tables.RESULTS = real
+    assert all(f"| `{name}` |" in rendered for name in CORRUPTIONS) and "smoke run on 100 images" in rendered
+    assert doc["cpu"] in rendered and doc["command"] in rendered
+    bad = subprocess.run([sys.executable, script, str(tmp_path / "missing"), "--recipe", "x"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

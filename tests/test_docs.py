@@ -132,3 +132,20 @@ def test_cli_reference_is_every_commands_help():
     for command in WORKFLOW_ORDER:
         assert f"## `fmnist {command}`" in reference or f"### `fmnist {command}`" in reference
     assert "### `fmnist data fetch`" in reference and "Usage: fmnist train [OPTIONS]" in reference
+
+
+def test_the_trust_page_shows_each_recorded_ood_screen_figure_as_its_json_has_it(tables):
+    import json
+
+    page = (DOCS / "trust.md").read_text(encoding="utf-8")
+    block = page.split("<!-- results: trust -->")[1].split("<!-- /results -->")[0]
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(tables.RESULTS.glob("ood_screen-*.json"))]
+    assert records, "no ood_screen JSON recorded"
+    for r in records:
+        for name, m in r["chosen_held_out"].items():
+            assert f"| `{name}` | {m['auroc']:.4f} | {100 * m['fpr95']:.1f}% |" in block
+        for target in (0.8, 0.9, 0.95):
+            shipped = r["conformal_test"][f"lac@{target:g}+empty"]
+            assert f"| {100 * target:g}% | {100 * shipped['coverage']:.2f}% |" in block
+        assert f"{100 * r['temperature']['ece_after']:.2f}%" in block and r["command"] in block
+    assert "robustness.py" in page.split("<!-- results: robustness -->")[1]  # a recorded robustness table

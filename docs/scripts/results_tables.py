@@ -7,6 +7,8 @@ A table sits between markers naming its source, and everything between them is r
     <!-- results: models -->                   the model registry: parameters and FLOPs, counted now
     <!-- results: time_to_accuracy_sweeps -->  every benchmarks/results/time_to_accuracy-<cpu>.json
     <!-- results: screens -->                  every benchmarks/results/screen-<name>-<cpu>.json
+    <!-- results: trust -->                    every benchmarks/results/ood_screen-<cpu>.json
+    <!-- results: robustness -->               every benchmarks/results/robustness-<recipe>-<cpu>.json
     <!-- /results -->
 
     python docs/scripts/results_tables.py           # rewrite the tables in place
@@ -247,7 +249,99 @@ def render_screens() -> str:
     return "\n".join(out)
 
 
+def _recorded_by(record: dict) -> str:
+    return (f"{record['cpu']}, {record['threads']} thread(s), torch {record['versions']['torch']}, "
+            f"{record['recorded'][:10]}; command: `{record['command']}`")  # fmt: skip
+
+
+def render_trust() -> str:
+    """Every benchmarks/results/ood_screen-<cpu>.json (benchmarks/ood_screen.py): the chosen OOD score per
+    set, its threshold, the temperature's ECE before/after, and the prediction sets' coverage on test."""
+    out = []
+    for path in sorted(RESULTS.glob("ood_screen-*.json")):
+        r = json.loads(path.read_text(encoding="utf-8"))
+        chosen, sets, targets = r["chosen"], r["ood_sets"], r["targets"]
+        roles = [("screening (validation; chose the score)", n, r["screening"][chosen][n]) for n in sets["screening"]]
+        roles += [("held out (test; never seen by the choice)", n, r["chosen_held_out"][n]) for n in sets["held_out"]]
+        roles += [("ambiguous (test; no target)", n, r["chosen_held_out"][n]) for n in sets["ambiguous"]]
+        ood_rows = [[role, f"`{name}`", f"{m['auroc']:.4f}", f"{100 * m['fpr95']:.1f}%",
+                     DASH if "flagged_at_threshold" not in m else f"{100 * m['flagged_at_threshold']:.1f}%"]
+                    for role, name, m in roles]  # fmt: skip
+        t, test = r["temperature"], r["temperature_on_test"]
+        ece_rows = [["validation (fit)", f"{100 * t['ece_before']:.2f}%", f"{100 * t['ece_after']:.2f}%",
+                     f"{t['nll_before']:.4f}", f"{t['nll_after']:.4f}"],
+                    ["test", f"{100 * test['ece_before']:.2f}%", f"{100 * test['ece_after']:.2f}%",
+                     f"{test['nll_before']:.4f}", f"{test['nll_after']:.4f}"]]  # fmt: skip
+        set_rows = []
+        for key, s in r["conformal_test"].items():
+            if s["method"] == "lac" and s["allow_empty"]:  # what fmnist ships (trust.CONFORMAL_METHOD)
+                target = float(key.split("@")[1].split("+")[0])
+                set_rows.append([f"{100 * target:g}%", f"{100 * s['coverage']:.2f}%",
+                                 f"{100 * (s['coverage'] - target):+.2f}", f"{s['mean_set_size']:.3f}",
+                                 f"{100 * s['empty']:.2f}%"])  # fmt: skip
+        run = r["run"]
+        out.append(
+            f"**{r['cpu']}**: recipe `{run['recipe']}` ({run['model']}, test accuracy "
+            f"{100 * run['test_accuracy_fp32']:.2f}%), {sets['images_each']:,} images per OOD set, "
+            f"{run['val_size']:,} validation images. Chosen score: `{chosen}`, threshold {r['threshold']:.4f} "
+            f"(keeps 95% of validation images; {100 * r['test_images_kept_at_threshold']:.2f}% of test images). "
+            f"Targets on the held-out sets: AUROC ≥ {targets['auroc']:g}, FPR@95 ≤ {100 * targets['fpr95']:g}%: "
+            f"{'all met' if r['meets_targets'] else 'not all met'}.\n\n"
+            + _markdown(["role", "set", "AUROC", "FPR@95% TPR", "flagged at the threshold"], ood_rows)
+            + f"\nTemperature T = {t['temperature']:.4f}, fitted on validation:\n\n"
+            + _markdown(["split", "ECE before", "ECE after", "NLL before", "NLL after"], ece_rows)
+            + "\nPrediction sets (split conformal, `lac`, calibrated on validation, measured on test):\n\n"
+            + _markdown(["target coverage", "test coverage", "points off", "mean set size", "empty sets"], set_rows)
+            + f"\nRecorded on {_recorded_by(r)}.\n"
+        )  # fmt: skip
+    if not out:
+        return "Nothing recorded yet: `python benchmarks/ood_screen.py RUN_DIR` writes `ood_screen-<cpu>.json`.\n"
+    return "\n".join(out)
+
+
+def render_robustness() -> str:
+    """Every benchmarks/results/robustness-<recipe>-<cpu>.json (benchmarks/robustness.py): clean and mean
+    corruption accuracy, the worst three, and accuracy per corruption and severity."""
+    out = []
+    for path in sorted(RESULTS.glob("robustness-*.json")):
+        r = json.loads(path.read_text(encoding="utf-8"))
+        rec = r["record"]
+        by = {}
+        for row in rec["rows"]:
+            by.setdefault(row["corruption"], []).append(row)
+        rate = lambda v: DASH if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        rows = [[f"`{name}`", *(f"{100 * x['accuracy']:.1f}%" for x in each),
+                 f"{100 * statistics.fmean(x['accuracy'] for x in each):.1f}%",
+                 f"{100 * statistics.fmean(x['ece'] for x in each):.1f}%",
+                 rate(None if each[0]["ood_rate"] is None else statistics.fmean(x["ood_rate"] for x in each))]
+                for name, each in by.items()]  # fmt: skip
+        severities = [x["severity"] for x in next(iter(by.values()))]
+        worst = ", ".join(f"`{x['corruption']}` at severity {x['severity']} ({100 * x['accuracy']:.1f}%)"
+                          for x in sorted(rec["rows"], key=lambda x: x["accuracy"])[:3])  # fmt: skip
+        smoke = f" A smoke run on {rec['images']} images: plumbing only." if r.get("smoke") else ""
+        out.append(
+            f"**Recipe `{r['recipe']}`** ({rec['model']}, T = {rec['temperature']:.4f}, OOD score "
+            f"`{rec['ood_method'] or 'none'}`, {rec['images']:,} test images, {rec['precision']}).{smoke}\n\n"
+            + _markdown(["", "accuracy", "ECE", "called unknown"], [
+                ["clean", f"{100 * rec['clean_accuracy']:.2f}%", f"{100 * rec['clean_ece']:.2f}%",
+                 rate(rec["clean_ood_rate"])],
+                ["mean over every corruption and severity", f"{100 * rec['mean_corruption_accuracy']:.2f}%",
+                 f"{100 * rec['mean_corruption_ece']:.2f}%", rate(rec["mean_corruption_ood_rate"])]])
+            + f"\nWorst three: {worst}.\n\n"
+            + _markdown(["corruption", *(f"severity {s}" for s in severities), "mean", "mean ECE",
+                         "mean called unknown"], rows)
+            + f"\nRecorded on {_recorded_by(r)} ({r['seconds']:.0f} s in all).\n"
+        )  # fmt: skip
+    if not out:
+        return "Nothing recorded yet: `python benchmarks/robustness.py RUN_DIR --recipe NAME` writes one.\n"
+    return "\n".join(out)
+
+
 def render(source: str) -> str:
+    if source == "trust":
+        return render_trust()
+    if source == "robustness":
+        return render_robustness()
     if source == "screens":
         return render_screens()
     if source == "time_to_accuracy_sweeps":
