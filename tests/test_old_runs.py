@@ -28,12 +28,17 @@ from fmnist.inference.predict import Predictor
 FIXTURE = Path(__file__).parent / "fixtures" / "runs-0.3.1.tar.gz"
 
 
-@pytest.fixture(scope="module")
-def old(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("old-runs")
-    with tarfile.open(FIXTURE) as archive:
+def unpack(tmp_path_factory: pytest.TempPathFactory, fixture: Path, name: str) -> Path:
+    """A fixture tarball of run directories, unpacked into a fresh temporary folder."""
+    folder = tmp_path_factory.mktemp(name)
+    with tarfile.open(fixture) as archive:
         archive.extractall(folder, filter="data")
     return folder
+
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory) -> Path:
+    return unpack(tmp_path_factory, FIXTURE, "old-runs")
 
 
 def recorded(run: Path) -> dict:

@@ -21,7 +21,6 @@ in compare, since each ensemble's predictions.safetensors costs ~380 kB.
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import pytest
 import fmnist
 from conftest import run_cli
 from fmnist.inference.predict import Predictor
+from test_old_runs import recorded, unpack
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs-0.4-dev.tar.gz"
 RUNS = ["run-a", "run-b", "compare/fastcnn-seed0", "compare/fastcnn-seed1", "sweep/trials/trial-000",
@@ -38,14 +38,7 @@ RUNS = ["run-a", "run-b", "compare/fastcnn-seed0", "compare/fastcnn-seed1", "swe
 
 @pytest.fixture(scope="module")
 def old(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("runs-0.4")
-    with tarfile.open(FIXTURE) as archive:
-        archive.extractall(folder, filter="data")
-    return folder
-
-
-def recorded(run: Path) -> dict:
-    return json.loads((run / "results.json").read_text())
+    return unpack(tmp_path_factory, FIXTURE, "runs-0.4")
 
 
 @pytest.mark.parametrize("name", ["run-a", "run-b"])
