@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from isa_caps import cpu_slug  # benchmarks/isa_caps.py
 
 from fmnist.analysis import conformal, ood
 from fmnist.analysis.calibration import DEFAULT_BINS
@@ -257,8 +257,7 @@ def main() -> int:
     }  # fmt: skip
     print_summary(document)
     if not args.quick:
-        slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") or "cpu"
-        path = args.json or RESULTS_DIR / f"ood_screen-{slug}.json"
+        path = args.json or RESULTS_DIR / f"ood_screen-{cpu_slug(cpu)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {path}")

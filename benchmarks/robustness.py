@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from isa_caps import cpu_slug  # benchmarks/isa_caps.py
 
 from fmnist.inference.robustness import DEFAULT_THREADS, measure
 
@@ -80,8 +81,7 @@ def main() -> int:
           f"worst: {', '.join(f'{r.corruption}@{r.severity} {100 * r.accuracy:.1f}%' for r in record.worst())}; "
           f"{document['seconds']:.0f} s")  # fmt: skip
     if args.json or not args.smoke:
-        slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") or "cpu"
-        path = args.json or RESULTS_DIR / f"robustness-{args.recipe}-{slug}.json"
+        path = args.json or RESULTS_DIR / f"robustness-{args.recipe}-{cpu_slug(cpu)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {path}")

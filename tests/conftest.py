@@ -58,12 +58,17 @@ def tiny_dataset(tiny_data_dir: Path) -> FashionMNIST:
     return load_idx_folder(tiny_data_dir)
 
 
-@pytest.fixture
-def real_data_dir() -> Path:
+def real_data_or_skip() -> Path:
+    """The real dataset's folder ($FMNIST_DATA), or skip the test that needs it (module fixtures call this)."""
     value = os.environ.get(REAL_DATA_ENV)
     if not value or not Path(value).is_dir():
         pytest.skip(f"{REAL_DATA_ENV} is not set to the Fashion-MNIST folder")
     return Path(value)
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    return real_data_or_skip()
 
 
 @pytest.fixture

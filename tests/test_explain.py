@@ -15,7 +15,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from conftest import REAL_DATA_ENV, run_cli
+from conftest import REAL_DATA_ENV, real_data_or_skip, run_cli
 from fmnist.constants import CLASS_NAMES
 from fmnist.data.photos import load_image
 from fmnist.data.sources import resolve_dataset
@@ -35,10 +35,7 @@ OOD = re.compile(r"OOD score <b>(-?[0-9.]+)</b> against the run's threshold (-?[
 
 @pytest.fixture(scope="module")
 def data():
-    folder = os.environ.get(REAL_DATA_ENV)
-    if not folder or not Path(folder).is_dir():
-        pytest.skip(f"{REAL_DATA_ENV} is not set to the Fashion-MNIST folder")
-    return resolve_dataset(folder)
+    return resolve_dataset(real_data_or_skip())
 
 
 @pytest.fixture(scope="module")

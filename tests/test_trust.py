@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 import fmnist
-from conftest import REAL_DATA_ENV, run_cli
+from conftest import real_data_or_skip, run_cli
 from fmnist.analysis import ood
 from fmnist.analysis.temperature import fit_temperature, scale
 from fmnist.data import ood_sets
@@ -42,10 +41,7 @@ def train(folder: Path, dataset, with_trust: bool = True, **values):
 
 @pytest.fixture(scope="module")
 def data():
-    folder = os.environ.get(REAL_DATA_ENV)
-    if not folder or not Path(folder).is_dir():
-        pytest.skip(f"{REAL_DATA_ENV} is not set to the Fashion-MNIST folder")
-    return resolve_dataset(folder)
+    return resolve_dataset(real_data_or_skip())
 
 
 @pytest.fixture(scope="module")
