@@ -56,6 +56,7 @@ KAGGLE_SPLIT_RAW_SHA256: dict[str, str] = {
 TTA_LEVELS = ("none", "flip", "flip-shift")
 
 # Images per inference batch. 256, not 1024: on a CPU the 28x28 stage's activations of 1024
-# images (50 MB for fastcnn) spill out of the cache, and 256 ran 2.2x the views/s (fast recipe's
-# net, mirror TTA, 2-core Zen 4 capped to AVX-512 fp32; 128 was no faster).
+# images (50 MB for fastcnn) spill out of the cache, and 256 evaluated faster (fast recipe's net,
+# mirror TTA, 2-core Zen 4 capped to AVX-512 fp32; 128 was no faster). Measured once and not
+# recorded under benchmarks/results/: commit f2548f0's message has the figure.
 EVAL_BATCH_SIZE = 256
