@@ -55,10 +55,11 @@ test: install browser
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 # The documentation site, strict (not --quiet: that hides the warnings strict counts): a broken link, a missing page or API reference, or a results table
-# that no longer matches its JSON fails it. Output in site/ (not committed).
+# that no longer matches its JSON, or a figure typed into prose, fails it. Output in site/ (not committed).
 docs: install
 	@$(PY) -m pip install -q -e ".[docs]"
 	$(PY) docs/scripts/results_tables.py --check
+	$(PY) docs/scripts/prose_figures.py
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 bench: install

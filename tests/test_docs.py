@@ -27,6 +27,11 @@ def tables():
     return load(DOCS / "scripts" / "results_tables.py")
 
 
+@pytest.fixture(scope="module")
+def figures():
+    return load(DOCS / "scripts" / "prose_figures.py")
+
+
 def test_every_rendered_table_matches_its_json(tables):
     stale = tables.update(check=True)
     assert stale == [], f"out of date: {stale}; run python docs/scripts/results_tables.py"
@@ -54,6 +59,42 @@ def test_a_changed_json_figure_changes_its_table(tables, tmp_path: Path, monkeyp
     monkeypatch.setattr(tables, "RESULTS", copy)
     assert "12,345.6 s" in tables.render("make_run.json#make_run")
     assert str(README.relative_to(REPO)) in tables.update([README], check=True)
+
+
+def test_a_hand_typed_figure_is_caught_and_a_marked_one_passes(figures):
+    def typed(text: str) -> list[str]:
+        return [figure for _, figure in figures.hand_typed_figures(text)]
+
+    assert typed("fastcnn reached 93.4% in 30 s; 93.41 % on test, 1.5 h, 6 min") == [
+        "93.4%", "30 s", "93.41 %", "1.5 h", "6 min"]  # fmt: skip
+    assert typed("1.8× the images/s, 2.2x faster, 27,820 images/s, +0.26 points") == [
+        "1.8×", "2.2x", "27,820 images/s", "+0.26 points"]  # fmt: skip
+    assert typed("sized for ten minutes, then an hour; gaps under 0.3\npoints") == [
+        "ten minutes",
+        "an hour",
+        "0.3 points",
+    ]
+    assert typed("the 28×28 input, 3x3 patches, FPR@95% TPR, seeds 0–1, 60,000 images, fp32, a second conv") == []
+    assert typed("target ≥ 94.0% in ≤ 5 s, ratio >= 15×, refuses > 0.5 percentage points, unsure < 50%") == []
+    assert typed("93.04% in 20 epochs <!-- published: seed 004 -->") == []
+    assert typed("96.3% <!-- published: leaderboard --> against our 95.9%") == ["95.9%"]
+    assert typed("93.04% <!-- published: -->") == ["93.04%"]  # a marker names where it was published
+    assert figures.hand_typed_figures(figures.prose("one\n\n> 93.4% in a quote")) == [(3, "93.4%")]
+
+
+def test_rendered_blocks_and_code_are_not_prose_but_code_comments_are(figures):
+    page = ["intro: 93.4%", "<!-- results: recipes -->", "| 93.32% | 30 s |", "<!-- /results -->",
+            "```console", "$ make run    # about 8 minutes", "$ fmnist train --epochs 3", "```",
+            "```text", "error: no answer for 54 s", "```", "after 12 s"]  # fmt: skip
+    assert figures.hand_typed_figures(figures.prose("\n".join(page))) == [(1, "93.4%"), (6, "8 minutes"), (12, "12 s")]
+
+
+def test_docs_prose_quotes_no_figure_by_hand(figures):
+    assert README in figures.PAGES and DOCS / "changelog.md" in figures.PAGES
+    typed = figures.check()
+    assert typed == [], "figures typed into prose (render them, link to their table, or mark them):\n" + "\n".join(
+        typed
+    )
 
 
 def test_every_recorded_figure_names_its_hardware_and_command():
