@@ -30,16 +30,17 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 _WORDS = ("one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|"
           "fifty|sixty|ninety")  # fmt: skip
 FIGURE = re.compile(
-    rf"""(?P<bound>(?:[≥≤]|[<>]=?)\s?)?          # a target or bound: exempt
-    (?<![\w.@])                                  # not inside a word or a decimal, not FPR@95%
+    rf"""(?P<bound>(?:[≥≤]|[<>]=?)\s?)?    # a target or bound: exempt
+    (?<![\w.@])                            # not inside a word or a decimal, not FPR@95%
     (?P<figure>
         [+\-−±]?\d+(?:[.,]\d+)*\s?(?:
-            %|\s?per\s?cent\b|\s?(?:percentage\s)?points?\b|\s?pp\b            # a percentage
-            |×(?!\s?\d)|x\b(?!\s?\d)                                              # a ratio (28×28 is a size)
-            |(?:[µm]?s|sec|seconds?|min|minutes?|h|hours?|days?)\b             # a duration
-            |\s?(?:images|requests|views)?/s\b                                 # a throughput
+            %|\s?per\s?cent\b|\s?(?:percentage\s)?points?\b|\s?pp\b   # a percentage
+            |×(?!\s?\d)|x\b(?!\s?\d)                                  # a ratio (28×28 is a size)
+            |(?:[µm]?s|sec|seconds?|min|minutes?|h|hours?|days?)\b     # a duration
+            |\s?(?:images|requests|views)?/s\b                         # a throughput
         )
-        |\b(?:{_WORDS})[\s-](?:seconds?|minutes?|hours?|days?)\b|\b(?:half\s)?an\shour\b  # "ten minutes", "an hour"
+        |\b(?:{_WORDS})[\s-](?:seconds?|minutes?|hours?|days?)\b     # "ten minutes"
+        |\b(?:half\s)?an\shour\b
     )""",
     re.X | re.I,
 )
@@ -53,7 +54,8 @@ def hand_typed_figures(text: str) -> list[tuple[int, str]]:
     nor before a `<!-- published: WHERE -->` marker on its line. A figure may run over a line break."""
     found = []
     for m in FIGURE.finditer(text):
-        rest_of_line = text[m.end() : (text.find("\n", m.end()) + 1 or len(text) + 1) - 1]
+        end_of_line = text.find("\n", m.end())
+        rest_of_line = text[m.end() : None if end_of_line < 0 else end_of_line]
         if not m["bound"] and not PUBLISHED.search(rest_of_line):
             found.append((text.count("\n", 0, m.start("figure")) + 1, " ".join(m["figure"].split())))
     return found
