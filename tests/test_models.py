@@ -82,6 +82,30 @@ def test_fastcnn_deep_has_two_convs_per_stage_with_the_second_on_the_pooled_map(
         check_model_args("fastcnn_deep", {"widths": [32, 96]})
 
 
+def test_fastcnn_deep_whitened_first_conv_is_frozen_patch_whitening_fit_from_data():
+    from fmnist.models.whitening import PatchWhitening, fit_to_data
+
+    learned = create_model("fastcnn_deep", widths=[16, 64, 128])
+    whitened = create_model("fastcnn_deep", widths=[16, 64, 128], whiten=True)
+    first = whitened.features[0]
+    assert isinstance(first, PatchWhitening) and not first.weight.requires_grad
+    # Only the first conv changes: every later layer has the learned net's shapes.
+    assert [p.shape for p in whitened.parameters()] == [p.shape for p in learned.parameters()]
+    trained = sum(p.numel() for p in whitened.parameters() if p.requires_grad)
+    assert trained == count_parameters(learned) - 9 * 16
+    images = torch.rand(64, 1, 28, 28)
+    assert fit_to_data(whitened, lambda: images) == 1
+    # Oracle: along each top principal direction of the patches, the response's variance is
+    # variance / (variance + eps): whitened to 1 but for the layer's eps.
+    patches = torch.nn.functional.unfold(images.double(), 3).transpose(1, 2).reshape(-1, 9)
+    centred = patches - patches.mean(0)
+    variances = torch.linalg.eigvalsh(centred.T @ centred / len(centred)).flip(0)[:8]
+    responses = centred @ first.weight.double().view(16, 9).T
+    assert torch.allclose(responses.var(0, correction=0)[:8], variances / (variances + first.eps), rtol=1e-3)
+    with pytest.raises(UsageError, match="2-18"):  # a 3x3 patch has 9 directions, each with both signs
+        create_model("fastcnn_deep", widths=[32, 64, 128], whiten=True)
+
+
 def test_fastcnn_parameter_count_is_pinned():
     # fmnist 0.3's net: convs 144 + 6,912 + 41,472 + 82,944, BN 2*(16+48+96+96), FC 864->10: 140,634.
     v03 = {"widths": [16, 48, 96], "whiten": False}

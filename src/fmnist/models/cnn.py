@@ -165,14 +165,17 @@ def fastcnn(
     return Classifier(features, nn.Linear(c3 * 9, num_classes), c3 * 9, channels_last=True)
 
 
-@register_model(family="cnn")
-def fastcnn_deep(widths: tuple[int, ...] = (32, 96, 192), num_classes: int = NUM_CLASSES) -> Classifier:
+# Every fastcnn_deep before fmnist 0.5 learned its first conv (no `whiten`).
+@register_model(family="cnn", legacy_args={"whiten": False})
+def fastcnn_deep(
+    widths: tuple[int, ...] = (32, 96, 192), whiten: bool = False, num_classes: int = NUM_CLASSES
+) -> Classifier:
     """fastcnn with two convs per stage (airbench's conv groups): the `cpu-95` recipe's net.
 
     Each stage is conv -> 2x2 max-pool -> BN -> ReLU -> conv -> BN -> ReLU, so the second conv
     of every stage runs on the pooled map (14x14, 7x7, 3x3), a quarter of the pixels it would
-    see before pooling. At 32-96-192 it trains at 712 images/s on a 2-core AVX2 CPU against
-    1,323 for `cpu-94`'s 24-72-144 fastcnn (2 threads, batch 128, fp32).
+    see before pooling. `whiten`: the first conv is fastcnn's frozen PatchWhitening, which
+    needs an even first width of at most 18 (a 3x3 patch has 9 directions, each taken with both signs).
     """
     widths = tuple(widths)
     if len(widths) != 3 or any(w < 1 for w in widths):
@@ -180,7 +183,10 @@ def fastcnn_deep(widths: tuple[int, ...] = (32, 96, 192), num_classes: int = NUM
     layers: list[nn.Module] = []
     c_in = 1
     for width in widths:  # (N,w0,14,14) -> (N,w1,7,7) -> (N,w2,3,3)
-        layers += [*conv_pool_block(c_in, width), *conv_block(width, width, True)]
+        stem = conv_pool_block(c_in, width)
+        if whiten and c_in == 1:  # built after the learned conv it replaces, as in fastcnn
+            stem[0] = PatchWhitening(width)
+        layers += [*stem, *conv_block(width, width, True)]
         c_in = width
     features = nn.Sequential(*layers, nn.Flatten())  # (N,w2*9)
     return Classifier(features, nn.Linear(c_in * 9, num_classes), c_in * 9, channels_last=True)
