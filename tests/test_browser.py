@@ -33,7 +33,25 @@ def page_server(tmp_path_factory):
     # The default recipe's net: a map that plain Grad-CAM leaves blank falls back to Grad-CAM++
     # (fmnist.analysis.gradcam), so the Grad-CAM test below gets a lit map from it too.
     run_dir, _ = tiny_run_dir(tmp_path_factory)
-    proc, url = start_server(run_dir, "--precision", "fp32")
+    proc, url = start_server(run_dir, "--precision", "fp32", env=tiny_env())
+    yield url
+    stop_server(proc)
+
+
+def tiny_env() -> dict[str, str]:
+    """A tiny run's server environment: no FMNIST_DATA, so its panel's neighbours come from the run's own data."""
+    return {k: v for k, v in os.environ.items() if k != REAL_DATA_ENV}
+
+
+@pytest.fixture(scope="module")
+def calibrated_server(tmp_path_factory):
+    """A tiny run with its trust record (as training writes it when it has the data): an unknown threshold."""
+    from fmnist.data.dataset import load_idx_folder
+    from fmnist.inference.trust import calibrate_run
+
+    run_dir, data_dir = tiny_run_dir(tmp_path_factory)
+    calibrate_run(run_dir, load_idx_folder(data_dir))
+    proc, url = start_server(run_dir, "--precision", "fp32", env=tiny_env())
     yield url
     stop_server(proc)
 
@@ -228,31 +246,77 @@ def test_api_docs_render_without_internet(page_server, page, tmp_path: Path):
     page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)
 
 
-def test_an_unlike_image_is_marked_unknown_with_its_score(tmp_path_factory, page, tmp_path: Path):
-    """A run with its trust record (as training writes it): noise is above its unknown threshold, and the page
-    says so with the API's score and threshold, still showing the calibrated classes (serve's default --ood warn)."""
+def test_an_unlike_image_is_marked_unknown_with_its_score(calibrated_server, page, tmp_path: Path):
+    """Noise is above the run's unknown threshold, and the page says so with the API's score and threshold,
+    still showing the calibrated classes (serve's default --ood warn)."""
     import numpy as np
 
-    from fmnist.data.dataset import load_idx_folder
-    from fmnist.inference.trust import calibrate_run
+    url = calibrated_server
+    open_page(page, url)
+    noise = png_bytes(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8))
+    upload(page, tmp_path / "noise.png", noise)
+    page.wait_for_selector("#result[data-state=done]")
+    api = httpx.post(f"{url}/predict", files={"file": ("noise.png", noise, "image/png")}).json()
+    threshold = httpx.get(f"{url}/model").json()["calibration"]["ood_threshold"]
+    assert api["unknown"] is True
+    assert page.inner_text("#unknown") == (f"unknown: this does not look like a Fashion-MNIST item "
+                                           f"(score {api['ood_score']:.1f}, threshold {threshold:.1f})")  # fmt: skip
+    assert page.inner_text("#top-class") == api["label"] and page.is_visible("#bars")
+    upload(page, tmp_path / "trousers.png", trousers())  # a new answer clears the line
+    page.wait_for_selector("#result[data-state=done]")
+    known = httpx.post(f"{url}/predict", files={"file": ("t.png", trousers(), "image/png")}).json()
+    assert page.is_visible("#unknown") is bool(known["unknown"])
 
-    run_dir, data_dir = tiny_run_dir(tmp_path_factory)
-    calibrate_run(run_dir, load_idx_folder(data_dir))
-    proc, url = start_server(run_dir, "--precision", "fp32")
-    try:
-        open_page(page, url)
-        noise = png_bytes(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8))
-        upload(page, tmp_path / "noise.png", noise)
+
+def panel_images_loaded(tab) -> list[list[int]]:
+    """[naturalWidth, naturalHeight] of every image the panel shows: 28x28 once decoded."""
+    return tab.evaluate("Array.from(document.querySelectorAll('#saw img')).filter(i => i.offsetParent !== null)"
+                        ".map(i => [i.naturalWidth, i.naturalHeight])")  # fmt: skip
+
+
+def test_the_panel_shows_what_the_model_saw(calibrated_server, page, tmp_path: Path):
+    """After each answer: the input, its Grad-CAM, its OOD score against the threshold in a sentence, and the
+    5 nearest training images, each as /explain gives them for the same upload."""
+    import numpy as np
+
+    url = calibrated_server
+    open_page(page, url)
+    assert not page.is_visible("#saw")  # nothing to explain yet
+    noise = png_bytes(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8))
+    for name, data, verdict in [("trousers.png", trousers(), None), ("noise.png", noise, "unlike")]:
+        api = httpx.post(f"{url}/explain", files={"file": (name, data, "image/png")}, timeout=60).json()
+        upload(page, tmp_path / name, data)
         page.wait_for_selector("#result[data-state=done]")
-        api = httpx.post(f"{url}/predict", files={"file": ("noise.png", noise, "image/png")}).json()
-        threshold = httpx.get(f"{url}/model").json()["calibration"]["ood_threshold"]
-        assert api["unknown"] is True
-        assert page.inner_text("#unknown") == (f"unknown: this does not look like a Fashion-MNIST item "
-                                               f"(score {api['ood_score']:.1f}, threshold {threshold:.1f})")  # fmt: skip
-        assert page.inner_text("#top-class") == api["label"] and page.is_visible("#bars")
-        upload(page, tmp_path / "trousers.png", trousers())  # a new answer clears the line
-        page.wait_for_selector("#result[data-state=done]")
-        known = httpx.post(f"{url}/predict", files={"file": ("t.png", trousers(), "image/png")}).json()
-        assert page.is_visible("#unknown") is bool(known["unknown"])
-    finally:
-        stop_server(proc)
+        page.wait_for_selector("#saw[data-state=done]")
+        assert page.get_attribute("#saw-input", "src") == api["input"]
+        assert page.get_attribute("#saw-cam", "src") == api["gradcam"]["image"] and page.is_visible("#saw-cam")
+        assert page.inner_text("#saw-cam-caption").startswith(f"Grad-CAM for {api['gradcam']['label']}")
+        figures = page.query_selector_all("#saw-neighbours figure")
+        assert len(figures) == 5
+        for figure, neighbour in zip(figures, api["neighbours"]):
+            assert figure.query_selector("img").get_attribute("src") == neighbour["image"]
+            assert figure.inner_text().split("\n") == [neighbour["label"], f"train #{neighbour['index']}",
+                                                         f"cosine {neighbour['cosine']:.3f}"]  # fmt: skip
+        assert panel_images_loaded(page) == [[28, 28]] * 7  # input, Grad-CAM, 5 neighbours
+        ood = api["ood"]
+        like = "unlike Fashion-MNIST (unknown)" if ood["unknown"] else "like Fashion-MNIST"
+        assert page.inner_text("#saw-ood") == (f"OOD score {ood['score']:.2f} against the run's threshold "
+                                               f"{ood['threshold']:.2f} (higher is less like the training "
+                                               f"images): {like}.")  # fmt: skip
+        assert verdict is None or like.startswith(verdict)
+        assert page.is_visible("#saw-meter") and page.is_visible("#unknown") is ood["unknown"]
+        page.screenshot(path=str(tmp_path / f"panel-{name}.png"), full_page=True)
+    page.click("#clear")
+    page.wait_for_selector("#result[data-state=idle]")
+    assert not page.is_visible("#saw") and page.query_selector_all("#saw-neighbours figure") == []
+
+
+def test_the_panel_says_in_one_line_what_is_missing(page_server, page, tmp_path: Path):
+    """The page_server's run has no trust record: the panel says why there is no OOD score, and shows the rest."""
+    api = httpx.post(f"{page_server}/explain", files={"file": ("t.png", trousers(), "image/png")}).json()
+    assert api["ood"] is None and api["absent"]["ood"]
+    open_page(page, page_server)
+    upload(page, tmp_path / "trousers.png", trousers())
+    page.wait_for_selector("#saw[data-state=done]")
+    assert page.inner_text("#saw-ood") == f"No OOD score: {api['absent']['ood']}."
+    assert not page.is_visible("#saw-meter") and len(page.query_selector_all("#saw-neighbours img")) == 5

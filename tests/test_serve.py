@@ -30,15 +30,17 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 
-def start_server(run_dir: Path, *args: str, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
-    """`fmnist serve RUN --port 0 ARGS` in a subprocess; returns (process, base URL) once /health answers.
+def start_server(run_dir: Path, *args: str, timeout: float = 90.0,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:  # fmt: skip
+    """`fmnist serve RUN --port 0 ARGS` in a subprocess (in `env`, else this process's environment); returns
+    (process, base URL) once /health answers.
 
     Its output goes to a file (`proc.log_path`), read by tests that check what the server logged.
     """
     handle, name = tempfile.mkstemp(prefix="fmnist-serve-", suffix=".log")
     os.close(handle)
     log_path = Path(name)
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**(os.environ if env is None else env), "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "fmnist", "serve", str(run_dir), "--port", "0", *args]
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)

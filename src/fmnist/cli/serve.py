@@ -46,7 +46,7 @@ def serve_cmd(
         f"[default: one per CPU core, at most {MAX_DEFAULT_WORKERS}]",
     ),  # fmt: skip
 ) -> None:
-    """Serve the model over HTTP: /predict, /predict/batch, /health, /model, /docs and a web page at /."""
+    """Serve the model over HTTP: /predict, /predict/batch, /explain, /health, /model, /docs and a web page at /."""
     from fmnist.serve.server import BALANCED_PORT_SHARING, bind_socket, run_server
     from fmnist.serve.workers import default_workers, run_workers
 

@@ -14,6 +14,7 @@ by the weights' sha256 and the TTA, so later calls need neither the dataset nor 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save
 
 from fmnist.data.splits import saved_holdout, stratified_split, stratified_subsample
-from fmnist.errors import UsageError
+from fmnist.errors import DataError, UsageError
 from fmnist.fsutil import atomic_write_bytes
 from fmnist.inference.checkpoint import tta_settings
 from fmnist.inference.predict import TopClass, top_classes
@@ -37,11 +38,34 @@ if TYPE_CHECKING:
 
 NEIGHBOURS = 5
 TOP_K = 3
+# Why a part of an explanation is missing, as the page and the server's /explain say it.
+NO_NETWORK = "an ensemble has no one feature space or network to explain"
+NO_CAM = "this model has no convolutional layer to map"
+NO_OOD = "this run has no unknown threshold"
 
 
 def require_network(predictor: Predictor) -> None:
     if predictor.is_ensemble:
-        raise UsageError("--explain needs a single run, not an ensemble (it has no one feature space)")
+        raise UsageError(f"--explain needs a single run, not an ensemble ({NO_NETWORK})")
+
+
+def training_images(predictor: Predictor, notify: Callable[[str], None], allow_download: bool = True) -> FashionMNIST:
+    """The dataset whose training images the run's neighbours come from: FMNIST_DATA first (resolve_dataset
+    reads it), else the folder the run was trained from, else the cache. DataError where its training images
+    are not the ones the run recorded: neighbours from other images would look plausible and be wrong."""
+    from fmnist.data.sources import DATA_ENV, resolve_dataset
+
+    record = (predictor.meta.get("extra") or {}).get("data") or {}
+    recorded = record.get("location")
+    use_recorded = not os.environ.get(DATA_ENV) and recorded and Path(recorded).is_dir()
+    notify("computing the training images' features for the explanations (once per run)")
+    dataset = resolve_dataset(recorded if use_recorded else None, allow_download=allow_download, notify=notify)
+    expected = ((record.get("files") or {}).get("train_images") or {}).get("raw_sha256")
+    found = dataset.provenance.files.get("train_images")
+    if expected and found is not None and found.raw_sha256 != expected:
+        raise DataError(f"the training images in {dataset.provenance.location} are not the ones this run was "
+                        f"trained on (sha256 differs); set {DATA_ENV} to that data")  # fmt: skip
+    return dataset
 
 
 @dataclass
@@ -140,13 +164,17 @@ class Explanation:
     note: str = ""
 
 
-def explain(predictor: Predictor, images: np.ndarray, neighbours: Neighbours, top_k: int = TOP_K,
+def explain(predictor: Predictor, images: np.ndarray, neighbours: Neighbours | None, top_k: int = TOP_K,
             k: int = NEIGHBOURS) -> list[Explanation]:  # fmt: skip
-    """One Explanation per uint8 (N, 28, 28) image."""
+    """One Explanation per uint8 (N, 28, 28) image; with no `neighbours` (the training images are not at
+    hand), the neighbour lists are empty."""
     require_network(predictor)
     images = np.asarray(images)
     logits, features = _features(predictor, images)
     assessment = predictor.trust.assess(logits, features)
+    if neighbours is None:
+        neighbours = Neighbours(features[:0], np.zeros((0, *images.shape[1:]), np.uint8), np.zeros(0, np.int64),
+                                np.zeros(0, np.int64))  # fmt: skip
     rows, similarity = neighbours.nearest(features, k)
     cams, flat = _cams(predictor, images, assessment.probabilities.argmax(1))
     names = predictor.class_names

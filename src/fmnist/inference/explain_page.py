@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist.errors import UsageError
-from fmnist.inference.explain import Explanation
+from fmnist.inference.explain import NO_CAM, NO_OOD, Explanation
 
 SCALE = 4  # 28 px shown as 112: each pixel a visible block, never smoothed into something it was not
 CAM_ALPHA = 0.5  # the heat's share of an overlay pixel
@@ -39,8 +39,9 @@ def png(pixels: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 
-def _uri(pixels: np.ndarray) -> str:
-    big = np.repeat(np.repeat(pixels, SCALE, axis=0), SCALE, axis=1)
+def data_uri(pixels: np.ndarray, scale: int = SCALE) -> str:
+    """A data: URI of the pixels as a PNG, each pixel a `scale` x `scale` block (the server sends scale 1)."""
+    big = np.repeat(np.repeat(pixels, scale, axis=0), scale, axis=1)
     return "data:image/png;base64," + base64.b64encode(png(big)).decode("ascii")
 
 
@@ -53,7 +54,7 @@ def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 def _figure(pixels: np.ndarray, caption: str) -> str:
     alt = html.escape(re.sub(r"<[^>]+>", " ", caption), quote=True)  # the caption's text, without its <br>s
-    return f'<figure><img src="{_uri(pixels)}" alt="{alt}"><figcaption>{caption}</figcaption></figure>'
+    return f'<figure><img src="{data_uri(pixels)}" alt="{alt}"><figcaption>{caption}</figcaption></figure>'
 
 
 def render(name: str, e: Explanation) -> str:
@@ -61,14 +62,14 @@ def render(name: str, e: Explanation) -> str:
     esc = html.escape
     rows = "".join(f"<tr><td>{esc(c['label'])}</td><td>{100 * c['probability']:.1f}%</td></tr>" for c in e.top)
     if e.ood_score is None:
-        likeness = "<p>No OOD score: this run has no unknown threshold.</p>"
+        likeness = f"<p>No OOD score: {NO_OOD}.</p>"
     else:
         verdict = ('<span class="unknown">unlike Fashion-MNIST (unknown)</span>' if e.unknown
                    else "like Fashion-MNIST")  # fmt: skip
         likeness = (f"<p>OOD score <b>{e.ood_score:.3f}</b> against the run's threshold {e.threshold:.3f} "
                     f"(higher is less like the training images): {verdict}.</p>")  # fmt: skip
     if e.cam is None:
-        cam = "<p>No Grad-CAM: this model has no convolutional layer to map.</p>"
+        cam = f"<p>No Grad-CAM: {NO_CAM}.</p>"
     else:
         flat = " (flat: it shows no place)" if e.cam_flat else ""
         cam = _figure(overlay(e.image, e.cam), f"Grad-CAM for {esc(e.top[0]['label'])}{flat}")

@@ -38,6 +38,7 @@ from fmnist.inference.predict import OOD_MODES, AssessedRow, Predictor, TopClass
 from fmnist.inference.trust import Assessment
 from fmnist.serve import assets, schemas
 from fmnist.serve.batching import DecodePool, InferenceQueue, ServerBusy
+from fmnist.serve.explain import Explainer
 from fmnist.serve.inputs import ApiError, ReadImages, read_images
 from fmnist.serve.limits import (
     DEFAULT_MAX_BODY_MB,
@@ -298,17 +299,22 @@ def create_app(run_dir: Path, backend: str = "torch", threads: int = 1, max_body
         _offline_docs(app, docs_assets)
     _error_handlers(app)
 
-    async def infer(request: Request, batch: bool, preprocess: bool | None, top_k: int, gradcam: bool,
-                    include_input: bool, coverage: float | None) -> Response:  # fmt: skip
+    async def receive(request: Request, batch: bool, preprocess: bool | None) -> tuple[list[str], np.ndarray]:
+        """The request's image names and uint8 (N,28,28) images."""
         body = await read_body(request, max_body_bytes)
         content_type = request.headers.get("content-type", "")
-        read = partial(read_images, body, content_type, batch=batch, preprocess=preprocess, max_batch=max_batch)
+        read = partial(read_images, body, content_type, batch=batch, preprocess=preprocess, max_batch=max_batch,
+                       route=request.url.path)  # fmt: skip
         if len(body) <= INLINE_BODY_BYTES:  # parsing it and reading its headers is cheap: done here
             parsed = read()
             images = parsed.decode() if parsed.pixels <= INLINE_PIXELS else await pool.run(parsed.decode)
         else:
             parsed, images = await pool.run(_read_and_decode, read)
-        names = parsed.names
+        return parsed.names, images
+
+    async def infer(request: Request, batch: bool, preprocess: bool | None, top_k: int, gradcam: bool,
+                    include_input: bool, coverage: float | None) -> Response:  # fmt: skip
+        names, images = await receive(request, batch, preprocess)
         outputs = await queue.run(images)
         logits, features = (outputs[:, :classes], outputs[:, classes:]) if with_features else (outputs, None)
         assessment = trust.assess(logits, features, coverage)
@@ -367,5 +373,14 @@ def create_app(run_dir: Path, backend: str = "torch", threads: int = 1, max_body
                             gradcam: bool = gradcam_query, include_input: bool = input_query,
                             coverage: float | None = coverage_query) -> Response:  # fmt: skip
         return await infer(request, True, preprocess, top_k, gradcam, include_input, coverage)
+
+    explainer = Explainer(predictor, queue, ood)
+
+    @app.post("/explain", response_model=schemas.Explanation, openapi_extra=schemas.request_body(batch=False),
+              responses=schemas.ERRORS, summary="What the model saw in one image: its 28x28 input, "
+              "OOD score, Grad-CAM map and nearest training images")  # fmt: skip
+    async def explain(request: Request, preprocess: bool | None = preprocess_query) -> Response:
+        names, images = await receive(request, False, preprocess)
+        return _json(await explainer(images[0], names[0]))
 
     return app

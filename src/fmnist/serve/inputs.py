@@ -73,9 +73,10 @@ class ReadImages:
 
 def read_images(
     body: bytes, content_type: str, *, batch: bool, preprocess: bool | None, max_batch: int = MAX_BATCH,
-    pixel_budget: int = PIXEL_BUDGET,
+    pixel_budget: int = PIXEL_BUDGET, route: str = "/predict",
 ) -> ReadImages:  # fmt: skip
-    """Parse one request body and read its images' headers (no pixel is decoded here)."""
+    """Parse one request body and read its images' headers (no pixel is decoded here); `route` names a
+    one-image route in the error for several images."""
     kind = media_type(content_type)
     if kind == "application/json" or kind.endswith("+json"):
         names, images = _from_json(body, batch, bool(preprocess), max_batch)
@@ -84,7 +85,7 @@ def read_images(
     if kind == "multipart/form-data":
         files = multipart_files(body, content_type, max_batch)
         if not batch and len(files) > 1:
-            raise ApiError(422, f"/predict takes one image, got {len(files)}; use /predict/batch")
+            raise ApiError(422, f"{route} takes one image, got {len(files)}; use /predict/batch")
     elif kind.startswith("image/") or kind in ("application/octet-stream", "application/x-npy", ""):
         if not body:
             raise ApiError(

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmnist.constants import IMAGE_SIZE, NUM_CLASSES
+from fmnist.inference.explain import NEIGHBOURS
 from fmnist.serve.limits import MAX_BATCH, PIXEL_BUDGET
 
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -81,6 +82,42 @@ class Prediction(_Strict):
 class BatchPrediction(_Strict):
     model: str
     predictions: list[Prediction] = Field(min_length=1, max_length=MAX_BATCH, description="In the order sent")
+
+
+PngUri = Annotated[str, Field(pattern=r"^data:image/png;base64,[A-Za-z0-9+/]+=*$", description="A PNG data URI")]
+Part = Literal["ood", "neighbours", "gradcam"]
+
+
+class OodScore(_Strict):
+    score: float = Field(description="The image's OOD score; higher = less like the training images")
+    threshold: float = Field(description="The run's unknown threshold (/model's calibration)")
+    unknown: bool = Field(description="Whether the score is above the threshold")
+
+
+class Neighbour(_Strict):
+    image: PngUri = Field(description="The 28x28 training image")
+    label: str = Field(description="Its class")
+    index: int = Field(ge=0, description="Its position in the dataset's training images")
+    cosine: float = Field(ge=-1, le=1, description="Cosine similarity of its penultimate features to the input's")
+
+
+class GradCam(_Strict):
+    label: str = Field(description="The class the map is for: the most likely one")
+    image: PngUri = Field(description="28x28: the input under the map in a black-red-yellow-white scale")
+    flat: bool = Field(description="The map is flat: it shows no place")
+
+
+class Explanation(_Strict):
+    name: str = Field(description="As in /predict")
+    input: PngUri = Field(description="The 28x28 image the model received")
+    ood: OodScore | None = Field(description="How Fashion-MNIST-like the input is; null when absent")
+    neighbours: list[Neighbour] | None = Field(
+        max_length=NEIGHBOURS, description="The nearest training images by cosine similarity of the network's "
+        "penultimate features, most similar first; null when absent",
+    )  # fmt: skip
+    gradcam: GradCam | None = Field(description="Where the network looked; null when absent")
+    absent: dict[Part, str] = Field(description="Why each null part is missing, in one line")
+    note: str = Field(None, description="Only for a run without calibration: what is missing and why")
 
 
 class Health(_Strict):

@@ -57,6 +57,7 @@ function clearAnswer(state) {
   input.fillRect(0, 0, 28, 28);
   $("cam28").getContext("2d").clearRect(0, 0, 28, 28);
   $("cam28").hidden = true;
+  clearSaw("idle");
 }
 
 async function predict(blob, filename, source) {
@@ -88,6 +89,101 @@ async function predict(blob, filename, source) {
   show(body, source);
   $("result").dataset.state = "done";
   setStatus("");
+  explain(blob, filename, seq); // after the answer, so the answer is never kept waiting for the panel
+}
+
+// --- "What the model saw": /explain's input, Grad-CAM, OOD score and nearest training images ---------------
+
+function clearSaw(state) {
+  $("saw").dataset.state = state;
+  $("saw").hidden = state === "idle";
+  $("saw-status").textContent = "";
+  for (const id of ["saw-input", "saw-cam"]) $(id).removeAttribute("src");
+  $("saw-cam-figure").hidden = true;
+  $("saw-cam-caption").textContent = "";
+  $("saw-meter").hidden = true;
+  $("saw-ood").textContent = "";
+  $("saw-neighbours").replaceChildren();
+  for (const id of ["saw-cam-absent", "saw-neighbours-absent"]) { $(id).hidden = true; $(id).textContent = ""; }
+}
+
+async function explain(blob, filename, seq) {
+  clearSaw("busy");
+  $("saw-status").textContent = "looking at what the model saw…";
+  const form = new FormData();
+  form.append("file", blob, filename);
+  let response, body;
+  try {
+    response = await fetch("/explain", { method: "POST", body: form });
+    body = await response.json();
+  } catch (err) {
+    if (seq !== requestSeq) return;
+    clearSaw("error");
+    $("saw-status").textContent = `The panel could not be loaded (${err}).`;
+    return;
+  }
+  if (seq !== requestSeq) return;
+  if (!response.ok) {
+    clearSaw("error");
+    $("saw-status").textContent = `The panel could not be loaded: ${response.status} ${body.detail}`;
+    return;
+  }
+  showSaw(body);
+  $("saw").dataset.state = "done";
+  $("saw-status").textContent = "";
+}
+
+function absentLine(id, what, reason) {
+  $(id).textContent = `No ${what}: ${reason}.`;
+  $(id).hidden = false;
+}
+
+const fixed = (x) => x.toFixed(2);
+
+function showSaw(saw) {
+  $("saw-input").src = saw.input;
+  if (saw.gradcam) {
+    $("saw-cam").src = saw.gradcam.image;
+    $("saw-cam-caption").textContent = `Grad-CAM for ${saw.gradcam.label}${saw.gradcam.flat ? " (flat: it shows no place)" : ""}`;
+    $("saw-cam-figure").hidden = false;
+  } else {
+    absentLine("saw-cam-absent", "Grad-CAM", saw.absent.gradcam);
+  }
+  if (saw.ood) {
+    const { score, threshold, unknown } = saw.ood;
+    const verdict = unknown ? "unlike Fashion-MNIST (unknown)" : "like Fashion-MNIST";
+    $("saw-ood").textContent = `OOD score ${fixed(score)} against the run's threshold ${fixed(threshold)} ` +
+      `(higher is less like the training images): ${verdict}.`;
+    drawMeter(score, threshold, unknown);
+  } else {
+    $("saw-ood").textContent = `No OOD score: ${saw.absent.ood}.`;
+  }
+  if (saw.neighbours) {
+    $("saw-neighbours").replaceChildren(...saw.neighbours.map((n) => {
+      const figure = document.createElement("figure");
+      const img = document.createElement("img");
+      img.src = n.image;
+      img.alt = `Training image #${n.index}: ${n.label}`;
+      const caption = document.createElement("figcaption");
+      caption.textContent = `${n.label}\ntrain #${n.index}\ncosine ${n.cosine.toFixed(3)}`;
+      figure.append(img, caption);
+      return figure;
+    }));
+  } else {
+    absentLine("saw-neighbours-absent", "neighbours", saw.absent.neighbours);
+  }
+}
+
+// The score on a scale that holds it, the threshold (the mark) and 0: the fill turns red past the mark.
+function drawMeter(score, threshold, unknown) {
+  const low = Math.min(0, score, threshold), high = Math.max(score, threshold);
+  const pad = 0.15 * (high - low || 1);
+  const at = (x) => `${(100 * (x - low + pad)) / (high - low + 2 * pad)}%`;
+  const meter = $("saw-meter");
+  meter.querySelector(".fill").style.width = at(score);
+  meter.querySelector(".mark").style.left = at(threshold);
+  meter.classList.toggle("unknown", unknown);
+  meter.hidden = false;
 }
 
 const percent = (p) => `${(100 * p).toFixed(1)}%`;
