@@ -14,7 +14,7 @@ images instead.
 
 --jobs N trains N runs at once, each in its own process with an equal share of the threads.
 --isa LEVEL (avx2, avx512, avx512_bf16, native) reruns the screen in a child process capped to that
-instruction set (see isa_caps.py). Writes benchmarks/results/screen-<name>-<cpu>.json (or --json),
+instruction set (see isa_caps.py). Writes benchmarks/results/screen-<name>-<cpu>[-<level>].json (or --json; the level where capped),
 which docs/results.md renders (docs/scripts/results_tables.py).
 """
 
@@ -235,7 +235,9 @@ def main() -> int:
         return 2
     from fmnist.device import cpu_model
 
-    path = args.json or RESULTS_DIR / f"screen-{screen.name}-{cpu_slug(cpu_model())}.json"
+    level = capped_level()  # a capped screen is a different record from the same CPU's native one
+    suffix = "" if level == "native" else f"-{level}"
+    path = args.json or RESULTS_DIR / f"screen-{screen.name}-{cpu_slug(cpu_model())}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {path}")
