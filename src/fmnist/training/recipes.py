@@ -38,15 +38,12 @@ class Recipe:
 # starts from TrainConfig's defaults.
 
 # 3 epochs of a narrower fastcnn (16-32-64) with a frozen patch-whitening first conv, trained
-# with Muon (conv filters) and AdamW (the rest) on a one-cycle schedule peaking at 2e-2. Chosen on
-# validation accuracy (issue 30; single view, bf16, one thread, seeds 0-1): 92.87% against 92.61%
-# for fmnist 0.3.1's 5 epochs of AdamW on 16-48-96, at about 40% of its CPU time. Each lever was
-# screened alone first: whitening is worth about an epoch, Muon about another (4 whitened epochs:
-# 93.29% against AdamW's 92.97%), which pays for 16-32-64 (1.8x the images/s of 16-48-96 on
-# AVX-512). Batch 128 runs more images/s than 256 on a 2-core CPU and gives more steps per epoch.
-# What it reaches and how fast: recipes_measured.json ("fast") and
-# benchmarks/results/time_to_accuracy-*.json. The screen, as a file benchmarks/screen.py runs:
-# configs/screens/fast.toml (its record: benchmarks/results/screen-fast-<cpu>.json).
+# with Muon (conv filters) and AdamW (the rest) on a one-cycle schedule peaking at 2e-2, against
+# fmnist 0.3.1's 5 epochs of AdamW on 16-48-96. Its screen: configs/screens/fast.toml, each lever
+# alone (whitening, Muon), then the narrower net their margin pays for; batch 128 gives a 2-core
+# CPU more images/s than 256 and more steps per epoch. What the screen measured (validation only):
+# benchmarks/results/screen-fast-<cpu>*.json, rendered in docs/results.md; what the recipe reaches
+# on test and how fast: recipes_measured.json ("fast") and benchmarks/results/time_to_accuracy-*.json.
 FAST_SETTINGS: Settings = {
     "model_args": {"widths": [16, 32, 64], "whiten": True},
     "epochs": 3, "batch_size": 128, "optimizer": "muon", "lr": 2e-2, "weight_decay": 5e-2,
