@@ -133,6 +133,8 @@ def main() -> int:
     record = {
         "benchmark": "ensemble_ood", "date": datetime.now(UTC).isoformat(timespec="seconds"), "note": args.note,
         "cpu": cpu_model(), "python": platform.python_version(),
+        "command": " ".join([*(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ),
+                             "python", "benchmarks/ensemble_ood.py", *sys.argv[1:]]),
         "members": [{"run_dir": m.folder.name, "model": m.meta["model"], "tta": m.meta["tta"],
                      "test_accuracy": (m.meta.get("extra") or {}).get("test_accuracy")} for m in members],
         "validation": {"images": len(val_idx), "split_seed": holdout[1]}, "train_sample": len(sample),

@@ -7,6 +7,7 @@ probabilities (fmnist.inference.evaluate's path, not the trust record's) and cou
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tomllib
 from pathlib import Path
@@ -187,3 +188,17 @@ def test_members_with_different_holdouts_calibrate_on_the_images_all_of_them_hel
     again = TrustFile.read(tmp_path / "ens")
     assert again.temperature == pytest.approx(record.temperature, rel=1e-6)
     assert again.ood_threshold == pytest.approx(record.ood_threshold, rel=1e-6)
+
+
+def test_the_ensemble_ood_benchmark_ranks_its_candidates(old):
+    """benchmarks/ensemble_ood.py in its quick mode: every candidate measured, nothing written."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ensemble_ood.py"
+    proc = subprocess.run([sys.executable, str(script), str(old / "run-a"), str(old / "run-b"), "--quick",
+                           "--data-dir", str(real_data_or_skip())], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    aurocs = dict(re.findall(r"^(.+?)\s+screening AUROC (\d\.\d+)", proc.stdout, re.M))
+    assert len(aurocs) == 5 and all(0 <= float(a) <= 1 for a in aurocs.values())  # no trust.json: no members' own
+    assert "energy+mahalanobis (features side by side)" in aurocs and "wrote" not in proc.stdout

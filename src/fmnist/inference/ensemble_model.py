@@ -7,6 +7,9 @@ An ensemble directory holds
     results.json             test metrics like a run's, plus the members, their disagreement
                              and the errors the ensemble fixes or introduces against its best member
     predictions.safetensors  labels, the ensemble's test probabilities and each member's top-1
+    trust.json, trust.safetensors
+                             its temperature, unknown threshold and conformal scores
+                             (fmnist.inference.ensemble_trust)
 
 `EnsembleModel` is one nn.Module over normalised input (the ensemble's mean/std, the same
 contract as a single model's ONNX file). Inside, each member gets the input re-normalised to
