@@ -7,15 +7,16 @@ split scored, once, and the directory written.
 
 Each run holds out `val_size` training images drawn by its split seed (`split_seed`, or its own
 seed when that is -1). Only members that held out the same images, from the same training file,
-can be averaged on them: any other member trained on some of those images. Train the runs that
-an ensemble will compare with one `split_seed`; runs with different hold-outs get a reason
+can be averaged on them: any other member trained on some of those images (fmnist.inference.ensemble_holdout).
+Train the runs that an ensemble will compare with one `split_seed`; runs with different hold-outs get a reason
 instead of figures, and unless greedy selection was asked for by name, every one of them is averaged.
+Last, the ensemble's own temperature, unknown threshold and conformal scores are fitted on the images no
+chosen member trained on (fmnist.inference.ensemble_trust) and written beside its results.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +27,18 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from fmnist import __version__
 from fmnist.analysis.calibration import DEFAULT_BINS, calibration
-from fmnist.data.splits import saved_holdout, stratified_split
+from fmnist.data.splits import stratified_split
 from fmnist.device import resolve_precision
 from fmnist.errors import UsageError
 from fmnist.fsutil import atomic_write_bytes
 from fmnist.inference.checkpoint import normalization
+from fmnist.inference.ensemble_holdout import DIFFERENT, shared_holdout
 from fmnist.inference.ensemble_model import (
     FORMAT,
     FORMAT_VERSION,
     MODEL_NAME,
     PREDICTIONS_FILE,
+    EnsembleModel,
     Member,
     average_probabilities,
     log_probabilities,
@@ -51,6 +54,7 @@ from fmnist.inference.ensemble_select import (
     greedy_select,
     score,
 )
+from fmnist.inference.ensemble_trust import fit_ensemble_trust
 from fmnist.inference.evaluate import evaluate_logits
 from fmnist.inference.records import (
     Disagreement,
@@ -62,7 +66,7 @@ from fmnist.inference.records import (
     SelectionRecord,
     ValidationScores,
 )
-from fmnist.inference.rundir import CONFIG_FILE, ENSEMBLE_FILE, RESULTS_FILE, prepare_run_dir, read_results
+from fmnist.inference.rundir import ENSEMBLE_FILE, RESULTS_FILE, prepare_run_dir, read_results
 
 
 @dataclass(frozen=True)
@@ -135,43 +139,6 @@ def _pairwise_disagreement(predicted: torch.Tensor) -> list[Disagreement]:
     ]
 
 
-_DIFFERENT = "the members held out different validation images"  # shared_holdout's reason, as it begins
-
-
-def _holdout(member: Member) -> tuple[int, int] | str:
-    """(val_size, hold-out seed) from a member's config.toml, or why it has none to share."""
-    path = Path(member.folder) / CONFIG_FILE
-    try:
-        val_size, seed = saved_holdout(tomllib.loads(path.read_text(encoding="utf-8")))
-    except (OSError, tomllib.TOMLDecodeError, TypeError, ValueError):
-        return f"{member.folder} has no readable {CONFIG_FILE} to say which images it held out"
-    if val_size <= 0:
-        return f"{member.folder} held out no validation images"
-    return val_size, seed
-
-
-def shared_holdout(members: list[Member], dataset) -> tuple[int, int] | str:
-    """The (val_size, seed) every member held out of `dataset`'s training images, or why there is none."""
-    train_sha256 = (dataset.provenance.to_dict().get("sha256") or {}).get("train_images")
-    holdouts = []
-    for m in members:
-        holdout = _holdout(m)
-        if isinstance(holdout, str):
-            return holdout
-        trained_on = (((m.meta.get("extra") or {}).get("data") or {}).get("sha256") or {}).get("train_images")
-        if train_sha256 and trained_on and trained_on != train_sha256:
-            return f"{m.folder} was trained on other training images than these"
-        holdouts.append(holdout)
-    if len(set(holdouts)) > 1:
-        listed = ", ".join(f"{m.folder.name}: {size} by seed {seed}" for m, (size, seed) in zip(members, holdouts))
-        return (f"{_DIFFERENT} ({listed}); "
-                "train them with one --split-seed to compare them on validation")  # fmt: skip
-    val_size, seed = holdouts[0]
-    if val_size >= len(dataset.train_labels):
-        return f"val_size {val_size} exceeds these {len(dataset.train_labels)} images"
-    return val_size, seed
-
-
 def _validation_scores(member_probs: torch.Tensor, labels: torch.Tensor, weights: list[float],
                        holdout: tuple[int, int]) -> ValidationScores:  # fmt: skip
     _, _, member_accuracy, best = score_members(member_probs, weights, labels)
@@ -196,7 +163,7 @@ def applied_rule(select: str | None, holdout: tuple[int, int] | str) -> tuple[st
     if select is None:
         if shared:
             return DEFAULT_SELECT, None
-        return "all", fallback_note(DIFFERENT_HOLDOUTS if holdout.startswith(_DIFFERENT) else holdout)
+        return "all", fallback_note(DIFFERENT_HOLDOUTS if holdout.startswith(DIFFERENT) else holdout)
     if select == "greedy" and not shared:
         raise UsageError(_no_shared_split(holdout))
     return select, None
@@ -328,7 +295,15 @@ def build_ensemble(
     )
     tensors = {"labels": labels, "probabilities": probs.contiguous(), "member_predicted": member_predicted.contiguous()}
     atomic_write_bytes(out_dir / PREDICTIONS_FILE, save_safetensors_bytes(tensors))
-    _manifest(members, weights, out_dir, select, weighted).write(out_dir / ENSEMBLE_FILE)
+    manifest = _manifest(members, weights, out_dir, select, weighted)
+    step("calibrating on the images no member trained on")
+    mean, std = float(manifest.normalization["mean"]), float(manifest.normalization["std"])
+    record, said = fit_ensemble_trust(EnsembleModel(chosen, [w for w in weights if w > 0], mean, std).eval(), chosen,
+                                      dataset, mean=mean, std=std)  # fmt: skip
+    if said:
+        notify(said)
+    record.write(out_dir)
+    manifest.write(out_dir / ENSEMBLE_FILE)
     results.write(out_dir / RESULTS_FILE)
     return results
 

@@ -7,6 +7,9 @@ An ensemble directory holds
     results.json             test metrics like a run's, plus the members, their disagreement
                              and the errors the ensemble fixes or introduces against its best member
     predictions.safetensors  labels, the ensemble's test probabilities and each member's top-1
+    trust.json, trust.safetensors
+                             its temperature, unknown threshold and conformal scores
+                             (fmnist.inference.ensemble_trust)
 
 `EnsembleModel` is one nn.Module over normalised input (the ensemble's mean/std, the same
 contract as a single model's ONNX file). Inside, each member gets the input re-normalised to
@@ -188,17 +191,25 @@ def _read_manifest(folder: Path) -> EnsembleManifest:
         raise CheckpointError(str(exc)) from None
 
 
-def load_ensemble(path: Path, device: str | torch.device = "cpu") -> tuple[EnsembleModel, EnsembleMeta]:
-    """(EnsembleModel in eval mode, metadata) for an ensemble directory, members checked against the manifest."""
+def ensemble_members(path: Path, device: str | torch.device = "cpu") -> tuple[list[Member], EnsembleManifest]:
+    """(the members, loaded, in the manifest's order; the manifest) of an ensemble directory, each member
+    checked against the manifest."""
     folder = Path(path)
     manifest = _read_manifest(folder)
-    entries = manifest.members
-    members = load_members([folder / e.path for e in entries], device)
-    for member, entry in zip(members, entries):
+    members = load_members([folder / e.path for e in manifest.members], device)
+    for member, entry in zip(members, manifest.members):
         if member.meta["weights_sha256"] != entry.weights_sha256:
             raise CheckpointError(f"ensemble member {member.folder} has other weights than when the ensemble was built")
     if members[0].meta["class_names"] != manifest.class_names:
         raise CheckpointError(f"{folder / MANIFEST_FILE}: class names differ from the members'")
+    return members, manifest
+
+
+def load_ensemble(path: Path, device: str | torch.device = "cpu") -> tuple[EnsembleModel, EnsembleMeta]:
+    """(EnsembleModel in eval mode, metadata) for an ensemble directory, members checked against the manifest."""
+    folder = Path(path)
+    members, manifest = ensemble_members(folder, device)
+    entries = manifest.members
     mean, std = float(manifest.normalization["mean"]), float(manifest.normalization["std"])
     model = EnsembleModel(members, [e.weight for e in entries], mean, std).eval()
     pairs = list(zip(members, entries))

@@ -1,9 +1,10 @@
 """Export a run or an ensemble to ONNX or TorchScript, checked against PyTorch before writing.
 
 The exported graph takes normalised float32 (N,1,28,28) with a dynamic batch size and returns
-logits (N,10); an ONNX export of one network divides them by the run's temperature (so their softmax is
-the calibrated probabilities `fmnist predict` shows) and adds the penultimate features (N,D) as a second
-output, `features`, which the run's unknown score needs (fmnist.inference.trust). The run's test-time augmentation (fmnist.inference.tta, every level) is part of the graph,
+logits (N,10); an ONNX export divides them by the run's or ensemble's temperature (so their softmax is
+the calibrated probabilities `fmnist predict` shows) and adds the features its unknown score needs as a
+second output, `features`: a network's penultimate features (fmnist.inference.trust), an ensemble's
+members' side by side and their mean energy (fmnist.inference.ensemble_trust). The run's test-time augmentation (fmnist.inference.tta, every level) is part of the graph,
 as is an ensemble's averaging, so an exported model answers exactly as `fmnist evaluate` does.
 Class names, normalisation and the checkpoint's sha256 travel inside the file (ONNX
 metadata_props; TorchScript extra file `fmnist.json`).
@@ -71,22 +72,21 @@ def quiet_exporter():
 
 
 def calibrates(model: nn.Module, meta: InferenceMeta) -> bool:
-    """Whether the ONNX graph of this model is calibrated with features (one network; an ensemble is not)."""
-    return "members" not in meta and hasattr(model, "forward_features")
+    """Whether the ONNX graph of this model is calibrated with features: a network, or an ensemble of them."""
+    from fmnist.inference.ensemble_trust import calibrated_module
+
+    return calibrated_module(model, meta, 1.0) is not None
 
 
 def onnx_bytes(model: nn.Module, meta: InferenceMeta, temperature: float = 1.0) -> bytes:
-    """Serialised ONNX model (torch.export-based exporter, dynamic batch) with fmnist metadata; one network's
-    logits are divided by `temperature` and its features are a second output."""
-    from fmnist.inference.trust import CalibratedNetwork
+    """Serialised ONNX model (torch.export-based exporter, dynamic batch) with fmnist metadata; the logits
+    are divided by `temperature` and the features the unknown score needs are a second output."""
+    from fmnist.inference.ensemble_trust import calibrated_module
 
-    outputs, scaled = [OUTPUT_NAME], None
-    if calibrates(model, meta):
-        settings = tta_settings(meta)
-        module = CalibratedNetwork(model, settings["tta"], settings["blank"], temperature).eval()
-        outputs, scaled = [OUTPUT_NAME, FEATURES_NAME], temperature
-    else:
-        module = with_tta(model, meta)  # an ensemble carries its members' TTA
+    module = calibrated_module(model, meta, temperature)
+    outputs, scaled = [OUTPUT_NAME, FEATURES_NAME], temperature
+    if module is None:
+        module, outputs, scaled = with_tta(model, meta), [OUTPUT_NAME], None
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     try:
         with quiet_exporter():
@@ -317,18 +317,17 @@ class ExportPlan:
 
     def _reference(self) -> None:
         from fmnist.inference.evaluate import predict
-        from fmnist.inference.trust import Trust, embed
 
         # fp32 on purpose: `predict` would pick bf16 on AMX CPUs, and the check is against float32.
         x = torch.from_numpy(self.test_x[: self.n])
         self.reference = predict(self.model, x, precision="fp32", **tta_settings(self.meta)).numpy()
         self.temperature, self.features = None, None
         if self.fmt == "onnx" and calibrates(self.model, self.meta):
-            self.temperature = Trust.load(self.run_dir).temperature  # 1 for a run without a trust record
-            self.reference = self.reference / np.float32(self.temperature)
-            mean, std = normalization(self.meta)
+            from fmnist.inference.ensemble_trust import temperature_and_features
+
             images = self.dataset.test_images[: self.n]
-            self.features = embed(self.model, images, mean=mean, std=std, tta=tta_settings(self.meta)["tta"])[1]
+            self.temperature, self.features = temperature_and_features(self.run_dir, self.model, self.meta, images)
+            self.reference = self.reference / np.float32(self.temperature)
 
     def _export(self) -> None:
         if self.fmt == "onnx":

@@ -32,7 +32,13 @@ def file_metadata(meta: InferenceMeta, quantization: str = "none", temperature: 
         "fmnist.output": "float32 (N,classes) logits; softmax gives probabilities"
         if temperature is None
         else f"'{OUTPUT_NAME}': float32 (N,classes) logits divided by fmnist.temperature (softmax gives calibrated "
-        f"probabilities); '{FEATURES_NAME}': float32 (N,D) penultimate features (fmnist's unknown score)",
+        f"probabilities); '{FEATURES_NAME}': float32 (N,D) "
+        + (
+            "each member's penultimate features side by side, then the members' weighted mean energy "
+            if "members" in meta
+            else "penultimate features "
+        )
+        + "(fmnist's unknown score)",
         **({"fmnist.temperature": repr(float(temperature))} if temperature is not None else {}),
         "fmnist.inference.tta": tta_summary(meta),  # in the graph
         "fmnist.weights_sha256": meta.get("weights_sha256", ""),

@@ -24,8 +24,6 @@ from fmnist.errors import UsageError
 from fmnist.inference.checkpoint import normalization, tta_settings
 from fmnist.inference.trust import Assessment, Trust, embed
 
-ENSEMBLE_NOTE = "ensembles are not calibrated yet: probabilities are uncalibrated, with no unknown answer or sets"
-
 BACKENDS = ("torch", "onnx")
 
 
@@ -127,26 +125,34 @@ class Predictor:
 
     @cached_property
     def trust(self) -> Trust:
-        """The run's temperature, OOD threshold and conformal scores (fmnist.inference.trust)."""
+        """The run's or ensemble's temperature, OOD threshold and conformal scores (fmnist.inference.trust)."""
         if self.is_ensemble:
-            return Trust(None, note=ENSEMBLE_NOTE)
+            from fmnist.inference.ensemble_trust import load_ensemble_trust
+
+            return load_ensemble_trust(self.run_dir)
         return Trust.load(self.run_dir)
 
     def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, penultimate features) of uint8 (N,28,28) images; features None for an ensemble.
-        The ONNX backend's both come from its graph (an older model.onnx without features: the features
-        from the checkpoint, fp32)."""
+        """(logits, features) of uint8 (N,28,28) images: a run's penultimate features, an ensemble's its
+        members' side by side and their mean energy (fmnist.inference.ensemble_trust; None where a member
+        has none). The ONNX backend's both come from its graph (an older model.onnx without features: the
+        features from the checkpoint, fp32)."""
         images = np.asarray(images)
-        if self.is_ensemble:
-            return self.logits(images), None
-        mean, std, tta = self.mean, self.std, tta_settings(self.meta)["tta"]
+        self.logits(images[:0])  # the same checks of the input's shape
         if self._session is not None and self._graph_features and len(images):
-            self.logits(images[:0])  # the same checks of the input's shape
             logits, features = self._run_graph(images)
             return logits, features
+        if self.is_ensemble:
+            from fmnist.inference.ensemble_trust import embed_ensemble, has_features
+
+            if not has_features(self.model):
+                return self.logits(images), None
+            precision = "fp32" if self._session is not None else self.precision
+            logits, features = embed_ensemble(self.model, images, mean=self.mean, std=self.std, precision=precision)
+            return (self.logits(images) if self._session is not None else logits), features
+        mean, std, tta = self.mean, self.std, tta_settings(self.meta)["tta"]
         if self._session is not None:
             return self.logits(images), embed(self.model, images, mean=mean, std=std, tta=tta)[1]
-        self.logits(images[:0])  # the same checks of the input's shape
         return embed(self.model, images, mean=mean, std=std, tta=tta, precision=self.precision)
 
     def assess(self, images: np.ndarray, coverage: float | None = None) -> Assessment:

@@ -31,6 +31,9 @@ types its JSON files are written and read through, creating and locking a folder
       ensemble.json              ENSEMBLE_FILE: members (paths, weights' sha256, weights), selection
       predictions.safetensors    PREDICTIONS_FILE: labels, test probabilities, each member's top-1
       results.json               RESULTS_FILE: the ensemble's scores (its own fields, not RunResultsFile)
+      trust.json, trust.safetensors
+                                 TRUST_FILE, TRUST_TENSORS_FILE: the ensemble's own record
+                                 (fmnist.inference.ensemble_trust); absent in older ensembles
       report.md, report.html, figures/
 
     SWEEP_DIR/                   (fmnist sweep)

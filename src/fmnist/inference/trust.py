@@ -5,7 +5,8 @@ Fitted once when a network run finishes (`fit_trust`, from fmnist.training.run_w
 class-balanced sample of its training split; written as TRUST_FILE (JSON numbers) and
 TRUST_TENSORS_FILE (safetensors arrays, never a pickle). `Trust.load(run_dir)` reads them back for
 inference; a run without them (older than this file, or trained with no validation split) loads as
-temperature 1, no OOD score and no sets, with a one-line note saying so.
+temperature 1, no OOD score and no sets, with a one-line note saying so. An ensemble directory holds
+the same two files, fitted by fmnist.inference.ensemble_trust.
 
 What it holds, each chosen by benchmarks/ood_screen.py (results in benchmarks/results/ood_screen-*.json):
 - the temperature T (fmnist.analysis.temperature) with the validation NLL and ECE before and after;
@@ -67,6 +68,10 @@ class TrustFile:
     validation_images: int = 0
     train_sample_images: int = 0  # the Mahalanobis fit's images
     ood_method: str = ""  # "" = no OOD score (no validation split)
+    # Where the energy part comes from: "logits" (one network), or "features": an ensemble's logits are
+    # log mean probabilities, whose energy is always 0, so its last feature column carries its members'
+    # weighted mean energy and the Mahalanobis part reads the columns before it.
+    energy_source: str = "logits"
     ood_standardisation: dict[str, dict[str, float]] = field(default_factory=dict)  # part -> {mean, std}
     ood_threshold: float | None = None  # scores above it are unknown
     ood_keep: float = ood.KEEP  # the share of validation images the threshold keeps
@@ -160,7 +165,54 @@ class CalibratedNetwork(torch.nn.Module):
         return z.reshape(-1, n, z.shape[-1]).mean(0) / self.temperature, f.reshape(-1, n, f.shape[-1]).mean(0)
 
 
+ENERGY_SOURCES = ("logits", "features")
+
+
+def mahalanobis_features(features: np.ndarray, energy_source: str) -> np.ndarray:
+    """The feature columns the Mahalanobis part reads (all but an ensemble's energy column)."""
+    return features[:, :-1] if energy_source == "features" else features
+
+
+def ood_inputs(logits: np.ndarray, features: np.ndarray, energy_source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(energy, the features the Mahalanobis part reads) as the record's `energy_source` says."""
+    energy = np.asarray(features[:, -1], np.float64) if energy_source == "features" else ood.energy(logits)
+    return energy, mahalanobis_features(features, energy_source)
+
+
 # --- fitting ---------------------------------------------------------------------------------------
+def fit_record(val_logits: np.ndarray, val_labels: np.ndarray, val_features: np.ndarray | None,
+               train_features: np.ndarray | None, train_labels: np.ndarray | None,
+               energy_source: str = "logits") -> TrustFile:  # fmt: skip
+    """The record from validation logits (and features) and training features: the temperature, the
+    conformal scores, and (with features) the OOD score's standardisation and threshold."""
+    val_labels = np.asarray(val_labels, np.int64)
+    fit = fit_temperature(val_logits, val_labels)
+    lac = conformal.class_scores(scale(val_logits, fit.temperature), CONFORMAL_METHOD)
+    record = TrustFile(
+        temperature=fit.temperature, nll_before=fit.nll_before, nll_after=fit.nll_after,
+        ece_before=fit.ece_before, ece_after=fit.ece_after, energy_source=energy_source,
+        validation_images=len(val_labels), conformal_method=CONFORMAL_METHOD,
+        conformal_scores=np.sort(lac[np.arange(len(val_labels)), val_labels]),
+    )  # fmt: skip
+    if val_features is None or train_features is None:
+        record.note = "no penultimate features to score: no unknown threshold"
+        return record
+    record.train_sample_images = len(train_features)
+    val_energy, val_features = ood_inputs(val_logits, val_features, energy_source)
+    try:
+        maha = ood.Mahalanobis(mahalanobis_features(train_features, energy_source), train_labels)
+    except np.linalg.LinAlgError:  # features with no spread at all (a dead net): no covariance to invert
+        record.note = "the network's features have no spread: no unknown threshold"
+        return record
+    parts = {"energy": val_energy, "mahalanobis": maha.score(val_features)}
+    standard = {name: ood.Standardised(s) for name, s in parts.items()}
+    record.ood_method = OOD_METHOD
+    record.ood_threshold = ood.threshold(sum(standard[n](s) for n, s in parts.items()))
+    record.ood_standardisation = {n: {"mean": s.mean, "std": s.std} for n, s in standard.items()}
+    record.mahalanobis_means, record.mahalanobis_whiten = maha.means, maha.whiten
+    return record
+
+
 def fit_trust(model: Classifier, dataset: FashionMNIST, *, val_size: int, holdout_seed: int, mean: float,
               std: float, tta: str = "none") -> TrustFile:  # fmt: skip
     """Fit the record on the run's validation hold-out (`val_size` images drawn by `holdout_seed`, as
@@ -174,29 +226,7 @@ def fit_trust(model: Classifier, dataset: FashionMNIST, *, val_size: int, holdou
     settings = {"mean": mean, "std": std, "tta": tta}
     val_logits, val_features = embed(model, dataset.train_images[val_idx], **settings)
     _, train_features = embed(model, dataset.train_images[sample], **settings)
-    val_labels = labels[val_idx].astype(np.int64)
-
-    fit = fit_temperature(val_logits, val_labels)
-    lac = conformal.class_scores(scale(val_logits, fit.temperature), CONFORMAL_METHOD)
-    record = TrustFile(
-        temperature=fit.temperature, nll_before=fit.nll_before, nll_after=fit.nll_after,
-        ece_before=fit.ece_before, ece_after=fit.ece_after,
-        validation_images=len(val_idx), train_sample_images=len(sample), conformal_method=CONFORMAL_METHOD,
-        conformal_scores=np.sort(lac[np.arange(len(val_labels)), val_labels]),
-    )  # fmt: skip
-    try:
-        maha = ood.Mahalanobis(train_features, labels[sample])
-    except np.linalg.LinAlgError:  # features with no spread at all (a dead net): no covariance to invert
-        record.note = "the network's features have no spread: no unknown threshold"
-    else:
-        parts = {"energy": ood.energy(val_logits), "mahalanobis": maha.score(val_features)}
-        standard = {name: ood.Standardised(s) for name, s in parts.items()}
-        record.ood_method, record.ood_threshold = (
-            OOD_METHOD,
-            ood.threshold(sum(standard[n](s) for n, s in parts.items())),
-        )
-        record.ood_standardisation = {n: {"mean": s.mean, "std": s.std} for n, s in standard.items()}
-        record.mahalanobis_means, record.mahalanobis_whiten = maha.means, maha.whiten
+    record = fit_record(val_logits, labels[val_idx], val_features, train_features, labels[sample])
     record.fit_seconds = time.perf_counter() - started
     return record
 
@@ -246,14 +276,16 @@ class Trust:
         self.record = record or TrustFile(note=note or NO_TRUST_NOTE)
         self._mahalanobis = None
         if self.record.ood_method:
-            if self.record.ood_method != OOD_METHOD:
-                raise CheckpointError(f"{TRUST_FILE}: unknown OOD method {self.record.ood_method!r}")
+            if self.record.ood_method != OOD_METHOD or self.record.energy_source not in ENERGY_SOURCES:
+                raise CheckpointError(f"{TRUST_FILE}: unknown OOD method {self.record.ood_method!r} "
+                                      f"(energy from {self.record.energy_source!r})")  # fmt: skip
             self._mahalanobis = ood.Mahalanobis.from_arrays(self.record.mahalanobis_means,
                                                             self.record.mahalanobis_whiten)  # fmt: skip
 
     @classmethod
-    def load(cls, run_dir: Path) -> Trust:
-        return cls(TrustFile.read(run_dir))
+    def load(cls, run_dir: Path, missing_note: str = "") -> Trust:
+        """The directory's record, or temperature 1 with `missing_note` (default NO_TRUST_NOTE) where it has none."""
+        return cls(TrustFile.read(run_dir), note=missing_note)
 
     @property
     def temperature(self) -> float:
@@ -277,7 +309,8 @@ class Trust:
 
     def ood_scores(self, logits: np.ndarray, features: np.ndarray) -> np.ndarray:
         s = self.record.ood_standardisation
-        parts = {"energy": ood.energy(logits), "mahalanobis": self._mahalanobis.score(features)}
+        energy, features = ood_inputs(logits, features, self.record.energy_source)
+        parts = {"energy": energy, "mahalanobis": self._mahalanobis.score(features)}
         return sum((v - s[k]["mean"]) / s[k]["std"] for k, v in parts.items())
 
     def quantile(self, coverage: float) -> float:

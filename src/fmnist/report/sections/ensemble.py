@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist import __version__
+from fmnist.analysis.calibration import DEFAULT_BINS, calibration
 from fmnist.constants import CLASS_NAMES
 from fmnist.errors import FmnistError
 from fmnist.inference.ensemble_select import STOPPED_NO_GAIN, selection_summary
@@ -27,7 +28,8 @@ from fmnist.report.document import Block, Document, Heading, Image, Note, Sectio
 from fmnist.report.figures import RED, plt, save
 from fmnist.report.figures_images import GREEN, SHORT_NAMES, blank_axes
 from fmnist.report.options import ReportOptions
-from fmnist.report.text import count, join_words, pct, plural, points
+from fmnist.report.sections.trust import COVERAGES, calibrated, set_summary
+from fmnist.report.text import count, join_words, num, pct, plural, points
 
 SECTION_NUMBER = 13  # after the comparison (11) and the ablation (12)
 EXAMPLES = 6  # fixed and introduced test images shown, each
@@ -212,6 +214,45 @@ def _validation_text(validation: ValidationScores | None) -> str:
             f"to choose ensembles by, since it leaves the test set alone.")  # fmt: skip
 
 
+def _trust_blocks(entry: EnsembleEntry, changes: Changes) -> list[Block]:
+    """The ensemble's own temperature, unknown threshold and prediction sets (trust.json), with the saved
+    test probabilities before and after its temperature."""
+    import torch
+
+    from fmnist.inference.ensemble_trust import load_ensemble_trust
+
+    trust = load_ensemble_trust(entry.path)
+    blocks: list[Block] = [Heading("Calibration, unknown answer and prediction sets")]
+    if trust.record.nll_before is None:
+        return [*blocks, Note(f"{entry.name}: {trust.note}.")]
+    logits = np.log(np.clip(changes.probabilities.astype(np.float64), np.finfo(np.float32).tiny, None))
+    labels = torch.from_numpy(changes.labels)
+    before = calibration(torch.from_numpy(changes.probabilities), labels, bins=DEFAULT_BINS)
+    after = calibrated(trust, torch.from_numpy(logits), labels, DEFAULT_BINS)
+    t, record = trust.temperature, trust.record
+    rows = [["temperature T", "1", f"{t:.3f}"],
+            ["validation NLL", num(record.nll_before), num(record.nll_after)],
+            ["validation ECE", pct(record.ece_before), pct(record.ece_after)],
+            ["test ECE", pct(before.ece), pct(after.ece)]]  # fmt: skip
+    if trust.has_sets:
+        coverage, size = set_summary(trust, logits, changes.labels)
+        for i, target in enumerate(COVERAGES):
+            rows.append([f"prediction sets at {pct(target, 0)}: test coverage, mean size", "—",
+                         f"{pct(coverage[i, -1], 1)}, {size[i, -1]:.2f}"])  # fmt: skip
+    blocks.append(Table(["", "before (T = 1)", "after"], rows, "lrr"))
+    text = (f"{entry.name} divides the log of its mean probability by its own temperature {t:.2f}, fitted on the "
+            f"{count(record.validation_images)} validation images no member trained on, as `fmnist predict`, the "
+            f"server, its ONNX export and the Python API do; the predicted class never changes.")  # fmt: skip
+    if trust.has_ood:
+        text += (f" It calls an image unknown above its {record.ood_method} threshold, which keeps "
+                 f"{pct(record.ood_keep, 0)} of those images (energy: the members' mean; Mahalanobis: on their "
+                 f"features side by side).")  # fmt: skip
+    blocks.append(Text(text))
+    if trust.note:
+        blocks.append(Note(f"{entry.name}: {trust.note}."))
+    return blocks
+
+
 def ensemble_blocks(entry: EnsembleEntry, dataset, data_problem: str, figure: Path) -> list[Block]:
     """Everything the section says about one ensemble; `dataset` (or None) supplies the images."""
     if entry.error:
@@ -232,6 +273,8 @@ def ensemble_blocks(entry: EnsembleEntry, dataset, data_problem: str, figure: Pa
     validation = _validation_text(r.validation)
     if validation:
         blocks.append(Text(validation))
+    if changes is not None:
+        blocks += _trust_blocks(entry, changes)
     blocks += _disagreement_blocks(entry)
     blocks.append(Heading(f"Errors fixed and introduced against {best_name}"))
     if changes is None:
