@@ -34,13 +34,21 @@ import time
 from pathlib import Path
 
 import torch
+from isa_caps import capped_level, caps_text  # benchmarks/isa_caps.py
 
 from fmnist.api import load_data, make_config, make_session, run_plan, train
 from fmnist.device import cpu_isa, cpu_model
 from fmnist.experiments.jobs import threads_per_job
 from fmnist.experiments.plan import ComparePlan, RunSpec
 from fmnist.inference.ensemble_build import build_ensemble
-from fmnist.training.recipes import MEASURED_FILE, RECIPES, accuracy_label, measured, record_measurement
+from fmnist.training.recipes import (
+    MEASURED_FILE,
+    RECIPES,
+    accuracy_label,
+    measured,
+    record_measurement,
+    settings_fingerprint,
+)
 
 
 def hardware(jobs: int = 1) -> str:
@@ -87,13 +95,14 @@ def measure_side_by_side(name: str, seeds: int, jobs: int, data, max_steps: int 
 
 def row(name: str, accuracies: list[float], seconds: list[float], run_dirs: list[Path], options: str,
         max_steps: int | None, jobs: int = 1) -> dict:  # fmt: skip
+    caps = "" if capped_level() == "native" else caps_text(capped_level()) + " "
     return {
         "model": RECIPES[name].model, "runs": len(accuracies), "accuracy": accuracies,
         "accuracy_mean": statistics.fmean(accuracies),
         "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-        "seconds_mean": statistics.fmean(seconds), "hardware": hardware(jobs),
-        "command": f"python benchmarks/frontier.py --recipes {name} {options}",
-        "smoke": bool(max_steps), "run_dirs": [str(d) for d in run_dirs],
+        "seconds_mean": statistics.fmean(seconds), "seconds": seconds, "hardware": hardware(jobs),
+        "command": f"{caps}python benchmarks/frontier.py --recipes {name} {options}",
+        "smoke": bool(max_steps), "settings": settings_fingerprint(name), "run_dirs": [str(d) for d in run_dirs],
     }  # fmt: skip
 
 

@@ -64,6 +64,27 @@ def test_measured_reads_every_machine_and_ignores_malformed_entries(tmp_path: Pa
     assert measured() == {}
 
 
+def test_a_row_measured_on_other_settings_is_not_lent_to_the_changed_recipe(tmp_path: Path, monkeypatch):
+    import fmnist.training.recipes as recipes
+
+    path = tmp_path / "measured.json"
+    monkeypatch.setattr(recipes, "MEASURED_FILE", path)
+    current = recipes.settings_fingerprint("cpu-94")
+    changed = json.loads(current) | {"epochs": json.loads(current)["epochs"] + 1}
+    rows = [{"hardware": "now", "settings": current}, {"hardware": "before", "settings": json.dumps(changed)},
+            {"hardware": "unfingerprinted"}]  # fmt: skip
+    path.write_text(json.dumps({"cpu-94": rows, "gone": [{"hardware": "x", "settings": current}]}))
+    assert measured() == {"cpu-94": [rows[0], rows[2]], "gone": []}
+
+
+def test_accuracy_label_names_the_worst_run():
+    from fmnist.training.recipes import accuracy_label
+
+    figures = {"runs": 3, "accuracy": [0.9412, 0.9388, 0.9430], "accuracy_mean": 0.941, "accuracy_std": 0.0021}
+    assert accuracy_label(figures) == "94.10% ± 0.21 (3 runs, worst 93.88%)"
+    assert accuracy_label({"runs": 1, "accuracy": [0.93], "accuracy_mean": 0.93}) == "93.00% (1 run)"
+
+
 def test_cli_lists_recipes_and_trains_one(tiny_data_dir: Path, tmp_path: Path, isolated_env):
     listed = run_cli("recipes", env=isolated_env)
     assert listed.returncode == 0 and all(name in listed.stdout for name in RECIPES)
