@@ -162,7 +162,7 @@ def test_show_config_prints_each_setting_with_its_source_and_trains_nothing(tmp_
     assert rows["epochs"] == ["2", f"file {file}"] and rows["model_args.widths"][1].endswith(f"file {file}")
     assert rows["model_args.pool_before_last_conv"] == ["false", "option"] and rows["lr"] == ["0.01", "option"]
     assert rows["tta"] == ['"none"', "rule: --no-flip turns off mirror TTA"]
-    assert rows["crop_pad"] == ["2", "recipe cpu-94"] and rows["recipe"] == ['"cpu-94"', "option"]
+    assert rows["weight_decay"] == ["0.05", "recipe cpu-94"] and rows["recipe"] == ['"cpu-94"', "option"]
     assert not (tmp_path / "runs").exists()
 
 

@@ -31,7 +31,7 @@ def test_every_recipe_trains_on_the_cpu_in_smoke_mode(name, tiny_dataset):
 
 def test_flags_override_a_recipe_and_models_must_match():
     config = make_config(recipe="cpu-94", epochs=3)
-    assert config.epochs == 3 and config.tta == "flip-shift" and config.model_args["widths"] == (24, 72, 144)
+    assert config.epochs == 3 and config.tta == "flip-shift" and config.model_args["widths"] == (16, 32, 64)
     with pytest.raises(UsageError, match="recipe 'cpu-94' trains fastcnn, not mlp"):
         make_config("mlp", recipe="cpu-94")
     with pytest.raises(UsageError, match="unknown recipe"):
