@@ -117,8 +117,11 @@ def same_as_04(config: TrainConfig, recorded: dict) -> bool:
     got = config.to_dict()
     legacy = saved_model_args(config.model, {})
     new_args = {k: v for k, v in got["model_args"].items() if k not in recorded["model_args"]}
-    expected = {**recorded, "split_seed": TrainConfig.split_seed,
-                "model_args": {**recorded["model_args"], **{k: legacy.get(k, "absent in 0.4") for k in new_args}}}
+    expected = {
+        **recorded,
+        "split_seed": TrainConfig.split_seed,
+        "model_args": {**recorded["model_args"], **{k: legacy.get(k, "absent in 0.4") for k in new_args}},
+    }
     return got["split_seed"] == TrainConfig.split_seed and got == expected  # fmt: skip
 
 
