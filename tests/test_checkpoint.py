@@ -133,7 +133,7 @@ def test_missing_run_directory(tmp_path: Path):
         ("fastcnn", {"widths": [16, 64, 128], "pool_before_last_conv": False, "whiten": False},
          {"widths": [16, 64, 128], "num_classes": 10}, {"pool_before_last_conv": True}),
         # fmnist 0.2.0's mlp_wide (784-1024-512, dropout 0.2) took and saved no arguments.
-        ("mlp_wide", {"hidden": [1024, 512], "dropout": 0.2}, {"num_classes": 10}, {"hidden": (768, 384)}),
+        ("mlp_wide", {"hidden": [1024, 512], "dropout": 0.2}, {"num_classes": 10}, {"hidden": (512, 256)}),
     ],
 )  # fmt: skip
 def test_checkpoint_saved_before_an_argument_existed_loads_as_it_was_built(
