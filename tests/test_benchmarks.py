@@ -360,3 +360,66 @@ def test_robustness_smoke_records_every_corruption_at_every_severity_with_its_ha
     bad = subprocess.run([sys.executable, script, str(tmp_path / "missing"), "--recipe", "x"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_make_run_smoke_records_a_row_read_back_from_the_compares_results_files(tiny_data_dir: Path, tmp_path: Path):
+    import json
+
+    import torch
+
+    from fmnist.device import cpu_model
+    from fmnist.experiments.compare import read_compare
+    from fmnist.inference.rundir import read_results
+
+    script, compare = str(ROOT / "benchmarks" / "make_run.py"), tmp_path / "compare"
+    (tmp_path / "results").mkdir()
+    out = tmp_path / "results" / "make_run.json"  # not there yet: starts from a copy of the recorded file
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "make_run.json").read_text(encoding="utf-8"))
+    proc = subprocess.run([sys.executable, script, "--smoke", "--data-dir", str(tiny_data_dir), "--json", str(out),
+                           "--keep", str(compare)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    record = json.loads(out.read_text(encoding="utf-8"))
+    table = record["tables"]["make_run"]
+    keys = [c[0] for c in table["columns"]]
+    assert keys[keys.index("training_seconds") + 1] == "mlp_share"
+    *old, row = table["rows"]
+    assert old == recorded["tables"]["make_run"]["rows"]  # a new hardware text: appended, nothing replaced
+    # Every figure is the compare's own, as its run folders' results.json hold it (rounded for the table).
+    runs = {r.results.model: (r.results, read_results(compare / r.run_dir)) for r in read_compare(compare).runs}
+    (mlp, mlp_file), (cnn, cnn_file) = runs["mlp_wide"], runs["fastcnn"]
+    assert (mlp_file.test_accuracy, cnn_file.test_accuracy) == (mlp.test_accuracy, cnn.test_accuracy)
+    assert row["mlp_wide"] == round(100 * mlp_file.test_accuracy, 2)
+    assert row["fastcnn"] == round(100 * cnn_file.test_accuracy, 2)
+    assert row["training_seconds"] == [round(mlp_file.train_seconds, 1), round(cnn_file.train_seconds, 1)]
+    share = 100 * mlp_file.train_seconds / (mlp_file.train_seconds + cnn_file.train_seconds)
+    assert abs(row["mlp_share"] - share) <= 0.005 and 0 < row["mlp_share"] < 100
+    assert row["wall_seconds"] >= mlp_file.train_seconds + cnn_file.train_seconds - 0.05  # the job holds both
+    assert row["precision"] == ", ".join(sorted({mlp_file.precision, cnn_file.precision}))
+    assert mlp_file.steps == cnn_file.steps == 2 and row["smoke"] is True and "--smoke" in row["command"]
+    assert row["hardware"].startswith(cpu_model()) and row["hardware"].endswith(f"torch {torch.__version__}")
+    assert row["isa_level"] == "native" and "uncapped" in row["hardware"]
+    # Uncapped: the output block is this job's transcript, with the temporary folder named $OUT.
+    output = record["tables"]["output"]
+    assert (output["hardware"], output["command"]) == (row["hardware"], row["command"])
+    assert output["output"].startswith("ok: 600 train + 200 test images") and str(compare) not in output["output"]
+    assert f"mlp: test accuracy {row['mlp_wide']:.2f}%" in output["output"] and "-> $OUT" in output["output"]
+    # The docs render the new column, and a dash for the rows recorded before it.
+    tables = _results_tables()
+    real, tables.RESULTS = tables.RESULTS, tmp_path / "results"
+    try:
+        rendered = tables.render("make_run.json#make_run").splitlines()
+    finally:
+        tables.RESULTS = real
+    assert "| MLP share of training |" in rendered[0] and f"| {row['mlp_share']:.2f}% |" in rendered[-1]
+    assert all(line.split(" | ")[keys.index("mlp_share")] == "–" for line in rendered[2:-1])
+    # The same hardware again replaces its row (and a capped run keeps the output block).
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import make_run
+    finally:
+        sys.path.pop(0)
+    again = make_run.merge(json.loads(json.dumps(record)), {**row, "mlp_share": 12.5}, None)
+    assert again["tables"]["make_run"]["rows"] == [*old, {**row, "mlp_share": 12.5}]
+    assert again["tables"]["output"] == output
+    refused = subprocess.run([sys.executable, script, "--smoke"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "never recorded" in refused.stderr
