@@ -66,7 +66,10 @@ def run_job(out: Path, smoke: bool, data_dir: str | None) -> tuple[float, str]:
         if proc.returncode:
             raise FmnistError(f"`fmnist {' '.join(argv[1:3])}` exited with {proc.returncode} (its output is above)")
     wall = time.perf_counter() - t0
-    return wall, "".join(printed).replace(str(out), OUT_SHOWN).rstrip() + "\n"
+    shown = "".join(printed).replace(str(out), OUT_SHOWN)
+    if data_dir:  # this machine's data folder says nothing to a reader: shown as the variable that named it
+        shown = shown.replace(str(Path(data_dir).resolve()), "$FMNIST_DATA").replace(data_dir, "$FMNIST_DATA")
+    return wall, shown.rstrip() + "\n"
 
 
 def hardware_text() -> str:
