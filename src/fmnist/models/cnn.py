@@ -170,7 +170,7 @@ def fastcnn(
 def fastcnn_deep(
     widths: tuple[int, ...] = (32, 96, 192), whiten: bool = False, num_classes: int = NUM_CLASSES
 ) -> Classifier:
-    """fastcnn with two convs per stage (airbench's conv groups): the `cpu-95` recipe's net.
+    """fastcnn with two convs per stage (airbench's conv groups): the `cpu-95` recipe's net (16-64-128, whitened).
 
     Each stage is conv -> 2x2 max-pool -> BN -> ReLU -> conv -> BN -> ReLU, so the second conv
     of every stage runs on the pooled map (14x14, 7x7, 3x3), a quarter of the pixels it would
