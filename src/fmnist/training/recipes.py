@@ -108,7 +108,7 @@ _RECIPES = (
     Recipe(
         "cpu-94",
         "fastcnn",
-        "aims at 94% in 90 s on a 2-core laptop: the fast recipe for 8 epochs, mirror+shift TTA",
+        "aims at 94% in 90 s on 2 laptop cores: fast, 8 epochs, shift TTA",
         "cpu",
         {**FAST_SETTINGS, "epochs": 8, "tta": "flip-shift"},
     ),  # fmt: skip
@@ -120,7 +120,7 @@ _RECIPES = (
     Recipe(
         "cpu-95",
         "fastcnn_deep",
-        "aims at 95% in 6 minutes on a 2-core laptop: whitened fastcnn_deep, Muon, 12 epochs",
+        "aims at 95% in 6 min on 2 laptop cores: whitened fastcnn_deep, Muon",
         "cpu",
         {**FAST_SETTINGS, "model_args": {"widths": [16, 64, 128], "whiten": True}, "epochs": 12, "tta": "flip-shift"},
     ),  # fmt: skip
@@ -136,7 +136,7 @@ _RECIPES = (
     Recipe(
         "gpu-fast",
         "fastcnn_deep",
-        "94% in 5 s on one H100/H200: fastcnn_deep 32-96-192, 12 epochs of batch 256",
+        "94% in 5 s on one H100/H200: fastcnn_deep 32-96-192, batch 256",
         "gpu",
         {
             "model_args": {"widths": [32, 96, 192]},
