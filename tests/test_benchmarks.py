@@ -414,9 +414,9 @@ def test_make_run_smoke_records_a_row_read_back_from_the_compares_results_files(
     assert "| MLP share of training |" in rendered[0] and f"| {row['mlp_share']:.2f}% |" in rendered[-1]
     earlier = record["tables"]["make_run"]["rows"][:-1]  # rows recorded before the column have no share
     assert len(rendered[2:-1]) == len(earlier)
-    for line, old in zip(rendered[2:-1], earlier):
+    for line, before in zip(rendered[2:-1], earlier):
         share = line.split(" | ")[keys.index("mlp_share")]
-        assert share == (f"{old['mlp_share']:.2f}%" if "mlp_share" in old else "–")
+        assert share == (f"{before['mlp_share']:.2f}%" if "mlp_share" in before else "–")
     # The same hardware again replaces its row (and a capped run keeps the output block).
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
