@@ -5,7 +5,9 @@ settings over the base) and the seeds. Every candidate and seed is resolved thro
 `resolve_config` and trained through `fit`, as `fmnist train` would; the JSON keeps each
 candidate's full resolved settings, the keys it changes from the base, and per seed its validation
 accuracy at the best epoch (chosen on validation, as the trainer chooses) and at the last, its
-per-epoch validation history and its time. No test figure exists to be read: `fit` ends by
+per-epoch validation history and its time. Where a candidate's epochs validate on fewer views than
+it predicts with (`val_tta`), the best epoch's weights are also scored through its `tta` views
+(`tta_val_accuracy`, the figure to choose on; elsewhere it equals the best epoch's accuracy). No test figure exists to be read: `fit` ends by
 evaluating the test split, and the screen hands it a one-image stand-in taken from the training
 images instead.
 
@@ -128,6 +130,19 @@ def _dataset(data_dir: str | None):
     return _DATA[data_dir]
 
 
+def tta_val_accuracy(model, config: TrainConfig, data, precision: str) -> float:
+    """The best epoch's weights on the run's validation split through its `tta` views: the figure a
+    run whose epochs validate on fewer views (`val_tta`) is chosen on, as the recipe predicts that way."""
+    from fmnist.data.splits import stratified_split
+    from fmnist.inference.trust import embed
+
+    labels = np.asarray(data.train_labels)
+    _, val_idx = stratified_split(labels, config.val_size, config.validation_seed)
+    logits, _ = embed(model, data.train_images[val_idx], mean=config.input_mean, std=config.input_std,
+                      tta=config.tta, precision=precision)  # fmt: skip
+    return float((logits.argmax(1) == labels[val_idx]).mean())
+
+
 def run_one(config: TrainConfig, data_dir: str | None, threads: int) -> dict[str, Any]:
     """One candidate at one seed: validation accuracy at the best and the last epoch, history, time."""
     from fmnist.training.trainer import fit
@@ -140,8 +155,12 @@ def run_one(config: TrainConfig, data_dir: str | None, threads: int) -> dict[str
     history = [{"epoch": r.epoch, "val_accuracy": r.val_accuracy, "val_loss": r.val_loss, "seconds": r.seconds}
                for r in result.history]  # fmt: skip
     best = next(r for r in result.history if r.epoch == result.best_epoch)
+    with_tta = best.val_accuracy
+    if config.epoch_validation_tta != config.tta:
+        with_tta = tta_val_accuracy(result.model, config, data, result.precision)
     return {
         "seed": config.seed, "best_epoch": result.best_epoch, "best_val_accuracy": best.val_accuracy,
+        "tta_val_accuracy": with_tta, "epoch_validation_tta": config.epoch_validation_tta,
         "last_val_accuracy": result.history[-1].val_accuracy, "epochs_run": result.epochs_run,
         "steps": result.steps, "wall_seconds": wall, "train_seconds": result.train_seconds,
         "precision": result.precision, "isa": result.isa, "threads": threads, "history": history,
@@ -151,6 +170,7 @@ def run_one(config: TrainConfig, data_dir: str | None, threads: int) -> dict[str
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     best = [r["best_val_accuracy"] for r in runs]
     return {"mean_best_val_accuracy": statistics.fmean(best), "min_best_val_accuracy": min(best),
+            "mean_tta_val_accuracy": statistics.fmean(r["tta_val_accuracy"] for r in runs),
             "mean_last_val_accuracy": statistics.fmean(r["last_val_accuracy"] for r in runs),
             "mean_wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs)}  # fmt: skip
 
@@ -200,7 +220,8 @@ def run_screen(screen: Screen, args) -> dict[str, Any]:
         "isa_caps": ISA_LEVELS[capped_level()][1], "precision": sorted({r["precision"] for c in candidates for r in c["runs"]}),
         "jobs": args.jobs, "threads_per_run": threads, "seeds": screen.seeds, "smoke": args.smoke,
         "data": {"source": data.provenance.source, "split": data.provenance.split, "val_size": base.val_size},
-        "chosen_on": "validation accuracy at each run's best epoch (the test split is never evaluated)",
+        "chosen_on": "validation accuracy at each run's best epoch, through the run's TTA views (tta_val_accuracy; "
+                     "the test split is never evaluated)",
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "fmnist": fmnist.__version__},
         "base": without_seed(base), "candidates": candidates,

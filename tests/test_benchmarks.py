@@ -190,6 +190,8 @@ tta = "none"
 [candidates.narrow]
 lr = 1e-2
 model_args = { widths = [8, 16, 32] }
+tta = "flip-shift"
+val_tta = "none"
 """
 
 
@@ -215,8 +217,11 @@ def test_screen_smoke_records_validation_accuracy_per_seed_and_no_test_figure(ti
     assert screen["data"]["val_size"] == 100 and screen["versions"]["torch"]
     plain, narrow = screen["candidates"]
     assert [plain["name"], narrow["name"]] == ["plain", "narrow"]
-    assert plain["changed"] == {} and narrow["overrides"] == {"lr": 0.01, "model_args": {"widths": [8, 16, 32]}}
-    assert narrow["changed"] == {"model_args.widths": ["[16, 32, 64]", "[8, 16, 32]"], "lr": ["0.02", "0.01"]}
+    assert plain["changed"] == {}
+    assert narrow["overrides"] == {"lr": 0.01, "model_args": {"widths": [8, 16, 32]}, "tta": "flip-shift",
+                                   "val_tta": "none"}  # fmt: skip
+    assert narrow["changed"] == {"model_args.widths": ["[16, 32, 64]", "[8, 16, 32]"], "lr": ["0.02", "0.01"],
+                                 "tta": ['"none"', '"flip-shift"'], "val_tta": ['"same"', '"none"']}  # fmt: skip
     # Full resolved settings: every key of a run's config but the seed, which the screen's list sets.
     assert set(narrow["settings"]) == set(TrainConfig().to_dict()) - {"seed"}
     assert narrow["settings"]["model_args"]["whiten"] is True  # merged key by key with the base's
@@ -229,6 +234,11 @@ def test_screen_smoke_records_validation_accuracy_per_seed_and_no_test_figure(ti
             assert run["history"][run["best_epoch"] - 1]["val_accuracy"] == run["best_val_accuracy"]
             assert 0 <= run["best_val_accuracy"] <= 1 and run["wall_seconds"] > 0 and run["steps"] == 2
         assert candidate["mean_best_val_accuracy"] == statistics.fmean(r["best_val_accuracy"] for r in runs)
+        assert candidate["mean_tta_val_accuracy"] == statistics.fmean(r["tta_val_accuracy"] for r in runs)
+    # Epochs validated on the plain view, the choice on the best weights through the candidate's own views.
+    assert [r["epoch_validation_tta"] for r in plain["runs"] + narrow["runs"]] == ["none"] * 4
+    assert all(r["tta_val_accuracy"] == r["best_val_accuracy"] for r in plain["runs"])
+    assert all(0 <= r["tta_val_accuracy"] <= 1 for r in narrow["runs"])
     # Validation only: every accuracy recorded is a validation accuracy, and no key names the test split.
     keys = _keys(screen)
     assert not [k for k in keys if "test" in k.lower()]

@@ -118,10 +118,14 @@ def same_as_04(config: TrainConfig, recorded: dict) -> bool:
     # split_seed's default changed on purpose (issue 37: runs of one model share a split); no model
     # or recipe sets it, so each takes the new default. A model argument newer than 0.4 must take
     # the value 0.4's net had, the one its old checkpoints load with (the registry's legacy value).
+    # A setting newer than 0.4 must hold its default, which does what 0.4 did (val_tta "same": the
+    # epochs validate on the run's TTA views).
     got = config.to_dict()
     legacy = saved_model_args(config.model, {})
     new_args = {k: v for k, v in got["model_args"].items() if k not in recorded["model_args"]}
+    defaults = TrainConfig().to_dict()
     expected = {
+        **{k: defaults[k] for k in got if k not in recorded},
         **recorded,
         "split_seed": TrainConfig.split_seed,
         "model_args": {**recorded["model_args"], **{k: legacy.get(k, "absent in 0.4") for k in new_args}},
@@ -174,7 +178,7 @@ def test_sources_name_the_layer_that_set_each_key(tmp_path: Path):
     file = tmp_path / "x.toml"
     file.write_text("epochs = 2\nflip = false\n[model_args]\nwidths = [12, 36, 72]\n")
     config = make_config(recipe="cpu-94", config_file=file, lr=0.01, model_args={"pool_before_last_conv": False})
-    cpu94 = dict.fromkeys(("batch_size", "optimizer", "weight_decay", "scheduler", "label_smoothing"),
+    cpu94 = dict.fromkeys(("batch_size", "optimizer", "weight_decay", "scheduler", "label_smoothing", "val_tta"),
                           "recipe cpu-94")  # fmt: skip
     assert config.sources == {
         **expected_sources(**cpu94, model="recipe cpu-94", recipe="option", epochs=f"file {file}",

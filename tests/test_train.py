@@ -152,6 +152,33 @@ def test_tta_levels_train_and_evaluate(tiny_dataset, level):
     assert result.config.tta == level and result.test_accuracy > 0.5
 
 
+def test_epochs_validate_on_val_tta_views_and_the_test_on_tta_views(tiny_dataset):
+    """Oracle: predict() over the same hold-out (and the test split) with each view level, fp32."""
+    from fmnist.data.normalize import blank_value, normalize
+    from fmnist.data.splits import stratified_split
+    from fmnist.errors import UsageError
+    from fmnist.inference.evaluate import predict
+
+    config = tiny_config(model="fastcnn", epochs=1, tta="flip-shift", val_tta="none", precision="fp32")
+    assert config.epoch_validation_tta == "none" and tiny_config(tta="flip").epoch_validation_tta == "flip"
+    result = fit(config, tiny_dataset)
+    _, val_idx = stratified_split(tiny_dataset.train_labels, config.val_size, config.validation_seed)
+    blank = blank_value(config.input_mean, config.input_std)
+
+    def logits(images, tta):
+        x = normalize(torch.from_numpy(images), config.input_mean, config.input_std)
+        return predict(result.model, x, precision="fp32", tta=tta, blank=blank)
+
+    val_y = torch.from_numpy(tiny_dataset.train_labels[val_idx]).long()
+    plain = logits(tiny_dataset.train_images[val_idx], "none")
+    shifted = logits(tiny_dataset.train_images[val_idx], "flip-shift")
+    assert not torch.allclose(plain, shifted)  # the two levels differ, so the check below can tell them apart
+    assert result.history[0].val_loss == pytest.approx(torch.nn.functional.cross_entropy(plain, val_y).item(), rel=1e-5)
+    torch.testing.assert_close(result.test_logits, logits(tiny_dataset.test_images, "flip-shift"))
+    with pytest.raises(UsageError, match="val_tta"):
+        tiny_config(val_tta="sideways")
+
+
 @pytest.mark.parametrize(("isa", "expected"), [("baseline", "fp32"), ("avx2", "fp32"), ("avx512", "fp32"),
                                                ("avx512_bf16", "bf16"), ("amx", "bf16")])  # fmt: skip
 def test_auto_precision_follows_cpu_capability(isa, expected):

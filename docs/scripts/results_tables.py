@@ -231,7 +231,10 @@ def render_screens() -> str:
             changes = "; ".join(f"{key} {old} → {new}" for key, (old, new) in c["changed"].items()) or "the base"
             seeds = ", ".join(f"{100 * r['best_val_accuracy']:.2f} (epoch {r['best_epoch']}; last "
                               f"{100 * r['last_val_accuracy']:.2f})" for r in c["runs"])  # fmt: skip
-            rows.append([f"`{c['name']}`", _cell(changes, "text"), f"{100 * c['mean_best_val_accuracy']:.2f}%",
+            mean = f"{100 * c['mean_best_val_accuracy']:.2f}%"
+            if c.get("mean_tta_val_accuracy", c["mean_best_val_accuracy"]) != c["mean_best_val_accuracy"]:
+                mean += f" ({100 * c['mean_tta_val_accuracy']:.2f}% through its TTA views)"
+            rows.append([f"`{c['name']}`", _cell(changes, "text"), mean,
                          seeds, f"{c['mean_wall_seconds']:.1f} s", _cell(hardware, "text"),
                          _cell(record["command"], "code")])  # fmt: skip
         chose = f", which chose the `{record['chose']}` recipe" if record.get("chose") else ""

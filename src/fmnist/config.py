@@ -17,7 +17,7 @@ from typing import Any, cast, get_origin, get_type_hints
 
 import tomli_w
 
-from fmnist.constants import EVAL_BATCH_SIZE, FMNIST_MEAN, FMNIST_STD, NUM_CLASSES, TTA_LEVELS
+from fmnist.constants import EVAL_BATCH_SIZE, FMNIST_MEAN, FMNIST_STD, NUM_CLASSES, SAME_TTA, TTA_LEVELS
 from fmnist.data.splits import FOLLOW_RUN_SEED, SHARED_SPLIT_SEED, holdout_seed, saved_split_seed
 from fmnist.device import COMPILE_MODES, DEVICES, PRECISIONS
 from fmnist.errors import UsageError
@@ -87,6 +87,12 @@ class TrainConfig:
     cutmix: float = setting(0.0, "CutMix alpha (0 = off).")  # alpha of Beta(alpha, alpha)
     ema: float = setting(0.0, "Weight EMA decay, e.g. 0.999 (0 = off).")
     tta: str = setting("none", "Test-time augmentation.", choices=TTA_LEVELS)  # fmnist.inference.tta
+    # The views of the per-epoch validation that picks the best epoch. Six flip-shift views of 5,000
+    # images every epoch cost a long run more than its test pass and trust fit together, and with a
+    # one-cycle schedule the best epoch is the last or next to last either way (the screens' histories
+    # in benchmarks/results/screen-*.json); the test pass and the trust fit always use `tta`.
+    val_tta: str = setting(SAME_TTA, f"Test-time augmentation of the per-epoch validation ({SAME_TTA}: as --tta; "
+                           "none is the cheapest).", choices=(SAME_TTA, *TTA_LEVELS))  # fmt: skip
     normalize: bool = setting(True, "Standardise inputs.")
     mean: float = FMNIST_MEAN
     std: float = FMNIST_STD
@@ -134,6 +140,7 @@ class TrainConfig:
         _choice(self.precision, PRECISIONS, "precision")
         _choice(self.compile, COMPILE_MODES, "compile")
         _choice(self.tta, TTA_LEVELS, "tta")
+        _choice(self.val_tta, (SAME_TTA, *TTA_LEVELS), "val_tta")
         if not self.lr > 0 or self.lr > 10:
             raise UsageError(f"lr must be a number in (0, 10], not {self.lr}")
         if not 0 <= self.weight_decay < 1:
@@ -166,6 +173,11 @@ class TrainConfig:
     @property
     def validation_seed(self) -> int:
         return holdout_seed(self.seed, self.split_seed)
+
+    @property
+    def epoch_validation_tta(self) -> str:
+        """The TTA level of the per-epoch validation: `val_tta`, or `tta` where that says "same"."""
+        return self.tta if self.val_tta == SAME_TTA else self.val_tta
 
     @property
     def input_mean(self) -> float:

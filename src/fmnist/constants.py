@@ -54,6 +54,8 @@ KAGGLE_SPLIT_RAW_SHA256: dict[str, str] = {
 
 # Test-time augmentation levels (fmnist.inference.tta): the mirror average, then mirror + 1-pixel shifts.
 TTA_LEVELS = ("none", "flip", "flip-shift")
+# A run's `val_tta` that means "the views of its `tta`" (fmnist.config.TrainConfig.val_tta).
+SAME_TTA = "same"
 
 # Images per inference batch. 256, not 1024: on a CPU the 28x28 stage's activations of 1024
 # images (50 MB for fastcnn) spill out of the cache, and 256 evaluated faster (fast recipe's net,

@@ -292,7 +292,7 @@ class Trainer:
         if not len(self.val_y):
             return None, None
         val_logits = predict(self.evaluated_model, self.val_x, batch_size=self.eval_batch_size,
-                             precision=self.precision, tta=self.config.tta, blank=self.blank)  # fmt: skip
+                             precision=self.precision, tta=self.config.epoch_validation_tta, blank=self.blank)  # fmt: skip
         return F.cross_entropy(val_logits, self.val_y).item(), (
             val_logits.argmax(1) == self.val_y
         ).float().mean().item()
