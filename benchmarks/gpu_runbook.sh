@@ -28,7 +28,8 @@
 # (checkpoints left out), also when a stage ran out of time: each stage stops after STAGE_S seconds
 # (default 480, and within ALL_S for `all`) with the epochs it finished on disk. JOBS (default 3) is
 # the --jobs of seed004 and gpu-best (GPU_BEST_SEEDS, default 3): runs sharing the GPU three at a
-# time. SPEED_RECIPES (default gpu-fast,gpu-95) and SPEED_SEEDS (default 3) set the speed stage.
+# time. SPEED_RECIPES (default gpu-fast,gpu-95) and SPEED_SEEDS (default 3) set the speed stage;
+# BEST_RECIPE (default gpu-best) names the recipe of the gpu-best stage.
 # Compiled steps are cached in ~/.cache/fmnist/torch-compile (TORCHINDUCTOR_CACHE_DIR overrides it):
 # on a bare machine the first run of each network compiles cold, the next ones read the cache.
 # SMOKE=1 checks the plumbing on any machine (a few steps a run, 100 validation images, nothing
@@ -45,6 +46,7 @@ runs="${RUNS:-/tmp/gpu-runbook-runs}"
 stage_s="${STAGE_S:-480}"
 jobs="${JOBS:-3}"  # runs trained at once: one small network alone leaves most of a GPU idle
 gpu_best_seeds="${GPU_BEST_SEEDS:-3}"
+best_recipe="${BEST_RECIPE:-gpu-best}"  # the recipe the gpu-best stage runs (its smoke test picks a small one)
 speed_recipes="${SPEED_RECIPES:-gpu-fast,gpu-95}"
 speed_seeds="${SPEED_SEEDS:-3}"
 deadline=$((SECONDS + ${ALL_S:-480}))  # `all` shares this among its stages
@@ -80,7 +82,7 @@ speed() {  # each recipe alone on the GPU, one run at a time (nothing else may s
   if [ -f "$runs/gpu-speed/gpu_speed.json" ]; then cp "$runs/gpu-speed/gpu_speed.json" "$out/"; fi
 }
 gpu_best() {
-  capped gpu-best python3 benchmarks/frontier.py --recipes gpu-best --seeds "$gpu_best_seeds" --jobs "$jobs" --write \
+  capped gpu-best python3 benchmarks/frontier.py --recipes "$best_recipe" --seeds "$gpu_best_seeds" --jobs "$jobs" --write \
     "${smoke[@]}" --out "$runs/frontier"
   cp src/fmnist/training/recipes_measured.json "$out/"
 }

@@ -24,9 +24,12 @@ def test_design_steps_prints_one_row_per_change_relative_to_the_plain_net():
     assert any("bf16" in label for label, _, _ in rows) or "no native bf16" in proc.stdout
 
 
-def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_packs_its_runs_and_records_nothing(
+def test_gpu_runbook_smoke_runs_its_best_stage_anywhere_packs_its_runs_and_records_nothing(
     tiny_data_dir: Path, tmp_path: Path
 ):
+    """The runbook's plumbing. Its gpu-best stage runs the small fast recipe here (BEST_RECIPE): WRN-16-8
+    passes every smoke image through six TTA views at about a GFLOP each, minutes of a CPU, and its
+    smoke run on the CPU is tests/test_recipes.py's already."""
     import json
 
     script = ROOT / "benchmarks" / "gpu_runbook.sh"
@@ -37,17 +40,17 @@ def test_gpu_runbook_smoke_runs_the_gpu_best_stage_anywhere_packs_its_runs_and_r
     (bin_dir / "python3").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SMOKE": "1",
            "FMNIST_DATA": str(tiny_data_dir), "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs"),
-           "GPU_BEST_SEEDS": "2", "JOBS": "2"}  # fmt: skip
+           "GPU_BEST_SEEDS": "2", "JOBS": "2", "BEST_RECIPE": "fast"}  # fmt: skip
     recorded = (ROOT / "src" / "fmnist" / "training" / "recipes_measured.json").read_text()
     proc = subprocess.run(["bash", str(script), "gpu-best"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     for seed in (0, 1):  # the seeds trained side by side (--jobs), each a run directory
-        assert (tmp_path / "runs" / "frontier" / "gpu-best-jobs" / f"gpu-best-seed{seed}" / "results.json").is_file()
-        assert f"gpu-best seed {seed}:" in (tmp_path / "out" / "gpu-best.log").read_text()
+        assert (tmp_path / "runs" / "frontier" / "fast-jobs" / f"fast-seed{seed}" / "results.json").is_file()
+        assert f"fast seed {seed}:" in (tmp_path / "out" / "gpu-best.log").read_text()
     # The run directories come back as one archive, without their checkpoints.
     with tarfile.open(tmp_path / "out" / "runs.tgz") as packed:
         names = packed.getnames()
-    assert "./frontier/gpu-best-jobs/gpu-best-seed1/results.json" in names
+    assert "./frontier/fast-jobs/fast-seed1/results.json" in names
     assert not [n for n in names if n.endswith(".safetensors")]
     # Smoke figures are never recorded: the copy brought back is the file as committed.
     assert (tmp_path / "out" / "recipes_measured.json").read_text() == recorded
