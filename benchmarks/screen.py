@@ -192,7 +192,8 @@ def run_screen(screen: Screen, args) -> dict[str, Any]:
     def report(name: str, run: dict[str, Any]) -> None:
         results[name].append(run)
         print(f"  {name:<28} seed {run['seed']}  val {100 * run['best_val_accuracy']:.2f}% (epoch {run['best_epoch']}), "
-              f"last {100 * run['last_val_accuracy']:.2f}%  {run['wall_seconds']:.1f}s  {run['precision']}", flush=True)  # fmt: skip
+              f"last {100 * run['last_val_accuracy']:.2f}%, through its TTA views {100 * run['tta_val_accuracy']:.2f}%  "
+              f"{run['wall_seconds']:.1f}s  {run['precision']}", flush=True)  # fmt: skip
 
     if args.jobs == 1:
         for name, config in work:
