@@ -338,6 +338,21 @@ def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in
     assert screen.changed(screen.resolve(fast, None, {}), configs["0.3.1"]) == {}
 
 
+def test_the_cpu_95_lr_screens_base_is_the_cpu_95_recipe():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import screen
+    finally:
+        sys.path.pop(0)
+    from fmnist.training.settings import resolve_config
+
+    lr = screen.read_screen(ROOT / "configs" / "screens" / "cpu-95-lr.toml")
+    assert lr.chose == "cpu-95" and lr.candidates["lr2e-2"] == {}
+    base = screen.resolve(lr, "lr2e-2", {}).to_dict()
+    recipe = resolve_config(recipe="cpu-95").to_dict()
+    assert {**base, "recipe": "cpu-95"} == recipe
+
+
 def test_robustness_smoke_records_every_corruption_at_every_severity_with_its_hardware_and_command(
     tmp_path_factory, tmp_path: Path
 ):

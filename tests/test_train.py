@@ -199,6 +199,34 @@ def test_onednn_cap_lowers_the_isa():
     assert capped_isa("avx2", "") == "avx2"
 
 
+# Denormal inputs through an elementwise op large enough for every thread of the pool: how many
+# results stay non-zero (0 where each thread flushes denormals, as FTZ/DAZ make it).
+_DENORMAL_PROBE = """
+import sys, torch
+if sys.argv[1] == "fmnist":
+    import fmnist.device
+torch.set_num_threads(2)
+tiny = torch.ones(1 << 22, dtype=torch.int32).view(torch.float32)  # the smallest denormal, by its bits
+print(int((tiny * 2).count_nonzero()))
+"""
+
+
+def test_importing_fmnist_flushes_denormals_in_every_thread_of_the_pool():
+    import subprocess
+    import sys
+
+    def survivors(mode: str) -> int:
+        proc = subprocess.run(
+            [sys.executable, "-c", _DENORMAL_PROBE, mode], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stdout)
+
+    if survivors("torch") == 0:
+        pytest.skip("this CPU or build flushes denormals already; nothing to tell apart")
+    assert survivors("fmnist") == 0
+
+
 def test_cpu_name_carries_family_and_model_so_generations_stay_apart():
     from fmnist.device import cpu_name_from_cpuinfo
 

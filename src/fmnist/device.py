@@ -18,6 +18,14 @@ import torch
 
 from fmnist.errors import UsageError
 
+# Denormal floats flushed to zero (FTZ/DAZ) in this thread and the threads it starts later, hence at
+# import, before any tensor work starts PyTorch's CPU thread pool. Late in a long CPU run some values
+# decay into the denormal range, where x86 arithmetic on them is many times slower: without this,
+# cpu-95's epochs at AVX2 doubled in time from the first to the twelfth, with it they stay flat and
+# validate to the same accuracy (a forward and backward pass of its trained net alone did not slow,
+# so the values are the optimiser's, by elimination). A denormal is below 1.2e-38.
+FLUSHES_DENORMALS = torch.set_flush_denormal(True)
+
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 # --compile: whether the training step runs through torch.compile (fmnist.training.compiled decides "auto").

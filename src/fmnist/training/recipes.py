@@ -118,7 +118,8 @@ _RECIPES = (
     # configs/screens/cpu-95.toml (AVX2, fp32; its record: benchmarks/results/screen-cpu-95-<cpu>-avx2.json)
     # over the wider single-conv fastcnn 16-96-192 at the same cost. fmnist 0.4's cpu-95 (fastcnn_deep
     # 32-96-192 learned, 30 epochs of AdamW with shifts, EMA and erasing) took about an hour there.
-    # Its epochs validate on the plain view, as cpu-94's do.
+    # Its epochs validate on the plain view, as cpu-94's do. Its peak rate of 2e-2 held against 1e-2 and
+    # 3e-2 in configs/screens/cpu-95-lr.toml (record: benchmarks/results/screen-cpu-95-lr-<cpu>-avx2.json).
     Recipe(
         "cpu-95",
         "fastcnn_deep",
