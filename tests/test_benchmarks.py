@@ -322,12 +322,18 @@ def test_time_to_accuracy_smoke_records_every_reference_seed_and_no_ratio_short_
     assert refused.returncode == 2 and "never recorded" in refused.stderr
 
 
-def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in_one_view():
+def _screen_script():
+    """benchmarks/screen.py as a module (it lives outside the package)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import screen
     finally:
         sys.path.pop(0)
+    return screen
+
+
+def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in_one_view():
+    screen = _screen_script()
     from fmnist.training.settings import resolve_config
 
     fast = screen.read_screen(ROOT / "configs" / "screens" / "fast.toml")
@@ -339,11 +345,7 @@ def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in
 
 
 def test_the_cpu_95_lr_screens_base_is_the_cpu_95_recipe():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import screen
-    finally:
-        sys.path.pop(0)
+    screen = _screen_script()
     from fmnist.training.settings import resolve_config
 
     lr = screen.read_screen(ROOT / "configs" / "screens" / "cpu-95-lr.toml")
