@@ -320,6 +320,22 @@ def test_time_to_accuracy_smoke_records_every_reference_seed_and_no_ratio_short_
     assert "| not reached |" in rendered and "seed 1: " in rendered
     refused = subprocess.run([sys.executable, script, "--smoke"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "never recorded" in refused.stderr
+    for wrong, says in ((["--levels", "avx9"], "unknown level 'avx9'"), (["--levels", "avx2"], "--isa-sweep")):
+        refused = subprocess.run([sys.executable, script, "--smoke", "--json", str(out), *wrong],
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert refused.returncode == 2 and says in refused.stderr and len(refused.stderr.splitlines()) == 1
+    # A sweep of one level adds its row and keeps the other level's, each with the run that made it.
+    before = json.loads(out.read_text())["levels"]
+    level_name = before[0]["level"]
+    other = "avx2" if level_name != "avx2" else "native"
+    proc = subprocess.run([sys.executable, script, "--isa-sweep", "--levels", other, "--smoke", "--seeds", "1",
+                           "--reference-seeds", "1", "--data-dir", str(tiny_data_dir), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    levels = {row["level"]: row for row in json.loads(out.read_text())["levels"]}
+    assert set(levels) == {level_name, other}
+    assert levels[level_name] == before[0]
+    assert "--levels" not in levels[level_name]["command"] and f"--levels {other}" in levels[other]["command"]
 
 
 def _screen_script():
