@@ -360,15 +360,17 @@ def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in
     assert screen.changed(screen.resolve(fast, None, {}), configs["0.3.1"]) == {}
 
 
-def test_the_cpu_95_lr_screens_base_is_the_cpu_95_recipe():
+def test_the_cpu_95_screens_chain_from_the_lr_screens_base_to_the_cpu_95_recipe():
+    """cpu-95-epochs started from the recipe that cpu-95-lr kept, and its chosen candidate is the recipe now."""
     screen = _screen_script()
     from fmnist.training.settings import resolve_config
 
     lr = screen.read_screen(ROOT / "configs" / "screens" / "cpu-95-lr.toml")
-    assert lr.chose == "cpu-95" and lr.candidates["lr2e-2"] == {}
-    base = screen.resolve(lr, "lr2e-2", {}).to_dict()
-    recipe = resolve_config(recipe="cpu-95").to_dict()
-    assert {**base, "recipe": "cpu-95"} == recipe
+    epochs = screen.read_screen(ROOT / "configs" / "screens" / "cpu-95-epochs.toml")
+    assert lr.chose == epochs.chose == "cpu-95" and lr.candidates["lr2e-2"] == epochs.candidates["12ep"] == {}
+    assert screen.resolve(lr, "lr2e-2", {}).to_dict() == screen.resolve(epochs, "12ep", {}).to_dict()
+    chosen = screen.resolve(epochs, "13ep-lr1e-2", {}).to_dict()
+    assert {**chosen, "recipe": "cpu-95"} == resolve_config(recipe="cpu-95").to_dict()
 
 
 def test_robustness_smoke_records_every_corruption_at_every_severity_with_its_hardware_and_command(
