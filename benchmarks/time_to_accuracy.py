@@ -14,13 +14,15 @@ Also prints training images/s for `cnn_seed004` under both data paths (same mode
 
     python benchmarks/time_to_accuracy.py [--quick] [--data-dir DIR] [--seeds 5]
     python benchmarks/time_to_accuracy.py --isa-sweep   # both recipes under each emulable ISA level
+    python benchmarks/time_to_accuracy.py --isa-sweep --levels avx2   # only some levels
     python benchmarks/time_to_accuracy.py --smoke --json PATH   # the plumbing in seconds, never recorded
 
 Both modes end with one table (per level: the ratio, fmnist's mean and minimum accuracy and
 each seed's) checked against the targets below; the ratio is written only where every reference
 seed and fmnist's mean reached 93%, and reads "not reached" otherwise. They write it with the CPU,
 ISA levels, command and versions to benchmarks/results/time_to_accuracy-<cpu>.json (or --json
-PATH), which the README's results table is rendered from.
+PATH), which the README's results table is rendered from. The levels measured replace their rows
+there; the other levels' rows stay, each with the date and command that recorded it.
 """
 
 from __future__ import annotations
@@ -215,6 +217,8 @@ def isa_sweep(args) -> list[dict]:
     have = hardware_isa()
     rows = []
     for name, (label, caps, _needs) in ISA_LEVELS.items():
+        if args.levels and name not in args.levels:
+            continue
         if reason := unavailable(name):
             rows.append(level_row(name, label, caps, None, reason))
             continue
@@ -287,28 +291,57 @@ def results_path(cpu: str) -> Path:
 
 
 def write_results(path: Path, rows: list[dict], args, cpu: str, hardware: str) -> None:
-    """The table as JSON, with what a reader needs to trust and reproduce it."""
+    """The table as JSON, with what a reader needs to trust and reproduce it.
+
+    The levels measured now replace their rows in an existing record of the same CPU; its other
+    levels' rows stay, each with the date and command it was recorded by (a run of one level, or a
+    sweep of some, no longer erases the rest)."""
     import fmnist
 
+    command = " ".join(["python", "benchmarks/time_to_accuracy.py", *sys.argv[1:]])
+    level = capped_level()
+    if not args.isa_sweep and level != "native":
+        command = f"{caps_text(level)} {command}"
+    recorded = datetime.now(UTC).isoformat(timespec="seconds")
+    rows = [{**row, "recorded": recorded, "command": command} for row in rows]
+    kept = [row for row in _earlier_rows(path, cpu, args.smoke) if row["level"] not in {r["level"] for r in rows}]
+    order = list(ISA_LEVELS)
     document = {
-        "benchmark": "time_to_accuracy", "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
+        "benchmark": "time_to_accuracy", "recorded": recorded,
         "cpu": cpu, "hardware_isa": hardware, "threads": torch.get_num_threads(),
-        "command": " ".join(["python", "benchmarks/time_to_accuracy.py", *sys.argv[1:]]),
+        "command": command,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "fmnist": fmnist.__version__},
         "targets": {"ratio": TARGET_RATIO, "mean_accuracy": TARGET_MEAN, "min_accuracy": TARGET_MIN,
                     "accuracy_to_reach": TARGET},
-        "seeds": args.seeds, "reference_seeds": args.reference_seeds, "smoke": args.smoke, "levels": rows,
+        "seeds": args.seeds, "reference_seeds": args.reference_seeds, "smoke": args.smoke,
+        "levels": sorted(kept + rows, key=lambda row: order.index(row["level"])),
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {path}" + (f" (kept its earlier rows of {', '.join(r['level'] for r in kept)})" if kept else ""))
+
+
+def _earlier_rows(path: Path, cpu: str, smoke: bool) -> list[dict]:
+    """The rows of the record at `path`, each with its date and command, where it is one of this CPU's
+    (a smoke record and a real one never mix); none where there is no such record."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if earlier.get("cpu") != cpu or bool(earlier.get("smoke")) != smoke:
+        return []
+    return [{"recorded": earlier["recorded"], "command": earlier["command"], **row} for row in earlier["levels"]
+            if row.get("level") in ISA_LEVELS]  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="throughput only")
     parser.add_argument("--isa-sweep", action="store_true", help="both recipes under each emulable ISA level")
+    parser.add_argument("--levels", type=lambda text: [x.strip() for x in text.split(",") if x.strip()],
+                        help=f"with --isa-sweep: only these levels, comma-separated ({', '.join(ISA_LEVELS)}); "
+                             "the file keeps the other levels' rows")  # fmt: skip
     parser.add_argument("--no-throughput", action="store_true", help="skip the throughput table")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--seed-max-epochs", type=int, default=20)
@@ -325,6 +358,13 @@ def main() -> int:
         if value < 1:
             print(f"error: {flag} must be 1 or more, not {value}", file=sys.stderr)
             return 2
+    if unknown := [name for name in args.levels or [] if name not in ISA_LEVELS]:
+        print(f"error: unknown level {unknown[0]!r}; choose from {', '.join(ISA_LEVELS)}", file=sys.stderr)
+        return 2
+    if args.levels and not args.isa_sweep:
+        print("error: --levels picks the levels of --isa-sweep; a single run measures the level it runs under",
+              file=sys.stderr)
+        return 2
     if args.smoke and args.json is None:
         print("error: smoke figures are never recorded: give --json PATH", file=sys.stderr)
         return 2

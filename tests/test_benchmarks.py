@@ -320,6 +320,22 @@ def test_time_to_accuracy_smoke_records_every_reference_seed_and_no_ratio_short_
     assert "| not reached |" in rendered and "seed 1: " in rendered
     refused = subprocess.run([sys.executable, script, "--smoke"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "never recorded" in refused.stderr
+    for wrong, says in ((["--levels", "avx9"], "unknown level 'avx9'"), (["--levels", "avx2"], "--isa-sweep")):
+        refused = subprocess.run([sys.executable, script, "--smoke", "--json", str(out), *wrong],
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert refused.returncode == 2 and says in refused.stderr and len(refused.stderr.splitlines()) == 1
+    # A sweep of one level adds its row and keeps the other level's, each with the run that made it.
+    before = json.loads(out.read_text())["levels"]
+    level_name = before[0]["level"]
+    other = "avx2" if level_name != "avx2" else "native"
+    proc = subprocess.run([sys.executable, script, "--isa-sweep", "--levels", other, "--smoke", "--seeds", "1",
+                           "--reference-seeds", "1", "--data-dir", str(tiny_data_dir), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    levels = {row["level"]: row for row in json.loads(out.read_text())["levels"]}
+    assert set(levels) == {level_name, other}
+    assert levels[level_name] == before[0]
+    assert "--levels" not in levels[level_name]["command"] and f"--levels {other}" in levels[other]["command"]
 
 
 def _screen_script():
@@ -344,15 +360,17 @@ def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in
     assert screen.changed(screen.resolve(fast, None, {}), configs["0.3.1"]) == {}
 
 
-def test_the_cpu_95_lr_screens_base_is_the_cpu_95_recipe():
+def test_the_cpu_95_screens_chain_from_the_lr_screens_base_to_the_cpu_95_recipe():
+    """cpu-95-epochs started from the recipe that cpu-95-lr kept, and its chosen candidate is the recipe now."""
     screen = _screen_script()
     from fmnist.training.settings import resolve_config
 
     lr = screen.read_screen(ROOT / "configs" / "screens" / "cpu-95-lr.toml")
-    assert lr.chose == "cpu-95" and lr.candidates["lr2e-2"] == {}
-    base = screen.resolve(lr, "lr2e-2", {}).to_dict()
-    recipe = resolve_config(recipe="cpu-95").to_dict()
-    assert {**base, "recipe": "cpu-95"} == recipe
+    epochs = screen.read_screen(ROOT / "configs" / "screens" / "cpu-95-epochs.toml")
+    assert lr.chose == epochs.chose == "cpu-95" and lr.candidates["lr2e-2"] == epochs.candidates["12ep"] == {}
+    assert screen.resolve(lr, "lr2e-2", {}).to_dict() == screen.resolve(epochs, "12ep", {}).to_dict()
+    chosen = screen.resolve(epochs, "13ep-lr1e-2", {}).to_dict()
+    assert {**chosen, "recipe": "cpu-95"} == resolve_config(recipe="cpu-95").to_dict()
 
 
 def test_robustness_smoke_records_every_corruption_at_every_severity_with_its_hardware_and_command(

@@ -38,6 +38,44 @@ def test_orthogonalize_matches_the_textbook_iteration(shape):
     assert singular.min() > 0.6 and singular.max() < 1.25, singular
 
 
+def test_orthogonalize_is_bit_for_bit_the_iteration_that_multiplies_by_the_identity_and_updates_every_gram():
+    """The shortcuts (no P @ I, no unused last A') change no bit: recorded runs stay reproducible."""
+    a, b, c = NEWTON_SCHULZ
+    for shape in [(64, 576), (32, 144), (10, 576)]:
+        g = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        x = g / (g.norm() + 1e-7)
+        gram = x @ x.T
+        identity = torch.eye(len(gram))
+        product = identity
+        for _ in range(5):
+            poly = torch.addmm(a * identity + b * gram, gram, gram, alpha=c)
+            product = poly @ product
+            gram = gram @ poly @ poly
+        assert torch.equal(orthogonalize(g), product @ x)
+
+
+def test_the_grouped_adamw_step_is_bit_for_bit_one_tensor_at_a_time():
+    """The foreach kernels do the per-tensor arithmetic, op for op (the oracle below), on every tensor."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+    params = [p.detach().clone() for p in model.parameters()]
+    state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    optimizer = MuonAdamW([{"params": model.parameters(), "weight_decay": 0.05}], lr=1e-2)
+    lr, (beta1, beta2), eps, decay = 1e-2, (0.9, 0.999), 1e-8, 0.05
+    x = torch.randn(16, 6)
+    for step in range(1, 26):
+        optimizer.zero_grad()
+        model(x).pow(2).mean().backward()
+        optimizer.step()
+        for param, grad, (exp_avg, exp_avg_sq) in zip(params, [p.grad for p in model.parameters()], state):
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            param.mul_(1 - lr * decay)
+            denom = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+        assert all(torch.equal(ours, oracle) for ours, oracle in zip(model.parameters(), params)), step
+
+
 def test_non_muon_groups_step_exactly_like_torch_adamw():
     torch.manual_seed(0)
     ours, theirs = nn.Linear(6, 4), nn.Linear(6, 4)

@@ -198,8 +198,12 @@ def render_time_to_accuracy_sweeps() -> str:
                 f"{level['fmnist_seconds']:.1f} s", ratio, _pct(accuracies),
                 f"{min(accuracies):.2f}%", "all met" if not missed else "missed: " + ", ".join(missed),
             ])  # fmt: skip
+        # Each row keeps the run that recorded it (older files: the record's one command).
+        runs = dict.fromkeys((level.get("recorded", record["recorded"])[:10], level.get("command", record["command"]))
+                             for level in record["levels"])  # fmt: skip
         notes.append(f"{record['cpu']} (hardware level `{record['hardware_isa']}`, {record['threads']} threads, "
-                     f"torch {record['versions']['torch']}, {record['recorded'][:10]}): `{record['command']}`")  # fmt: skip
+                     f"torch {record['versions']['torch']}): "
+                     + ", ".join(f"`{command}` ({day})" for day, command in runs))  # fmt: skip
     if not rows:
         return "No sweep recorded yet: run `python benchmarks/time_to_accuracy.py --isa-sweep`.\n"
     out = _markdown(["CPU (2 cores)", "ISA level", "precision", "seed-004 recipe to 93%", "fastcnn per run", "ratio",

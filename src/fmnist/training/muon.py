@@ -38,13 +38,14 @@ def orthogonalize(update: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> tor
     if tall:
         x = x.T  # the Gram matrix is taken over the shorter side
     gram = x @ x.T  # (r, r)
-    identity = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-    product = identity
-    for _ in range(steps):
-        poly = torch.addmm(a * identity + b * gram, gram, gram, alpha=c)  # a + bA + cA^2
-        product = poly @ product
-        gram = gram @ poly @ poly
-    x = product @ x
+    a_identity = a * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    product = None  # the identity, never multiplied by: P @ I is P to the bit
+    for step in range(steps):
+        poly = torch.addmm(a_identity + b * gram, gram, gram, alpha=c)  # a + bA + cA^2
+        product = poly if product is None else poly @ product
+        if step < steps - 1:  # the last step's A' is never read
+            gram = gram @ poly @ poly
+    x = x if product is None else product @ x
     return x.T if tall else x
 
 
@@ -74,9 +75,12 @@ class MuonAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    (self._muon_step if group["muon"] else self._adamw_step)(param, group)
+            params = [param for param in group["params"] if param.grad is not None]
+            if group["muon"]:
+                for param in params:
+                    self._muon_step(param, group)
+            elif params:
+                self._adamw_steps(params, group)
 
     def _muon_step(self, param: torch.Tensor, group: ParamGroup) -> None:
         lr, beta = group["lr"], group["betas"][0]
@@ -89,17 +93,25 @@ class MuonAdamW(torch.optim.Optimizer):
         param.mul_(1 - lr * group["weight_decay"])
         param.add_(direction.reshape(param.shape), alpha=-lr * RMS_MATCH * max(nesterov.shape) ** 0.5)
 
-    def _adamw_step(self, param: torch.Tensor, group: ParamGroup) -> None:
+    def _adamw_steps(self, params: list[torch.Tensor], group: ParamGroup) -> None:
+        """AdamW over the group's tensors at once: the per-tensor arithmetic, op for op, in foreach
+        kernels, since one small op per tensor per step was most of a small net's AdamW time."""
         lr, (beta1, beta2) = group["lr"], group["betas"]
-        state = self.state[param]
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(param)
-            state["exp_avg_sq"] = torch.zeros_like(param)
-        state["step"] += 1
-        grad = param.grad
-        state["exp_avg"].lerp_(grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        param.mul_(1 - lr * group["weight_decay"])
-        denom = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
-        param.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** state["step"]))
+        states = [self.state[param] for param in params]
+        for param, state in zip(params, states):
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(param)
+                state["exp_avg_sq"] = torch.zeros_like(param)
+            state["step"] += 1
+        grads = [param.grad for param in params]
+        exp_avgs = [state["exp_avg"] for state in states]
+        exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        denoms = torch._foreach_div(exp_avg_sqs, [1 - beta2 ** state["step"] for state in states])
+        torch._foreach_sqrt_(denoms)
+        torch._foreach_add_(denoms, group["eps"])
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, [-lr / (1 - beta1 ** state["step"]) for state in states])
