@@ -362,8 +362,10 @@ def main() -> int:
         print(f"error: unknown level {unknown[0]!r}; choose from {', '.join(ISA_LEVELS)}", file=sys.stderr)
         return 2
     if args.levels and not args.isa_sweep:
-        print("error: --levels picks the levels of --isa-sweep; a single run measures the level it runs under",
-              file=sys.stderr)
+        print(
+            "error: --levels picks the levels of --isa-sweep; a single run measures the level it runs under",
+            file=sys.stderr,
+        )
         return 2
     if args.smoke and args.json is None:
         print("error: smoke figures are never recorded: give --json PATH", file=sys.stderr)
