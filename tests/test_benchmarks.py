@@ -361,7 +361,8 @@ def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in
 
 
 def test_the_cpu_95_screens_chain_from_the_lr_screens_base_to_the_cpu_95_recipe():
-    """cpu-95-epochs started from the recipe that cpu-95-lr kept, and its chosen candidate is the recipe now."""
+    """cpu-95-epochs started from the recipe that cpu-95-lr kept; its chosen candidate is cpu-95-augment's
+    base, which that screen kept, and the recipe now."""
     screen = _screen_script()
     from fmnist.training.settings import resolve_config
 
@@ -370,6 +371,9 @@ def test_the_cpu_95_screens_chain_from_the_lr_screens_base_to_the_cpu_95_recipe(
     assert lr.chose == epochs.chose == "cpu-95" and lr.candidates["lr2e-2"] == epochs.candidates["12ep"] == {}
     assert screen.resolve(lr, "lr2e-2", {}).to_dict() == screen.resolve(epochs, "12ep", {}).to_dict()
     chosen = screen.resolve(epochs, "13ep-lr1e-2", {}).to_dict()
+    augment = screen.read_screen(ROOT / "configs" / "screens" / "cpu-95-augment.toml")
+    assert augment.chose == "cpu-95" and augment.candidates["as-is"] == {}
+    assert screen.resolve(augment, "as-is", {}).to_dict() == chosen
     assert {**chosen, "recipe": "cpu-95"} == resolve_config(recipe="cpu-95").to_dict()
 
 
