@@ -13,6 +13,12 @@ images instead.
 
     python benchmarks/screen.py configs/screens/fast.toml [--jobs 2] [--isa avx2] [--json PATH]
     python benchmarks/screen.py SCREEN --smoke --json PATH   # the plumbing: 2 steps a run, 100 validation images
+    python benchmarks/screen.py SCREEN --judge RECORD         # apply the file's [rule] to a recorded screen
+
+A screen file may carry its choice as a [rule], written before its runs: `keep` names the candidate
+that is the recipe as it stands, `min_gain` the points of mean tta_val_accuracy the best candidate
+must add to it, and `max_time_ratio` (optional) how much longer than it that candidate may run. The
+record then holds the rule and its verdict, computed here (`judge`), not by the person reading it.
 
 --jobs N trains N runs at once, each in its own process with an equal share of the threads.
 --isa LEVEL (avx2, avx512, avx512_bf16, native) reruns the screen in a child process capped to that
@@ -44,8 +50,20 @@ from fmnist.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
-SCREEN_KEYS = {"name", "about", "chose", "seeds", "base", "candidates"}
+SCREEN_KEYS = {"name", "about", "chose", "seeds", "base", "candidates", "rule"}
+RULE_KEYS = {"keep", "min_gain", "max_time_ratio"}
 SMOKE = {"max_steps": 2, "val_size": 100}  # options over every run in --smoke
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """The best candidate by mean tta_val_accuracy replaces `keep` (the recipe as it stands) only if it
+    beats keep's mean by at least `min_gain` points and, where `max_time_ratio` is set, its mean wall
+    time is at most that many times keep's; otherwise the recipe stays as it is."""
+
+    keep: str
+    min_gain: float
+    max_time_ratio: float | None = None
 
 
 @dataclasses.dataclass
@@ -57,6 +75,56 @@ class Screen:
     base: dict[str, Any]
     candidates: dict[str, dict[str, Any]]
     path: Path
+    rule: Rule | None = None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def read_rule(raw: Any, candidates: dict[str, Any], path: Path) -> Rule | None:
+    """The [rule] table, checked (None where the file has none)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: rule must be a table ([rule])")
+    if unknown := sorted(set(raw) - RULE_KEYS):
+        raise UsageError(
+            f"{path}: [rule] has unknown key(s) {', '.join(unknown)}; it has {', '.join(sorted(RULE_KEYS))}"
+        )
+    if raw.get("keep") not in candidates:
+        raise UsageError(
+            f"{path}: [rule] keep must name a candidate ({', '.join(candidates)}), not {raw.get('keep')!r}"
+        )
+    if not (_number(raw.get("min_gain")) and raw["min_gain"] >= 0):
+        raise UsageError(f"{path}: [rule] min_gain must be a number of points >= 0, not {raw.get('min_gain')!r}")
+    ratio = raw.get("max_time_ratio")
+    if ratio is not None and not (_number(ratio) and ratio > 0):
+        raise UsageError(f"{path}: [rule] max_time_ratio must be a number > 0, not {ratio!r}")
+    return Rule(raw["keep"], float(raw["min_gain"]), None if ratio is None else float(ratio))
+
+
+def judge(rule: Rule, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rule applied to the recorded candidates: the one the recipe takes, and why, in a sentence."""
+    by_name = {c["name"]: c for c in candidates}
+    kept = by_name[rule.keep]
+    # Ties go to the kept candidate: max() keeps the first of equals, and it is put first.
+    best = max([kept, *(c for c in candidates if c is not kept)], key=lambda c: c["mean_tta_val_accuracy"])
+    if best is kept:
+        return {"candidate": rule.keep, "changes_recipe": False,
+                "reason": f"`{rule.keep}` scored highest ({100 * kept['mean_tta_val_accuracy']:.2f}%)"}  # fmt: skip
+    gain = round(100 * (best["mean_tta_val_accuracy"] - kept["mean_tta_val_accuracy"]), 6)
+    ratio = best["mean_wall_seconds"] / kept["mean_wall_seconds"]
+    short = (
+        [f"it adds {gain:.2f} points to `{rule.keep}`, the rule asks {rule.min_gain:g}"] if gain < rule.min_gain else []
+    )
+    if rule.max_time_ratio is not None and ratio > rule.max_time_ratio:
+        short.append(f"it takes {ratio:.2f}x `{rule.keep}`'s time, the rule allows {rule.max_time_ratio:g}x")
+    taken = best["name"] if not short else rule.keep
+    reason = (f"`{best['name']}` scored highest ({100 * best['mean_tta_val_accuracy']:.2f}%, "
+              f"+{gain:.2f} points, {ratio:.2f}x the time of `{rule.keep}`)")  # fmt: skip
+    reason += f"; kept `{rule.keep}`: {'; '.join(short)}" if short else "; the recipe takes it"
+    return {"candidate": taken, "changes_recipe": taken != rule.keep, "reason": reason}
 
 
 def read_screen(path: Path) -> Screen:
@@ -80,7 +148,8 @@ def read_screen(path: Path) -> Screen:
     for where, values in (("base", base), *((f"candidates.{n}", c) for n, c in candidates.items())):
         if "seed" in values:  # each run's seed is the screen's
             raise UsageError(f"{path}: [{where}] sets seed; the screen's seeds list sets it")
-    return Screen(raw["name"], raw.get("about", ""), raw.get("chose", ""), seeds, base, candidates, path)
+    rule = read_rule(raw.get("rule"), candidates, path)
+    return Screen(raw["name"], raw.get("about", ""), raw.get("chose", ""), seeds, base, candidates, path, rule)
 
 
 def resolve(screen: Screen, candidate: str | None, options: dict[str, Any]) -> TrainConfig:
@@ -226,7 +295,34 @@ def run_screen(screen: Screen, args) -> dict[str, Any]:
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "fmnist": fmnist.__version__},
         "base": without_seed(base), "candidates": candidates,
+        **judged(screen, candidates),
     }  # fmt: skip
+
+
+def judged(screen: Screen, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record's rule and verdict ({} for a screen file without a rule)."""
+    if screen.rule is None:
+        return {}
+    return {"rule": dataclasses.asdict(screen.rule), "verdict": judge(screen.rule, candidates)}
+
+
+def judge_record(screen: Screen, record_path: Path) -> dict[str, Any]:
+    """A recorded screen with the file's rule and its verdict added (recorded before the rule was data)."""
+    import json
+
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the screen record {record_path}: {exc}") from None
+    if record.get("screen") != screen.name or [c["name"] for c in record.get("candidates", [])] != list(
+        screen.candidates
+    ):
+        raise UsageError(f"{record_path} is not a record of the screen {screen.name!r} with these candidates")
+    if screen.rule is None:
+        raise UsageError(f"{screen.path}: has no [rule] to judge by")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    return {**record, **judged(screen, record["candidates"]),
+            "judged": {"date": when, "command": " ".join(["python", "benchmarks/screen.py", *sys.argv[1:]])}}  # fmt: skip
 
 
 def main() -> int:
@@ -239,6 +335,8 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="2 steps a run, 100 validation images (needs --json)")
     parser.add_argument("--data-dir", default=os.environ.get("FMNIST_DATA"))
     parser.add_argument("--json", type=Path, help="write the screen here (default: benchmarks/results/)")
+    parser.add_argument("--judge", type=Path, metavar="RECORD",
+                        help="train nothing: add the file's [rule] and its verdict to this recorded screen")  # fmt: skip
     args = parser.parse_args()
     try:
         if args.jobs < 1:
@@ -246,6 +344,13 @@ def main() -> int:
         if args.smoke and args.json is None:
             raise UsageError("smoke figures are never recorded: give --json PATH")
         screen = read_screen(args.screen)
+        if args.judge:
+            from fmnist.fsutil import atomic_write_json
+
+            document = judge_record(screen, args.judge)
+            atomic_write_json(args.judge, document)
+            print(f"{screen.name}: {document['verdict']['reason']}\nwrote {args.judge}")
+            return 0
         if args.isa and args.isa != capped_level():
             if reason := unavailable(args.isa):
                 raise UsageError(f"--isa {args.isa}: {reason}")
@@ -262,6 +367,8 @@ def main() -> int:
     path = args.json or RESULTS_DIR / f"screen-{screen.name}-{cpu_slug(cpu_model())}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
+    if "verdict" in document:
+        print(f"verdict: {document['verdict']['reason']}")
     print(f"wrote {path}")
     return 0
 

@@ -9,6 +9,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -185,6 +187,9 @@ SCREEN = """
 name = "tiny"
 chose = "nothing"
 seeds = [0, 1]
+[rule]
+keep = "plain"
+min_gain = 0.5
 [base]
 model = "fastcnn"
 epochs = 1
@@ -257,6 +262,27 @@ def test_screen_smoke_records_validation_accuracy_per_seed_and_no_test_figure(ti
         tables.RESULTS = real
     assert "| `plain` | the base |" in rendered and "model_args.widths [16, 32, 64] → [8, 16, 32]" in rendered
     assert "smoke run" in rendered
+    # The file's rule is applied by the script, and the record holds it with its verdict.
+    judge = _screen_script().judge
+    assert screen["rule"] == {"keep": "plain", "min_gain": 0.5, "max_time_ratio": None}
+    assert screen["verdict"] == judge(_screen_script().Rule("plain", 0.5), screen["candidates"])
+    assert f"Verdict: {screen['verdict']['reason']}." in rendered
+    # --judge adds a rule's verdict to a screen recorded without one, trains nothing, and refuses
+    # a record of another screen in one line, leaving it as it was.
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({k: v for k, v in screen.items() if k not in ("rule", "verdict")}))
+    proc = subprocess.run([sys.executable, script, str(tmp_path / "tiny.toml"), "--judge", str(bare)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and "training" not in proc.stdout, proc.stderr + proc.stdout
+    rejudged = json.loads(bare.read_text())
+    assert rejudged["verdict"] == screen["verdict"] and "--judge" in rejudged["judged"]["command"]
+    assert {k: v for k, v in rejudged.items() if k != "judged"} == screen
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**screen, "screen": "another"}))
+    before = other.read_text()
+    proc = subprocess.run([sys.executable, script, str(tmp_path / "tiny.toml"), "--judge", str(other)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and other.read_text() == before
     # --isa reruns the screen in a child capped to that level, or says in one line why it cannot.
     capped = tmp_path / "capped.json"
     (tmp_path / "one.toml").write_text(SCREEN.replace("seeds = [0, 1]", "seeds = [3]"))
@@ -360,21 +386,77 @@ def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in
     assert screen.changed(screen.resolve(fast, None, {}), configs["0.3.1"]) == {}
 
 
-def test_the_cpu_95_screens_chain_from_the_lr_screens_base_to_the_cpu_95_recipe():
-    """cpu-95-epochs started from the recipe that cpu-95-lr kept; its chosen candidate is cpu-95-augment's
-    base, which that screen kept, and the recipe now."""
+def _candidate(name: str, score: float, seconds: float) -> dict:
+    return {"name": name, "mean_tta_val_accuracy": score, "mean_wall_seconds": seconds}
+
+
+def test_a_screen_rule_replaces_the_kept_candidate_only_past_its_gain_and_within_its_time():
+    screen = _screen_script()
+    rule = screen.Rule("base", 0.15, 1.05)
+    base = _candidate("base", 0.9452, 100.0)
+    cases = [  # (challenger, the candidate the recipe takes): worked out by hand from the rule
+        (_candidate("better", 0.9470, 104.0), "better"),  # +0.18 points, 1.04x the time
+        (_candidate("exactly", 0.9467, 100.0), "exactly"),  # +0.15: the rule says at least
+        (_candidate("short", 0.9466, 90.0), "base"),  # +0.14
+        (_candidate("slow", 0.9490, 106.0), "base"),  # +0.38 but 1.06x the time
+        (_candidate("worse", 0.9440, 50.0), "base"),
+        (_candidate("tied", 0.9452, 50.0), "base"),  # a tie keeps the recipe as it is
+    ]
+    for challenger, taken in cases:
+        verdict = screen.judge(rule, [challenger, base])
+        assert verdict["candidate"] == taken and verdict["changes_recipe"] == (taken != "base"), challenger["name"]
+        best = challenger if challenger["mean_tta_val_accuracy"] > base["mean_tta_val_accuracy"] else base
+        assert verdict["reason"].startswith(f"`{best['name']}` scored highest"), verdict["reason"]
+    assert screen.judge(screen.Rule("base", 0.15), [base, _candidate("slow", 0.9490, 500.0)])["candidate"] == "slow"
+    # The best candidate is the one judged: a runner-up that would pass does not take its place.
+    verdict = screen.judge(rule, [base, _candidate("slow", 0.9490, 200.0), _candidate("fine", 0.9470, 100.0)])
+    assert verdict["candidate"] == "base" and "1.05x" in verdict["reason"]
+
+
+def test_a_bad_screen_rule_is_one_error_naming_the_file(tmp_path: Path):
+    screen = _screen_script()
+    from fmnist.errors import UsageError
+
+    for rule, words in [('keep = "nobody"\nmin_gain = 0.1', "keep must name a candidate"),
+                        ('keep = "a"\nmin_gain = -1', "min_gain"), ('keep = "a"', "min_gain"),
+                        ('keep = "a"\nmin_gain = 0.1\nmax_time_ratio = 0', "max_time_ratio"),
+                        ('keep = "a"\nmin_gain = 0.1\nmin_seeds = 3', r"unknown key\(s\) min_seeds")]:  # fmt: skip
+        path = tmp_path / "bad.toml"
+        path.write_text(f'name = "x"\nseeds = [0]\n[rule]\n{rule}\n[candidates.a]\n')
+        with pytest.raises(UsageError, match=words) as caught:
+            screen.read_screen(path)
+        assert str(path) in str(caught.value)
+
+
+def test_each_recipes_screens_chain_by_their_recorded_verdicts_to_the_recipe():
+    """Every recorded screen whose file has a [rule] holds the verdict the rule gives on its runs; each
+    later screen of the same recipe starts from the candidate the one before it took, and the last
+    verdict is the recipe's settings now."""
+    import json
+
     screen = _screen_script()
     from fmnist.training.settings import resolve_config
 
-    lr = screen.read_screen(ROOT / "configs" / "screens" / "cpu-95-lr.toml")
-    epochs = screen.read_screen(ROOT / "configs" / "screens" / "cpu-95-epochs.toml")
-    assert lr.chose == epochs.chose == "cpu-95" and lr.candidates["lr2e-2"] == epochs.candidates["12ep"] == {}
-    assert screen.resolve(lr, "lr2e-2", {}).to_dict() == screen.resolve(epochs, "12ep", {}).to_dict()
-    chosen = screen.resolve(epochs, "13ep-lr1e-2", {}).to_dict()
-    augment = screen.read_screen(ROOT / "configs" / "screens" / "cpu-95-augment.toml")
-    assert augment.chose == "cpu-95" and augment.candidates["as-is"] == {}
-    assert screen.resolve(augment, "as-is", {}).to_dict() == chosen
-    assert {**chosen, "recipe": "cpu-95"} == resolve_config(recipe="cpu-95").to_dict()
+    chains: dict[str, list] = {}
+    for path in sorted((ROOT / "configs" / "screens").glob("*.toml")):
+        file = screen.read_screen(path)
+        if file.rule is None:
+            continue
+        (record_path,) = (ROOT / "benchmarks" / "results").glob(f"screen-{file.name}-*.json")
+        record = json.loads(record_path.read_text())
+        assert record["rule"] == {"keep": file.rule.keep, "min_gain": file.rule.min_gain,
+                                  "max_time_ratio": file.rule.max_time_ratio}  # fmt: skip
+        assert record["verdict"] == screen.judge(file.rule, record["candidates"]), record_path
+        chains.setdefault(file.chose, []).append((record["recorded"], file, record["verdict"]["candidate"]))
+    assert len(chains.get("cpu-95", [])) == 3
+    for recipe, screens in chains.items():
+        screens.sort(key=lambda entry: entry[0])
+        for (_, before, taken), (_, after, _) in zip(screens, screens[1:], strict=False):
+            assert screen.resolve(before, taken, {}).to_dict() == screen.resolve(after, after.rule.keep, {}).to_dict()
+        _, last, taken = screens[-1]
+        assert {**screen.resolve(last, taken, {}).to_dict(), "recipe": recipe} == resolve_config(
+            recipe=recipe
+        ).to_dict()
 
 
 def test_robustness_smoke_records_every_corruption_at_every_severity_with_its_hardware_and_command(

@@ -243,6 +243,11 @@ def render_screens() -> str:
                          _cell(record["command"], "code")])  # fmt: skip
         chose = f", which chose the `{record['chose']}` recipe" if record.get("chose") else ""
         smoke = " A smoke run (a few steps each): its figures test the plumbing only." if record.get("smoke") else ""
+        if verdict := record.get("verdict"):  # computed by benchmarks/screen.py from the file's [rule]
+            rule = record["rule"]
+            limit = f", within {rule['max_time_ratio']:g}x its time" if rule.get("max_time_ratio") else ""
+            smoke += (f" Rule: the best candidate replaces `{rule['keep']}` if it adds ≥ {rule['min_gain']:g} points"
+                      f"{limit}. Verdict: {verdict['reason']}.")  # fmt: skip
         out.append(
             f"Screen `{record['screen']}` (`{record['screen_file']}`{chose}), seeds {record['seeds']}, "
             f"{record['data']['val_size']:,} validation images, recorded {record['recorded'][:10]} "

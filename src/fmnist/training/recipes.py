@@ -122,6 +122,8 @@ _RECIPES = (
     # against 1e-2 and 3e-2 (configs/screens/cpu-95-lr.toml); the time that flushing denormals freed
     # then bought a 13th epoch, at 1e-2, over 13 at 2e-2 and the 12 of before
     # (configs/screens/cpu-95-epochs.toml; records: benchmarks/results/screen-cpu-95-{lr,epochs}-<cpu>-avx2.json).
+    # Random erasing, screened over three seeds against its late overfitting, did not beat it
+    # (configs/screens/cpu-95-augment.toml).
     Recipe(
         "cpu-95",
         "fastcnn_deep",
