@@ -106,13 +106,13 @@ def read_rule(raw: Any, candidates: dict[str, Any], path: Path) -> Rule | None:
 
 def judge(rule: Rule, candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """The rule applied to the recorded candidates: the one the recipe takes, and why, in a sentence."""
-    by_name = {c["name"]: c for c in candidates}
-    kept = by_name[rule.keep]
+    kept = next(c for c in candidates if c["name"] == rule.keep)
     # Ties go to the kept candidate: max() keeps the first of equals, and it is put first.
     best = max([kept, *(c for c in candidates if c is not kept)], key=lambda c: c["mean_tta_val_accuracy"])
     if best is kept:
         return {"candidate": rule.keep, "changes_recipe": False,
                 "reason": f"`{rule.keep}` scored highest ({100 * kept['mean_tta_val_accuracy']:.2f}%)"}  # fmt: skip
+    # Rounded so that a gain of exactly min_gain (0.9467 - 0.9452) is not lost to binary fractions.
     gain = round(100 * (best["mean_tta_val_accuracy"] - kept["mean_tta_val_accuracy"]), 6)
     ratio = best["mean_wall_seconds"] / kept["mean_wall_seconds"]
     short = (
@@ -172,6 +172,11 @@ def changed(base: TrainConfig, config: TrainConfig) -> dict[str, list[Any]]:
     """{key: [base's value, the candidate's]} for every resolved setting the candidate changes."""
     flat = {key: value for key, value, _ in base.source_rows()}
     return {key: [flat.get(key), value] for key, value, _ in config.source_rows() if flat.get(key) != value}
+
+
+def this_command() -> str:
+    """This run's command line, as a record quotes it."""
+    return " ".join(["python", "benchmarks/screen.py", *sys.argv[1:]])
 
 
 def shown(path: Path) -> str:
@@ -285,7 +290,7 @@ def run_screen(screen: Screen, args) -> dict[str, Any]:
     return {
         "benchmark": "screen", "screen": screen.name, "about": screen.about, "chose": screen.chose,
         "screen_file": shown(screen.path), "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "benchmarks/screen.py", *sys.argv[1:]]),
+        "command": this_command(),
         "cpu": cpu_model(), "hardware_isa": hardware_isa(), "isa": cpu_isa(), "isa_level": capped_level(),
         "isa_caps": ISA_LEVELS[capped_level()][1], "precision": sorted({r["precision"] for c in candidates for r in c["runs"]}),
         "jobs": args.jobs, "threads_per_run": threads, "seeds": screen.seeds, "smoke": args.smoke,
@@ -322,7 +327,7 @@ def judge_record(screen: Screen, record_path: Path) -> dict[str, Any]:
         raise UsageError(f"{screen.path}: has no [rule] to judge by")
     when = datetime.now(UTC).isoformat(timespec="seconds")
     return {**record, **judged(screen, record["candidates"]),
-            "judged": {"date": when, "command": " ".join(["python", "benchmarks/screen.py", *sys.argv[1:]])}}  # fmt: skip
+            "judged": {"date": when, "command": this_command()}}  # fmt: skip
 
 
 def main() -> int:

@@ -242,16 +242,16 @@ def render_screens() -> str:
                          seeds, f"{c['mean_wall_seconds']:.1f} s", _cell(hardware, "text"),
                          _cell(record["command"], "code")])  # fmt: skip
         chose = f", which chose the `{record['chose']}` recipe" if record.get("chose") else ""
-        smoke = " A smoke run (a few steps each): its figures test the plumbing only." if record.get("smoke") else ""
+        notes = " A smoke run (a few steps each): its figures test the plumbing only." if record.get("smoke") else ""
         if verdict := record.get("verdict"):  # computed by benchmarks/screen.py from the file's [rule]
             rule = record["rule"]
             limit = f", within {rule['max_time_ratio']:g}x its time" if rule.get("max_time_ratio") else ""
-            smoke += (f" Rule: the best candidate replaces `{rule['keep']}` if it adds ≥ {rule['min_gain']:g} points"
+            notes += (f" Rule: the best candidate replaces `{rule['keep']}` if it adds ≥ {rule['min_gain']:g} points"
                       f"{limit}. Verdict: {verdict['reason']}.")  # fmt: skip
         out.append(
             f"Screen `{record['screen']}` (`{record['screen_file']}`{chose}), seeds {record['seeds']}, "
             f"{record['data']['val_size']:,} validation images, recorded {record['recorded'][:10]} "
-            f"with torch {record['versions']['torch']}.{smoke}\n\n"
+            f"with torch {record['versions']['torch']}.{notes}\n\n"
             + _markdown(["candidate", "changed from the base", "mean validation accuracy (best epoch)",
                          "per seed: best epoch, last", "seconds per run", "precision, ISA, CPU", "command"], rows)
         )  # fmt: skip
