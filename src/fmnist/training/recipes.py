@@ -123,7 +123,8 @@ _RECIPES = (
     # then bought a 13th epoch, at 1e-2, over 13 at 2e-2 and the 12 of before
     # (configs/screens/cpu-95-epochs.toml; records: benchmarks/results/screen-cpu-95-{lr,epochs}-<cpu>-avx2.json).
     # Random erasing, screened over three seeds against its late overfitting, did not beat it
-    # (configs/screens/cpu-95-augment.toml).
+    # (configs/screens/cpu-95-augment.toml), nor did 14 epochs at batch 256, which cost about what
+    # 13 at 128 do at two threads (configs/screens/cpu-95-batch.toml).
     Recipe(
         "cpu-95",
         "fastcnn_deep",
