@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import statistics
@@ -47,6 +48,7 @@ from isa_caps import ISA_LEVELS, capped_level, caps_text, cpu_slug, run_capped, 
 
 from fmnist.config import TrainConfig
 from fmnist.errors import UsageError
+from fmnist.fsutil import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -313,8 +315,6 @@ def judged(screen: Screen, candidates: list[dict[str, Any]]) -> dict[str, Any]:
 
 def judge_record(screen: Screen, record_path: Path) -> dict[str, Any]:
     """A recorded screen with the file's rule and its verdict added (recorded before the rule was data)."""
-    import json
-
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -331,8 +331,6 @@ def judge_record(screen: Screen, record_path: Path) -> dict[str, Any]:
 
 
 def main() -> int:
-    import json
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("screen", type=Path, help="a screen file, e.g. configs/screens/fast.toml")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
@@ -350,8 +348,6 @@ def main() -> int:
             raise UsageError("smoke figures are never recorded: give --json PATH")
         screen = read_screen(args.screen)
         if args.judge:
-            from fmnist.fsutil import atomic_write_json
-
             document = judge_record(screen, args.judge)
             atomic_write_json(args.judge, document)
             print(f"{screen.name}: {document['verdict']['reason']}\nwrote {args.judge}")
@@ -370,8 +366,7 @@ def main() -> int:
     level = capped_level()  # a capped screen is a different record from the same CPU's native one
     suffix = "" if level == "native" else f"-{level}"
     path = args.json or RESULTS_DIR / f"screen-{screen.name}-{cpu_slug(cpu_model())}{suffix}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    atomic_write_json(path, document)
     if "verdict" in document:
         print(f"verdict: {document['verdict']['reason']}")
     print(f"wrote {path}")

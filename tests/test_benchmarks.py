@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -444,8 +445,7 @@ def test_each_recipes_screens_chain_by_their_recorded_verdicts_to_the_recipe():
             continue
         (record_path,) = (ROOT / "benchmarks" / "results").glob(f"screen-{file.name}-*.json")
         record = json.loads(record_path.read_text())
-        assert record["rule"] == {"keep": file.rule.keep, "min_gain": file.rule.min_gain,
-                                  "max_time_ratio": file.rule.max_time_ratio}  # fmt: skip
+        assert record["rule"] == dataclasses.asdict(file.rule)
         assert record["verdict"] == screen.judge(file.rule, record["candidates"]), record_path
         chains.setdefault(file.chose, []).append((record["recorded"], file, record["verdict"]["candidate"]))
     assert len(chains.get("cpu-95", [])) == 4
