@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fmnist.constants import FMNIST_MEAN, FMNIST_STD
-from fmnist.data.augment import cutmix, mixup, random_crop, soft_targets
+from fmnist.data.augment import cutmix, downscale, mixup, random_crop, soft_targets
 from fmnist.data.dataset import load_idx_folder
 
 BLACK = -FMNIST_MEAN / FMNIST_STD  # a zero pixel after normalisation
@@ -172,3 +172,18 @@ def test_augmentations_on_real_images_keep_the_background(real_data_dir):
     assert (lit_after <= lit_before).all() and lit_after.sum() > 0.9 * lit_before.sum()
     mixed = cutmix(x, y, 1.0, torch.Generator().manual_seed(0))
     assert mixed.targets.argmax(1).eq(y).float().mean() > 0.5
+
+
+def test_downscale_keeps_what_a_resize_must_keep():
+    x, _ = _batch(0, 8)
+    small = downscale(x, 24)
+    assert small.shape == (8, 1, 24, 24) and small.dtype == x.dtype
+    assert downscale(x, 28) is x  # the full size is left alone
+    flat = torch.full((2, 1, 28, 28), 0.7)
+    torch.testing.assert_close(downscale(flat, 24), torch.full((2, 1, 24, 24), 0.7))
+    # linear in the pixels: it commutes with normalisation, so the loader can resize after it
+    torch.testing.assert_close(downscale(2 * x - 1, 24), 2 * downscale(x, 24) - 1, atol=1e-5, rtol=0)
+    # a mirrored image downscales to the mirror of its downscale (flips before resizing lose nothing)
+    torch.testing.assert_close(downscale(x.flip(3), 24), downscale(x, 24).flip(3), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="expects a batch"):
+        downscale(x[0], 24)

@@ -1,4 +1,4 @@
-"""Batched augmentations: random crops, mixup and cutmix as tensor ops on the batch's own device.
+"""Batched augmentations: random crops, mixup, cutmix and downscaling as tensor ops on the batch's own device.
 
 Every random number is drawn on the CPU from the caller's torch.Generator and then moved to
 the batch's device (fmnist.device.to_device: without waiting for the GPU), so a seed gives the
@@ -82,6 +82,18 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator, *, fill: 
     batch = torch.arange(n, device=x.device)[:, None, None]
     # One gather for the whole batch; advanced indices around the channel slice put it last.
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # (N,C,H,W)
+
+
+def downscale(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Images (N,C,H,W) resized to (N,C,side,side), antialiased, as progressive resizing trains on them.
+
+    Bilinear resizing is linear in the pixels, so it commutes with normalisation and can follow it.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"downscale expects a batch (N,C,H,W), got shape {tuple(x.shape)}")
+    if x.shape[-2:] == (side, side):
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
 
 
 def _unmixed(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> Mixed:

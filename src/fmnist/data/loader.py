@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from fmnist.constants import IMAGE_SIZE
-from fmnist.data.augment import cutmix, mixup, random_crop
+from fmnist.data.augment import cutmix, downscale, mixup, random_crop
 from fmnist.data.normalize import blank_value, normalize
 from fmnist.device import to_device
 
 
 class Batch(NamedTuple):
-    x: torch.Tensor  # (N,1,28,28) normalised, augmented
+    x: torch.Tensor  # (N,1,side,side) normalised, augmented; 28x28 unless downscaled
     y: torch.Tensor  # (N,) class indices
     targets: torch.Tensor  # (N,) class indices, or (N,10) soft targets after mixing
 
@@ -98,11 +98,12 @@ class TensorLoader:
     def __iter__(self) -> Iterator[Batch]:
         return self.batches(self.epoch_order())
 
-    def batches(self, order: torch.Tensor, first_batch: int = 0) -> Iterator[Batch]:
+    def batches(self, order: torch.Tensor, first_batch: int = 0, side: int = IMAGE_SIZE) -> Iterator[Batch]:
         """Batches of one epoch in `order`, starting at batch `first_batch` (to resume mid-epoch).
 
         Each is (images, labels, targets): targets are the labels, or soft (N,10) targets
-        where the augmentation mixes images (mixup, cutmix).
+        where the augmentation mixes images (mixup, cutmix). Images come out `side` pixels square:
+        augmented at 28x28, then downscaled (progressive resizing's early epochs).
         """
         for start in range(first_batch * self.batch_size, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
@@ -112,7 +113,7 @@ class TensorLoader:
                 x = self.augment(x)
             if self.augmentation.mixes:
                 x, targets = self.mix(x, y)
-            yield Batch(self.layout(x), y, targets)
+            yield Batch(self.layout(downscale(x, side)), y, targets)
 
     # -- batched augmentation -------------------------------------------------------------
     def _rand(self, *shape: int) -> torch.Tensor:

@@ -112,6 +112,15 @@ class Classifier(nn.Module):
         probe(self, [(m, seen(n)) for n, m in candidates if not isinstance(m, _NOT_CAM_LAYERS)], run=self.features)
         return spatial[-1] if spatial else None
 
+    def takes_side(self, side: int) -> bool:
+        """Whether the network maps a side x side image to logits: a head over a flattened final map
+        (fastcnn's 3x3) fixes the sizes it takes, and progressive resizing trains on smaller images."""
+        try:
+            probe(self, [], side=side)
+        except RuntimeError:
+            return False
+        return True
+
     def place(self, device: torch.device | str) -> Classifier:
         """Move to `device` in the layout this model asked for (the one place layout is applied)."""
         self.to(device)

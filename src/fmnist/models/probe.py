@@ -13,8 +13,9 @@ from fmnist.constants import IMAGE_SIZE
 Hook = Callable[[nn.Module, tuple, torch.Tensor], None]
 
 
-def probe(model: nn.Module, hooks: Iterable[tuple[nn.Module, Hook]], run: nn.Module | None = None) -> None:
-    """Attach `hooks` (module, fn), run one (1,1,28,28) zero image through `run` (default `model`)
+def probe(model: nn.Module, hooks: Iterable[tuple[nn.Module, Hook]], run: nn.Module | None = None,
+          side: int = IMAGE_SIZE) -> None:  # fmt: skip
+    """Attach `hooks` (module, fn), run one (1,1,side,side) zero image through `run` (default `model`)
     in eval mode without gradients, then remove the hooks and restore the training mode."""
     handles = [module.register_forward_hook(fn) for module, fn in hooks]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -22,7 +23,7 @@ def probe(model: nn.Module, hooks: Iterable[tuple[nn.Module, Hook]], run: nn.Mod
     model.eval()
     try:
         with torch.no_grad():
-            (run or model)(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
+            (run or model)(torch.zeros(1, 1, side, side, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fmnist.config import TrainConfig
+from fmnist.constants import IMAGE_SIZE
 from fmnist.data.dataset import FashionMNIST
 from fmnist.data.loader import Augmentation, TensorLoader
 from fmnist.data.normalize import blank_value, normalize
@@ -135,6 +136,9 @@ class Trainer:
         train_idx, val_idx = stratified_split(dataset.train_labels, config.val_size, config.validation_seed)
         images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
         self.model: Classifier = create_model(config.model, **config.model_args).place(self.device)
+        if config.low_res_epochs and not self.model.takes_side(config.low_res_size):
+            raise UsageError(f"{config.model} cannot take {config.low_res_size}x{config.low_res_size} images "
+                             "(low_res_size): try a size nearer 28")  # fmt: skip
         self.blank = blank_value(config.input_mean, config.input_std)
         self.loader = TensorLoader(
             images[train_idx], labels[train_idx], batch_size=config.batch_size, mean=config.input_mean,
@@ -238,7 +242,8 @@ class Trainer:
         correct_sum = torch.tensor(int(p.sums.correct), dtype=torch.int64, device=device)
         seen, seconds_before = p.sums.seen, p.sums.seconds
         self.model.train()
-        for x, y, targets in self.loader.batches(p.epoch_order, p.batch_in_epoch):
+        side = config.low_res_size if p.epoch <= config.low_res_epochs else IMAGE_SIZE
+        for x, y, targets in self.loader.batches(p.epoch_order, p.batch_in_epoch, side):
             loss, logits = self.train_step(x, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
