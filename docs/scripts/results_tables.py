@@ -246,7 +246,8 @@ def render_screens() -> str:
         if verdict := record.get("verdict"):  # computed by benchmarks/screen.py from the file's [rule]
             rule = record["rule"]
             limit = f", within {rule['max_time_ratio']:g}x its time" if rule.get("max_time_ratio") else ""
-            notes += (f" Rule: the best candidate replaces `{rule['keep']}` if it adds ≥ {rule['min_gain']:g} points"
+            gain = f"adds ≥ {rule['min_gain']:g} points" if rule["min_gain"] else "scores no lower"
+            notes += (f" Rule: the best candidate replaces `{rule['keep']}` if it {gain}"
                       f"{limit}. Verdict: {verdict['reason']}.")  # fmt: skip
         out.append(
             f"Screen `{record['screen']}` (`{record['screen_file']}`{chose}), seeds {record['seeds']}, "
