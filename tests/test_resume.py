@@ -197,6 +197,22 @@ def test_a_setting_added_since_the_state_was_saved_takes_its_default_and_the_run
         assert a.equal(b), name
 
 
+def test_a_run_stopped_in_a_low_resolution_epoch_resumes_at_that_resolution(tiny_dataset, tmp_path):
+    config = resolve_config("fastcnn_deep", options={"model_args": {"widths": [8, 8, 8]}, "epochs": 3,
+                                                     "low_res_epochs": 2, "batch_size": 64, "val_size": 100,
+                                                     "flip": True})  # fmt: skip
+    reference = fit(config, tiny_dataset)
+    stop = StopSignal()
+    with pytest.raises(TrainingInterrupted):  # mid-epoch 2, the second of the two at 24x24
+        Trainer(config, tiny_dataset, [StopAt(stop, 14)], state_dir=tmp_path, stop=stop).run()
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 2
+    trainer = Trainer(config, tiny_dataset, state_dir=tmp_path)
+    trainer.resume()
+    resumed = trainer.run()
+    assert resumed.test_logits.equal(reference.test_logits)
+    assert [r.train_loss for r in resumed.history] == [r.train_loss for r in reference.history]
+
+
 def test_a_setting_both_configs_have_but_with_another_value_still_refuses(tiny_dataset, tmp_path):
     config = resolve_config("mlp", options={"model_args": {"hidden": [16]}, "epochs": 2, "batch_size": 64,
                                              "val_size": 100})  # fmt: skip

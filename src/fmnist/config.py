@@ -146,7 +146,8 @@ class TrainConfig:
             raise UsageError(f"low_res_size must be 8 to {IMAGE_SIZE - 1} pixels, not {self.low_res_size}")
         if self.low_res_epochs >= self.epochs:
             raise UsageError(f"low_res_epochs ({self.low_res_epochs}) must be fewer than epochs ({self.epochs}): "
-                             f"the last epoch trains at {IMAGE_SIZE}x{IMAGE_SIZE}, the size the net predicts at")  # fmt: skip
+                             f"the last epoch trains at {IMAGE_SIZE}x{IMAGE_SIZE}, the size the net predicts at "
+                             "(--low-res-epochs 0 turns progressive resizing off)")  # fmt: skip
         for name in ("mixup", "cutmix"):
             if not 0 <= getattr(self, name) <= 10:
                 raise UsageError(f"{name} must be an alpha in [0, 10] (0 = off), not {getattr(self, name)}")
