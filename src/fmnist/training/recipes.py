@@ -130,7 +130,7 @@ _RECIPES = (
     Recipe(
         "cpu-95",
         "fastcnn_deep",
-        "aims at 95% in 6 min on 2 laptop cores: whitened fastcnn_deep, Muon, 24x24 first",
+        "aims at 95% in 6 min on 2 laptop cores: whitened fastcnn_deep, Muon",
         "cpu",
         {
             **FAST_SETTINGS,
