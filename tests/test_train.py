@@ -14,7 +14,7 @@ from fmnist.inference.rundir import prepare_run_dir, read_history
 from fmnist.training.results import TrainCallback
 from fmnist.training.run_writer import RunDirWriter
 from fmnist.training.settings import resolve_config
-from fmnist.training.trainer import fit
+from fmnist.training.trainer import Trainer, fit
 
 
 def tiny_config(model="mlp", **values):
@@ -56,23 +56,24 @@ def test_same_seed_same_numbers(tiny_dataset, precision):
 
 
 def test_progressive_resizing_trains_its_first_epochs_on_smaller_images(tiny_dataset):
-    from fmnist.training.trainer import Trainer
-
     sides: list[int] = []  # the side of every training batch the net sees
+    evaluated: list[int] = []  # the side of every validation and test batch
     config = tiny_config("fastcnn_deep", epochs=3, low_res_epochs=2, low_res_size=24, model_args={"widths": [8, 8, 8]})
     trainer = Trainer(config, tiny_dataset)
-    trainer.model.register_forward_pre_hook(lambda m, args: sides.append(args[0].shape[-1]) if m.training else None)
+    trainer.model.register_forward_pre_hook(
+        lambda m, args: (sides if m.training else evaluated).append(args[0].shape[-1])
+    )
     result = trainer.run()
     per_epoch = len(sides) // 3
     assert sides == [24] * (2 * per_epoch) + [28] * per_epoch
     assert result.epochs_run == 3 and result.test.accuracy > 0.5
-    # the whole run's predictions are at 28x28: validation and test never see the small size
+    # validation and the test pass never see the small size
+    assert evaluated and set(evaluated) == {28}
     assert result.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_progressive_resizing_refuses_a_size_the_net_cannot_take(tiny_dataset):
     from fmnist.errors import UsageError
-    from fmnist.training.trainer import Trainer
 
     # fastcnn's head reads a 3x3 final map: 20x20 pools down to 2x2
     with pytest.raises(UsageError, match="fastcnn cannot take 20x20 images"):
