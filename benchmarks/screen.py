@@ -20,6 +20,8 @@ that is the recipe as it stands, `min_gain` the points of mean tta_val_accuracy 
 must add to it, and `max_time_ratio` (optional) how much longer than it that candidate may run. The
 record then holds the rule and its verdict, computed here (`judge`), not by the person reading it.
 
+Runs go seed by seed, each round's candidates in an order rotated one place from the round
+before's (run_order), so that a machine's drift over the screen does not fall on one candidate.
 --jobs N trains N runs at once, each in its own process with an equal share of the threads.
 --isa LEVEL (avx2, avx512, avx512_bf16, native) reruns the screen in a child process capped to that
 instruction set (see isa_caps.py). Writes benchmarks/results/screen-<name>-<cpu>[-<level>].json (or --json; the level where capped),
@@ -251,6 +253,17 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs)}  # fmt: skip
 
 
+def run_order(names: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """Seed by seed, each round's candidates rotated one place on from the round before's. A machine
+    that slows down or speeds up over an hour-long screen then weighs on every candidate alike in a
+    --jobs 1 screen's times, not on whichever candidates the file lists last."""
+    order = []
+    for round_, seed in enumerate(seeds):
+        start = round_ % len(names)
+        order += [(name, seed) for name in names[start:] + names[:start]]
+    return order
+
+
 def run_screen(screen: Screen, args) -> dict[str, Any]:
     from fmnist.device import cpu_isa, cpu_model, hardware_isa
     from fmnist.experiments.jobs import threads_per_job
@@ -259,7 +272,10 @@ def run_screen(screen: Screen, args) -> dict[str, Any]:
     base = resolve(screen, None, options)
     # Every candidate resolved before any training: a typo fails now, not an hour in.
     configs = {name: resolve(screen, name, options) for name in screen.candidates}
-    work = [(name, resolve(screen, name, {**options, "seed": seed})) for name in configs for seed in screen.seeds]
+    work = [
+        (name, resolve(screen, name, {**options, "seed": seed}))
+        for name, seed in run_order(list(configs), screen.seeds)
+    ]
     threads = threads_per_job(args.jobs)
     print(f"screen {screen.name}: {len(configs)} candidates x seeds {screen.seeds} on validation; {cpu_model()} "
           f"({cpu_isa()}, {caps_text(capped_level())}), {args.jobs} run(s) at once, {threads} thread(s) each", flush=True)  # fmt: skip

@@ -387,6 +387,15 @@ def test_the_fast_screen_resolves_and_its_chosen_candidate_is_the_fast_recipe_in
     assert screen.changed(screen.resolve(fast, None, {}), configs["0.3.1"]) == {}
 
 
+def test_a_screen_runs_its_candidates_seed_by_seed_in_a_rotating_order():
+    screen = _screen_script()
+    assert screen.run_order(["a", "b", "c"], [0, 1, 2, 3]) == [
+        ("a", 0), ("b", 0), ("c", 0), ("b", 1), ("c", 1), ("a", 1), ("c", 2), ("a", 2), ("b", 2), ("a", 3), ("b", 3),
+        ("c", 3),
+    ]  # fmt: skip
+    assert screen.run_order(["only"], [5, 6]) == [("only", 5), ("only", 6)]
+
+
 def _candidate(name: str, score: float, seconds: float) -> dict:
     return {"name": name, "mean_tta_val_accuracy": score, "mean_wall_seconds": seconds}
 
