@@ -241,7 +241,17 @@ def render_screens() -> str:
             rows.append([f"`{c['name']}`", _cell(changes, "text"), mean,
                          seeds, f"{c['mean_wall_seconds']:.1f} s", _cell(hardware, "text"),
                          _cell(record["command"], "code")])  # fmt: skip
-        chose = f", which chose the `{record['chose']}` recipe" if record.get("chose") else ""
+        chose = ""
+        if record.get("chose"):
+            from fmnist.training.recipes import RECIPES
+
+            # A screen for a recipe that none of its verdicts built (cpu-best) chose nothing.
+            built = record["chose"] in RECIPES
+            chose = (
+                f", which chose the `{record['chose']}` recipe"
+                if built
+                else f", for a `{record['chose']}` recipe not built"
+            )
         notes = " A smoke run (a few steps each): its figures test the plumbing only." if record.get("smoke") else ""
         if verdict := record.get("verdict"):  # computed by benchmarks/screen.py from the file's [rule]
             rule = record["rule"]
