@@ -61,6 +61,19 @@ def test_a_changed_json_figure_changes_its_table(tables, tmp_path: Path, monkeyp
     assert str(README.relative_to(REPO)) in tables.update([README], check=True)
 
 
+def test_a_screen_renders_whether_its_recipe_was_built(tables, tmp_path: Path, monkeypatch):
+    copy = tmp_path / "results"
+    copy.mkdir()
+    (record_path,) = RESULTS.glob("screen-cpu-best-shift-*.json")
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    for chose in ("cpu-95", "cpu-best"):
+        (copy / f"screen-x-{chose}.json").write_text(json.dumps({**record, "screen": chose, "chose": chose}))
+    monkeypatch.setattr(tables, "RESULTS", copy)
+    rendered = tables.render("screens")
+    assert "which chose the `cpu-95` recipe" in rendered and "for a `cpu-best` recipe not built" in rendered
+    assert "which chose the `cpu-best` recipe" not in rendered
+
+
 def test_a_hand_typed_figure_is_caught_and_a_marked_one_passes(figures):
     def typed(text: str) -> list[str]:
         return [figure for _, figure in figures.hand_typed_figures(text)]
