@@ -225,6 +225,8 @@ def _reference_seeds(level: dict) -> str:
 def render_screens() -> str:
     """Every benchmarks/results/screen-<name>-<cpu>.json (what benchmarks/screen.py writes): one table per
     screen, a row per candidate, with validation accuracy only (a screen never evaluates the test split)."""
+    from fmnist.training.recipes import RECIPES
+
     out = []
     for path in sorted(RESULTS.glob("screen-*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -242,16 +244,10 @@ def render_screens() -> str:
                          seeds, f"{c['mean_wall_seconds']:.1f} s", _cell(hardware, "text"),
                          _cell(record["command"], "code")])  # fmt: skip
         chose = ""
-        if record.get("chose"):
-            from fmnist.training.recipes import RECIPES
-
-            # A screen for a recipe that none of its verdicts built (cpu-best) chose nothing.
-            built = record["chose"] in RECIPES
-            chose = (
-                f", which chose the `{record['chose']}` recipe"
-                if built
-                else f", for a `{record['chose']}` recipe not built"
-            )
+        if record.get("chose") in RECIPES:
+            chose = f", which chose the `{record['chose']}` recipe"
+        elif record.get("chose"):  # a screen for a recipe that none of its verdicts built (cpu-best)
+            chose = f", for a `{record['chose']}` recipe not built"
         notes = " A smoke run (a few steps each): its figures test the plumbing only." if record.get("smoke") else ""
         if verdict := record.get("verdict"):  # computed by benchmarks/screen.py from the file's [rule]
             rule = record["rule"]
