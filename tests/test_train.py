@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+from fmnist.config import TrainConfig
 from fmnist.device import native_bf16, resolve_precision
 from fmnist.inference.checkpoint import load_checkpoint
 from fmnist.inference.rundir import prepare_run_dir, read_history
@@ -127,6 +129,21 @@ def test_schedulers_shape_the_learning_rate(tiny_dataset):
     assert lrs["cosine"][0] > lrs["cosine"][1] > lrs["cosine"][2] and lrs["cosine"][2] < 1e-3
     assert max(lrs["onecycle"]) <= 0.01 + 1e-9 and lrs["onecycle"][-1] < 1e-4
     assert all(lr <= 0.01 for lr in lrs["plateau"])
+
+
+def test_onecycle_takes_a_run_whose_warm_up_is_one_step():
+    # OneCycleLR divides by (warm-up steps - 1): 4 steps at 0.25 once stopped `--max-steps 4` with an internal error.
+    from fmnist.training.optim import make_schedule
+
+    config = TrainConfig(scheduler="onecycle", lr=0.01, warmup_fraction=0.25)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    schedule = make_schedule(config, optimizer, total_steps=4)
+    rates = []  # the rate each of the 4 steps trains at
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.after_batch()
+    assert rates[0] < rates[1] and 0.005 < rates[1] <= 0.01 and rates[1] > rates[2] > rates[3] and rates[3] < 1e-4
 
 
 def test_ema_weights_are_the_ones_saved(tiny_dataset, tmp_path: Path):

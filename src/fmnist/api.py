@@ -71,8 +71,12 @@ def train(model: str | None = None, *, recipe: str | None = None, out: str | Pat
         config = make_config(model, recipe=recipe, config_file=config_file, **options)
     else:
         config = resolve_config(model, recipe=recipe, config_file=config_file or None, options=options, base=config)
-    run_dir = new_run_dir(out, config.model, overwrite=overwrite)
     data = data or load_data(config.data_dir or None)
+    if config.teacher:  # a teacher that cannot teach this run is refused before its folder is made
+        from fmnist.training.distill import check_teacher, load_teacher
+
+        check_teacher(load_teacher(config.teacher), config, data)
+    run_dir = new_run_dir(out, config.model, overwrite=overwrite)
     return _train_with_progress(config, run_dir, data, progress, report, callbacks, stop, resume=False)
 
 

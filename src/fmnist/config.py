@@ -86,6 +86,12 @@ class TrainConfig:
     mixup: float = setting(0.0, "Mixup alpha (0 = off).")  # alpha of Beta(alpha, alpha)
     cutmix: float = setting(0.0, "CutMix alpha (0 = off).")  # alpha of Beta(alpha, alpha)
     ema: float = setting(0.0, "Weight EMA decay, e.g. 0.999 (0 = off).")
+    # Distillation (fmnist.training.distill): targets mix a teacher's probabilities with the labels.
+    teacher: str = setting("", "Distil from this run or ensemble directory: train on its probabilities mixed with "
+                           "the labels ('' = off; `fmnist distill`).", metavar="DIR")  # fmt: skip
+    distill_weight: float = setting(0.5, "The teacher's share of each target (the labels', the rest); with --teacher.")
+    distill_temperature: float = setting(1.0, "Softens (> 1) or sharpens (< 1) the teacher's probabilities; "
+                                         "with --teacher.")  # fmt: skip
     # Progressive resizing: early epochs on downscaled images cost a step less (about three quarters
     # for fastcnn_deep at 24x24), and the later epochs at 28x28 fit the net to the size it predicts at.
     low_res_epochs: int = setting(
@@ -170,6 +176,14 @@ class TrainConfig:
             raise UsageError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
         if not 0 <= self.erase <= 1:
             raise UsageError(f"erase must be a probability in [0, 1], not {self.erase}")
+        if not 0 < self.distill_weight <= 1:
+            raise UsageError(f"distill_weight must be in (0, 1], not {self.distill_weight}")
+        if not 0.1 <= self.distill_temperature <= 20:
+            raise UsageError(f"distill_temperature must be in [0.1, 20], not {self.distill_temperature}")
+        if self.teacher:  # recorded absolute, so a resume from another folder finds it
+            self.teacher = str(Path(self.teacher).expanduser().absolute())
+        if self.teacher and (self.mixup or self.cutmix):
+            raise UsageError("a teacher's targets and mixup or cutmix do not combine: drop --mixup/--cutmix")
         if not (self.ema == 0 or 0.5 <= self.ema < 1):
             raise UsageError(f"ema must be 0 (off) or a decay in [0.5, 1), not {self.ema}")
         if not self.std > 0:

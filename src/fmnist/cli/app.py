@@ -18,6 +18,7 @@ from fmnist.cli import (
     calibrate,
     compare,
     data,
+    distill,
     ensemble,
     evaluate,
     export,
@@ -71,7 +72,7 @@ for name, command in {
     "evaluate": evaluate.evaluate_cmd, "compare": compare.compare_cmd, "report": report.report_cmd,
     "ablate": ablate.ablate_cmd, "ensemble": ensemble.ensemble_cmd, "sweep": sweep.sweep_cmd,
     "predict": predict.predict_cmd, "export": export.export_cmd, "serve": serve.serve_cmd,
-    "calibrate": calibrate.calibrate_cmd, "robustness": robustness.robustness_cmd,
+    "calibrate": calibrate.calibrate_cmd, "robustness": robustness.robustness_cmd, "distill": distill.distill_cmd,
 }.items():  # fmt: skip
     app.command(name)(command)
 

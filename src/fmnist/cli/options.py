@@ -81,20 +81,21 @@ def _option(f: dataclasses.Field, default_note: Callable[[str], str]) -> inspect
 
 
 def training_settings(
-    default_note: Callable[[str], str], *, after: str
+    default_note: Callable[[str], str], *, after: str, leave_out: tuple[str, ...] = ()
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: add every TrainConfig setting as an option; the command gets them as `settings`,
     a dict of the ones given (config names, plain values; unset ones are absent).
 
     The options follow the command's parameter `after` in `--help`; `default_note(name)` words
-    an option's default there (the model's recipe may set it).
+    an option's default there (the model's recipe may set it). Settings in `leave_out` get no
+    option (the command takes them its own way: `fmnist distill TEACHER`).
     """
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
                for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]  # fmt: skip
         cut = [p.name for p in own].index(after) + 1
-        added = [_option(f, default_note) for f in settings()]
+        added = [_option(f, default_note) for f in settings() if f.name not in leave_out]
         names = [p.name for p in added]
 
         @functools.wraps(command)

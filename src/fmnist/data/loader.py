@@ -69,6 +69,7 @@ class TensorLoader:
         augmentation: Augmentation | None = None,
         generator: torch.Generator | None = None,
         layout: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+        soft_targets: torch.Tensor | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -81,6 +82,10 @@ class TensorLoader:
         self.augmentation = augmentation or Augmentation()
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.layout = layout  # the model's memory layout (fmnist.models.base.Classifier.layout)
+        # (N,C) per-image targets in place of the labels: a teacher's, mixed with them (fmnist.training.distill)
+        self.soft_targets = None if soft_targets is None else soft_targets.to(self.device)
+        if self.soft_targets is not None and self.augmentation.mixes:
+            raise ValueError("soft targets and mixup/cutmix do not combine")
         self.background = blank_value(mean, std)  # what shifts and erasing fill in
 
     def __len__(self) -> int:
@@ -102,13 +107,13 @@ class TensorLoader:
         """Batches of one epoch in `order`, starting at batch `first_batch` (to resume mid-epoch).
 
         Each is (images, labels, targets): targets are the labels, or soft (N,10) targets
-        where the augmentation mixes images (mixup, cutmix). Images come out `side` pixels square:
+        where the augmentation mixes images (mixup, cutmix) or the loader holds a teacher's. Images come out `side` pixels square:
         augmented at 28x28, then downscaled (progressive resizing's early epochs).
         """
         for start in range(first_batch * self.batch_size, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             x, y = normalize(self.images[index], self.mean, self.std), self.y[index]
-            targets: torch.Tensor = y
+            targets: torch.Tensor = y if self.soft_targets is None else self.soft_targets[index]
             if self.augmentation.active:
                 x = self.augment(x)
             if self.augmentation.mixes:

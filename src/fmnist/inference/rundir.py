@@ -168,6 +168,23 @@ class ClassicalFit:
 
 
 @dataclass(kw_only=True)
+class TeacherRecord:
+    """What a distilled run learned from (fmnist.training.distill) and what that teacher cost."""
+
+    path: str  # the run or ensemble directory, absolute
+    kind: str = "run"  # "run" or "ensemble"
+    members: int = 1
+    member_sha256: list[str] = field(default_factory=list)  # each member's weights
+    tta: str = "flip"  # the views each member scored an image in
+    val_accuracy: float | None = None  # the teacher's, on the student's validation split, at `tta`
+    members_train_seconds: float = 0.0  # the members' own train_seconds, summed
+    targets_seconds: float = 0.0  # scoring the training split: before the first step, not in train_seconds
+
+    def to_json(self) -> dict[str, object]:
+        return _to_json(self)
+
+
+@dataclass(kw_only=True)
 class RunResultsFile:
     """results.json of a run directory, in the order its keys are written.
 
@@ -200,12 +217,15 @@ class RunResultsFile:
     per_class: list[ClassRow] = field(default_factory=list)
     most_confused: list[ConfusedRow] = field(default_factory=list)
     classical: ClassicalFit | None = None
+    teacher: TeacherRecord | None = None  # a distilled run's (fmnist distill)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as read
 
     def to_json(self) -> dict[str, object]:
-        row = _to_json(self, ("classical", "extra"))
-        if self.classical is not None:
-            row["classical"] = self.classical.to_json()
+        row = _to_json(self, ("classical", "teacher", "extra"))
+        for name in ("classical", "teacher"):
+            part = getattr(self, name)
+            if part is not None:
+                row[name] = part.to_json()
         return {**row, **self.extra}
 
     @classmethod
@@ -213,7 +233,15 @@ class RunResultsFile:
         results = _from_json(cls, row, where)
         if results.classical is not None:
             results.classical = _from_json(ClassicalFit, results.classical, where)
+        if results.teacher is not None:
+            results.teacher = _from_json(TeacherRecord, results.teacher, where)
         return results
+
+    @property
+    def seconds_with_teacher(self) -> float:
+        """Training time counting the teacher's: every member's training and scoring the training split."""
+        t = self.teacher
+        return self.train_seconds + (t.members_train_seconds + t.targets_seconds if t else 0.0)
 
     @property
     def smoke_steps(self) -> int | None:

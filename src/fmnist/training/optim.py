@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -62,8 +63,11 @@ class LRSchedule:
 def make_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> LRSchedule:
     steps = max(total_steps, 1)
     if config.scheduler == "onecycle":
+        # OneCycleLR divides by its warm-up's length in steps less one, zero where that is one step
+        # (a 4-step smoke run at 0.25): such a run warms up for a step and a half.
+        warmup = 1.5 / steps if math.isclose(config.warmup_fraction * steps, 1.0) else config.warmup_fraction
         return LRSchedule(torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps,
-                                                              pct_start=config.warmup_fraction), per_batch=True)  # fmt: skip
+                                                              pct_start=warmup), per_batch=True)  # fmt: skip
     if config.scheduler == "cosine":
         return LRSchedule(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps), per_batch=True)
     if config.scheduler == "plateau":

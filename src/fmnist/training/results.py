@@ -17,7 +17,7 @@ import torch
 from fmnist.config import TrainConfig
 from fmnist.data.dataset import ProvenanceRecord
 from fmnist.inference.evaluate import Evaluation
-from fmnist.inference.rundir import ClassicalFit, EpochRecord, RunResultsFile
+from fmnist.inference.rundir import ClassicalFit, EpochRecord, RunResultsFile, TeacherRecord
 from fmnist.models.base import Classifier
 
 
@@ -59,6 +59,7 @@ class RunResult:
     compile_seconds: float = 0.0  # compiling the step, before training: not in train_seconds
     classical: ClassicalFit | None = None  # how a scikit-learn baseline was fitted
     planned_steps: int = 0  # steps `epochs` would take; more than `steps` when --max-steps cut the run
+    teacher: TeacherRecord | None = None  # a distilled run's teacher and its cost (fmnist.training.distill)
 
     @property
     def has_checkpoint(self) -> bool:
@@ -84,7 +85,8 @@ class RunResult:
                    steps=r.steps, train_seconds=r.train_seconds, test=test, test_logits=torch.empty(0),
                    params=r.params, size_mb=r.size_mb, data=r.data, device=r.device, precision=r.precision,
                    isa=r.cpu_isa, stopped_early=r.stopped_early, compiled=r.compiled,
-                   compile_seconds=r.compile_seconds, classical=r.classical, planned_steps=r.planned_steps)  # fmt: skip
+                   compile_seconds=r.compile_seconds, classical=r.classical, planned_steps=r.planned_steps,
+                   teacher=r.teacher)  # fmt: skip
 
     def to_results(self) -> RunResultsFile:
         """What results.json holds."""
@@ -114,6 +116,7 @@ class RunResult:
             per_class=self.test.per_class,
             most_confused=self.test.most_confused,
             classical=self.classical,
+            teacher=self.teacher,
         )
 
 

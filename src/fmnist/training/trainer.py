@@ -140,10 +140,16 @@ class Trainer:
             raise UsageError(f"{config.model} cannot take {config.low_res_size}x{config.low_res_size} images "
                              "(low_res_size): try a size nearer 28")  # fmt: skip
         self.blank = blank_value(config.input_mean, config.input_std)
+        soft_targets, self.teacher = None, None
+        if config.teacher:  # scored before the first step, timed apart (fmnist.training.distill)
+            from fmnist.training.distill import teacher_targets
+
+            soft_targets, self.teacher = teacher_targets(config, dataset, train_idx, val_idx)
         self.loader = TensorLoader(
             images[train_idx], labels[train_idx], batch_size=config.batch_size, mean=config.input_mean,
             std=config.input_std, device=self.device, shuffle=True, augmentation=Augmentation.from_config(config),
             generator=torch.Generator().manual_seed(config.seed + 1), layout=self.model.layout,
+            soft_targets=soft_targets,
         )  # fmt: skip
         # Layers set from the data (fmnist.models.whitening) see training images only, before any step.
         fit_to_data(self.model, lambda: normalize(images[train_idx[:FIT_IMAGES]], config.input_mean, config.input_std))
@@ -365,7 +371,7 @@ class Trainer:
             params=count_parameters(model), size_mb=model_size_mb(model), data=self.dataset.provenance.to_dict(),
             device=str(self.device), precision=self.precision, isa=self.isa, stopped_early=p.stopped_early,
             planned_steps=self.steps_per_epoch * config.epochs,
-            compiled=self.compiled, compile_seconds=p.compile_seconds,
+            compiled=self.compiled, compile_seconds=p.compile_seconds, teacher=self.teacher,
         )  # fmt: skip
         for cb in self.callbacks:
             cb.on_end(result)
