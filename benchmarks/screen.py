@@ -62,8 +62,9 @@ SMOKE = {"max_steps": 2, "val_size": 100}  # options over every run in --smoke
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """The best candidate by mean tta_val_accuracy replaces `keep` (the recipe as it stands) only if it
-    beats keep's mean by at least `min_gain` points and, where `max_time_ratio` is set, its mean wall
-    time is at most that many times keep's; otherwise the recipe stays as it is."""
+    beats keep's mean by at least `min_gain` points and, where `max_time_ratio` is set, its mean cost
+    (wall time, plus a distilled candidate's teacher's training) is at most that many times keep's;
+    otherwise the recipe stays as it is."""
 
     keep: str
     min_gain: float
@@ -118,7 +119,9 @@ def judge(rule: Rule, candidates: list[dict[str, Any]]) -> dict[str, Any]:
                 "reason": f"`{rule.keep}` scored highest ({100 * kept['mean_tta_val_accuracy']:.2f}%)"}  # fmt: skip
     # Rounded so that a gain of exactly min_gain (0.9467 - 0.9452) is not lost to binary fractions.
     gain = round(100 * (best["mean_tta_val_accuracy"] - kept["mean_tta_val_accuracy"]), 6)
-    ratio = best["mean_wall_seconds"] / kept["mean_wall_seconds"]
+    # A record written before distillation has no cost apart from its wall time.
+    ratio = best.get("mean_cost_seconds", best["mean_wall_seconds"]) / kept.get("mean_cost_seconds",
+                                                                                kept["mean_wall_seconds"])
     short = (
         [f"it adds {gain:.2f} points to `{rule.keep}`, the rule asks {rule.min_gain:g}"] if gain < rule.min_gain else []
     )
@@ -236,13 +239,22 @@ def run_one(config: TrainConfig, data_dir: str | None, threads: int) -> dict[str
     with_tta = best.val_accuracy
     if config.epoch_validation_tta != config.tta:
         with_tta = tta_val_accuracy(result.model, config, data, result.precision)
-    return {
+    run = {
         "seed": config.seed, "best_epoch": result.best_epoch, "best_val_accuracy": best.val_accuracy,
         "tta_val_accuracy": with_tta, "epoch_validation_tta": config.epoch_validation_tta,
         "last_val_accuracy": result.history[-1].val_accuracy, "epochs_run": result.epochs_run,
         "steps": result.steps, "wall_seconds": wall, "train_seconds": result.train_seconds,
         "precision": result.precision, "isa": result.isa, "threads": threads, "history": history,
     }  # fmt: skip
+    if result.teacher is not None:  # a distilled run's time counts its teacher's members, trained before it
+        run["teacher"] = result.teacher.to_json()
+        run["seconds_with_teacher"] = wall + result.teacher.members_train_seconds
+    return run
+
+
+def cost_seconds(run: dict[str, Any]) -> float:
+    """What a run cost: its wall time, plus its teacher's members' training where it was distilled."""
+    return run.get("seconds_with_teacher", run["wall_seconds"])
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -250,7 +262,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"mean_best_val_accuracy": statistics.fmean(best), "min_best_val_accuracy": min(best),
             "mean_tta_val_accuracy": statistics.fmean(r["tta_val_accuracy"] for r in runs),
             "mean_last_val_accuracy": statistics.fmean(r["last_val_accuracy"] for r in runs),
-            "mean_wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs)}  # fmt: skip
+            "mean_wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs),
+            "mean_cost_seconds": statistics.fmean(cost_seconds(r) for r in runs)}  # fmt: skip
 
 
 def run_order(names: list[str], seeds: list[int]) -> list[tuple[str, int]]:

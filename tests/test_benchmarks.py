@@ -423,6 +423,22 @@ def test_a_screen_rule_replaces_the_kept_candidate_only_past_its_gain_and_within
     assert verdict["candidate"] == "base" and "1.05x" in verdict["reason"]
 
 
+def test_a_distilled_candidates_time_counts_its_teachers_training():
+    screen = _screen_script()
+    own = {"wall_seconds": 100.0}
+    distilled = {"wall_seconds": 110.0, "seconds_with_teacher": 410.0}  # a teacher of 3 members, 100 s each
+    assert screen.cost_seconds(own) == 100.0 and screen.cost_seconds(distilled) == 410.0
+    summary = screen.summary([{**r, "best_val_accuracy": 0.9, "tta_val_accuracy": 0.9, "last_val_accuracy": 0.9}
+                              for r in (distilled,)])  # fmt: skip
+    assert summary["mean_wall_seconds"] == 110.0 and summary["mean_cost_seconds"] == 410.0
+    base = {**_candidate("base", 0.9452, 100.0), "mean_cost_seconds": 100.0}
+    student = {**_candidate("student", 0.9490, 110.0), "mean_cost_seconds": 410.0}
+    verdict = screen.judge(screen.Rule("base", 0.2, 4.5), [base, student])
+    assert verdict["candidate"] == "student" and "4.10x" in verdict["reason"]
+    verdict = screen.judge(screen.Rule("base", 0.2, 4.0), [base, student])
+    assert verdict["candidate"] == "base" and "4.10x" in verdict["reason"]  # 1.10x its own wall time alone
+
+
 def test_a_bad_screen_rule_is_one_error_naming_the_file(tmp_path: Path):
     screen = _screen_script()
     from fmnist.errors import UsageError
