@@ -109,6 +109,11 @@ def read_rule(raw: Any, candidates: dict[str, Any], path: Path) -> Rule | None:
     return Rule(raw["keep"], float(raw["min_gain"]), None if ratio is None else float(ratio))
 
 
+def mean_cost(candidate: dict[str, Any]) -> float:
+    """A recorded candidate's mean cost in seconds (a record from before distillation: its wall time)."""
+    return candidate.get("mean_cost_seconds", candidate["mean_wall_seconds"])
+
+
 def judge(rule: Rule, candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """The rule applied to the recorded candidates: the one the recipe takes, and why, in a sentence."""
     kept = next(c for c in candidates if c["name"] == rule.keep)
@@ -119,9 +124,7 @@ def judge(rule: Rule, candidates: list[dict[str, Any]]) -> dict[str, Any]:
                 "reason": f"`{rule.keep}` scored highest ({100 * kept['mean_tta_val_accuracy']:.2f}%)"}  # fmt: skip
     # Rounded so that a gain of exactly min_gain (0.9467 - 0.9452) is not lost to binary fractions.
     gain = round(100 * (best["mean_tta_val_accuracy"] - kept["mean_tta_val_accuracy"]), 6)
-    # A record written before distillation has no cost apart from its wall time.
-    ratio = best.get("mean_cost_seconds", best["mean_wall_seconds"]) / kept.get("mean_cost_seconds",
-                                                                                kept["mean_wall_seconds"])
+    ratio = mean_cost(best) / mean_cost(kept)
     short = (
         [f"it adds {gain:.2f} points to `{rule.keep}`, the rule asks {rule.min_gain:g}"] if gain < rule.min_gain else []
     )

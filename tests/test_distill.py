@@ -140,6 +140,7 @@ def test_fmnist_distill_trains_a_student_and_refuses_bad_teachers_in_one_line(te
     ok = run_cli("distill", str(ensemble), "--out", str(tmp_path / "s"), "--distill-weight", "0.8", *common,
                  env=isolated_env)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
+    assert "teacher: an ensemble of 2, " in ok.stdout + ok.stderr  # said before the first epoch's line
     config = (tmp_path / "s" / "config.toml").read_text()
     assert f'teacher = "{ensemble.resolve()}"' in config and "distill_weight = 0.8" in config
     assert read_results(tmp_path / "s").teacher.members == 2

@@ -12,7 +12,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fmnist.inference.rundir import plural
+from fmnist.inference.rundir import TeacherRecord, plural
 from fmnist.training.results import EpochRecord, RunInfo, RunResult, TrainCallback
 
 # Redrawing more often than this costs more than it tells on a 2-core CPU.
@@ -36,6 +36,14 @@ def compiled_line(label: str, seconds: float) -> str:
     """The compile step's line: its time is shown here and kept out of the epochs' training time."""
     name = label if len(label) <= LABEL_WIDTH else label[: LABEL_WIDTH - 1] + "…"
     return f"{name:<{LABEL_WIDTH}} compiled the training step in {seconds:.1f}s (not training time)"[:PLAIN_WIDTH]
+
+
+def teacher_line(label: str, teacher: TeacherRecord) -> str:
+    """A distilled run's teacher: what it is, how it scored on validation, how long scoring took."""
+    name = label if len(label) <= LABEL_WIDTH else label[: LABEL_WIDTH - 1] + "…"
+    who = f"an ensemble of {teacher.members}" if teacher.kind == "ensemble" else "one run"
+    val = f", {100 * teacher.val_accuracy:.2f}% val" if teacher.val_accuracy is not None else ""
+    return f"{name:<{LABEL_WIDTH}} teacher: {who}{val}, scored in {teacher.targets_seconds:.1f}s"[:PLAIN_WIDTH]
 
 
 def is_live(console: Console) -> bool:
@@ -87,6 +95,9 @@ class RichProgress(TrainCallback):
         if self.progress is not None:
             self.progress.update(self.task, stats="")
         self.console.print(compiled_line(self.label, seconds), highlight=False, markup=False, soft_wrap=True)
+
+    def on_teacher(self, teacher: TeacherRecord) -> None:
+        self.console.print(teacher_line(self.label, teacher), highlight=False, markup=False, soft_wrap=True)
 
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None:
         line = epoch_line(self.label, record, self.epochs, is_best)

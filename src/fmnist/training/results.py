@@ -131,6 +131,9 @@ class TrainCallback:
     def on_compiled(self, seconds: float) -> None:
         """The training step was compiled, in `seconds` (before the first step; not training time)."""
 
+    def on_teacher(self, teacher: TeacherRecord) -> None:
+        """A distilled run's teacher scored the training split (before the first step; not training time)."""
+
     def on_epoch_end(self, record: EpochRecord, is_best: bool) -> None: ...
     def on_state_saved(self, state_dir: Path) -> None:
         """Resumable state is on disk in `state_dir` (after each epoch but the last, and on a stop)."""

@@ -345,6 +345,8 @@ class Trainer:
         info = self.info()
         for cb in self.callbacks:
             cb.on_start(info)
+            if self.teacher is not None:
+                cb.on_teacher(self.teacher)
         finished = self.progress.epoch > self.config.epochs or self.progress.stopped_early
         if not finished:
             self._compile()
