@@ -222,6 +222,14 @@ def _reference_seeds(level: dict) -> str:
     return f"{'' if level['seed_reached'] else '> '}{mean} s mean ({'; '.join(each)})"
 
 
+def _teacher(run: dict) -> str:
+    """A distilled run's teacher, as its validation accuracy at the views it scored in ("" for other runs)."""
+    teacher = run.get("teacher")
+    if not teacher or teacher.get("val_accuracy") is None:
+        return ""
+    return f"; its teacher, {teacher['members']} member(s) at {teacher['tta']}: {100 * teacher['val_accuracy']:.2f}"
+
+
 def render_screens() -> str:
     """Every benchmarks/results/screen-<name>-<cpu>.json (what benchmarks/screen.py writes): one table per
     screen, a row per candidate, with validation accuracy only (a screen never evaluates the test split)."""
@@ -236,7 +244,7 @@ def render_screens() -> str:
         for c in record["candidates"]:
             changes = "; ".join(f"{key} {old} → {new}" for key, (old, new) in c["changed"].items()) or "the base"
             seeds = ", ".join(f"{100 * r['best_val_accuracy']:.2f} (epoch {r['best_epoch']}; last "
-                              f"{100 * r['last_val_accuracy']:.2f})" for r in c["runs"])  # fmt: skip
+                              f"{100 * r['last_val_accuracy']:.2f}{_teacher(r)})" for r in c["runs"])  # fmt: skip
             mean = f"{100 * c['mean_best_val_accuracy']:.2f}%"
             if c.get("mean_tta_val_accuracy", c["mean_best_val_accuracy"]) != c["mean_best_val_accuracy"]:
                 mean += f" ({100 * c['mean_tta_val_accuracy']:.2f}% through its TTA views)"
