@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from fmnist.constants import EVAL_BATCH_SIZE, FMNIST_MEAN, FMNIST_STD, IMAGE_SIZ
 from fmnist.data.splits import FOLLOW_RUN_SEED, SHARED_SPLIT_SEED, holdout_seed, saved_split_seed
 from fmnist.device import COMPILE_MODES, DEVICES, PRECISIONS
 from fmnist.errors import UsageError
+from fmnist.fsutil import read_toml
 from fmnist.models.base import ModelArgs
 
 OPTIMIZERS = ("adam", "adamw", "muon", "sgd")
@@ -368,33 +368,6 @@ def parse_model_args(items: list[str] | None) -> RawSettings:
             parsed = raw  # plain text: a list written hidden=512,256, a name
         args[key.strip()] = parsed
     return args
-
-
-# Where tomllib says a file went wrong: "Invalid value (at line 3, column 7)", "... (at end of document)".
-_TOML_PLACE = re.compile(r"^(?P<reason>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$")
-
-
-def read_toml(path: Path, what: str = "config file") -> dict[str, object]:
-    """A TOML file's table; a missing, unreadable or malformed file is one line naming it (and the line)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the {what} ({exc})") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        place = _TOML_PLACE.match(str(exc))
-        if place is None:
-            raise UsageError(f"{path}: invalid TOML ({exc})") from None
-        reason = place["reason"][:1].lower() + place["reason"][1:]
-        if place["line"] is None:
-            line, where = max(1, len(text.splitlines())), "at the end of the file"
-        else:
-            line, where = int(place["line"]), f"column {place['column']}"
-        raise UsageError(f"{path}:{line}: invalid TOML ({reason}, {where})") from None
 
 
 def split_sources(values: Mapping[str, object], where: Path | str) -> tuple[RawSettings, dict[str, str]]:

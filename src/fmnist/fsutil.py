@@ -1,17 +1,20 @@
-"""Crash-safe file output: every file fmnist writes appears whole or not at all."""
+"""Crash-safe file output (every file fmnist writes appears whole or not at all), and reading JSON and
+TOML files back with one-line errors that name the file."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import re
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from fmnist.errors import FmnistError
+from fmnist.errors import FmnistError, UsageError
 
 # Fault injection for the crash tests: "NAME:N" SIGKILLs this process during the N-th atomic
 # write of a file whose name contains NAME, after the temp file is complete but before the
@@ -170,3 +173,30 @@ def read_json(path: Path) -> Any:
         raise FmnistError(f"{path}: cannot read ({exc})") from None
     except json.JSONDecodeError as exc:
         raise FmnistError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+# Where tomllib says a file went wrong: "Invalid value (at line 3, column 7)", "... (at end of document)".
+_TOML_PLACE = re.compile(r"^(?P<reason>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$")
+
+
+def read_toml(path: Path, what: str = "config file") -> dict[str, object]:
+    """A TOML file's table; a missing, unreadable or malformed file is one line naming it (and the line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the {what} ({exc})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        place = _TOML_PLACE.match(str(exc))
+        if place is None:
+            raise UsageError(f"{path}: invalid TOML ({exc})") from None
+        reason = place["reason"][:1].lower() + place["reason"][1:]
+        if place["line"] is None:
+            line, where = max(1, len(text.splitlines())), "at the end of the file"
+        else:
+            line, where = int(place["line"]), f"column {place['column']}"
+        raise UsageError(f"{path}:{line}: invalid TOML ({reason}, {where})") from None

@@ -106,9 +106,9 @@ class TensorLoader:
     def batches(self, order: torch.Tensor, first_batch: int = 0, side: int = IMAGE_SIZE) -> Iterator[Batch]:
         """Batches of one epoch in `order`, starting at batch `first_batch` (to resume mid-epoch).
 
-        Each is (images, labels, targets): targets are the labels, or soft (N,10) targets
-        where the augmentation mixes images (mixup, cutmix) or the loader holds a teacher's. Images come out `side` pixels square:
-        augmented at 28x28, then downscaled (progressive resizing's early epochs).
+        Each is (images, labels, targets): targets are the labels, or soft (N,10) targets where the
+        augmentation mixes images (mixup, cutmix) or the loader holds a teacher's. Images come out
+        `side` pixels square: augmented at 28x28, then downscaled (progressive resizing's early epochs).
         """
         for start in range(first_batch * self.batch_size, len(order), self.batch_size):
             index = order[start : start + self.batch_size]

@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist.config import FIELD_TYPES, LEGACY_KEYS, SOURCES_KEY, RawSettings, TrainConfig, merged, read_toml
+from fmnist.config import FIELD_TYPES, LEGACY_KEYS, SOURCES_KEY, RawSettings, TrainConfig, merged
 from fmnist.errors import UsageError
+from fmnist.fsutil import read_toml
 from fmnist.inference.ensemble_select import DEFAULT_SELECT, SELECT_RULES, fallback_note
 from fmnist.inference.rundir import CONFIG_FILE, ENSEMBLES_DIR
 from fmnist.models.registry import get_entry

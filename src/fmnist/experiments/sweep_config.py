@@ -35,8 +35,9 @@ from pathlib import Path
 
 import tomli_w
 
-from fmnist.config import FIELD_TYPES, RawSettings, SettingValue, TrainConfig, merged, read_toml
+from fmnist.config import FIELD_TYPES, RawSettings, SettingValue, TrainConfig, merged
 from fmnist.errors import UsageError
+from fmnist.fsutil import read_toml
 from fmnist.models.base import ModelArgValue
 from fmnist.training.settings import resolve_config
 

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fmnist.errors import FmnistError, RunLockedError, RunPathError, UsageError
-from fmnist.fsutil import read_json
+from fmnist.fsutil import read_json, read_toml
 
 if TYPE_CHECKING:
     from fmnist.analysis.metrics import ClassRow, ConfusedRow
@@ -291,8 +291,6 @@ def read_history(run_dir: Path) -> list[EpochRecord]:
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """config.toml as written ({} when missing or unreadable: the results stand without it)."""
-    from fmnist.config import read_toml
-
     try:
         return read_toml(Path(run_dir) / CONFIG_FILE)
     except FmnistError:

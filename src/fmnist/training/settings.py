@@ -14,8 +14,9 @@ import copy
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from fmnist.config import FIELD_TYPES, TrainConfig, apply_layer, read_toml, split_sources
+from fmnist.config import FIELD_TYPES, TrainConfig, apply_layer, split_sources
 from fmnist.errors import UsageError
+from fmnist.fsutil import read_toml
 from fmnist.training.recipes import Recipe, get_recipe, model_settings, own_recipe
 
 DEFAULT = "default"  # TrainConfig's default, or the model builder's for a model argument
