@@ -7,7 +7,19 @@ from pathlib import Path
 import typer
 
 from fmnist.cli import train
-from fmnist.cli.options import DataDirOption, JobsOption, recipe_default, training_settings
+from fmnist.cli.options import (
+    ConfigFileOption,
+    DataDirOption,
+    JobsOption,
+    ModelArgOption,
+    NoReportOption,
+    OverwriteOption,
+    RunOutOption,
+    SeedsOption,
+    ShowConfigOption,
+    recipe_default,
+    training_settings,
+)
 from fmnist.config import Settings
 
 TeacherArgument = typer.Argument(..., metavar="TEACHER", show_default=False,
@@ -20,24 +32,16 @@ def distill_cmd(
     model: str | None = typer.Option(
         None, "--model", "-m", show_default=False, help="The student: a registered model name [default: fastcnn]"
     ),  # fmt: skip
-    out: Path | None = typer.Option(
-        None, "--out", "-o", show_default=False, help="Run directory [default: runs/MODEL-TIMESTAMP]"
-    ),  # fmt: skip
+    out: Path | None = RunOutOption,
     recipe: str | None = typer.Option(
         None, "--recipe", "-r", show_default=False, help="The student's recipe (see `fmnist recipes`); flags win"
     ),  # fmt: skip
-    config: Path | None = typer.Option(
-        None, "--config", "-c", show_default=False, help="TOML file with any of the options below (flags win)"
-    ),  # fmt: skip
-    model_arg: list[str] | None = typer.Option(
-        None, "--model-arg", metavar="KEY=VALUE", show_default=False, help="Model argument, repeatable"
-    ),  # fmt: skip
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out"),
-    seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat with N seeds (seed, seed+1, ...): mean ± std"),
-    no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
-    show_config: bool = typer.Option(
-        False, "--show-config", help="Print the resolved settings, each with the layer that set it; train nothing"
-    ),  # fmt: skip
+    config: Path | None = ConfigFileOption,
+    model_arg: list[str] | None = ModelArgOption,
+    overwrite: bool = OverwriteOption,
+    seeds: int = SeedsOption,
+    no_report: bool = NoReportOption,
+    show_config: bool = ShowConfigOption,
     jobs: int | None = JobsOption,
     data_dir: Path | None = DataDirOption,
     settings: Settings | None = None,

@@ -54,6 +54,19 @@ TensorBoardOption = typer.Option(
 RunDirArgument = typer.Argument(
     ..., help="Run or ensemble directory (model.json + model.safetensors, or ensemble.json)"
 )
+# Options `fmnist train` and `fmnist distill` (which is train with a teacher) share.
+RunOutOption = typer.Option(
+    None, "--out", "-o", show_default=False, help="Run directory [default: runs/MODEL-TIMESTAMP]"
+)
+ConfigFileOption = typer.Option(None, "--config", "-c", show_default=False,
+                                help="TOML file with any of the options below (flags win)")  # fmt: skip
+ModelArgOption = typer.Option(None, "--model-arg", metavar="KEY=VALUE", show_default=False,
+                              help="Model argument, repeatable (see `fmnist models`)")  # fmt: skip
+OverwriteOption = typer.Option(False, "--overwrite", help="Replace a finished run in --out")
+SeedsOption = typer.Option(1, "--seeds", min=1, help="Repeat with N seeds (seed, seed+1, ...): mean ± std")
+NoReportOption = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)")
+ShowConfigOption = typer.Option(False, "--show-config",
+                                help="Print the resolved settings, each with the layer that set it; train nothing")  # fmt: skip
 BackendOption = typer.Option("torch", "--backend", help="torch (PyTorch eager) or onnx (ONNX Runtime)")
 PrecisionOption = typer.Option("auto", "--precision",
                                help="torch backend: auto (bf16 where the CPU has it natively, else fp32), fp32 or bf16")  # fmt: skip

@@ -7,7 +7,21 @@ from pathlib import Path
 
 import typer
 
-from fmnist.cli.options import DataDirOption, JobsOption, RayOption, ray_address, recipe_default, training_settings
+from fmnist.cli.options import (
+    ConfigFileOption,
+    DataDirOption,
+    JobsOption,
+    ModelArgOption,
+    NoReportOption,
+    OverwriteOption,
+    RayOption,
+    RunOutOption,
+    SeedsOption,
+    ShowConfigOption,
+    ray_address,
+    recipe_default,
+    training_settings,
+)
 from fmnist.cli.output import console, err_console, notify, print_comparison, report_with_progress, say
 from fmnist.config import RawSettings, Settings, parse_model_args
 from fmnist.errors import UsageError
@@ -19,9 +33,7 @@ def train_cmd(
     model: str | None = typer.Option(
         None, "--model", "-m", show_default=False, help="Registered model name, see `fmnist models` [default: fastcnn]"
     ),  # fmt: skip
-    out: Path | None = typer.Option(
-        None, "--out", "-o", show_default=False, help="Run directory [default: runs/MODEL-TIMESTAMP]"
-    ),  # fmt: skip
+    out: Path | None = RunOutOption,
     recipe: str | None = typer.Option(
         None,
         "--recipe",
@@ -29,25 +41,15 @@ def train_cmd(
         show_default=False,
         help="A named recipe: model and settings (see `fmnist recipes`); flags win",
     ),  # fmt: skip
-    config: Path | None = typer.Option(
-        None, "--config", "-c", show_default=False, help="TOML file with any of the options below (flags win)"
-    ),  # fmt: skip
-    model_arg: list[str] | None = typer.Option(
-        None,
-        "--model-arg",
-        metavar="KEY=VALUE",
-        show_default=False,
-        help="Model argument, repeatable (see `fmnist models`)",
-    ),  # fmt: skip
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out"),
+    config: Path | None = ConfigFileOption,
+    model_arg: list[str] | None = ModelArgOption,
+    overwrite: bool = OverwriteOption,
     resume: Path | None = typer.Option(
         None, "--resume", metavar="RUN_DIR", show_default=False, help="Continue an interrupted run in RUN_DIR"
     ),  # fmt: skip
-    seeds: int = typer.Option(1, "--seeds", min=1, help="Repeat with N seeds (seed, seed+1, ...): mean ± std"),
-    no_report: bool = typer.Option(False, "--no-report", help="Do not write the report (report.html + report.md)"),
-    show_config: bool = typer.Option(
-        False, "--show-config", help="Print the resolved settings, each with the layer that set it; train nothing"
-    ),  # fmt: skip
+    seeds: int = SeedsOption,
+    no_report: bool = NoReportOption,
+    show_config: bool = ShowConfigOption,
     ray: str | None = RayOption,
     jobs: int | None = JobsOption,
     data_dir: Path | None = DataDirOption,
